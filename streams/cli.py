@@ -1,0 +1,176 @@
+"""The ``lethe`` command line: topics, publishing, forgetting, recommending, workers."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+from streams.config import LetheSettings, load_settings
+
+
+def _cmd_topics(args: argparse.Namespace, settings: LetheSettings) -> int:
+    from streams.topics import create_topics, describe_topic_configs, topic_specs
+
+    if args.action == "create":
+        result = asyncio.run(create_topics(settings))
+        for name, status in result.items():
+            print(f"{name}: {status}")
+    else:
+        names = [s.name for s in topic_specs(settings)]
+        described = asyncio.run(describe_topic_configs(settings, names))
+        for name, info in described.items():
+            cfg = info["configs"]
+            print(
+                f"{name}: partitions={info['partitions']} "
+                f"cleanup.policy={cfg.get('cleanup.policy')} retention.ms={cfg.get('retention.ms')}"
+            )
+    return 0
+
+
+def _cmd_publish(args: argparse.Namespace, settings: LetheSettings) -> int:
+    from tqdm import tqdm
+
+    from streams.client import LetheProducer
+    from streams.files import RowError, read_interactions
+
+    async def run() -> tuple[int, int]:
+        sent = bad = 0
+        async with LetheProducer(settings) as producer:
+            with tqdm(desc=f"publish {args.file.name}", unit="ev", disable=args.quiet) as bar:
+                for row in read_interactions(args.file, settings.limits, fmt=args.format):
+                    if isinstance(row, RowError):
+                        bad += 1
+                        print(f"{args.file}:{row.line}: rejected: {row.message}", file=sys.stderr)
+                        continue
+                    await producer.send("interactions", row.user_id, row)
+                    sent += 1
+                    bar.update()
+                await producer.flush()
+        return sent, bad
+
+    sent, bad = asyncio.run(run())
+    print(f"published {sent} interaction events, rejected {bad}")
+    return 2 if bad else 0
+
+
+def _cmd_replay(args: argparse.Namespace, settings: LetheSettings) -> int:
+    from streams.replay import replay_dataset
+
+    n = asyncio.run(
+        replay_dataset(settings, args.dataset, limit=args.limit, progress=not args.quiet)
+    )
+    print(f"replayed {n} events of {args.dataset}")
+    return 0
+
+
+def _cmd_forget(args: argparse.Namespace, settings: LetheSettings) -> int:
+    from streams.client import LetheProducer
+
+    async def run():
+        async with LetheProducer(settings) as p:
+            if args.user and args.items:
+                return await p.forget_interactions(args.user, args.items, reason=args.reason)
+            if args.user:
+                return await p.forget_user(args.user, reason=args.reason)
+            return await p.forget_item(args.item, reason=args.reason)
+
+    if args.items and not args.user:
+        print("lethe forget: --interaction needs --user", file=sys.stderr)
+        return 2
+    if not (args.user or args.item):
+        print("lethe forget: give --user, --item, or --user with --interaction", file=sys.stderr)
+        return 2
+    req = asyncio.run(run())
+    print(json.dumps({"request_id": req.request_id, "scope": req.scope}))
+    return 0
+
+
+def _cmd_recommend(args: argparse.Namespace, settings: LetheSettings) -> int:
+    from streams.replies import request_and_wait
+
+    try:
+        rec = asyncio.run(request_and_wait(settings, args.user, args.k, timeout_s=args.timeout))
+    except TimeoutError:
+        print(f"lethe recommend: no reply within {args.timeout} s", file=sys.stderr)
+        return 3
+    print(rec.model_dump_json(indent=2))
+    return 0
+
+
+def _cmd_schemas(args: argparse.Namespace, settings: LetheSettings) -> int:
+    from streams.schemas import write_schemas
+
+    for path in write_schemas(args.out):
+        print(path)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lethe",
+        description="Lethe: a streaming recommender that learns from every event "
+        "and forgets on request.",
+    )
+    parser.add_argument("--bootstrap", help="Kafka bootstrap servers (default: KAFKA_BOOTSTRAP)")
+    parser.add_argument("--topic-prefix", help="topic name prefix (default: lethe.)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("topics", help="create or describe Lethe's topics")
+    p.add_argument("action", choices=["create", "describe"])
+    p.set_defaults(func=_cmd_topics)
+
+    p = sub.add_parser("publish", help="publish interaction events from a CSV or JSONL file")
+    p.add_argument("kind", choices=["interactions"])
+    p.add_argument("file", type=Path)
+    p.add_argument("--format", choices=["csv", "jsonl"])
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_publish)
+
+    p = sub.add_parser("replay", help="replay a bundled MovieLens dataset into interactions")
+    p.add_argument("--dataset", choices=["ml-100k", "ml-1m"], default="ml-100k")
+    p.add_argument("--limit", type=int, help="stop after this many events")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_replay)
+
+    p = sub.add_parser("forget", help="ask Lethe to forget a user, an item or interactions")
+    p.add_argument("--user")
+    p.add_argument("--item")
+    p.add_argument(
+        "--interaction",
+        dest="items",
+        action="append",
+        metavar="ITEM",
+        help="forget only this item of --user (repeatable)",
+    )
+    p.add_argument("--reason", choices=["privacy", "security", "utility"], default="privacy")
+    p.set_defaults(func=_cmd_forget)
+
+    p = sub.add_parser("recommend", help="request recommendations and wait for the reply")
+    p.add_argument("--user", required=True)
+    p.add_argument("-k", type=int, default=10)
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait")
+    p.set_defaults(func=_cmd_recommend)
+
+    p = sub.add_parser("schemas", help="write JSON Schema files of every contract")
+    p.add_argument("--out", type=Path, default=Path(__file__).parent / "schemas")
+    p.set_defaults(func=_cmd_schemas)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    overrides = {}
+    if args.bootstrap:
+        overrides["bootstrap_servers"] = args.bootstrap
+    if args.topic_prefix:
+        overrides["topic_prefix"] = args.topic_prefix
+    settings = load_settings(**overrides)
+    return int(args.func(args, settings) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""Runtime configuration as data: environment variables, an optional TOML file, defaults.
+
+Every Lethe process reads one :class:`LetheSettings`. Environment variables use the
+``LETHE_`` prefix (``LETHE_TOPIC_PREFIX``, ``LETHE_STATE_DIR`` …), except the broker
+address, which also answers to the conventional ``KAFKA_BOOTSTRAP``. Nested sections use
+``__`` (``LETHE_TOPICS__INTERACTIONS_RETENTION_MS``). ``LETHE_CONFIG`` names a TOML file whose
+values sit below the environment in priority.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, BaseModel, Field, SecretStr
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+DAY_MS = 24 * 3600 * 1000
+
+
+class SecuritySettings(BaseModel):
+    """Passed through to aiokafka untouched; secrets are never logged (SecretStr)."""
+
+    protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+
+
+class LimitSettings(BaseModel):
+    """Bounds applied to every incoming message before it reaches a model."""
+
+    max_id_length: int = Field(default=128, ge=1, le=4096)
+    max_message_bytes: int = Field(default=1_048_576, ge=1024)
+    max_item_ids_per_deletion: int = Field(default=10_000, ge=1)
+    max_k: int = Field(default=1000, ge=1)
+
+
+class TopicSettings(BaseModel):
+    """Partitions, retention and cleanup for every topic Lethe owns."""
+
+    partitions: int = Field(default=4, ge=1)
+    replication_factor: int = Field(default=1, ge=1)
+    interactions_retention_ms: int = Field(default=30 * DAY_MS, ge=-1)
+    deletions_retention_ms: int = Field(default=365 * DAY_MS, ge=-1)
+    requests_retention_ms: int = Field(default=1 * DAY_MS, ge=-1)
+    recommendations_retention_ms: int = Field(default=1 * DAY_MS, ge=-1)
+    receipts_retention_ms: int = Field(default=-1, ge=-1)  # kept forever: proof of erasure
+    dead_letters_retention_ms: int = Field(default=90 * DAY_MS, ge=-1)
+
+
+class ProducerSettings(BaseModel):
+    linger_ms: int = Field(default=5, ge=0)
+    max_batch_size: int = Field(default=262_144, ge=1024)
+    compression: Literal["gzip", "lz4", "zstd", "snappy"] | None = None
+    request_timeout_ms: int = Field(default=30_000, ge=1000)
+    idempotent: bool = True
+
+
+class LetheSettings(BaseSettings):
+    """All settings of a Lethe process."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="LETHE_",
+        env_nested_delimiter="__",
+        extra="ignore",
+        populate_by_name=True,
+    )
+
+    bootstrap_servers: str = Field(
+        default="127.0.0.1:9092",
+        validation_alias=AliasChoices(
+            "KAFKA_BOOTSTRAP", "LETHE_BOOTSTRAP_SERVERS", "bootstrap_servers"
+        ),
+    )
+    client_id: str = "lethe"
+    topic_prefix: str = "lethe."
+    state_dir: Path = Path("./var/state")
+    metrics_port: int = Field(default=9464, ge=0, le=65535)
+    security: SecuritySettings = SecuritySettings()
+    limits: LimitSettings = LimitSettings()
+    topics: TopicSettings = TopicSettings()
+    producer: ProducerSettings = ProducerSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        toml_path = os.environ.get("LETHE_CONFIG")
+        if toml_path:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(toml_path)))
+        return tuple(sources)
+
+
+def load_settings(**overrides: object) -> LetheSettings:
+    """Read settings from the environment (and ``LETHE_CONFIG``), with explicit overrides on top."""
+    return LetheSettings(**overrides)

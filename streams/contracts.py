@@ -1,0 +1,261 @@
+"""Typed event contracts for every Lethe topic (DESIGN.md §2).
+
+All values are UTF-8 JSON objects. :func:`decode` is the one door in: it bounds the message
+size, parses, validates strictly (JSON types only: ``"5"`` is not an int) and turns every
+failure into a :class:`ContractError` whose message names the offending field. Ids are opaque
+strings whose length is bounded by :class:`streams.config.LimitSettings`; the bound travels in
+the pydantic validation context so it stays configuration, not a constant.
+
+Unknown fields are ignored (a newer producer may add fields) but never passed on.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
+
+from streams.config import LimitSettings
+
+DEFAULT_LIMITS = LimitSettings()
+
+
+class ContractError(ValueError):
+    """A message that does not satisfy its contract. ``field`` names the first bad field."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def _limits(info: ValidationInfo) -> LimitSettings:
+    ctx = info.context or {}
+    return ctx.get("limits", DEFAULT_LIMITS)
+
+
+def _bounded_id(value: str, info: ValidationInfo) -> str:
+    limit = _limits(info).max_id_length
+    if len(value) > limit:
+        raise ValueError(f"id is {len(value)} characters, longer than the limit of {limit}")
+    if value != value.strip() or any(ord(c) < 32 for c in value):
+        raise ValueError("id must not contain control characters or surrounding whitespace")
+    return value
+
+
+Id = Annotated[str, Field(min_length=1), AfterValidator(_bounded_id)]
+EpochMs = Annotated[int, Field(ge=0, le=10**14, description="Unix epoch milliseconds")]
+
+
+def _finite(value: float | None) -> float | None:
+    if value is not None and not math.isfinite(value):
+        raise ValueError("must be a finite number")
+    return value
+
+
+FiniteFloat = Annotated[float, AfterValidator(_finite)]
+
+
+class Contract(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+
+    def to_bytes(self) -> bytes:
+        """Serialise as compact UTF-8 JSON, leaving out unset optional fields."""
+        return self.model_dump_json(exclude_none=True).encode("utf-8")
+
+
+class InteractionEvent(Contract):
+    """One user–item interaction (topic ``interactions``, key ``user_id``)."""
+
+    event_id: Id
+    user_id: Id
+    item_id: Id
+    ts: EpochMs
+    kind: Literal["view", "click", "cart", "purchase", "rating"] = "view"
+    value: FiniteFloat | None = None
+
+
+class DeletionRequest(Contract):
+    """A right-to-be-forgotten request (topic ``deletions``).
+
+    ``scope="user"`` needs ``user_id``; ``scope="item"`` needs ``item_id`` (key ``item:<id>``);
+    ``scope="interactions"`` needs ``user_id`` and a non-empty ``item_ids``.
+    """
+
+    request_id: Id
+    scope: Literal["user", "item", "interactions"]
+    reason: Literal["privacy", "security", "utility"]
+    ts: EpochMs
+    user_id: Id | None = None
+    item_id: Id | None = None
+    item_ids: list[Id] | None = None
+
+    @model_validator(mode="after")
+    def _scope_fields(self, info: ValidationInfo) -> DeletionRequest:
+        if self.scope in ("user", "interactions") and self.user_id is None:
+            raise ValueError(f"user_id is required for scope '{self.scope}'")
+        if self.scope == "item" and self.item_id is None:
+            raise ValueError("item_id is required for scope 'item'")
+        if self.scope == "interactions":
+            if not self.item_ids:
+                raise ValueError("item_ids must be a non-empty list for scope 'interactions'")
+            if len(self.item_ids) > _limits(info).max_item_ids_per_deletion:
+                raise ValueError("item_ids has more entries than max_item_ids_per_deletion")
+        return self
+
+    def kafka_key(self) -> str:
+        return f"item:{self.item_id}" if self.scope == "item" else str(self.user_id)
+
+
+class RecRequest(Contract):
+    """A request for the top-k items of a user (topic ``rec-requests``)."""
+
+    request_id: Id
+    user_id: Id
+    k: Annotated[int, Field(ge=1, le=1000)]
+    ts: EpochMs
+    exclude_seen: bool = True
+
+    @model_validator(mode="after")
+    def _k_limit(self, info: ValidationInfo) -> RecRequest:
+        if self.k > _limits(info).max_k:
+            raise ValueError(f"k exceeds the configured max_k of {_limits(info).max_k}")
+        return self
+
+
+class ScoredItem(Contract):
+    item_id: Id
+    score: FiniteFloat
+
+
+class ModelVersions(Contract):
+    crm: str | None = None
+    imcorrect: str | None = None
+
+
+class Recommendation(Contract):
+    """The answer to a :class:`RecRequest` (topic ``recommendations``)."""
+
+    request_id: Id
+    user_id: Id
+    items: list[ScoredItem]
+    model: ModelVersions
+    ts: EpochMs
+    strategy: Literal["personal", "popularity"] = "personal"
+
+
+class ModelUpdate(Contract):
+    """Announces a new model file (topic ``model-updates``, key = model name)."""
+
+    kind: Literal["crm-onnx", "imcorrect"]
+    version: Annotated[str, Field(min_length=1, max_length=128)]
+    path: Annotated[str, Field(min_length=1, max_length=4096)]
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    metrics: dict[str, FiniteFloat] = {}
+    trained_through: dict[str, int] = {}
+    ts: EpochMs
+
+
+class DeletionReceipt(Contract):
+    """Proof that a deletion request was handled (topic ``deletion-receipts``)."""
+
+    request_id: Id
+    status: Literal["applied", "rejected", "neural-retrained"]
+    scope: str
+    removed: dict[str, int] = {}
+    requested_at: EpochMs | None = None
+    applied_at: EpochMs
+    versions: dict[str, str] = {}
+    detail: str = ""
+
+
+class DeadLetter(Contract):
+    """A message that failed validation, with where it came from and why."""
+
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    error: str
+    raw_value_b64: str
+    key: str | None = None
+    ts: EpochMs
+
+
+C = TypeVar("C", bound=Contract)
+
+
+def _describe(err: ValidationError) -> tuple[str, str | None]:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or None
+    msg = first["msg"].removeprefix("Value error, ")
+    if loc is None:
+        # Model-level checks name their field in the message itself.
+        return msg, msg.split(" ", 1)[0] if msg else None
+    return f"{loc}: {msg}", loc
+
+
+def decode(contract: type[C], raw: bytes | str, limits: LimitSettings = DEFAULT_LIMITS) -> C:
+    """Parse and validate one message, raising :class:`ContractError` on any defect.
+
+    Parameters
+    ----------
+    contract:
+        The record type expected on the topic.
+    raw:
+        The message value as received.
+    limits:
+        Size and id-length bounds in force.
+    """
+    size = len(raw.encode("utf-8") if isinstance(raw, str) else raw)
+    if size > limits.max_message_bytes:
+        raise ContractError(
+            f"message: {size} bytes exceeds max_message_bytes {limits.max_message_bytes}",
+            "message",
+        )
+    try:
+        text = raw.decode("utf-8") if isinstance(raw, bytes | bytearray) else raw
+    except UnicodeDecodeError as exc:
+        raise ContractError(f"message: not UTF-8 ({exc.reason})", "message") from exc
+    try:
+        obj: Any = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ContractError(f"message: not JSON ({exc.msg} at char {exc.pos})", "message") from exc
+    if not isinstance(obj, dict):
+        raise ContractError(f"message: expected a JSON object, got {type(obj).__name__}", "message")
+    try:
+        return contract.model_validate(obj, context={"limits": limits})
+    except ValidationError as exc:
+        message, field = _describe(exc)
+        raise ContractError(message, field) from None
+
+
+#: Record type per logical topic name (without prefix).
+CONTRACTS: dict[str, type[Contract]] = {
+    "interactions": InteractionEvent,
+    "deletions": DeletionRequest,
+    "rec-requests": RecRequest,
+    "recommendations": Recommendation,
+    "model-updates": ModelUpdate,
+    "deletion-receipts": DeletionReceipt,
+    "dead-letters": DeadLetter,
+}
+
+
+def json_schemas() -> dict[str, dict[str, Any]]:
+    """JSON Schema (draft 2020-12) of every contract, keyed by topic name."""
+    out = {}
+    for topic, contract in CONTRACTS.items():
+        schema = contract.model_json_schema(mode="validation")
+        schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+        schema["title"] = f"lethe {topic} ({contract.__name__})"
+        out[topic] = schema
+    return out

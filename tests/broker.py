@@ -1,0 +1,75 @@
+"""Where the tests' Kafka broker comes from, in order of preference.
+
+1. ``KAFKA_BOOTSTRAP`` names an existing cluster: use it as is.
+2. A Docker engine answers: start testcontainers' Kafka module (same Apache image version).
+3. Otherwise start the project's own single-node KRaft broker (scripts/kafka/kafka.sh) on a
+   free loopback port, and stop it at the end of the session.
+
+Failing all three is an error, never a skip: CI must run the Kafka tests.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+KAFKA_SH = REPO / "scripts" / "kafka" / "kafka.sh"
+
+
+def _docker_answers() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    try:
+        done = subprocess.run(["docker", "info"], capture_output=True, timeout=5)
+    except (subprocess.TimeoutExpired, OSError):
+        return False
+    return done.returncode == 0
+
+
+def _free_port_pair() -> int:
+    """A port p such that p and p+1 are both free on loopback (broker and controller)."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        try:
+            with socket.socket() as s2:
+                s2.bind(("127.0.0.1", port + 1))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no free pair of loopback ports for the test broker")
+
+
+def kafka_version() -> str:
+    return subprocess.run(
+        [str(KAFKA_SH), "version"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+@contextmanager
+def kafka_broker() -> Iterator[tuple[str, str]]:
+    """Yield ``(bootstrap, how)`` for a reachable broker for the whole test session."""
+    existing = os.environ.get("KAFKA_BOOTSTRAP")
+    if existing:
+        yield existing, "KAFKA_BOOTSTRAP"
+        return
+    if _docker_answers():
+        from testcontainers.kafka import KafkaContainer
+
+        with KafkaContainer(f"apache/kafka:{kafka_version()}").with_kraft() as container:
+            yield container.get_bootstrap_server(), "testcontainers"
+        return
+    port = _free_port_pair()
+    env = {**os.environ, "LETHE_KAFKA_PORT": str(port)}
+    subprocess.run([str(KAFKA_SH), "start"], env=env, check=True)
+    try:
+        yield f"127.0.0.1:{port}", f"local KRaft broker {kafka_version()}"
+    finally:
+        subprocess.run([str(KAFKA_SH), "stop"], env=env, check=False)
