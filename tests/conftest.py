@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from streams.config import LetheSettings
-from tests.broker import kafka_broker
+from streams.localkafka import kafka_broker
 
 
 @pytest.fixture(scope="session")

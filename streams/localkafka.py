@@ -1,4 +1,4 @@
-"""Where the tests' Kafka broker comes from, in order of preference.
+"""Where a Kafka broker comes from (tests, benchmarks, demo), in order of preference.
 
 1. ``KAFKA_BOOTSTRAP`` names an existing cluster: use it as is.
 2. A Docker engine answers: start testcontainers' Kafka module (same Apache image version).
@@ -6,6 +6,7 @@
    free loopback port, and stop it at the end of the session.
 
 Failing all three is an error, never a skip: CI must run the Kafka tests.
+The repository checkout is needed for option 3 (it holds scripts/kafka).
 """
 
 from __future__ import annotations
