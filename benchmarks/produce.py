@@ -75,7 +75,9 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=5_000)
     args = parser.parse_args()
     with kafka_broker() as (bootstrap, _how):
-        settings = LetheSettings(bootstrap_servers=bootstrap, topic_prefix=f"bench{uuid.uuid4().hex[:6]}.")
+        settings = LetheSettings(
+            bootstrap_servers=bootstrap, topic_prefix=f"bench{uuid.uuid4().hex[:6]}."
+        )
         asyncio.run(_bench(settings, args.events, args.users))
 
 

@@ -1,0 +1,130 @@
+"""The contract every IMCorrect mapping fulfils.
+
+A mapping turns the interaction matrix X into an item×item matrix M with scores S = X·M. All
+three supported mappings depend on X only through a (possibly user-weighted) Gram matrix
+G = Xᵀ W X and per-item degrees, so a change of some user rows is a low-rank change of G that
+each mapping folds into M without refitting (see :mod:`models.imcorrect.lowrank`).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import numpy as np
+import scipy.sparse as sp
+
+from models.imcorrect.lowrank import RowChange, add_gram_change
+
+
+class Mapping(ABC):
+    """Base class: keeps the weighted Gram matrix and derives the mapping from it."""
+
+    name: ClassVar[str]
+
+    def __init__(self) -> None:
+        self.gram = np.zeros((0, 0))
+        self._mapping: np.ndarray | None = None
+
+    # -- weighting --------------------------------------------------------------------------
+    def row_weights(self, rows: sp.csr_matrix) -> np.ndarray:
+        """Weight of each user's contribution to G (1 unless the mapping normalises users)."""
+        return np.ones(rows.shape[0])
+
+    def weighted_gram(self, x: sp.csr_matrix) -> np.ndarray:
+        w = self.row_weights(x)
+        return np.asarray((x.T @ sp.diags(w) @ x).toarray(), dtype=np.float64)
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def fit(self, x: sp.csr_matrix) -> None:
+        """Build every matrix from scratch (the gold standard the corrections must equal)."""
+        self.gram = self.weighted_gram(x)
+        self._fit_derived(x)
+
+    def apply(self, change: RowChange) -> None:
+        """Fold a change of some user rows into G and the mapping."""
+        change = RowChange(
+            change.old, change.new, self.row_weights(change.old), self.row_weights(change.new)
+        )
+        a, signs = change.factor()
+        if a.shape[0] == 0:
+            return
+        touched = add_gram_change(self.gram, a, signs)
+        self._correct(a, signs, touched, change)
+
+    def remove_items(self, items: np.ndarray, change: RowChange) -> None:
+        """Drop item columns from X; ``change`` holds the rows of users who had them."""
+        self.apply(change)
+
+    def grow(self, n_items: int) -> None:
+        """Extend the catalogue with items that have no interactions yet."""
+        n = self.gram.shape[0]
+        if n_items <= n:
+            return
+        gram = np.zeros((n_items, n_items))
+        gram[:n, :n] = self.gram
+        self.gram = gram
+        self._grow_derived(n, n_items)
+
+    @property
+    def mapping(self) -> np.ndarray:
+        """The item×item mapping M (read-only view; recomputed lazily after a change)."""
+        if self._mapping is None:
+            self._mapping = self._materialise()
+            self._mapping.setflags(write=False)
+        return self._mapping
+
+    def scores(self, rows: sp.csr_matrix) -> np.ndarray:
+        return np.asarray(rows @ self.mapping)
+
+    # -- numerical health -------------------------------------------------------------------
+    def drift(self, x: sp.csr_matrix, rng: np.random.Generator, n_columns: int = 8) -> float:
+        """Largest absolute error of the maintained state on a few random columns."""
+        n = self.gram.shape[0]
+        if n == 0:
+            return 0.0
+        cols = rng.choice(n, size=min(n_columns, n), replace=False)
+        w = self.row_weights(x)
+        fresh = np.asarray((x.T @ (sp.diags(w) @ x[:, cols])).toarray())
+        return max(float(np.max(np.abs(self.gram[:, cols] - fresh))), self._derived_drift(cols))
+
+    def refactorise(self, x: sp.csr_matrix) -> None:
+        """Recompute from X, discarding accumulated rounding error."""
+        self.fit(x)
+
+    # -- persistence ------------------------------------------------------------------------
+    def state(self) -> dict[str, np.ndarray]:
+        return {"gram": self.gram, **self._derived_state()}
+
+    def load_state(self, arrays: dict[str, np.ndarray]) -> None:
+        self.gram = np.array(arrays["gram"], dtype=np.float64)
+        self._load_derived(arrays)
+        self._mapping = None
+
+    @abstractmethod
+    def config(self) -> dict[str, Any]:
+        """Hyper-parameters, JSON-serialisable."""
+
+    # -- hooks for subclasses ---------------------------------------------------------------
+    @abstractmethod
+    def _fit_derived(self, x: sp.csr_matrix) -> None: ...
+
+    @abstractmethod
+    def _correct(
+        self, a: sp.csr_matrix, signs: np.ndarray, touched: np.ndarray, change: RowChange
+    ) -> None: ...
+
+    @abstractmethod
+    def _grow_derived(self, old_n: int, new_n: int) -> None: ...
+
+    @abstractmethod
+    def _materialise(self) -> np.ndarray: ...
+
+    def _derived_drift(self, cols: np.ndarray) -> float:
+        return 0.0
+
+    def _derived_state(self) -> dict[str, np.ndarray]:
+        return {}
+
+    def _load_derived(self, arrays: dict[str, np.ndarray]) -> None:  # noqa: B027
+        """Restore subclass arrays (none by default)."""

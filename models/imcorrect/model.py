@@ -1,0 +1,424 @@
+"""IMCorrect: a mapping-based recommender that learns and forgets without retraining.
+
+Two corrections keep the model equal to one fitted from scratch on the retained data:
+
+* the *interaction-matrix correction* edits X (immediately removes forgotten data from the
+  user's own scores), and
+* the *mapping-matrix correction* folds the same change into the item×item mapping M (removes
+  its influence on everybody else's scores) — see the mapping classes for the algebra.
+
+Numerical drift of repeated low-rank updates is watched: every ``check_every`` updates a
+residual check on random columns runs, and when it exceeds ``drift_tolerance`` the state is
+refactorised from X. Indices are dense ints; mapping external ids is the caller's job.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import scipy.sparse as sp
+
+from models.imcorrect.base import Mapping
+from models.imcorrect.ease import EASE
+from models.imcorrect.gfcf import GFCF
+from models.imcorrect.itemknn import ItemKNN
+from models.imcorrect.lowrank import RowChange
+
+MappingName = Literal["ease", "itemknn", "gfcf"]
+FORMAT_VERSION = 1
+
+#: Documented drift tolerance: the largest absolute error allowed on the residual check
+#: (‖(G+λI)P − I‖ on sampled columns for EASE, |G − XᵀWX| and |M − f(G)| otherwise).
+DEFAULT_DRIFT_TOLERANCE = 1e-9
+
+
+def make_mapping(name: MappingName, **params: float) -> Mapping:
+    """Factory for the supported mappings."""
+    if name == "ease":
+        return EASE(l2=params.get("l2", 500.0))
+    if name == "itemknn":
+        return ItemKNN(shrink=params.get("shrink", 0.0))
+    if name == "gfcf":
+        return GFCF()
+    raise ValueError(f"unknown mapping {name!r}: choose ease, itemknn or gfcf")
+
+
+@dataclass
+class ChangeReport:
+    """What one learn/forget call did."""
+
+    version: int
+    users_changed: int = 0
+    interactions_added: int = 0
+    removed: dict[str, int] = field(default_factory=dict)
+    refactorised: bool = False
+
+
+class IMCorrect:
+    """Incremental learning and exact unlearning on top of an item×item mapping.
+
+    Parameters
+    ----------
+    mapping:
+        ``"ease"``, ``"itemknn"`` or ``"gfcf"`` (linear filter).
+    correct_mapping:
+        When False only X is corrected (the fast, incomplete "interaction-only" peer).
+    drift_tolerance, check_every:
+        Residual check policy; see module docstring.
+    **params:
+        Mapping hyper-parameters (``l2`` for EASE, ``shrink`` for ItemKNN).
+    """
+
+    def __init__(
+        self,
+        mapping: MappingName = "ease",
+        *,
+        correct_mapping: bool = True,
+        drift_tolerance: float = DEFAULT_DRIFT_TOLERANCE,
+        check_every: int = 64,
+        seed: int = 0,
+        **params: float,
+    ) -> None:
+        self.mapping_name: MappingName = mapping
+        self.params = dict(params)
+        self._mapping = make_mapping(mapping, **params)
+        self.correct_mapping = correct_mapping
+        self.drift_tolerance = drift_tolerance
+        self.check_every = check_every
+        self._rng = np.random.default_rng(seed)
+        self._x = sp.csr_matrix((0, 0), dtype=np.float64)
+        self.forgotten_items = np.zeros(0, dtype=bool)
+        self.version = 0
+        self.updates_since_check = 0
+        self.refactorisations = 0
+        self.last_drift = 0.0
+
+    # -- read-only views --------------------------------------------------------------------
+    @property
+    def n_users(self) -> int:
+        return self._x.shape[0]
+
+    @property
+    def n_items(self) -> int:
+        return self._x.shape[1]
+
+    @property
+    def interactions(self) -> sp.csr_matrix:
+        """Current interaction matrix X (a copy; edit through learn/forget)."""
+        return self._x.copy()
+
+    @property
+    def mapping(self) -> np.ndarray:
+        """Item×item mapping M, read-only."""
+        return self._mapping.mapping
+
+    @property
+    def gram(self) -> np.ndarray:
+        return self._mapping.gram
+
+    # -- fitting ----------------------------------------------------------------------------
+    def fit(self, x: sp.spmatrix | np.ndarray) -> IMCorrect:
+        """Fit from scratch on X (users × items, implicit weights)."""
+        self._x = _as_csr(x)
+        self._mapping.fit(self._x)
+        self.forgotten_items = np.zeros(self.n_items, dtype=bool)
+        self.version += 1
+        self.updates_since_check = 0
+        return self
+
+    # -- learning ---------------------------------------------------------------------------
+    def learn(
+        self,
+        users: Sequence[int] | np.ndarray,
+        items: Sequence[int] | np.ndarray,
+        values: Sequence[float] | np.ndarray | None = None,
+    ) -> ChangeReport:
+        """Add interactions (last value wins for a repeated pair; default value 1).
+
+        Users and items beyond the current shape grow the matrices. Learning an item that was
+        forgotten brings it back into the catalogue.
+        """
+        users = np.asarray(users, dtype=np.int64)
+        items = np.asarray(items, dtype=np.int64)
+        vals = np.ones(len(users)) if values is None else np.asarray(values, dtype=np.float64)
+        if not (len(users) == len(items) == len(vals)):
+            raise ValueError("users, items and values must have the same length")
+        if len(users) == 0:
+            return ChangeReport(self.version)
+        if users.min() < 0 or items.min() < 0:
+            raise ValueError("indices must be non-negative")
+        self._grow(int(users.max()) + 1, int(items.max()) + 1)
+        self.forgotten_items[items] = False
+        changed = np.unique(users)
+        pos = {u: k for k, u in enumerate(changed)}
+        # deduplicate (user, item): the last occurrence wins
+        last = {}
+        for u, i, v in zip(users.tolist(), items.tolist(), vals.tolist(), strict=True):
+            last[(u, i)] = v
+        rows = np.fromiter((pos[u] for u, _ in last), dtype=np.int64, count=len(last))
+        cols = np.fromiter((i for _, i in last), dtype=np.int64, count=len(last))
+        upd = sp.csr_matrix(
+            (np.fromiter(last.values(), dtype=np.float64, count=len(last)), (rows, cols)),
+            shape=(len(changed), self.n_items),
+        )
+        old = self._x[changed]
+        pattern = upd.copy()
+        pattern.data[:] = 1.0
+        new = (old - old.multiply(pattern) + upd).tocsr()
+        new.eliminate_zeros()
+        self._replace_rows(changed, old, new)
+        report = ChangeReport(
+            self.version, users_changed=len(changed), interactions_added=len(last)
+        )
+        report.refactorised = self._after_update()
+        report.version = self.version
+        return report
+
+    # -- forgetting -------------------------------------------------------------------------
+    def forget(
+        self,
+        users: Iterable[int] | None = None,
+        items: Iterable[int] | None = None,
+        interactions: Iterable[tuple[int, int]] | None = None,
+    ) -> ChangeReport:
+        """Forget whole users, whole items and/or single (user, item) interactions.
+
+        All scopes of one call become one correction per kind. Unknown indices are ignored.
+        Returns counts of what was actually removed.
+        """
+        removed = {"users": 0, "items": 0, "interactions": 0}
+        item_arr = _valid(items, self.n_items)
+        if len(item_arr):
+            removed["interactions"] += self._forget_items(item_arr)
+            removed["items"] = int((~self.forgotten_items[item_arr]).sum())
+            self.forgotten_items[item_arr] = True
+        drop: dict[int, set[int] | None] = {}
+        for u in _valid(users, self.n_users).tolist():
+            drop[u] = None  # whole row
+        for u, i in interactions or ():
+            if 0 <= u < self.n_users and 0 <= i < self.n_items and drop.get(u, set()) is not None:
+                drop.setdefault(u, set()).add(int(i))
+        if drop:
+            changed = np.array(sorted(drop), dtype=np.int64)
+            old = self._x[changed]
+            keep = old.copy().tolil()
+            for k, u in enumerate(changed.tolist()):
+                if drop[u] is None:
+                    removed["users"] += int(old[k].nnz > 0)
+                    keep.rows[k], keep.data[k] = [], []
+                else:
+                    pairs = [
+                        (c, v)
+                        for c, v in zip(keep.rows[k], keep.data[k], strict=True)
+                        if c not in drop[u]
+                    ]
+                    keep.rows[k] = [c for c, _ in pairs]
+                    keep.data[k] = [v for _, v in pairs]
+            new = keep.tocsr()
+            removed["interactions"] += int(old.nnz - new.nnz)
+            self._replace_rows(changed, old, new)
+        report = ChangeReport(self.version, removed=removed)
+        report.refactorised = self._after_update()
+        report.version = self.version
+        return report
+
+    def _forget_items(self, items: np.ndarray) -> int:
+        col_mask = np.zeros(self.n_items, dtype=bool)
+        col_mask[items] = True
+        xc = self._x.tocsc()
+        users = np.unique(xc[:, items].indices)
+        if len(users) == 0:
+            return 0
+        old = self._x[users]
+        keep_cols = sp.diags((~col_mask).astype(np.float64))
+        new = (old @ keep_cols).tocsr()
+        new.eliminate_zeros()
+        n_removed = int(old.nnz - new.nnz)
+        self._x = (self._x @ keep_cols).tocsr()
+        self._x.eliminate_zeros()
+        if self.correct_mapping:
+            self._mapping.remove_items(items, RowChange(old, new, np.ones(0), np.ones(0)))
+        self.version += 1
+        return n_removed
+
+    # -- scoring ----------------------------------------------------------------------------
+    def score(
+        self,
+        users: Sequence[int] | np.ndarray,
+        *,
+        mask_seen: bool = True,
+        mask_forgotten: bool = True,
+    ) -> np.ndarray:
+        """Scores S = X[users]·M (users × items); masked entries are −inf."""
+        users = np.asarray(users, dtype=np.int64)
+        rows = self._x[users]
+        scores = self._mapping.scores(rows)
+        if mask_seen:
+            r, c = rows.nonzero()
+            scores[r, c] = -np.inf
+        if mask_forgotten and self.forgotten_items.any():
+            scores[:, self.forgotten_items] = -np.inf
+        return scores
+
+    def recommend(
+        self, users: Sequence[int] | np.ndarray, k: int, **mask: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k item indices and scores per user, best first (masked items never appear;
+        a row is padded with -1 / -inf when fewer than k items are eligible)."""
+        scores = self.score(users, **mask)
+        k_eff = min(k, scores.shape[1])
+        part = np.argpartition(-scores, k_eff - 1, axis=1)[:, :k_eff]
+        top = np.take_along_axis(scores, part, axis=1)
+        order = np.argsort(-top, axis=1, kind="stable")
+        idx = np.take_along_axis(part, order, axis=1)
+        val = np.take_along_axis(top, order, axis=1)
+        idx = np.where(np.isfinite(val), idx, -1)
+        return idx, val
+
+    # -- persistence ------------------------------------------------------------------------
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        x = self._x
+        return {
+            "x_data": x.data,
+            "x_indices": x.indices,
+            "x_indptr": x.indptr,
+            "x_shape": np.array(x.shape, dtype=np.int64),
+            "forgotten_items": self.forgotten_items,
+            **{f"map_{k}": v for k, v in self._mapping.state().items()},
+        }
+
+    def state_meta(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT_VERSION,
+            "mapping": self.mapping_name,
+            "params": self._mapping.config(),
+            "correct_mapping": self.correct_mapping,
+            "drift_tolerance": self.drift_tolerance,
+            "check_every": self.check_every,
+            "version": self.version,
+            "refactorisations": self.refactorisations,
+        }
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write ``<path>.npz`` (plain arrays) and ``<path>.json`` atomically; never pickle."""
+        base = Path(path)
+        base.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(base.with_suffix(".npz"), lambda f: np.savez(f, **self.state_arrays()))
+        meta = json.dumps(self.state_meta(), indent=2).encode()
+        _atomic_write(base.with_suffix(".json"), lambda f: f.write(meta))
+        return base
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> IMCorrect:
+        base = Path(path)
+        meta = json.loads(base.with_suffix(".json").read_text())
+        if meta.get("format") != FORMAT_VERSION:
+            raise ValueError(f"unsupported IMCorrect format {meta.get('format')}")
+        model = cls(
+            meta["mapping"],
+            correct_mapping=meta["correct_mapping"],
+            drift_tolerance=meta["drift_tolerance"],
+            check_every=meta["check_every"],
+            **meta["params"],
+        )
+        with np.load(base.with_suffix(".npz"), allow_pickle=False) as arrays:
+            model.load_arrays(dict(arrays), meta)
+        return model
+
+    def load_arrays(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        shape = tuple(int(s) for s in arrays["x_shape"])
+        self._x = sp.csr_matrix(
+            (arrays["x_data"], arrays["x_indices"], arrays["x_indptr"]), shape=shape
+        )
+        self.forgotten_items = np.array(arrays["forgotten_items"], dtype=bool)
+        self._mapping.load_state({k[4:]: v for k, v in arrays.items() if k.startswith("map_")})
+        self.version = int(meta["version"])
+        self.refactorisations = int(meta.get("refactorisations", 0))
+
+    # -- internals --------------------------------------------------------------------------
+    def _grow(self, n_users: int, n_items: int) -> None:
+        nu, ni = max(n_users, self.n_users), max(n_items, self.n_items)
+        if (nu, ni) == self._x.shape:
+            return
+        self._x.resize((nu, ni))
+        if ni > len(self.forgotten_items):
+            self.forgotten_items = np.concatenate(
+                [self.forgotten_items, np.zeros(ni - len(self.forgotten_items), dtype=bool)]
+            )
+        self._mapping.grow(ni)
+
+    def _replace_rows(self, users: np.ndarray, old: sp.csr_matrix, new: sp.csr_matrix) -> None:
+        delta = sp.csr_matrix((new - old).tocoo(), shape=old.shape)
+        placed = sp.csr_matrix(
+            (delta.data, delta.indices, _expand_indptr(delta.indptr, users, self.n_users)),
+            shape=self._x.shape,
+        )
+        self._x = (self._x + placed).tocsr()
+        self._x.eliminate_zeros()
+        if self.correct_mapping:
+            self._mapping.apply(RowChange(old, new, np.ones(0), np.ones(0)))
+        self.version += 1
+
+    def _after_update(self) -> bool:
+        self.updates_since_check += 1
+        if not self.correct_mapping or self.updates_since_check < self.check_every:
+            return False
+        return self.check_drift()
+
+    def check_drift(self) -> bool:
+        """Run the residual check now; refactorise when it fails. Returns True if refactorised."""
+        self.updates_since_check = 0
+        self.last_drift = self._mapping.drift(self._x, self._rng)
+        if self.last_drift > self.drift_tolerance:
+            self._mapping.refactorise(self._x)
+            self.refactorisations += 1
+            return True
+        return False
+
+
+def _as_csr(x: sp.spmatrix | np.ndarray) -> sp.csr_matrix:
+    m = sp.csr_matrix(x, dtype=np.float64)
+    m.sum_duplicates()
+    m.eliminate_zeros()
+    return m
+
+
+def _valid(values: Iterable[int] | None, bound: int) -> np.ndarray:
+    if values is None:
+        return np.zeros(0, dtype=np.int64)
+    arr = np.unique(np.asarray(list(values), dtype=np.int64))
+    return arr[(arr >= 0) & (arr < bound)]
+
+
+def _expand_indptr(indptr: np.ndarray, rows: np.ndarray, n_rows: int) -> np.ndarray:
+    """indptr of a k-row matrix re-placed at ``rows`` of an n_rows matrix (rows sorted)."""
+    counts = np.zeros(n_rows + 1, dtype=np.int64)
+    counts[rows + 1] = np.diff(indptr)
+    return np.cumsum(counts)
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write to a temp file in the same folder, fsync, then rename over ``path``."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

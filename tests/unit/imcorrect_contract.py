@@ -1,0 +1,195 @@
+"""The contract every IMCorrect mapping must honour, shared by one test class per mapping.
+
+A subclass sets ``mapping`` and ``params``; every test here then runs for it. The central
+property: any sequence of fit / learn / forget ends with a model equal to a fresh fit on the
+retained data, where "retained" is tracked independently as a plain dict of interactions.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from models.imcorrect import IMCorrect
+
+TOL = 1e-8
+
+
+def _matrix(log: dict[tuple[int, int], float], shape: tuple[int, int]) -> sp.csr_matrix:
+    if not log:
+        return sp.csr_matrix(shape)
+    (rows, cols), vals = zip(*log.keys(), strict=True), list(log.values())
+    return sp.csr_matrix((vals, (rows, cols)), shape=shape)
+
+
+pairs = st.tuples(st.integers(0, 11), st.integers(0, 8))
+operation = st.one_of(
+    st.tuples(
+        st.just("learn"), st.lists(pairs, min_size=1, max_size=8), st.sampled_from([None, 0.5, 2.0])
+    ),
+    st.tuples(st.just("forget_users"), st.lists(st.integers(0, 11), min_size=1, max_size=3)),
+    st.tuples(st.just("forget_items"), st.lists(st.integers(0, 8), min_size=1, max_size=2)),
+    st.tuples(st.just("forget_interactions"), st.lists(pairs, min_size=1, max_size=5)),
+)
+
+
+class MappingContract:
+    mapping: ClassVar[str]
+    params: ClassVar[dict[str, float]] = {}
+
+    def make(self, **kw) -> IMCorrect:
+        return IMCorrect(self.mapping, **self.params, **kw)
+
+    def refit(self, x: sp.csr_matrix) -> IMCorrect:
+        return self.make().fit(x)
+
+    def assert_equal_to_refit(self, model: IMCorrect, retained: sp.csr_matrix) -> None:
+        assert model.interactions.shape == retained.shape
+        assert abs(model.interactions - retained).max() <= TOL if retained.nnz else True
+        fresh = self.refit(retained)
+        np.testing.assert_allclose(model.mapping, fresh.mapping, atol=TOL, rtol=0)
+
+    # -- the property -----------------------------------------------------------------------
+    # One subclass per mapping runs this method: differing executors are intended here, and
+    # each subclass's examples are independent.
+    @settings(
+        max_examples=100,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.differing_executors],
+    )
+    @given(
+        initial=st.lists(pairs, min_size=0, max_size=25),
+        ops=st.lists(operation, min_size=1, max_size=8),
+    )
+    def test_any_sequence_equals_a_fresh_fit_on_retained_data(self, initial, ops):
+        log: dict[tuple[int, int], float] = {p: 1.0 for p in initial}
+        shape = (6, 5)
+        log = {p: v for p, v in log.items() if p[0] < shape[0] and p[1] < shape[1]}
+        model = self.make(check_every=3).fit(_matrix(log, shape))
+        forgotten_items: set[int] = set()
+        for op in ops:
+            kind = op[0]
+            if kind == "learn":
+                value = 1.0 if op[2] is None else op[2]
+                users, items = zip(*op[1], strict=True)
+                model.learn(users, items, None if op[2] is None else [value] * len(users))
+                for p in op[1]:
+                    log[p] = value
+                    forgotten_items.discard(p[1])
+                shape = (max(shape[0], max(users) + 1), max(shape[1], max(items) + 1))
+            elif kind == "forget_users":
+                model.forget(users=op[1])
+                log = {p: v for p, v in log.items() if p[0] not in op[1]}
+            elif kind == "forget_items":
+                model.forget(items=op[1])
+                log = {p: v for p, v in log.items() if p[1] not in op[1]}
+                forgotten_items |= {i for i in op[1] if i < shape[1]}
+            else:
+                model.forget(interactions=op[1])
+                log = {p: v for p, v in log.items() if p not in set(op[1])}
+            self.assert_equal_to_refit(model, _matrix(log, shape))
+        assert set(np.flatnonzero(model.forgotten_items)) == forgotten_items
+
+    # -- scopes, one by one, on a realistic random matrix -----------------------------------
+    @pytest.fixture
+    def x(self) -> sp.csr_matrix:
+        rng = np.random.default_rng(3)
+        x = sp.random(120, 40, density=0.15, random_state=rng, format="csr")
+        x.data[:] = 1.0
+        return x
+
+    def test_forget_users_matches_retrain(self, x):
+        model = self.make().fit(x)
+        report = model.forget(users=[0, 5, 17])
+        retained = x.tolil()
+        for u in (0, 5, 17):
+            retained.rows[u], retained.data[u] = [], []
+        self.assert_equal_to_refit(model, retained.tocsr())
+        assert report.removed["users"] == sum(x[u].nnz > 0 for u in (0, 5, 17))
+        assert model.score([0]).max() in (-np.inf, 0.0) or np.all(model.interactions[0].nnz == 0)
+
+    def test_forget_item_never_recommends_it(self, x):
+        model = self.make().fit(x)
+        popular = int(np.argmax(np.asarray(x.sum(axis=0)).ravel()))
+        model.forget(items=[popular])
+        idx, _ = model.recommend(np.arange(x.shape[0]), k=10)
+        assert popular not in idx
+        retained = x.tolil()
+        retained[:, popular] = 0
+        self.assert_equal_to_refit(model, sp.csr_matrix(retained))
+
+    def test_forget_interactions_matches_retrain(self, x):
+        model = self.make().fit(x)
+        u = int(np.argmax(np.diff(x.indptr)))
+        items = x[u].indices[:2].tolist()
+        report = model.forget(interactions=[(u, i) for i in items])
+        retained = x.tolil()
+        for i in items:
+            retained[u, i] = 0
+        self.assert_equal_to_refit(model, sp.csr_matrix(retained))
+        assert report.removed["interactions"] == 2
+
+    def test_forgetting_learned_data_restores_the_original(self, x):
+        model = self.make().fit(x)
+        model.learn([200, 200, 201], [3, 45, 3])  # new users and a new item
+        model.forget(users=[200, 201])
+        padded = x.copy()
+        padded.resize((202, 46))
+        self.assert_equal_to_refit(model, padded)
+
+    def test_learning_after_forgetting(self, x):
+        model = self.make().fit(x)
+        model.forget(users=[1, 2])
+        model.learn([1, 1, 2], [0, 1, 2])
+        retained = x.tolil()
+        for u in (1, 2):
+            retained.rows[u], retained.data[u] = [], []
+        retained[1, 0] = retained[1, 1] = retained[2, 2] = 1
+        self.assert_equal_to_refit(model, sp.csr_matrix(retained))
+
+    def test_recommend_masks_seen_items(self, x):
+        model = self.make().fit(x)
+        idx, scores = model.recommend([4, 9], k=5)
+        for row, u in zip(idx, (4, 9), strict=True):
+            assert not set(row.tolist()) & set(x[u].indices.tolist())
+        assert np.all(np.diff(scores, axis=1) <= 0)
+
+    def test_interaction_only_peer_leaves_the_mapping_stale(self, x):
+        model = self.make(correct_mapping=False).fit(x)
+        before = model.mapping.copy()
+        model.forget(users=list(range(30)))
+        np.testing.assert_array_equal(model.mapping, before)
+        assert model.interactions[:30].nnz == 0
+
+    def test_save_load_round_trip_without_pickle(self, x, tmp_path):
+        model = self.make().fit(x)
+        model.forget(users=[3])
+        model.learn([3], [7])
+        model.save(tmp_path / "snap")
+        loaded = IMCorrect.load(tmp_path / "snap")
+        np.testing.assert_array_equal(loaded.mapping, model.mapping)
+        assert (loaded.interactions != model.interactions).nnz == 0
+        assert loaded.version == model.version
+        with np.load(tmp_path / "snap.npz", allow_pickle=False) as arrays:
+            assert all(arrays[k].dtype != object for k in arrays.files)
+
+    def test_drift_check_refactorises_when_over_tolerance(self, x):
+        model = self.make(check_every=1, drift_tolerance=1e-9).fit(x)
+        model._mapping.gram[0, 0] += 1e-6  # simulate accumulated rounding error
+        report = model.learn([0], [1])
+        assert report.refactorised and model.refactorisations == 1
+        self.assert_equal_to_refit(model, model.interactions)
+
+    def test_many_small_updates_stay_within_tolerance(self, x):
+        model = self.make(check_every=10**9).fit(x[:60])
+        rows, cols = x[60:].nonzero()
+        for start in range(0, len(rows), 7):
+            model.learn(rows[start : start + 7], cols[start : start + 7])
+        model.forget(users=range(60, 90))
+        assert not model.check_drift()
+        assert model.last_drift <= model.drift_tolerance
