@@ -108,6 +108,19 @@ def _cmd_schemas(args: argparse.Namespace, settings: LetheSettings) -> int:
     return 0
 
 
+def _cmd_worker(args: argparse.Namespace, settings: LetheSettings) -> int:
+    from streams.logs import configure_logging
+
+    configure_logging(settings.log_json)
+    if args.kind == "imcorrect":
+        from streams.imcorrect_worker import run_worker
+
+        run_worker(settings)
+        return 0
+    print(f"lethe worker: {args.kind} is not available in this build", file=sys.stderr)
+    return 2
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lethe",
@@ -154,6 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait")
     p.set_defaults(func=_cmd_recommend)
 
+    p = sub.add_parser("worker", help="run a Lethe worker until SIGINT/SIGTERM")
+    p.add_argument("kind", choices=["imcorrect"])
+    p.add_argument("--state-dir", type=Path, help="state folder (default: LETHE_STATE_DIR)")
+    p.set_defaults(func=_cmd_worker)
+
     p = sub.add_parser("schemas", help="write JSON Schema files of every contract")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "schemas")
     p.set_defaults(func=_cmd_schemas)
@@ -168,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides["bootstrap_servers"] = args.bootstrap
     if args.topic_prefix:
         overrides["topic_prefix"] = args.topic_prefix
+    if getattr(args, "state_dir", None):
+        overrides["state_dir"] = args.state_dir
     settings = load_settings(**overrides)
     return int(args.func(args, settings) or 0)
 

@@ -66,6 +66,19 @@ class ProducerSettings(BaseModel):
     idempotent: bool = True
 
 
+class IMCorrectWorkerSettings(BaseModel):
+    """The streaming IMCorrect worker: model, micro-batching, snapshots."""
+
+    mapping: Literal["ease", "itemknn", "gfcf"] = "ease"
+    l2: float = Field(default=200.0, gt=0)
+    shrink: float = Field(default=0.0, ge=0)
+    batch_max_events: int = Field(default=2000, ge=1)
+    batch_max_wait_ms: int = Field(default=200, ge=1)
+    snapshot_interval_s: float = Field(default=30.0, gt=0)
+    dedup_window: int = Field(default=2_000_000, ge=1)
+    group_id: str = "lethe-imcorrect"
+
+
 class LetheSettings(BaseSettings):
     """All settings of a Lethe process."""
 
@@ -85,11 +98,14 @@ class LetheSettings(BaseSettings):
     client_id: str = "lethe"
     topic_prefix: str = "lethe."
     state_dir: Path = Path("./var/state")
-    metrics_port: int = Field(default=9464, ge=0, le=65535)
+    metrics_port: int = Field(default=9464, ge=-1, le=65535)  # 0: any free port, -1: off
+    metrics_host: str = "127.0.0.1"
     security: SecuritySettings = SecuritySettings()
     limits: LimitSettings = LimitSettings()
     topics: TopicSettings = TopicSettings()
     producer: ProducerSettings = ProducerSettings()
+    imcorrect: IMCorrectWorkerSettings = IMCorrectWorkerSettings()
+    log_json: bool = False
 
     @classmethod
     def settings_customise_sources(

@@ -70,9 +70,16 @@ class EASE(Mapping):
         self._mapping = None
 
     def _materialise(self) -> np.ndarray:
-        m = -self.inverse / np.diag(self.inverse)[None, :]
+        m = np.multiply(self.inverse, -1.0 / np.diag(self.inverse)[None, :])
         np.fill_diagonal(m, 0.0)
         return m
+
+    def scores(self, rows: sp.csr_matrix) -> np.ndarray:
+        """S = X·M = X − (X·P)·diag(1/diag P), straight from P: M is never materialised."""
+        scores = np.asarray(rows @ self.inverse)
+        scores *= -1.0 / np.diag(self.inverse)[None, :]
+        scores += rows.toarray()  # the I term; (I − P D⁻¹) has a zero diagonal by construction
+        return scores
 
     def _derived_drift(self, cols: np.ndarray) -> float:
         # residual of (G + λI) P = I on the sampled columns

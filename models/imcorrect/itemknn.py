@@ -22,6 +22,14 @@ class ItemKNN(NormalizedGram):
     def config(self) -> dict[str, Any]:
         return {"shrink": self.shrink}
 
+    def remove_items(self, items: np.ndarray, change) -> None:
+        """Removing column j of X only zeroes row/column j of G, and no other item's norm
+        (diag G) changes, so only the removed items' rows/columns of M are recomputed."""
+        items = np.unique(np.asarray(items, dtype=np.int64))
+        self.gram[items, :] = 0.0
+        self.gram[:, items] = 0.0
+        self._refresh(items)
+
     def degrees(self) -> np.ndarray:
         # cosine norms are the diagonal of the Gram matrix (Σ_u x_ui²)
         return np.diag(self.gram)

@@ -282,6 +282,19 @@ class IMCorrect:
         idx = np.where(np.isfinite(val), idx, -1)
         return idx, val
 
+    def popular(self, k: int, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k items by number of interactions (the fallback for unknown users)."""
+        counts = np.asarray((self._x != 0).sum(axis=0)).ravel().astype(np.float64)
+        counts[self.forgotten_items] = -np.inf
+        if exclude is not None and len(exclude):
+            counts[exclude] = -np.inf
+        k_eff = min(k, len(counts))
+        if k_eff == 0:
+            return np.zeros(0, dtype=np.int64), np.zeros(0)
+        top = np.argsort(-counts, kind="stable")[:k_eff]
+        keep = np.isfinite(counts[top]) & (counts[top] > 0)
+        return top[keep], counts[top][keep]
+
     # -- persistence ------------------------------------------------------------------------
     def state_arrays(self) -> dict[str, np.ndarray]:
         x = self._x

@@ -193,3 +193,11 @@ class MappingContract:
         model.forget(users=range(60, 90))
         assert not model.check_drift()
         assert model.last_drift <= model.drift_tolerance
+
+    def test_scores_are_x_times_the_mapping(self, x):
+        model = self.make().fit(x)
+        model.learn([2, 3], [5, 6])
+        users = np.array([0, 2, 3, 50])
+        expected = np.asarray(model.interactions[users] @ model.mapping)
+        got = model.score(users, mask_seen=False)
+        np.testing.assert_allclose(got, expected, atol=1e-10)

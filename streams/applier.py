@@ -1,0 +1,170 @@
+"""Turn one micro-batch of validated events into IMCorrect corrections (no Kafka here).
+
+Ordering rule (documented in the README):
+
+* Events are taken in the order they were read. A deletion applies after every interaction
+  of its subject read before it: interactions of a user still waiting in the batch when the
+  user's deletion arrives are dropped with the user (as if learned, then forgotten).
+* A forgotten user, item or (user, item) pair leaves a tombstone with the deletion's ``ts``.
+  A later interaction is learned only if its ``ts`` is newer than the tombstone; a user or
+  item that comes back gets a fresh index, so nothing of its past is revived.
+* All interactions of a batch become one ``IMCorrect.learn`` call (one low-rank correction),
+  followed by one ``IMCorrect.forget`` call for all deletions of the batch.
+* Interactions are implicit feedback: a seen pair has weight 1 whatever its kind or value.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from streams.contracts import DeletionReceipt, DeletionRequest, InteractionEvent
+from streams.state import WorkerState
+
+
+@dataclass
+class _Pending:
+    user: int
+    item: int
+
+
+@dataclass
+class BatchOutcome:
+    learned: int = 0
+    receipts: list[DeletionReceipt] = field(default_factory=list)
+    forget_requested_ts: list[int] = field(default_factory=list)
+    apply_seconds: float = 0.0
+
+
+class Applier:
+    """Applies batches of events to a :class:`WorkerState`."""
+
+    def __init__(self, state: WorkerState) -> None:
+        self.state = state
+
+    def apply(self, events: list[InteractionEvent | DeletionRequest]) -> BatchOutcome:
+        start = time.perf_counter()
+        st = self.state
+        h = st.hasher
+        pending: list[_Pending | None] = []
+        forget_users: list[int] = []
+        forget_items: list[int] = []
+        forget_pairs: set[tuple[int, int]] = set()
+        receipts: list[tuple[DeletionRequest, dict[str, int], str | None]] = []
+        x = st.model.interactions if any(isinstance(e, DeletionRequest) for e in events) else None
+
+        for event in events:
+            if isinstance(event, InteractionEvent):
+                if st.dedup.seen(h("event", event.event_id)):
+                    st.bump("duplicates")
+                    continue
+                st.bump("events_accepted")
+                if self._tombstoned(event):
+                    st.bump("dropped_forgotten")
+                    continue
+                u, i = st.users.index(event.user_id), st.items.index(event.item_id)
+                forget_pairs.discard((u, i))  # re-learned after its deletion in this batch
+                pending.append(_Pending(u, i))
+                continue
+            if st.dedup.seen(h("request", event.request_id)):
+                st.bump("duplicate_deletions")
+                continue
+            removed, reason = self._plan_deletion(
+                event, pending, forget_users, forget_items, forget_pairs, x
+            )
+            receipts.append((event, removed, reason))
+
+        learn = [p for p in pending if p is not None]
+        outcome = BatchOutcome(learned=len(learn))
+        if learn:
+            users = np.fromiter((p.user for p in learn), dtype=np.int64, count=len(learn))
+            items = np.fromiter((p.item for p in learn), dtype=np.int64, count=len(learn))
+            st.model.learn(users, items)
+            st.bump("learned", len(learn))
+        if forget_users or forget_items or forget_pairs:
+            st.model.forget(users=forget_users, items=forget_items, interactions=forget_pairs)
+        now = int(time.time() * 1000)
+        for request, removed, reason in receipts:
+            status = "rejected" if reason else "applied"
+            st.bump(f"deletions_{status}")
+            outcome.receipts.append(
+                DeletionReceipt(
+                    request_id=request.request_id,
+                    status=status,
+                    scope=request.scope,
+                    removed=removed,
+                    requested_at=request.ts,
+                    applied_at=now,
+                    versions={"imcorrect": str(st.model.version)},
+                    detail=reason
+                    or "removed from interaction matrix, mapping, id maps and snapshots",
+                )
+            )
+            outcome.forget_requested_ts.append(request.ts)
+        outcome.apply_seconds = time.perf_counter() - start
+        return outcome
+
+    # -- helpers ----------------------------------------------------------------------------
+    def _tombstoned(self, e: InteractionEvent) -> bool:
+        h, tomb = self.state.hasher, self.state.tombstones
+        for key in (h("user", e.user_id), h("item", e.item_id), h("pair", e.user_id, e.item_id)):
+            ts = tomb.get(key)
+            if ts is not None and e.ts <= ts:
+                return True
+        return False
+
+    def _plan_deletion(self, req, pending, forget_users, forget_items, forget_pairs, x):
+        st, h = self.state, self.state.hasher
+        removed = {"interactions": 0}
+
+        def drop_pending(match) -> int:
+            dropped = set()
+            for k, p in enumerate(pending):
+                if p is not None and match(p):
+                    dropped.add((p.user, p.item))
+                    pending[k] = None
+            return len(dropped)
+
+        if req.scope == "user":
+            st.tombstones[h("user", req.user_id)] = req.ts
+            u = st.users.get(req.user_id)
+            if u is None:
+                return removed, f"unknown user: nothing stored for user_id {req.user_id!r}"
+            in_batch = drop_pending(lambda p: p.user == u)
+            stored = int(x[u].nnz) if x is not None and u < x.shape[0] else 0
+            forget_users.append(u)
+            st.users.drop(req.user_id)
+            removed.update(interactions=stored + in_batch, users=1)
+            return removed, None
+        if req.scope == "item":
+            st.tombstones[h("item", req.item_id)] = req.ts
+            i = st.items.get(req.item_id)
+            if i is None:
+                return removed, f"unknown item: nothing stored for item_id {req.item_id!r}"
+            in_batch = drop_pending(lambda p: p.item == i)
+            stored = int(x[:, i].nnz) if x is not None and i < x.shape[1] else 0
+            forget_items.append(i)
+            st.items.drop(req.item_id)
+            removed.update(interactions=stored + in_batch, items=1)
+            return removed, None
+        # scope == "interactions"
+        u = st.users.get(req.user_id)
+        for item_id in req.item_ids or []:
+            st.tombstones[h("pair", req.user_id, item_id)] = req.ts
+        if u is None:
+            return removed, f"unknown user: nothing stored for user_id {req.user_id!r}"
+        count = 0
+        for item_id in req.item_ids or []:
+            i = st.items.get(item_id)
+            if i is None:
+                continue
+            count += drop_pending(lambda p, i=i: p.user == u and p.item == i)
+            if x is not None and u < x.shape[0] and i < x.shape[1] and x[u, i] != 0:
+                count += 1
+                forget_pairs.add((u, i))
+        if count == 0:
+            return removed, "unknown interactions: none of item_ids is stored for this user"
+        removed["interactions"] = count
+        return removed, None

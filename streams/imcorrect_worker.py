@@ -1,0 +1,304 @@
+"""The streaming IMCorrect worker: ``interactions`` + ``deletions`` in, receipts and
+recommendations out, state snapshotted with the offsets it reflects.
+
+Why aiokafka and not a faust agent here: the worker's guarantee is that model state and input
+offsets move together (a snapshot holds both, a restart seeks to the snapshot's offsets). A
+faust agent commits its consumer group's offsets on its own schedule, independent of our
+snapshots, so after a crash the group offsets may be ahead of the state (events lost) or
+behind it. Assigning partitions manually and seeking to the snapshot's offsets gives
+exactly-once *state* updates; the dedup window additionally absorbs duplicate deliveries.
+
+Receipts are published only after a snapshot that no longer holds the forgotten data is on
+disk. A receipt decided but perhaps not published before a crash is kept in the snapshot and,
+on restart, published unless the receipts topic already has it: exactly one receipt each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from models.imcorrect import IMCorrect
+from streams import metrics as m
+from streams.applier import Applier
+from streams.config import LetheSettings
+from streams.contracts import (
+    ContractError,
+    DeletionReceipt,
+    DeletionRequest,
+    InteractionEvent,
+    Recommendation,
+    RecRequest,
+    ScoredItem,
+    decode,
+)
+from streams.kafka_config import client_kwargs, producer_kwargs
+from streams.kafka_io import send_dead_letter, topic_partitions, tp_key
+from streams.state import DedupWindow, SnapshotStore, WorkerState
+from streams.topics import create_topics, topic_name
+
+log = logging.getLogger("lethe.imcorrect")
+
+
+def new_state(settings: LetheSettings) -> WorkerState:
+    cfg = settings.imcorrect
+    params = {"l2": cfg.l2} if cfg.mapping == "ease" else {}
+    if cfg.mapping == "itemknn":
+        params = {"shrink": cfg.shrink}
+    return WorkerState(model=IMCorrect(cfg.mapping, **params), dedup=DedupWindow(cfg.dedup_window))
+
+
+class IMCorrectWorker:
+    """One worker owns every partition of ``interactions`` and ``deletions``."""
+
+    def __init__(self, settings: LetheSettings) -> None:
+        self.settings = settings
+        self.store = SnapshotStore(Path(settings.state_dir) / "imcorrect")
+        self.state = self.store.load() or new_state(settings)
+        self.applier = Applier(self.state)
+        self.topics = {
+            name: topic_name(settings, name)
+            for name in (
+                "interactions",
+                "deletions",
+                "rec-requests",
+                "recommendations",
+                "deletion-receipts",
+                "dead-letters",
+            )
+        }
+        self._logical = {v: k for k, v in self.topics.items()}
+        self._stop = asyncio.Event()
+        self._last_snapshot = time.monotonic()
+        self.metrics_port = -1
+        self.ready = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    # -- lifecycle ------------------------------------------------------------------------
+    async def run(self) -> None:
+        self.metrics_port = m.serve(self.settings.metrics_host, self.settings.metrics_port)
+        await create_topics(self.settings)
+        self.consumer = AIOKafkaConsumer(
+            **client_kwargs(self.settings),
+            enable_auto_commit=False,
+            group_id=None,
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+        )
+        self.producer = AIOKafkaProducer(**producer_kwargs(self.settings))
+        await self.consumer.start()
+        await self.producer.start()
+        try:
+            await self._assign()
+            await self._resolve_pending_receipts()
+            self.ready.set()
+            log.info("imcorrect worker ready (metrics on :%s)", self.metrics_port)
+            while not self._stop.is_set():
+                await self._step()
+            await self._snapshot()  # clean shutdown
+        finally:
+            await self.producer.stop()
+            await self.consumer.stop()
+
+    async def _assign(self) -> None:
+        tps = []
+        for name in ("interactions", "deletions", "rec-requests"):
+            tps += await topic_partitions(self.consumer, self.topics[name])
+        self.consumer.assign(tps)
+        self.input_tps = [tp for tp in tps if tp.topic != self.topics["rec-requests"]]
+        for tp in self.input_tps:
+            offset = self.state.offsets.get(tp_key(tp))
+            if offset is None:
+                await self.consumer.seek_to_beginning(tp)
+            else:
+                self.consumer.seek(tp, offset)
+        # recommendation requests are ephemeral: answer what arrives from now on
+        await self.consumer.seek_to_end(*[tp for tp in tps if tp not in self.input_tps])
+
+    async def _resolve_pending_receipts(self) -> None:
+        """Publish receipts decided before a crash, unless they already went out."""
+        if not self.state.pending_receipts:
+            return
+        topic = self.topics["deletion-receipts"]
+        reader = AIOKafkaConsumer(
+            **client_kwargs(self.settings), enable_auto_commit=False, group_id=None
+        )
+        await reader.start()
+        published: set[str] = set()
+        try:
+            tps = await topic_partitions(reader, topic)
+            reader.assign(tps)
+            ends = await reader.end_offsets(tps)
+            for tp in tps:
+                reader.seek(tp, self.state.receipts_end_offsets.get(tp_key(tp), 0))
+            while any(await reader.position(tp) < ends[tp] for tp in tps):
+                for records in (await reader.getmany(timeout_ms=500)).values():
+                    for r in records:
+                        published.add(json.loads(r.value)["request_id"])
+        finally:
+            await reader.stop()
+        for raw in self.state.pending_receipts:
+            receipt = DeletionReceipt.model_validate_json(raw)
+            if receipt.request_id not in published:
+                await self._publish_receipt(receipt)
+        await self.producer.flush()
+        self.state.pending_receipts = []
+        await self._snapshot()
+
+    # -- one micro-batch ------------------------------------------------------------------
+    async def _collect(self) -> list:
+        cfg = self.settings.imcorrect
+        batch: list = []
+        deadline = time.monotonic() + cfg.batch_max_wait_ms / 1000
+        while len(batch) < cfg.batch_max_events and not self._stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            got = await self.consumer.getmany(
+                timeout_ms=int(left * 1000) + 1, max_records=cfg.batch_max_events - len(batch)
+            )
+            for records in got.values():
+                batch.extend(records)
+            if not got and batch:
+                break
+        return batch
+
+    async def _step(self) -> None:
+        records = await self._collect()
+        events: list[InteractionEvent | DeletionRequest] = []
+        requests: list[RecRequest] = []
+        limits = self.settings.limits
+        for record in records:
+            logical = self._logical[record.topic]
+            contract = {
+                "interactions": InteractionEvent,
+                "deletions": DeletionRequest,
+                "rec-requests": RecRequest,
+            }[logical]
+            try:
+                event = decode(contract, record.value or b"", limits)
+            except ContractError as exc:
+                await send_dead_letter(
+                    self.producer, self.topics["dead-letters"], record, exc, logical
+                )
+                self.state.bump("dead_letters")
+            else:
+                m.EVENTS.labels(logical, "valid").inc()
+                (requests if logical == "rec-requests" else events).append(event)
+            if logical != "rec-requests":
+                self.state.offsets[f"{record.topic}:{record.partition}"] = record.offset + 1
+        if events:
+            outcome = await asyncio.to_thread(self.applier.apply, events)
+            m.BATCH_SIZE.observe(len(events))
+            m.APPLY_SECONDS.observe(outcome.apply_seconds)
+            self._update_gauges()
+            if outcome.receipts:
+                await self._deliver_receipts(outcome.receipts)
+        for request in requests:
+            await self._answer(request)
+        if time.monotonic() - self._last_snapshot >= self.settings.imcorrect.snapshot_interval_s:
+            await self._snapshot()
+        m.SNAPSHOT_AGE.set(time.monotonic() - self._last_snapshot)
+        await self._record_lag()
+
+    async def _deliver_receipts(self, receipts: list[DeletionReceipt]) -> None:
+        topic = self.topics["deletion-receipts"]
+        tps = await topic_partitions(self.consumer, topic)
+        ends = await self.consumer.end_offsets(tps)
+        self.state.receipts_end_offsets = {tp_key(tp): off for tp, off in ends.items()}
+        self.state.pending_receipts = [r.model_dump_json() for r in receipts]
+        await self._snapshot()  # the forgotten data is gone from disk before any receipt
+        for receipt in receipts:
+            await self._publish_receipt(receipt)
+        await self.producer.flush()
+        self.state.pending_receipts = []
+
+    async def _publish_receipt(self, receipt: DeletionReceipt) -> None:
+        await self.producer.send(
+            self.topics["deletion-receipts"],
+            value=receipt.to_bytes(),
+            key=receipt.request_id.encode(),
+        )
+        m.RECEIPTS.labels(receipt.status).inc()
+        if receipt.requested_at is not None:
+            m.FORGET_LATENCY.observe(max(0.0, time.time() - receipt.requested_at / 1000))
+
+    async def _snapshot(self) -> None:
+        await self.producer.flush()  # dead letters of events covered by the snapshot are out
+        start = time.perf_counter()
+        await asyncio.to_thread(self.store.save, self.state)
+        m.SNAPSHOT_SECONDS.observe(time.perf_counter() - start)
+        self._last_snapshot = time.monotonic()
+
+    # -- recommendations ------------------------------------------------------------------
+    async def _answer(self, request: RecRequest) -> None:
+        rec = await asyncio.to_thread(recommend_from_state, self.state, request)
+        await self.producer.send(
+            self.topics["recommendations"], value=rec.to_bytes(), key=request.user_id.encode()
+        )
+        m.RECOMMENDATIONS.labels(rec.strategy).inc()
+
+    # -- gauges ---------------------------------------------------------------------------
+    def _update_gauges(self) -> None:
+        model = self.state.model
+        m.STATE_SIZE.labels("users").set(len(self.state.users))
+        m.STATE_SIZE.labels("items").set(len(self.state.items))
+        m.STATE_SIZE.labels("interactions").set(model._x.nnz)
+        m.MODEL_VERSION.labels("imcorrect").set(model.version)
+        m.REFACTORISATIONS.set(model.refactorisations)
+
+    async def _record_lag(self) -> None:
+        now = time.monotonic()
+        if now - getattr(self, "_lag_at", 0.0) < 2.0:
+            return
+        self._lag_at = now
+        ends = await self.consumer.end_offsets(self.input_tps)
+        for tp in self.input_tps:
+            lag = ends[tp] - await self.consumer.position(tp)
+            m.CONSUMER_LAG.labels(self._logical[tp.topic], str(tp.partition)).set(max(lag, 0))
+
+
+def recommend_from_state(state: WorkerState, request: RecRequest) -> Recommendation:
+    """Top-k for a known user from IMCorrect; popularity (marked so) for an unknown one."""
+    model = state.model
+    u = state.users.get(request.user_id)
+    strategy = "personal"
+    if u is not None and u < model.n_users and model._x[u].nnz > 0:
+        idx, scores = model.recommend([u], request.k, mask_seen=request.exclude_seen)
+        idx, scores = idx[0], scores[0]
+    else:
+        strategy = "popularity"
+        idx, scores = model.popular(request.k)
+    items = []
+    for i, s in zip(idx.tolist(), scores.tolist(), strict=True):
+        item_id = state.items.external(i) if i >= 0 else None
+        if item_id is not None:
+            items.append(ScoredItem(item_id=item_id, score=float(s)))
+    return Recommendation(
+        request_id=request.request_id,
+        user_id=request.user_id,
+        items=items,
+        model={"imcorrect": str(model.version)},
+        ts=int(time.time() * 1000),
+        strategy=strategy,
+    )
+
+
+def run_worker(settings: LetheSettings) -> None:
+    """Run until SIGINT/SIGTERM, then snapshot and exit cleanly."""
+    import signal
+
+    async def main() -> None:
+        worker = IMCorrectWorker(settings)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, worker.stop)
+        await worker.run()
+
+    asyncio.run(main())

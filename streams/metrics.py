@@ -1,0 +1,45 @@
+"""Prometheus metrics of the Lethe services (prefix ``lethe_``)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+EVENTS = Counter("lethe_events_total", "Events read, by topic and outcome", ["topic", "outcome"])
+DEAD_LETTERS = Counter(
+    "lethe_dead_letters_total",
+    "Messages sent to dead-letters, by source topic and field",
+    ["topic", "field"],
+)
+BATCH_SIZE = Histogram(
+    "lethe_batch_size",
+    "Events per applied micro-batch",
+    buckets=(1, 5, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000),
+)
+APPLY_SECONDS = Histogram(
+    "lethe_apply_seconds",
+    "Time to apply one micro-batch to IMCorrect",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+FORGET_LATENCY = Histogram(
+    "lethe_forget_latency_seconds",
+    "Deletion request ts to receipt published",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300),
+)
+RECEIPTS = Counter("lethe_deletion_receipts_total", "Receipts published", ["status"])
+STATE_SIZE = Gauge("lethe_state_size", "Size of the IMCorrect state", ["what"])
+SNAPSHOT_AGE = Gauge("lethe_snapshot_age_seconds", "Seconds since the last snapshot")
+SNAPSHOT_SECONDS = Histogram("lethe_snapshot_seconds", "Time to write one snapshot")
+CONSUMER_LAG = Gauge("lethe_consumer_lag", "Messages behind the log end", ["topic", "partition"])
+MODEL_VERSION = Gauge("lethe_model_version", "Version of the served model", ["model"])
+RECOMMENDATIONS = Counter("lethe_recommendations_total", "Recommendations published", ["strategy"])
+REFACTORISATIONS = Gauge("lethe_imcorrect_refactorisations", "Drift-triggered refactorisations")
+
+
+def serve(host: str, port: int) -> int:
+    """Start the /metrics HTTP endpoint; returns the bound port (-1 when disabled).
+
+    Port 0 picks a free port (tests); port -1 disables the endpoint."""
+    if port < 0:
+        return -1
+    server, _thread = start_http_server(port, addr=host)
+    return int(server.server_address[1])
