@@ -8,6 +8,12 @@ snapshots, so after a crash the group offsets may be ahead of the state (events 
 behind it. Assigning partitions manually and seeking to the snapshot's offsets gives
 exactly-once *state* updates; the dedup window additionally absorbs duplicate deliveries.
 
+Deletions wait for a barrier: when one is read, the log-end offsets of ``interactions`` are
+noted, the ``deletions`` partitions are paused, and the held deletions apply in the first
+batch that has read ``interactions`` up to those offsets. So a deletion applies after every
+interaction that was published before it, even though the two topics are read in parallel.
+Held deletions are not in the snapshot's offsets, so a crash re-reads and re-holds them.
+
 Receipts are published only after a snapshot that no longer holds the forgotten data is on
 disk. A receipt decided but perhaps not published before a crash is kept in the snapshot and,
 on restart, published unless the receipts topic already has it: exactly one receipt each.
@@ -77,6 +83,8 @@ class IMCorrectWorker:
         self._last_snapshot = time.monotonic()
         self.metrics_port = -1
         self.ready = asyncio.Event()
+        self._held: list[tuple[object, DeletionRequest]] = []  # (record, request)
+        self._barrier: dict[str, int] | None = None
 
     def stop(self) -> None:
         self._stop.set()
@@ -112,6 +120,8 @@ class IMCorrectWorker:
             tps += await topic_partitions(self.consumer, self.topics[name])
         self.consumer.assign(tps)
         self.input_tps = [tp for tp in tps if tp.topic != self.topics["rec-requests"]]
+        self.interaction_tps = [tp for tp in tps if tp.topic == self.topics["interactions"]]
+        self.deletion_tps = [tp for tp in tps if tp.topic == self.topics["deletions"]]
         for tp in self.input_tps:
             offset = self.state.offsets.get(tp_key(tp))
             if offset is None:
@@ -188,11 +198,20 @@ class IMCorrectWorker:
                     self.producer, self.topics["dead-letters"], record, exc, logical
                 )
                 self.state.bump("dead_letters")
+                if logical == "deletions" and self._barrier is not None:
+                    self._held.append((record, None))  # deletion offsets move in order
+                elif logical != "rec-requests":
+                    self._advance(record)
+                continue
+            m.EVENTS.labels(logical, "valid").inc()
+            if logical == "rec-requests":
+                requests.append(event)
+            elif logical == "deletions":
+                await self._hold(record, event)
             else:
-                m.EVENTS.labels(logical, "valid").inc()
-                (requests if logical == "rec-requests" else events).append(event)
-            if logical != "rec-requests":
-                self.state.offsets[f"{record.topic}:{record.partition}"] = record.offset + 1
+                events.append(event)
+                self._advance(record)
+        events += self._release_if_barrier_passed()
         if events:
             outcome = await asyncio.to_thread(self.applier.apply, events)
             m.BATCH_SIZE.observe(len(events))
@@ -206,6 +225,31 @@ class IMCorrectWorker:
             await self._snapshot()
         m.SNAPSHOT_AGE.set(time.monotonic() - self._last_snapshot)
         await self._record_lag()
+
+    def _advance(self, record) -> None:
+        self.state.offsets[f"{record.topic}:{record.partition}"] = record.offset + 1
+
+    async def _hold(self, record, request: DeletionRequest) -> None:
+        """Hold a deletion until ``interactions`` has been read up to its current end."""
+        if self._barrier is None:
+            ends = await self.consumer.end_offsets(self.interaction_tps)
+            self._barrier = {tp_key(tp): off for tp, off in ends.items()}
+            self.consumer.pause(*self.deletion_tps)
+        self._held.append((record, request))
+
+    def _release_if_barrier_passed(self) -> list[DeletionRequest]:
+        if self._barrier is None:
+            return []
+        if any(self.state.offsets.get(k, 0) < end for k, end in self._barrier.items()):
+            return []
+        released = []
+        for record, request in self._held:
+            self._advance(record)
+            if request is not None:
+                released.append(request)
+        self._held, self._barrier = [], None
+        self.consumer.resume(*self.deletion_tps)
+        return released
 
     async def _deliver_receipts(self, receipts: list[DeletionReceipt]) -> None:
         topic = self.topics["deletion-receipts"]

@@ -13,12 +13,19 @@ from streams.metrics import DEAD_LETTERS, EVENTS
 
 
 async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
-    """All partitions of ``topic`` (waits for metadata of a freshly created topic)."""
+    """All partitions of ``topic``, whether or not the consumer reads it (waits briefly for
+    the metadata of a freshly created topic)."""
+    import asyncio
+
     for _ in range(50):
         parts = consumer.partitions_for_topic(topic)
+        if not parts:
+            # the consumer's own metadata only covers assigned topics: ask for all of them
+            cluster = await consumer._client.fetch_all_metadata()
+            parts = cluster.partitions_for_topic(topic)
         if parts:
             return [TopicPartition(topic, p) for p in sorted(parts)]
-        await consumer._client.force_metadata_update()
+        await asyncio.sleep(0.2)
     raise RuntimeError(f"topic {topic} has no partitions (does it exist?)")
 
 

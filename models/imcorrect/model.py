@@ -72,6 +72,9 @@ class IMCorrect:
         When False only X is corrected (the fast, incomplete "interaction-only" peer).
     drift_tolerance, check_every:
         Residual check policy; see module docstring.
+    refit_rank_ratio:
+        A row change whose rank bound (2 × changed users) reaches this share of the item
+        count is applied by refitting from X instead of a low-rank correction.
     **params:
         Mapping hyper-parameters (``l2`` for EASE, ``shrink`` for ItemKNN).
     """
@@ -83,6 +86,7 @@ class IMCorrect:
         correct_mapping: bool = True,
         drift_tolerance: float = DEFAULT_DRIFT_TOLERANCE,
         check_every: int = 64,
+        refit_rank_ratio: float = 0.5,
         seed: int = 0,
         **params: float,
     ) -> None:
@@ -92,6 +96,7 @@ class IMCorrect:
         self.correct_mapping = correct_mapping
         self.drift_tolerance = drift_tolerance
         self.check_every = check_every
+        self.refit_rank_ratio = refit_rank_ratio
         self._rng = np.random.default_rng(seed)
         self._x = sp.csr_matrix((0, 0), dtype=np.float64)
         self.forgotten_items = np.zeros(0, dtype=bool)
@@ -315,6 +320,7 @@ class IMCorrect:
             "correct_mapping": self.correct_mapping,
             "drift_tolerance": self.drift_tolerance,
             "check_every": self.check_every,
+            "refit_rank_ratio": self.refit_rank_ratio,
             "version": self.version,
             "refactorisations": self.refactorisations,
         }
@@ -339,6 +345,7 @@ class IMCorrect:
             correct_mapping=meta["correct_mapping"],
             drift_tolerance=meta["drift_tolerance"],
             check_every=meta["check_every"],
+            refit_rank_ratio=meta.get("refit_rank_ratio", 0.5),
             **meta["params"],
         )
         with np.load(base.with_suffix(".npz"), allow_pickle=False) as arrays:
@@ -376,7 +383,12 @@ class IMCorrect:
         self._x = (self._x + placed).tocsr()
         self._x.eliminate_zeros()
         if self.correct_mapping:
-            self._mapping.apply(RowChange(old, new, np.ones(0), np.ones(0)))
+            if 2 * len(users) >= self.refit_rank_ratio * self.n_items:
+                # a correction of rank ≥ a sizeable share of n costs more than refitting
+                # (which is exact too): large early micro-batches take this path
+                self._mapping.fit(self._x)
+            else:
+                self._mapping.apply(RowChange(old, new, np.ones(0), np.ones(0)))
         self.version += 1
 
     def _after_update(self) -> bool:

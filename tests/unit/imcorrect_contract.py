@@ -43,6 +43,8 @@ class MappingContract:
     params: ClassVar[dict[str, float]] = {}
 
     def make(self, **kw) -> IMCorrect:
+        # never take the refit shortcut, so the low-rank corrections themselves are tested
+        kw.setdefault("refit_rank_ratio", float("inf"))
         return IMCorrect(self.mapping, **self.params, **kw)
 
     def refit(self, x: sp.csr_matrix) -> IMCorrect:
@@ -201,3 +203,9 @@ class MappingContract:
         expected = np.asarray(model.interactions[users] @ model.mapping)
         got = model.score(users, mask_seen=False)
         np.testing.assert_allclose(got, expected, atol=1e-10)
+
+    def test_large_changes_take_the_exact_refit_path(self, x):
+        model = self.make(refit_rank_ratio=0.5).fit(x[:10])
+        rows, cols = x[10:].nonzero()
+        model.learn(rows + 10, cols)  # 110 users changed, 40 items: refit is cheaper
+        self.assert_equal_to_refit(model, x)

@@ -1,0 +1,198 @@
+"""Streaming IMCorrect against the real broker: replay, forget, crash, dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import random
+import threading
+import time
+
+import pytest
+
+from models.datasets import load
+from streams.client import LetheProducer
+from streams.contracts import DeadLetter, DeletionReceipt, decode
+from streams.replay import to_event
+from streams.topics import create_topics, topic_name
+from tests.integration.worker_harness import (
+    WorkerProcess,
+    assert_equals_batch_fit,
+    load_state,
+    read_all,
+    wait_caught_up,
+)
+
+pytestmark = pytest.mark.kafka
+
+
+@pytest.fixture(scope="module")
+def ml100k():
+    return load("ml-100k")
+
+
+def _publish(settings, events=(), forget_users=()):
+    async def run():
+        async with LetheProducer(settings) as p:
+            for e in events:
+                await p.send("interactions", e.user_id, e)
+            await p.flush()
+            for u in forget_users:
+                await p.forget_user(u)
+            await p.flush()
+
+    asyncio.run(run())
+
+
+def test_replay_ml100k_then_forget_5pct_equals_batch_fit(settings, ml100k, tmp_path):
+    asyncio.run(create_topics(settings))
+    # distinctive user ids, so that a byte search of the state files means something
+    events = [
+        e.model_copy(update={"user_id": f"person-{e.user_id}-x"})
+        for e in map(to_event, ml100k.replay())
+    ]
+    users = sorted({e.user_id for e in events})
+    forgotten = random.Random(5).sample(users, round(0.05 * len(users)))
+    worker = WorkerProcess(settings, tmp_path / "worker.log").start()
+    try:
+        _publish(settings, events)
+        _publish(settings, forget_users=forgotten)
+        wait_caught_up(settings, worker, n_receipts=len(forgotten))
+        assert worker.stop() == 0
+    finally:
+        if worker.alive():
+            worker.kill()
+
+    receipts = [
+        decode(DeletionReceipt, r.value)
+        for r in asyncio.run(read_all(settings, "deletion-receipts"))
+    ]
+    assert len(receipts) == len(forgotten)
+    assert len({r.request_id for r in receipts}) == len(forgotten)
+    assert all(r.status == "applied" and r.removed["users"] == 1 for r in receipts)
+
+    state = load_state(settings.state_dir)
+    gone = set(forgotten)
+    retained = [(e.user_id, e.item_id) for e in events if e.user_id not in gone]
+    assert_equals_batch_fit(state, retained, settings.imcorrect.l2)
+    assert state.counters["events_accepted"] == len(events)
+
+    # after the receipts, no file under the state directory names a forgotten user
+    needles = [u.encode() for u in forgotten]
+    assert not set(forgotten) & set(filter(None, state.users.by_index))
+    for path in settings.state_dir.rglob("*"):
+        if path.is_file():
+            blob = path.read_bytes()
+            assert not any(n in blob for n in needles), f"forgotten id found in {path}"
+
+
+def test_sigkill_three_times_loses_nothing_and_applies_nothing_twice(settings, ml100k, tmp_path):
+    asyncio.run(create_topics(settings))
+    events = [to_event(r) for r in ml100k.replay()][:50_000]
+    users = sorted({e.user_id for e in events})
+    rng = random.Random(11)
+    forgotten = rng.sample(users, 200)
+    worker = WorkerProcess(settings, tmp_path / "worker.log").start()
+
+    def produce():
+        chunks = [events[i : i + 5000] for i in range(0, len(events), 5000)]
+        deletions = [forgotten[i : i + 20] for i in range(0, 200, 20)]
+        for chunk, dels in zip(chunks, deletions, strict=True):
+            _publish(settings, chunk, dels)
+            time.sleep(0.3)
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    try:
+        for _ in range(3):
+            time.sleep(rng.uniform(2.0, 6.0))
+            worker.kill()
+            worker.start()
+        producer.join()
+        wait_caught_up(settings, worker, n_receipts=200, timeout_s=300)
+        assert worker.stop() == 0
+    finally:
+        producer.join()
+        if worker.alive():
+            worker.kill()
+
+    log = (tmp_path / "worker.log").read_text()
+    assert log.count("imcorrect worker ready") == 4, "expected three restarts"
+    state = load_state(settings.state_dir)
+    gone = set(forgotten)
+    retained = [(e.user_id, e.item_id) for e in events if e.user_id not in gone]
+    assert_equals_batch_fit(state, retained, settings.imcorrect.l2)
+    assert state.counters["events_accepted"] == len(events), "an event was lost or applied twice"
+    assert state.counters.get("duplicates", 0) == 0
+    receipts = [
+        decode(DeletionReceipt, r.value)
+        for r in asyncio.run(read_all(settings, "deletion-receipts"))
+    ]
+    assert sorted(r.request_id for r in receipts) == sorted({r.request_id for r in receipts})
+    assert len(receipts) == 200
+
+
+def _malformed(n: int) -> list[tuple[bytes, str]]:
+    """(raw value, expected field in the reason) for many kinds of bad input."""
+    good = {"event_id": "x", "user_id": "u", "item_id": "i", "ts": 1}
+    kinds = [
+        (b"{not json", "message"),
+        (b"\xff\xfe\xfd", "message"),
+        (b"[1,2,3]", "message"),
+        (json.dumps({**good, "ts": "yesterday"}).encode(), "ts"),
+        (json.dumps({k: v for k, v in good.items() if k != "user_id"}).encode(), "user_id"),
+        (json.dumps({**good, "item_id": "i" * 500}).encode(), "item_id"),
+        (json.dumps({**good, "ts": -5}).encode(), "ts"),
+        (json.dumps({**good, "kind": "teleport"}).encode(), "kind"),
+        (json.dumps({**good, "value": "lots"}).encode(), "value"),
+        (json.dumps({**good, "user_id": ""}).encode(), "user_id"),
+    ]
+    return [kinds[k % len(kinds)] for k in range(n)]
+
+
+def test_malformed_messages_go_to_dead_letters_while_good_ones_apply(settings, ml100k, tmp_path):
+    asyncio.run(create_topics(settings))
+    good = [to_event(r) for r in ml100k.replay()][:3000]
+    bad = _malformed(1000)
+    bad_deletion = json.dumps(
+        {"request_id": "r", "scope": "everyone", "reason": "privacy", "ts": 1}
+    )
+
+    async def publish():
+        async with LetheProducer(settings) as p:
+            raw = p._producer
+            topic = topic_name(settings, "interactions")
+            for k, event in enumerate(good):
+                await p.send("interactions", event.user_id, event)
+                if k % 3 == 0 and k // 3 < len(bad):
+                    await raw.send(topic, value=bad[k // 3][0], key=b"evil")
+            await raw.send(topic_name(settings, "deletions"), value=bad_deletion.encode(), key=b"u")
+            await p.flush()
+
+    worker = WorkerProcess(settings, tmp_path / "worker.log").start()
+    try:
+        asyncio.run(publish())
+        wait_caught_up(settings, worker, n_receipts=0)
+        assert worker.alive()
+        assert worker.stop() == 0
+    finally:
+        if worker.alive():
+            worker.kill()
+
+    letters = [decode(DeadLetter, r.value) for r in asyncio.run(read_all(settings, "dead-letters"))]
+    assert len(letters) == 1001
+    by_raw = {}
+    for letter in letters:
+        by_raw.setdefault(base64.b64decode(letter.raw_value_b64), letter)
+    for raw, field in bad:
+        letter = by_raw[raw]
+        assert letter.error.startswith(field), (raw[:40], letter.error)
+        assert letter.source_topic.endswith("interactions") and letter.source_offset >= 0
+    assert any("scope" in letter.error for letter in letters)
+    kinds = {letter.error.split(":")[0] for letter in letters}
+    assert len(kinds) >= 7
+    state = load_state(settings.state_dir)
+    assert state.counters["events_accepted"] == len(good)
+    assert state.counters["dead_letters"] == 1001
+    assert_equals_batch_fit(state, [(e.user_id, e.item_id) for e in good], settings.imcorrect.l2)
