@@ -27,7 +27,7 @@ import logging
 import time
 from pathlib import Path
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from models.imcorrect import IMCorrect
 from streams import metrics as m
@@ -85,6 +85,7 @@ class IMCorrectWorker:
         self.ready = asyncio.Event()
         self._held: list[tuple[object, DeletionRequest]] = []  # (record, request)
         self._barrier: dict[str, int] | None = None
+        self.receipt_tps: list[TopicPartition] | None = None
 
     def stop(self) -> None:
         self._stop.set()
@@ -99,8 +100,12 @@ class IMCorrectWorker:
             group_id=None,
             max_partition_fetch_bytes=4 * 1024 * 1024,
         )
+        # End-offset queries go through their own idle client: on the reading consumer they
+        # would queue behind its long-polling fetch and take ~fetch_max_wait_ms each.
+        self.offsets = AIOKafkaConsumer(**client_kwargs(self.settings), group_id=None)
         self.producer = AIOKafkaProducer(**producer_kwargs(self.settings))
         await self.consumer.start()
+        await self.offsets.start()
         await self.producer.start()
         try:
             await self._assign()
@@ -112,6 +117,7 @@ class IMCorrectWorker:
             await self._snapshot()  # clean shutdown
         finally:
             await self.producer.stop()
+            await self.offsets.stop()
             await self.consumer.stop()
 
     async def _assign(self) -> None:
@@ -214,7 +220,15 @@ class IMCorrectWorker:
         events += self._release_if_barrier_passed()
         if events:
             outcome = await asyncio.to_thread(self.applier.apply, events)
+            if outcome.receipts:
+                log.info(
+                    "applied %d events with %d deletion(s) in %.3f s",
+                    len(events),
+                    len(outcome.receipts),
+                    outcome.apply_seconds,
+                )
             m.BATCH_SIZE.observe(len(events))
+            m.APPLIED.inc(outcome.learned)
             m.APPLY_SECONDS.observe(outcome.apply_seconds)
             self._update_gauges()
             if outcome.receipts:
@@ -232,7 +246,7 @@ class IMCorrectWorker:
     async def _hold(self, record, request: DeletionRequest) -> None:
         """Hold a deletion until ``interactions`` has been read up to its current end."""
         if self._barrier is None:
-            ends = await self.consumer.end_offsets(self.interaction_tps)
+            ends = await self.offsets.end_offsets(self.interaction_tps)
             self._barrier = {tp_key(tp): off for tp, off in ends.items()}
             self.consumer.pause(*self.deletion_tps)
         self._held.append((record, request))
@@ -252,16 +266,31 @@ class IMCorrectWorker:
         return released
 
     async def _deliver_receipts(self, receipts: list[DeletionReceipt]) -> None:
-        topic = self.topics["deletion-receipts"]
-        tps = await topic_partitions(self.consumer, topic)
-        ends = await self.consumer.end_offsets(tps)
+        t0 = time.perf_counter()
+        if self.receipt_tps is None:
+            self.receipt_tps = await topic_partitions(
+                self.consumer, self.topics["deletion-receipts"]
+            )
+        ends = await self.offsets.end_offsets(self.receipt_tps)
         self.state.receipts_end_offsets = {tp_key(tp): off for tp, off in ends.items()}
+        # applied_at is when the data is gone from memory *and* disk, i.e. after the snapshot
+        now = int(time.time() * 1000)
+        receipts = [r.model_copy(update={"applied_at": now}) for r in receipts]
         self.state.pending_receipts = [r.model_dump_json() for r in receipts]
+        t1 = time.perf_counter()
         await self._snapshot()  # the forgotten data is gone from disk before any receipt
+        t2 = time.perf_counter()
         for receipt in receipts:
             await self._publish_receipt(receipt)
         await self.producer.flush()
         self.state.pending_receipts = []
+        log.info(
+            "published %d receipt(s): offsets %.3f s, snapshot %.3f s, publish %.3f s",
+            len(receipts),
+            t1 - t0,
+            t2 - t1,
+            time.perf_counter() - t2,
+        )
 
     async def _publish_receipt(self, receipt: DeletionReceipt) -> None:
         await self.producer.send(
@@ -302,7 +331,7 @@ class IMCorrectWorker:
         if now - getattr(self, "_lag_at", 0.0) < 2.0:
             return
         self._lag_at = now
-        ends = await self.consumer.end_offsets(self.input_tps)
+        ends = await self.offsets.end_offsets(self.input_tps)
         for tp in self.input_tps:
             lag = ends[tp] - await self.consumer.position(tp)
             m.CONSUMER_LAG.labels(self._logical[tp.topic], str(tp.partition)).set(max(lag, 0))

@@ -8,8 +8,11 @@ import time
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
+from streams.config import LetheSettings
 from streams.contracts import ContractError, DeadLetter
+from streams.kafka_config import client_kwargs
 from streams.metrics import DEAD_LETTERS, EVENTS
+from streams.topics import topic_name
 
 
 async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
@@ -54,3 +57,37 @@ async def send_dead_letter(
     DEAD_LETTERS.labels(logical_source, field).inc()
     EVENTS.labels(logical_source, "dead_letter").inc()
     return await producer.send(topic, value=letter.to_bytes(), key=record.key)
+
+
+async def end_offsets(settings: LetheSettings, logical: list[str]) -> dict[str, int]:
+    consumer = AIOKafkaConsumer(**client_kwargs(settings), group_id=None)
+    await consumer.start()
+    try:
+        tps = []
+        for name in logical:
+            tps += await topic_partitions(consumer, topic_name(settings, name))
+        ends = await consumer.end_offsets(tps)
+        return {tp_key(tp): off for tp, off in ends.items()}
+    finally:
+        await consumer.stop()
+
+
+async def read_all(settings: LetheSettings, logical: str, timeout_s: float = 10) -> list:
+    """Every record currently in a topic (up to its end offsets when called)."""
+    consumer = AIOKafkaConsumer(**client_kwargs(settings), group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = await topic_partitions(consumer, topic_name(settings, logical))
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        out = []
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if all([await consumer.position(tp) >= ends[tp] for tp in tps]):
+                break
+            for records in (await consumer.getmany(timeout_ms=300)).values():
+                out.extend(records)
+        return out
+    finally:
+        await consumer.stop()

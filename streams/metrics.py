@@ -10,6 +10,7 @@ DEAD_LETTERS = Counter(
     "Messages sent to dead-letters, by source topic and field",
     ["topic", "field"],
 )
+APPLIED = Counter("lethe_interactions_applied_total", "Interactions learned into IMCorrect")
 BATCH_SIZE = Histogram(
     "lethe_batch_size",
     "Events per applied micro-batch",

@@ -25,5 +25,6 @@ def settings(kafka_bootstrap: str, tmp_path) -> LetheSettings:
         bootstrap_servers=kafka_bootstrap,
         topic_prefix=f"t{uuid.uuid4().hex[:10]}.",
         state_dir=tmp_path / "state",
-        metrics_port=0,
+        metrics_port=-1,
+        imcorrect={"snapshot_interval_s": 1.0},
     )
