@@ -238,6 +238,8 @@ class IMCorrectWorker:
         if time.monotonic() - self._last_snapshot >= self.settings.imcorrect.snapshot_interval_s:
             await self._snapshot()
         m.SNAPSHOT_AGE.set(time.monotonic() - self._last_snapshot)
+        held = [req.ts for _, req in self._held if req is not None]
+        m.DELETION_PENDING_AGE.set(max(0.0, time.time() - min(held) / 1000) if held else 0.0)
         await self._record_lag()
 
     def _advance(self, record) -> None:

@@ -26,6 +26,10 @@ FORGET_LATENCY = Histogram(
     "Deletion request ts to receipt published",
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300),
 )
+DELETION_PENDING_AGE = Gauge(
+    "lethe_deletion_oldest_pending_seconds",
+    "Age (from its ts) of the oldest deletion request read but not yet receipted",
+)
 RECEIPTS = Counter("lethe_deletion_receipts_total", "Receipts published", ["status"])
 STATE_SIZE = Gauge("lethe_state_size", "Size of the IMCorrect state", ["what"])
 SNAPSHOT_AGE = Gauge("lethe_snapshot_age_seconds", "Seconds since the last snapshot")

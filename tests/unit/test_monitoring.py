@@ -1,0 +1,121 @@
+"""Monitoring assets: promtool checks, dashboards in step with their table, compose structure."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from monitoring.dashboards import OUT, readme_table, rendered
+
+ROOT = Path(__file__).resolve().parents[2]
+MON = ROOT / "monitoring"
+PROMTOOL = shutil.which("promtool")
+needs_promtool = pytest.mark.skipif(
+    PROMTOOL is None, reason="promtool not installed (apt-get install prometheus; .ci/run does)"
+)
+
+
+def _promtool(*args: str, cwd: Path = MON) -> str:
+    done = subprocess.run([PROMTOOL, *args], cwd=cwd, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+@needs_promtool
+def test_prometheus_config_is_valid(tmp_path):
+    # the compose file mounts the rules at /etc/prometheus/rules; point at the repo copy
+    text = (MON / "prometheus.yml").read_text().replace("/etc/prometheus/rules", str(MON / "rules"))
+    cfg = tmp_path / "prometheus.yml"
+    cfg.write_text(text)
+    assert "SUCCESS" in _promtool("check", "config", str(cfg))
+
+
+@needs_promtool
+def test_alert_rules_are_valid():
+    out = _promtool("check", "rules", "rules/lethe.rules.yml")
+    assert "SUCCESS: 7 rules found" in out
+
+
+@needs_promtool
+def test_alert_rule_unit_tests_pass():
+    out = _promtool("test", "rules", "lethe.rules.test.yml", cwd=MON / "tests")
+    assert "SUCCESS" in out
+
+
+def test_required_alerts_exist():
+    rules = yaml.safe_load((MON / "rules" / "lethe.rules.yml").read_text())
+    names = {r["alert"] for g in rules["groups"] for r in g["rules"]}
+    assert {
+        "LetheConsumerLagGrowing",
+        "LetheDeletionWithoutReceipt",
+        "LetheScorerP99OverTarget",
+        "LetheDeadLetterRate",
+        "LetheTrainerStalled",
+        "LetheValidationRegression",
+    } <= names
+
+
+def test_dashboards_are_generated_from_the_table_and_documented():
+    for name, text in rendered().items():
+        assert (OUT / name).read_text() == text, f"{name} stale: python monitoring/dashboards.py"
+        dash = json.loads(text)
+        assert dash["panels"] and all(p["targets"][0]["expr"] for p in dash["panels"])
+    assert readme_table() in (ROOT / "README.md").read_text(), "README panel table is stale"
+
+
+def test_worker_metrics_used_by_dashboards_exist():
+    from streams import metrics
+
+    source = Path(metrics.__file__).read_text()
+    defined = set(re.findall(r'"(lethe_[a-z_]+)"', source))
+    used = set()
+    for text in rendered().values():
+        used |= set(re.findall(r"lethe_[a-z_]+", text))
+    imcorrect_metrics = {
+        u.removesuffix("_bucket").removesuffix("_total")
+        for u in used
+        if not re.match(r"lethe_(scorer|distill|validation|trainer)", u)
+    }
+    imcorrect_metrics.discard("lethe_model_version")
+    missing = {u for u in imcorrect_metrics if u not in defined and f"{u}_total" not in defined}
+    assert not missing, missing
+
+
+def test_compose_structure():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert {"kafka", "topics", "imcorrect", "prometheus", "grafana"} <= set(services)
+    version = (ROOT / "scripts" / "kafka" / "pom.xml").read_text()
+    kafka_version = re.search(r"<kafka.version>(.*)</kafka.version>", version).group(1)
+    assert services["kafka"]["image"] == f"apache/kafka:{kafka_version}"
+    assert services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
+    assert services["topics"]["build"] == "."
+    for name in ("kafka", "imcorrect", "prometheus", "grafana"):
+        assert "healthcheck" in services[name], name
+    mounts = " ".join(services["prometheus"]["volumes"] + services["grafana"]["volumes"])
+    for path in (
+        "./monitoring/prometheus.yml",
+        "./monitoring/rules",
+        "./monitoring/grafana/provisioning",
+        "./monitoring/grafana/dashboards",
+    ):
+        assert path in mounts
+        assert (ROOT / path).exists(), path
+    for volume in services["imcorrect"]["volumes"]:
+        assert volume.split(":")[0] in compose["volumes"]
+    prom = yaml.safe_load((MON / "prometheus.yml").read_text())
+    for job in prom["scrape_configs"]:
+        for target in job["static_configs"][0]["targets"]:
+            host, port = target.split(":")
+            if host == "localhost":
+                continue
+            assert host in services, f"Prometheus target {target} is not a compose service"
+            env = services[host].get("environment", {})
+            assert str(env.get("LETHE_METRICS_PORT")) == port
+    assert (ROOT / "Dockerfile").exists()
