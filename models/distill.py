@@ -1,0 +1,259 @@
+"""LLMD4Rec mutual distillation between SASRec (CRM) and the LLM recommender (DESIGN.md §4).
+
+Schedule: pretrain SASRec → train the LLM side on SASRec's item embeddings → ``rounds`` ×
+[(up) SASRec learns CE + w₂·KL(p_llm ∥ p_crm) at T₂; inject SASRec's embeddings into the LLM
+side; (down) the LLM side learns CE + w₁·KL(p_crm ∥ p_llm) at T₁]. Distributions are over the
+full item set. Sample-wise weights come from the rank of the true next item under each model;
+they add no trainable parameter.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+from models.llmrec import LLMRecommender
+from models.sasrec import SASRec, sequence_ce_loss
+from models.sequences import TrainingSequences
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    rounds: int = 2
+    t1: float = 2.0  # down (CRM → LLM) temperature
+    t2: float = 2.0  # up (LLM → CRM) temperature
+    w1: float = 0.5  # weight of the KL term when the LLM side learns
+    w2: float = 0.5  # weight of the KL term when SASRec learns
+    up_epochs: int = 1
+    down_epochs: int = 1
+    crm_batch: int = 128
+    llm_batch: int = 16
+    crm_lr: float = 1e-3
+    llm_lr: float = 1e-3
+    sample_weights: bool = True
+    inject: bool = True
+    max_steps_per_stage: int | None = None  # the budget
+    one_way: bool = False  # peer: LLM → SASRec only (no down step)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def target_ranks(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """0-based rank of each target among items 1..n (padding column ignored)."""
+    scores = logits[:, 1:]
+    t = scores.gather(1, (targets - 1)[:, None])
+    return (scores > t).sum(dim=1)
+
+
+def sample_weight(r_student: torch.Tensor, r_teacher: torch.Tensor) -> torch.Tensor:
+    """DESIGN.md §4: above 1 (≤ 2) when the teacher ranks the target better, toward 0 when the
+    student already does; exactly 1 on ties. Ranks are 0-based, hence the max(r, 1)."""
+    rs, rt = r_student.float(), r_teacher.float()
+    teacher_better = 1 + (rs - rt) / rt.clamp(min=1)
+    student_better = 1 - (rt - rs) / rs.clamp(min=1)
+    return torch.where(rs > rt, teacher_better, student_better).clamp(0.0, 2.0)
+
+
+def kl_teacher_student(
+    teacher_logits: torch.Tensor, student_logits: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """Per-sample KL(p_teacher ∥ p_student) at temperature T, scaled by T² (Hinton et al.).
+
+    The teacher is detached; the padding column is excluded from both distributions."""
+    t = teacher_logits[:, 1:].detach() / temperature
+    s = student_logits[:, 1:] / temperature
+    log_pt = F.log_softmax(t, dim=-1)
+    log_ps = F.log_softmax(s, dim=-1)
+    return (log_pt.exp() * (log_pt - log_ps)).sum(dim=-1) * temperature**2
+
+
+def last_targets(data: TrainingSequences) -> torch.Tensor:
+    return data.targets[:, -1]
+
+
+def crm_up_loss(crm, llm, inputs, targets, cfg: DistillConfig) -> tuple[torch.Tensor, dict]:
+    """SASRec's loss in the up step: CE at every position + w₂·weighted KL at the last one."""
+    hidden = crm.hidden_states(inputs)
+    logits = crm.logits(hidden)
+    logits_ce = logits.clone()
+    logits_ce[..., 0] = float("-inf")
+    ce = F.cross_entropy(
+        logits_ce.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=0
+    )
+    last = logits[:, -1, :]
+    with torch.no_grad():
+        teacher = llm(inputs)
+    kl = kl_teacher_student(teacher, last, cfg.t2)
+    weights = torch.ones_like(kl)
+    if cfg.sample_weights:
+        weights = sample_weight(
+            target_ranks(last.detach(), targets[:, -1]), target_ranks(teacher, targets[:, -1])
+        )
+    loss = ce + cfg.w2 * (weights * kl).mean()
+    return loss, {"ce": ce.item(), "kl": kl.mean().item(), "w": weights.mean().item()}
+
+
+def llm_down_loss(crm, llm, inputs, targets, cfg: DistillConfig) -> tuple[torch.Tensor, dict]:
+    """The LLM side's loss in the down step: CE + w₁·weighted KL(p_crm ∥ p_llm)."""
+    student = llm(inputs)
+    target = targets[:, -1]
+    student_ce = student.clone()
+    student_ce[:, 0] = float("-inf")
+    ce = F.cross_entropy(student_ce, target)
+    with torch.no_grad():
+        teacher = crm(inputs)
+    kl = kl_teacher_student(teacher, student, cfg.t1)
+    weights = torch.ones_like(kl)
+    if cfg.sample_weights:
+        weights = sample_weight(
+            target_ranks(student.detach(), target), target_ranks(teacher, target)
+        )
+    loss = ce + cfg.w1 * (weights * kl).mean()
+    return loss, {"ce": ce.item(), "kl": kl.mean().item(), "w": weights.mean().item()}
+
+
+def llm_ce_loss(llm: LLMRecommender, inputs, targets) -> torch.Tensor:
+    logits = llm(inputs)
+    logits[:, 0] = float("-inf")
+    return F.cross_entropy(logits, targets[:, -1])
+
+
+class Distiller:
+    """Holds both models and their optimisers; runs stages, rounds and the whole schedule."""
+
+    def __init__(
+        self,
+        crm: SASRec,
+        llm: LLMRecommender,
+        cfg: DistillConfig,
+        device: torch.device | None = None,
+    ) -> None:
+        self.crm, self.llm, self.cfg = crm, llm, cfg
+        self.device = device or torch.device("cpu")
+        self.crm_opt = torch.optim.Adam(crm.parameters(), lr=cfg.crm_lr)
+        self.llm_opt = torch.optim.AdamW(
+            [p for p in llm.parameters() if p.requires_grad], lr=cfg.llm_lr
+        )
+        self.history: list[dict] = []
+
+    # -- single steps (the trainer consumer calls distill_round per micro-batch) ----------
+    def crm_step(self, inputs, targets, distill: bool) -> dict:
+        self.crm.train()
+        self.llm.eval()
+        if distill:
+            loss, info = crm_up_loss(self.crm, self.llm, inputs, targets, self.cfg)
+        else:
+            loss = sequence_ce_loss(self.crm, inputs, targets)
+            info = {"ce": loss.item()}
+        self.crm_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.crm_opt.step()
+        return {**info, "loss": loss.item()}
+
+    def llm_step(self, inputs, targets, distill: bool) -> dict:
+        self.llm.train()
+        self.crm.eval()
+        if distill:
+            loss, info = llm_down_loss(self.crm, self.llm, inputs, targets, self.cfg)
+        else:
+            loss = llm_ce_loss(self.llm, inputs, targets)
+            info = {"ce": loss.item()}
+        self.llm_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.llm_opt.step()
+        return {**info, "loss": loss.item()}
+
+    def inject(self) -> None:
+        if self.cfg.inject:
+            self.llm.inject_item_embeddings(self.crm.item_embeddings())
+
+    def distill_round(self, inputs: torch.Tensor, targets: torch.Tensor) -> dict:
+        """One up step, injection, one down step on the given batch of sequences."""
+        inputs, targets = inputs.to(self.device), targets.to(self.device)
+        up = self.crm_step(inputs, targets, distill=True)
+        self.inject()
+        down = {} if self.cfg.one_way else self.llm_step(inputs, targets, distill=True)
+        return {"up": up, "down": down}
+
+    # -- stages over a dataset ------------------------------------------------------------
+    def _epochs(self, data: TrainingSequences, epochs: int, batch: int, step) -> dict:
+        steps, last, start = 0, {}, time.perf_counter()
+        for _ in range(epochs):
+            order = torch.randperm(len(data))
+            for b in range(0, len(data), batch):
+                idx = order[b : b + batch]
+                last = step(data.inputs[idx].to(self.device), data.targets[idx].to(self.device))
+                steps += 1
+                if self.cfg.max_steps_per_stage and steps >= self.cfg.max_steps_per_stage:
+                    return {**last, "steps": steps, "seconds": time.perf_counter() - start}
+        return {**last, "steps": steps, "seconds": time.perf_counter() - start}
+
+    def pretrain_crm(self, data: TrainingSequences, epochs: int) -> dict:
+        return self._epochs(
+            data, epochs, self.cfg.crm_batch, lambda i, t: self.crm_step(i, t, distill=False)
+        )
+
+    def pretrain_llm(self, data: TrainingSequences, epochs: int) -> dict:
+        self.llm.inject_item_embeddings(self.crm.item_embeddings())
+        return self._epochs(
+            data, epochs, self.cfg.llm_batch, lambda i, t: self.llm_step(i, t, distill=False)
+        )
+
+    def up(self, data: TrainingSequences) -> dict:
+        return self._epochs(
+            data,
+            self.cfg.up_epochs,
+            self.cfg.crm_batch,
+            lambda i, t: self.crm_step(i, t, distill=True),
+        )
+
+    def down(self, data: TrainingSequences) -> dict:
+        return self._epochs(
+            data,
+            self.cfg.down_epochs,
+            self.cfg.llm_batch,
+            lambda i, t: self.llm_step(i, t, distill=True),
+        )
+
+    def run_rounds(self, data: TrainingSequences, on_round=None) -> list[dict]:
+        """The alternating schedule after pretraining; ``on_round(r)`` evaluates if given."""
+        for r in range(self.cfg.rounds):
+            record = {"round": r + 1, "up": self.up(data)}
+            self.inject()
+            if not self.cfg.one_way:
+                record["down"] = self.down(data)
+            if on_round is not None:
+                record["eval"] = on_round(r + 1)
+            self.history.append(record)
+        return self.history
+
+
+def save_checkpoint(path: Path, crm: SASRec, llm: LLMRecommender | None, meta: dict) -> Path:
+    """safetensors weights + JSON metadata (data watermark, configs, metrics); no pickle."""
+    path.mkdir(parents=True, exist_ok=True)
+    save_file(
+        {k: v.detach().cpu().contiguous() for k, v in crm.state_dict().items()},
+        str(path / "sasrec.safetensors"),
+    )
+    if llm is not None:
+        save_file(
+            {k: v.contiguous() for k, v in llm.trainable_state().items()},
+            str(path / "llm_trainable.safetensors"),
+        )
+    meta = {**meta, "sasrec_config": crm.config.to_dict(), "saved_at": time.time()}
+    (path / "meta.json").write_text(json.dumps(meta, indent=2, default=_json_default))
+    return path
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    raise TypeError(type(o))
