@@ -81,6 +81,19 @@ def load_smollm2(cache_dir: Path | None = None):
     return model, tokenizer
 
 
+def truncate_layers(model, n_layers: int):
+    """Keep only the first ``n_layers`` decoder layers of a Llama-style model (pretrained
+    weights kept): a cheaper LLM side for CPU runs. The choice is recorded by the caller."""
+    layers = model.model.layers
+    if not 0 < n_layers <= len(layers):
+        raise ValueError(f"n_layers must be in 1..{len(layers)}")
+    model.model.layers = layers[:n_layers]
+    model.config.num_hidden_layers = n_layers
+    if hasattr(model.config, "layer_types") and model.config.layer_types:
+        model.config.layer_types = model.config.layer_types[:n_layers]
+    return model
+
+
 def tiny_llama(hidden: int = 64, layers: int = 2, heads: int = 4, vocab: int = 256, seed: int = 0):
     """A small random Llama with SmolLM2's architecture, for fast tests of the mechanics."""
     from transformers import LlamaConfig, LlamaForCausalLM
