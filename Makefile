@@ -40,6 +40,7 @@ demo: setup
 bench: setup
 	$(PY) -m benchmarks.produce
 	$(PY) -m benchmarks.unlearning --dataset ml-1m --mapping ease
+	$(PY) -m benchmarks.stream
 
 lint: setup
 	$(VENV)/bin/ruff check .

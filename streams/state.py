@@ -165,10 +165,10 @@ class SnapshotStore:
         }
         (tmp / "worker.json").write_text(json.dumps(meta))
         for f in tmp.iterdir():
-            _fsync_file(f)
-        _fsync_dir(tmp)
+            _fsync(f)
+        _fsync(tmp)
         os.replace(tmp, final)
-        _fsync_dir(self.root)
+        _fsync(self.root)
         self._prune(keep=final)
         return final
 
@@ -178,7 +178,7 @@ class SnapshotStore:
         for p in self.root.glob("snap-*"):
             if p != keep:
                 shutil.rmtree(p, ignore_errors=True)
-        _fsync_dir(self.root)
+        _fsync(self.root)
 
     def load(self, path: Path | None = None) -> WorkerState | None:
         path = path or self.latest()
@@ -208,15 +208,8 @@ class SnapshotStore:
         )
 
 
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
+def _fsync(path: Path) -> None:
+    """fsync a file or a folder (a folder's entry list must reach the disk for a rename)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
