@@ -301,6 +301,17 @@ class IMCorrectWorker:
             key=receipt.request_id.encode(),
         )
         m.RECEIPTS.labels(receipt.status).inc()
+        log.info(
+            "receipt %s for %s request: %s",
+            receipt.status,
+            receipt.scope,
+            receipt.removed,
+            extra={
+                "request_id": receipt.request_id,
+                "status": receipt.status,
+                "version": receipt.versions.get("imcorrect"),
+            },
+        )
         if receipt.requested_at is not None:
             m.FORGET_LATENCY.observe(max(0.0, time.time() - receipt.requested_at / 1000))
 
@@ -318,6 +329,16 @@ class IMCorrectWorker:
             self.topics["recommendations"], value=rec.to_bytes(), key=request.user_id.encode()
         )
         m.RECOMMENDATIONS.labels(rec.strategy).inc()
+        log.info(
+            "recommended %d items (%s)",
+            len(rec.items),
+            rec.strategy,
+            extra={
+                "request_id": request.request_id,
+                "user_id": request.user_id,
+                "version": rec.model.imcorrect,
+            },
+        )
 
     # -- gauges ---------------------------------------------------------------------------
     def _update_gauges(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import logging
 import time
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -54,6 +55,9 @@ async def send_dead_letter(
         ts=int(time.time() * 1000),
     )
     field = getattr(error, "field", None) or "message"
+    logging.getLogger("lethe.deadletters").warning(
+        "dead letter from %s[%d]@%d: %s", record.topic, record.partition, record.offset, error
+    )
     DEAD_LETTERS.labels(logical_source, field).inc()
     EVENTS.labels(logical_source, "dead_letter").inc()
     return await producer.send(topic, value=letter.to_bytes(), key=record.key)
