@@ -102,12 +102,12 @@ def crm_up_loss(crm, llm, inputs, targets, cfg: DistillConfig) -> tuple[torch.Te
 
 
 def llm_down_loss(crm, llm, inputs, targets, cfg: DistillConfig) -> tuple[torch.Tensor, dict]:
-    """The LLM side's loss in the down step: CE + w₁·weighted KL(p_crm ∥ p_llm)."""
-    student = llm(inputs)
+    """The LLM side's loss in the down step: CE at every position + w₁·weighted
+    KL(p_crm ∥ p_llm) at the last one."""
+    all_logits = llm.forward_all(inputs)
+    student = all_logits[:, -1, :]
     target = targets[:, -1]
-    student_ce = student.clone()
-    student_ce[:, 0] = float("-inf")
-    ce = F.cross_entropy(student_ce, target)
+    ce = _all_positions_ce(all_logits, targets)
     with torch.no_grad():
         teacher = crm(inputs)
     kl = kl_teacher_student(teacher, student, cfg.t1)
@@ -120,10 +120,18 @@ def llm_down_loss(crm, llm, inputs, targets, cfg: DistillConfig) -> tuple[torch.
     return loss, {"ce": ce.item(), "kl": kl.mean().item(), "w": weights.mean().item()}
 
 
+def _all_positions_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Next-item CE at every non-padded position (padding column excluded)."""
+    masked = logits.clone()
+    masked[..., 0] = float("-inf")
+    return F.cross_entropy(
+        masked.reshape(-1, masked.shape[-1]), targets.reshape(-1), ignore_index=0
+    )
+
+
 def llm_ce_loss(llm: LLMRecommender, inputs, targets) -> torch.Tensor:
-    logits = llm(inputs)
-    logits[:, 0] = float("-inf")
-    return F.cross_entropy(logits, targets[:, -1])
+    """The LLM side's own loss: next-item CE after every history position."""
+    return _all_positions_ce(llm.forward_all(inputs), targets)
 
 
 class Distiller:

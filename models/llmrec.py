@@ -152,6 +152,15 @@ class LLMRecommender(nn.Module):
 
     def forward(self, seq: torch.Tensor) -> torch.Tensor:
         """B × L left-padded item ids → B × (n_items + 1) scores for the next item."""
+        return self.head(self.item_states(seq)[:, -1, :])
+
+    def forward_all(self, seq: torch.Tensor) -> torch.Tensor:
+        """Scores after every history position (B × L × (n_items + 1)); causal attention
+        means position t sees the instruction and items ≤ t, as in SASRec's training."""
+        return self.head(self.item_states(seq))
+
+    def item_states(self, seq: torch.Tensor) -> torch.Tensor:
+        """Last-layer hidden states at the item positions (B × L × hidden)."""
         batch = seq.shape[0]
         soft = self.project(self.item_table[seq])
         instr = self.lm.get_input_embeddings()(self.instruction_ids)[None].expand(batch, -1, -1)
@@ -164,7 +173,7 @@ class LLMRecommender(nn.Module):
             dim=1,
         )
         hidden = self._backbone()(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
-        return self.head(hidden[:, -1, :])
+        return hidden[:, instr.shape[1] :, :]
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """Only what training changes (LoRA, projection, head): small checkpoints."""

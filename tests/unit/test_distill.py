@@ -178,3 +178,10 @@ def test_checkpoint_has_weights_and_metadata(tmp_path):
     restored.eval()
     torch.testing.assert_close(restored(inputs), crm(inputs))
     assert set(load_file(str(path / "llm_trainable.safetensors"))) == set(llm.trainable_state())
+
+
+def test_llm_forward_is_the_last_position_of_forward_all():
+    _, llm = _models()
+    llm.eval()
+    inputs, _ = _batch()
+    torch.testing.assert_close(llm(inputs), llm.forward_all(inputs)[:, -1, :])
