@@ -78,6 +78,8 @@ def run_seed(args, seed: int) -> None:
         t2=args.t2,
         w1=args.w1,
         w2=args.w2,
+        sample_weights=not args.no_weights,
+        inject=not args.no_inject,
     )
     pre = cfg_data["pretrain_epochs"]
     sas_cfg = SASRecConfig(n_items=split.n_items, max_len=L)
@@ -91,6 +93,8 @@ def run_seed(args, seed: int) -> None:
         "t2": dcfg.t2,
         "rounds": dcfg.rounds,
         "eval_users": len(test.users),
+        "sample_weights": dcfg.sample_weights,
+        "inject": dcfg.inject,
     }
 
     def report(model_name: str, model, seconds: float, **extra) -> None:
@@ -106,11 +110,13 @@ def run_seed(args, seed: int) -> None:
             }
         )
 
-    # SASRec alone, same number of epochs as the distilled SASRec in total
-    set_seed(seed)
-    alone = SASRec(sas_cfg).to(device)
-    r = train_sasrec(alone, train, epochs=pre + dcfg.rounds * dcfg.up_epochs, device=device)
-    report("sasrec", alone, r.seconds, epochs=pre + dcfg.rounds * dcfg.up_epochs)
+    if not args.ablation:
+        # SASRec alone, same number of epochs as the distilled SASRec in total
+        set_seed(seed)
+        alone = SASRec(sas_cfg).to(device)
+        epochs = pre + dcfg.rounds * dcfg.up_epochs
+        r = train_sasrec(alone, train, epochs=epochs, device=device)
+        report("sasrec", alone, r.seconds, epochs=epochs)
 
     # pretrain SASRec, then the LLM side on its embeddings
     set_seed(seed)
@@ -134,6 +140,8 @@ def run_seed(args, seed: int) -> None:
         return {}
 
     distiller.run_rounds(train, on_round)
+    if args.ablation:
+        return
 
     # one-way peer: the pretrained LLM teaches SASRec, never learns back
     set_seed(seed)
@@ -159,6 +167,13 @@ def main() -> None:
     parser.add_argument("--w1", type=float, default=0.5)
     parser.add_argument("--w2", type=float, default=0.5)
     parser.add_argument("--eval-users", type=int, default=0, help="0 = all test users")
+    parser.add_argument("--no-weights", action="store_true", help="ablation: all weights 1")
+    parser.add_argument("--no-inject", action="store_true", help="ablation: no injection")
+    parser.add_argument(
+        "--ablation",
+        action="store_true",
+        help="only the distilled models (skip SASRec alone and the one-way peer)",
+    )
     parser.add_argument("--device")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
