@@ -128,7 +128,9 @@ def run(dataset_name: str, n_forget: int, k: int, keep_state: bool) -> None:
                 "lethe_snapshot_seconds_count",
                 'lethe_model_version{model="imcorrect"}',
             ):
-                print(f"   {key} = {metrics.get(key, 0):g}")
+                value = metrics.get(key, 0.0)
+                shown = f"{value:,.0f}" if float(value).is_integer() else f"{value:.3f}"
+                print(f"   {key} = {shown}")
             print(f"   (served at http://127.0.0.1:{port}/metrics while the demo ran)")
         finally:
             print("\n== Shutting down")
