@@ -345,7 +345,7 @@ class IMCorrectWorker:
         model = self.state.model
         m.STATE_SIZE.labels("users").set(len(self.state.users))
         m.STATE_SIZE.labels("items").set(len(self.state.items))
-        m.STATE_SIZE.labels("interactions").set(model._x.nnz)
+        m.STATE_SIZE.labels("interactions").set(model.n_interactions)
         m.MODEL_VERSION.labels("imcorrect").set(model.version)
         m.REFACTORISATIONS.set(model.refactorisations)
 
@@ -365,7 +365,7 @@ def recommend_from_state(state: WorkerState, request: RecRequest) -> Recommendat
     model = state.model
     u = state.users.get(request.user_id)
     strategy = "personal"
-    if u is not None and u < model.n_users and model._x[u].nnz > 0:
+    if u is not None and model.history_size(u) > 0:
         idx, scores = model.recommend([u], request.k, mask_seen=request.exclude_seen)
         idx, scores = idx[0], scores[0]
     else:

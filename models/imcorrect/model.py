@@ -115,6 +115,16 @@ class IMCorrect:
         return self._x.shape[1]
 
     @property
+    def n_interactions(self) -> int:
+        return int(self._x.nnz)
+
+    def history_size(self, user: int) -> int:
+        """Number of stored interactions of ``user`` (0 for an unknown index)."""
+        if not 0 <= user < self.n_users:
+            return 0
+        return int(self._x.indptr[user + 1] - self._x.indptr[user])
+
+    @property
     def interactions(self) -> sp.csr_matrix:
         """Current interaction matrix X (a copy; edit through learn/forget)."""
         return self._x.copy()
