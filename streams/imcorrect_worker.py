@@ -156,7 +156,10 @@ class IMCorrectWorker:
             while any(await reader.position(tp) < ends[tp] for tp in tps):
                 for records in (await reader.getmany(timeout_ms=500)).values():
                     for r in records:
-                        published.add(json.loads(r.value)["request_id"])
+                        try:
+                            published.add(json.loads(r.value)["request_id"])
+                        except (ValueError, KeyError, TypeError):
+                            continue  # not a receipt of ours; it cannot match a pending one
         finally:
             await reader.stop()
         for raw in self.state.pending_receipts:
