@@ -153,7 +153,7 @@ class IMCorrectWorker:
             ends = await reader.end_offsets(tps)
             for tp in tps:
                 reader.seek(tp, self.state.receipts_end_offsets.get(tp_key(tp), 0))
-            while any(await reader.position(tp) < ends[tp] for tp in tps):
+            while any([await reader.position(tp) < ends[tp] for tp in tps]):
                 for records in (await reader.getmany(timeout_ms=500)).values():
                     for r in records:
                         try:

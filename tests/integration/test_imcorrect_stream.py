@@ -196,3 +196,48 @@ def test_malformed_messages_go_to_dead_letters_while_good_ones_apply(settings, m
     assert state.counters["events_accepted"] == len(good)
     assert state.counters["dead_letters"] == 1001
     assert_equals_batch_fit(state, [(e.user_id, e.item_id) for e in good], settings.imcorrect.l2)
+
+
+def test_receipts_pending_at_a_crash_are_published_exactly_once(settings, tmp_path):
+    """A snapshot taken just before a crash holds two decided receipts; one of them had
+    already reached the topic. After restart each is on the topic exactly once."""
+    from models.imcorrect import IMCorrect
+    from streams.state import SnapshotStore, WorkerState
+
+    asyncio.run(create_topics(settings))
+    sent = DeletionReceipt(
+        request_id="req-sent",
+        status="applied",
+        scope="user",
+        removed={"interactions": 3, "users": 1},
+        applied_at=1,
+    )
+    lost = DeletionReceipt(
+        request_id="req-lost",
+        status="applied",
+        scope="user",
+        removed={"interactions": 5, "users": 1},
+        applied_at=1,
+    )
+
+    async def publish_first():
+        async with LetheProducer(settings) as p:
+            await p.send("deletion-receipts", sent.request_id, sent)
+
+    asyncio.run(publish_first())
+    state = WorkerState(model=IMCorrect("ease", l2=settings.imcorrect.l2))
+    state.pending_receipts = [sent.model_dump_json(), lost.model_dump_json()]
+    state.receipts_end_offsets = {}  # from the start of every partition
+    SnapshotStore(settings.state_dir / "imcorrect").save(state)
+
+    worker = WorkerProcess(settings, tmp_path / "worker.log").start()
+    try:
+        worker.wait_ready()
+    finally:
+        assert worker.stop() == 0
+    ids = sorted(
+        decode(DeletionReceipt, r.value).request_id
+        for r in asyncio.run(read_all(settings, "deletion-receipts"))
+    )
+    assert ids == ["req-lost", "req-sent"]
+    assert load_state(settings.state_dir).pending_receipts == []
