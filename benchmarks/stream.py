@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
-import socket
 import tempfile
 import time
 import uuid
@@ -34,15 +33,9 @@ from streams.contracts import DeletionReceipt, decode
 from streams.kafka_config import client_kwargs
 from streams.kafka_io import topic_partitions
 from streams.localkafka import kafka_broker
-from streams.procs import WorkerProcess, scrape
+from streams.procs import WorkerProcess, free_port, scrape
 from streams.replay import to_event
 from streams.topics import create_topics, topic_name
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def _ingest(settings: LetheSettings, events, port: int) -> tuple[float, float]:
@@ -98,7 +91,7 @@ def main() -> None:
     users = sorted({e.user_id for e in events})
     targets = random.Random(args.seed).sample(users, min(args.deletions, len(users)))
     with kafka_broker() as (bootstrap, how), tempfile.TemporaryDirectory() as tmp:
-        port = _free_port()
+        port = free_port()
         settings = LetheSettings(
             bootstrap_servers=bootstrap,
             topic_prefix=f"bench{uuid.uuid4().hex[:6]}.",

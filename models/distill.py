@@ -75,10 +75,6 @@ def kl_teacher_student(
     return (log_pt.exp() * (log_pt - log_ps)).sum(dim=-1) * temperature**2
 
 
-def last_targets(data: TrainingSequences) -> torch.Tensor:
-    return data.targets[:, -1]
-
-
 def crm_up_loss(crm, llm, inputs, targets, cfg: DistillConfig) -> tuple[torch.Tensor, dict]:
     """SASRec's loss in the up step: CE at every position + w₂·weighted KL at the last one."""
     hidden = crm.hidden_states(inputs)

@@ -12,7 +12,6 @@ import argparse
 import asyncio
 import random
 import shutil
-import socket
 import sys
 import time
 import uuid
@@ -24,21 +23,10 @@ from streams.config import LetheSettings
 from streams.contracts import DeletionReceipt, Recommendation, decode
 from streams.kafka_io import read_all
 from streams.localkafka import kafka_broker
-from streams.procs import WorkerProcess, scrape
+from streams.procs import WorkerProcess, free_port, scrape
 from streams.replay import replay_dataset
 from streams.replies import request_and_wait
 from streams.topics import create_topics
-
-
-def _free_port(preferred: int) -> int:
-    for port in (preferred, 0):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return s.getsockname()[1]
-    raise RuntimeError("no free port")
 
 
 def _show(title: str, rec: Recommendation, data: Dataset) -> None:
@@ -62,7 +50,7 @@ def run(dataset_name: str, n_forget: int, k: int, keep_state: bool) -> None:
     shutil.rmtree(state_dir, ignore_errors=True)
     with kafka_broker() as (bootstrap, how):
         print(f"\n== Kafka: {how} at {bootstrap}")
-        port = _free_port(9464)
+        port = free_port(9464)
         settings = LetheSettings(
             bootstrap_servers=bootstrap,
             topic_prefix=f"demo-{uuid.uuid4().hex[:6]}.",

@@ -53,9 +53,7 @@ log = logging.getLogger("lethe.imcorrect")
 
 def new_state(settings: LetheSettings) -> WorkerState:
     cfg = settings.imcorrect
-    params = {"l2": cfg.l2} if cfg.mapping == "ease" else {}
-    if cfg.mapping == "itemknn":
-        params = {"shrink": cfg.shrink}
+    params = {"ease": {"l2": cfg.l2}, "itemknn": {"shrink": cfg.shrink}}.get(cfg.mapping, {})
     return WorkerState(model=IMCorrect(cfg.mapping, **params), dedup=DedupWindow(cfg.dedup_window))
 
 

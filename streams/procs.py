@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -91,6 +92,18 @@ class WorkerProcess:
                 raise RuntimeError(f"{self.kind} worker exited:\n{self.log_tail()}")
             time.sleep(0.2)
         raise TimeoutError(f"{self.kind} worker not ready:\n{self.log_tail()}")
+
+
+def free_port(preferred: int = 0) -> int:
+    """``preferred`` if it is free on loopback, else any free port."""
+    for port in dict.fromkeys((preferred, 0)):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise RuntimeError("no free loopback port")
 
 
 def scrape(port: int, host: str = "127.0.0.1") -> dict[str, float]:

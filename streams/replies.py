@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -51,7 +50,3 @@ async def request_and_wait(
         raise TimeoutError(f"no recommendation for request {request.request_id}")
     finally:
         await consumer.stop()
-
-
-def run_request(settings: LetheSettings, user_id: str, k: int, timeout_s: float) -> Recommendation:
-    return asyncio.run(request_and_wait(settings, user_id, k, timeout_s=timeout_s))

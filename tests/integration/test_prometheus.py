@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import socket
 import subprocess
 import time
 import urllib.parse
@@ -15,18 +14,12 @@ import pytest
 
 from models.datasets import load
 from streams.client import LetheProducer
-from streams.procs import WorkerProcess
+from streams.procs import WorkerProcess, free_port
 from streams.replay import to_event
 from streams.topics import create_topics
 
 pytestmark = pytest.mark.kafka
 PROMETHEUS = shutil.which("prometheus")
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _query(port: int, promql: str) -> float | None:
@@ -50,7 +43,7 @@ def _wait(port: int, promql: str, ok, timeout_s: float = 60) -> float:
 
 @pytest.mark.skipif(PROMETHEUS is None, reason="prometheus not installed (.ci/run installs it)")
 def test_prometheus_scrapes_moving_series(settings, tmp_path):
-    metrics_port, prom_port = _port(), _port()
+    metrics_port, prom_port = free_port(), free_port()
     settings = settings.model_copy(update={"metrics_port": metrics_port})
     asyncio.run(create_topics(settings))
     config = tmp_path / "prometheus.yml"
