@@ -24,14 +24,7 @@ import torch
 from benchmarks.common import emit, log
 from models.datasets import leave_one_out, load
 from models.distill import DistillConfig, Distiller
-from models.llmrec import (
-    LLMRecConfig,
-    LLMRecommender,
-    instruction_ids,
-    load_smollm2,
-    tiny_llama,
-    truncate_layers,
-)
+from models.llmrec import build_llm_recommender
 from models.sasrec import SASRec, SASRecConfig
 from models.seqtrain import evaluate, pick_device, set_seed, train_sasrec
 from models.sequences import eval_set, training_sequences
@@ -40,22 +33,6 @@ SETTINGS = {
     "ml-100k": {"max_len": 50, "pretrain_epochs": 30},
     "ml-1m": {"max_len": 200, "pretrain_epochs": 20},
 }
-
-
-def build_llm(spec: str, n_items: int, item_table: torch.Tensor, seed: int) -> LLMRecommender:
-    torch.manual_seed(seed)
-    if spec == "tiny":
-        lm, tokenizer = tiny_llama(hidden=64, layers=2, heads=4, vocab=256, seed=seed), None
-    else:
-        lm, tokenizer = load_smollm2()
-        if ":" in spec:
-            truncate_layers(lm, int(spec.split(":")[1]))
-    return LLMRecommender(
-        lm,
-        LLMRecConfig(n_items=n_items, item_dim=item_table.shape[1]),
-        item_table,
-        instruction_ids(tokenizer, vocab=256),
-    )
 
 
 def run_seed(args, seed: int) -> None:
@@ -124,7 +101,9 @@ def run_seed(args, seed: int) -> None:
     start = time.perf_counter()
     train_sasrec(crm, train, epochs=pre, device=device)
     crm_pre_s = time.perf_counter() - start
-    llm = build_llm(args.llm, split.n_items, crm.item_embeddings().cpu(), seed).to(device)
+    llm = build_llm_recommender(args.llm, split.n_items, crm.item_embeddings().cpu(), seed).to(
+        device
+    )
     distiller = Distiller(crm, llm, dcfg, device)
     info = distiller.pretrain_llm(train, epochs=args.llm_epochs)
     report("llm", llm, info["seconds"], round=0, steps=info["steps"])

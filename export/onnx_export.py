@@ -65,8 +65,12 @@ def export_sasrec(
     tolerance: float = PARITY_TOLERANCE,
     check_batches: tuple[int, ...] = (1, 7),
     seed: int = 0,
+    metadata: dict[str, str] | None = None,
 ) -> ExportedModel:
-    """Export, check parity on random histories at several batch sizes, name by hash."""
+    """Export, check parity on random histories at several batch sizes, name by hash.
+
+    ``metadata`` is stored in the graph's metadata properties (the item vocabulary and version
+    travel inside the file, so one sha256 covers them all)."""
     model = model.eval()
     # eval() on the wrapper too: export restores the wrapper's mode recursively afterwards
     module: nn.Module = (model if top_k is None else _TopK(model, top_k)).eval()
@@ -95,12 +99,24 @@ def export_sasrec(
         diff = check_parity(module, tmp, length, model.config.n_items, check_batches, seed)
         if diff > tolerance:
             raise ParityError(f"ONNX differs from torch by {diff:.3g} > {tolerance:g}")
+        if metadata:
+            _add_metadata(tmp, metadata)
         sha = sha256_of(tmp)
         final = out_dir / f"sasrec-{sha[:16]}.onnx"
         os.replace(tmp, final)
         return ExportedModel(final, sha, diff, top_k)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _add_metadata(path: Path, metadata: dict[str, str]) -> None:
+    import onnx
+
+    graph = onnx.load(str(path))
+    for key, value in metadata.items():
+        entry = graph.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(graph, str(path))
 
 
 def check_parity(

@@ -19,6 +19,11 @@ class ScoringSession:
     provider: str  # the provider actually in use
     path: Path
 
+    @property
+    def metadata(self) -> dict[str, str]:
+        """The custom metadata properties stored in the model file."""
+        return dict(self.session.get_modelmeta().custom_metadata_map)
+
     def run(self, item_seq: np.ndarray) -> list[np.ndarray]:
         return self.session.run(None, {"item_seq": item_seq.astype(np.int64, copy=False)})
 

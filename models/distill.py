@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from models.llmrec import LLMRecommender
 from models.sasrec import SASRec, sequence_ce_loss
@@ -255,6 +255,17 @@ def save_checkpoint(path: Path, crm: SASRec, llm: LLMRecommender | None, meta: d
     meta = {**meta, "sasrec_config": crm.config.to_dict(), "saved_at": time.time()}
     (path / "meta.json").write_text(json.dumps(meta, indent=2, default=_json_default))
     return path
+
+
+def load_checkpoint(path: Path, crm: SASRec, llm: LLMRecommender | None) -> dict:
+    """Load weights saved by :func:`save_checkpoint` into the given models; returns the meta."""
+    crm.load_state_dict(load_file(str(path / "sasrec.safetensors")))
+    trainable = path / "llm_trainable.safetensors"
+    if llm is not None and trainable.exists():
+        missing = llm.load_state_dict(load_file(str(trainable)), strict=False)
+        if missing.unexpected_keys:
+            raise ValueError(f"unexpected LLM weights in {path}: {missing.unexpected_keys[:3]}")
+    return json.loads((path / "meta.json").read_text())
 
 
 def _json_default(o):

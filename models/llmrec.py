@@ -181,6 +181,28 @@ class LLMRecommender(nn.Module):
         return {n: t.detach().cpu() for n, t in self.state_dict().items() if n in names}
 
 
+def build_llm_recommender(
+    spec: str, n_items: int, item_table: torch.Tensor, seed: int = 0
+) -> LLMRecommender:
+    """The LLM side from a spec: ``tiny`` (random tiny Llama), ``smollm2:N`` (the first N
+    pretrained layers of SmolLM2-135M) or ``smollm2`` (all of it)."""
+    torch.manual_seed(seed)
+    if spec == "tiny":
+        lm, tokenizer = tiny_llama(hidden=64, layers=2, heads=4, vocab=256, seed=seed), None
+    elif spec == "smollm2" or spec.startswith("smollm2:"):
+        lm, tokenizer = load_smollm2()
+        if ":" in spec:
+            truncate_layers(lm, int(spec.split(":")[1]))
+    else:
+        raise ValueError(f"unknown LLM spec {spec!r} (tiny, smollm2 or smollm2:N)")
+    return LLMRecommender(
+        lm,
+        LLMRecConfig(n_items=n_items, item_dim=item_table.shape[1]),
+        item_table,
+        instruction_ids(tokenizer, vocab=256),
+    )
+
+
 def instruction_ids(tokenizer=None, vocab: int = 256, length: int = 8) -> torch.Tensor:
     """Token ids of the fixed instruction (deterministic ids for tokenizer-less tiny models)."""
     if tokenizer is None:

@@ -68,10 +68,14 @@ def train_sasrec(
     max_steps: int | None = None,
     device: torch.device | None = None,
     log_every: int = 0,
+    optimizer: torch.optim.Optimizer | None = None,
 ) -> TrainReport:
-    """Plain CE training (the SASRec-alone baseline and the pretraining stage)."""
+    """Plain CE training (the SASRec-alone baseline and the pretraining stage).
+
+    Pass ``optimizer`` to continue training across calls without resetting Adam's moments.
+    """
     device = device or next(model.parameters()).device
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    opt = optimizer or torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
     steps, loss_value, start = 0, float("nan"), time.perf_counter()
     for epoch in range(epochs):

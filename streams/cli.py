@@ -114,11 +114,15 @@ def _cmd_worker(args: argparse.Namespace, settings: LetheSettings) -> int:
     configure_logging(settings.log_json)
     if args.kind == "imcorrect":
         from streams.imcorrect_worker import run_worker
-
-        run_worker(settings)
-        return 0
-    print(f"lethe worker: {args.kind} is not available in this build", file=sys.stderr)
-    return 2
+    elif args.kind == "trainer":
+        from streams.trainer_worker import run_worker
+    elif args.kind == "scorer":
+        from streams.scorer_worker import run_worker
+    else:
+        print(f"lethe worker: unknown kind {args.kind!r}", file=sys.stderr)
+        return 2
+    run_worker(settings)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -168,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_recommend)
 
     p = sub.add_parser("worker", help="run a Lethe worker until SIGINT/SIGTERM")
-    p.add_argument("kind", choices=["imcorrect"])
+    p.add_argument("kind", choices=["imcorrect", "trainer", "scorer"])
     p.add_argument("--state-dir", type=Path, help="state folder (default: LETHE_STATE_DIR)")
     p.set_defaults(func=_cmd_worker)
 

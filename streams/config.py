@@ -77,6 +77,48 @@ class IMCorrectWorkerSettings(BaseModel):
     snapshot_interval_s: float = Field(default=30.0, gt=0)
     dedup_window: int = Field(default=2_000_000, ge=1)
     group_id: str = "lethe-imcorrect"
+    #: answer ``rec-requests`` itself; turn off where the scoring agent answers them
+    answer_requests: bool = True
+
+
+class TrainerSettings(BaseModel):
+    """The trainer consumer: micro-batched LLMD4Rec rounds, checkpoints, exports."""
+
+    llm: str = "tiny"  # "tiny" (random tiny Llama), "smollm2:N" (first N layers) or "smollm2"
+    max_items: int = Field(default=4096, ge=2)  # item vocabulary capacity of the exported model
+    max_len: int = Field(default=50, ge=2)
+    hidden: int = Field(default=64, ge=8)
+    batch_events: int = Field(default=20_000, ge=1)  # a round after this many new events …
+    batch_wait_s: float = Field(default=30.0, gt=0)  # … or this long after the first new one
+    min_users: int = Field(default=50, ge=1)  # no training before this many users
+    replay_users: int = Field(default=512, ge=1)  # sequences per round: new + sampled older
+    steps_per_round: int = Field(default=8, ge=1)
+    pretrain_steps: int = Field(default=300, ge=1)  # bounded warm-up of both models
+    retrain_rounds: int = Field(default=1, ge=0)  # full passes after a forget's warm-up
+    valid_users: int = Field(default=500, ge=1)  # rolling validation sample
+    regression_tolerance: float = Field(default=0.002, ge=0)  # NDCG@10, absolute
+    keep_checkpoints: int = Field(default=6, ge=1)
+    t1: float = Field(default=2.0, gt=0)
+    t2: float = Field(default=2.0, gt=0)
+    w1: float = Field(default=0.5, ge=0)
+    w2: float = Field(default=0.5, ge=0)
+    seed: int = 0
+    threads: int = Field(default=0, ge=0)  # torch CPU threads, 0 = torch's default
+    dedup_window: int = Field(default=2_000_000, ge=1)
+
+
+class ScorerSettings(BaseModel):
+    """The scoring agent: dynamic batching, ONNX model, fusion with IMCorrect."""
+
+    max_batch: int = Field(default=64, ge=1)
+    max_wait_ms: float = Field(default=2.0, ge=0)
+    #: weight of the (standardised) IMCorrect scores added to SASRec's; chosen on validation
+    #: by ``python -m benchmarks.fusion`` (ML-100K)
+    fusion_weight: float = Field(default=1.0, ge=0)
+    imcorrect_reload_s: float = Field(default=2.0, gt=0)
+    snapshot_interval_s: float = Field(default=30.0, gt=0)
+    prefer_gpu: bool = True
+    threads: int = Field(default=0, ge=0)  # onnxruntime intra-op threads, 0 = its default
 
 
 class LetheSettings(BaseSettings):
@@ -105,6 +147,10 @@ class LetheSettings(BaseSettings):
     topics: TopicSettings = TopicSettings()
     producer: ProducerSettings = ProducerSettings()
     imcorrect: IMCorrectWorkerSettings = IMCorrectWorkerSettings()
+    trainer: TrainerSettings = TrainerSettings()
+    scorer: ScorerSettings = ScorerSettings()
+    #: where exported ONNX models are written (shared with the scorer)
+    model_dir: Path = Path("./var/models")
     log_json: bool = False
 
     @classmethod

@@ -120,7 +120,10 @@ class IMCorrectWorker:
 
     async def _assign(self) -> None:
         tps = []
-        for name in ("interactions", "deletions", "rec-requests"):
+        inputs = ["interactions", "deletions"]
+        if self.settings.imcorrect.answer_requests:
+            inputs.append("rec-requests")  # otherwise the scoring agent answers them
+        for name in inputs:
             tps += await topic_partitions(self.consumer, self.topics[name])
         self.consumer.assign(tps)
         self.input_tps = [tp for tp in tps if tp.topic != self.topics["rec-requests"]]
@@ -133,7 +136,9 @@ class IMCorrectWorker:
             else:
                 self.consumer.seek(tp, offset)
         # recommendation requests are ephemeral: answer what arrives from now on
-        await self.consumer.seek_to_end(*[tp for tp in tps if tp not in self.input_tps])
+        request_tps = [tp for tp in tps if tp not in self.input_tps]
+        if request_tps:
+            await self.consumer.seek_to_end(*request_tps)
 
     async def _resolve_pending_receipts(self) -> None:
         """Publish receipts decided before a crash, unless they already went out."""

@@ -39,6 +39,44 @@ MODEL_VERSION = Gauge("lethe_model_version", "Version of the served model", ["mo
 RECOMMENDATIONS = Counter("lethe_recommendations_total", "Recommendations published", ["strategy"])
 REFACTORISATIONS = Gauge("lethe_imcorrect_refactorisations", "Drift-triggered refactorisations")
 
+# -- trainer ---------------------------------------------------------------------------------
+TRAINER_ROUND_SECONDS = Histogram(
+    "lethe_trainer_round_seconds",
+    "Time of one training round (micro-batch) or retrain, by kind",
+    ["kind"],
+    buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
+)
+TRAINER_LOSS = Gauge("lethe_trainer_loss", "Last loss of a training step", ["model", "part"])
+TRAINER_VALIDATION = Gauge(
+    "lethe_trainer_validation", "Rolling validation metric of the SASRec", ["metric"]
+)
+MODELS_EXPORTED = Counter(
+    "lethe_models_exported_total", "SASRec versions exported and announced", ["reason"]
+)
+EXPORTS_SKIPPED = Counter(
+    "lethe_exports_skipped_total", "Rounds whose model was not exported, by reason", ["reason"]
+)
+TRAINER_SEQUENCES = Gauge("lethe_trainer_sequences", "Users with a retained sequence")
+
+# -- scorer ----------------------------------------------------------------------------------
+SCORER_LATENCY = Histogram(
+    "lethe_scorer_latency_seconds",
+    "Scorer latency by stage: queue (received to batch start), model, end_to_end (request ts "
+    "to published)",
+    ["stage"],
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+SCORER_BATCH = Histogram(
+    "lethe_scorer_batch_size", "Requests per scored batch", buckets=(1, 2, 4, 8, 16, 32, 64, 128)
+)
+SCORER_PROVIDER = Gauge(
+    "lethe_scorer_provider_info", "onnxruntime provider in use (1 = current)", ["provider"]
+)
+SCORER_SWAPS = Counter("lethe_scorer_model_swaps_total", "Model swaps by outcome", ["outcome"])
+SCORER_DELETIONS = Counter(
+    "lethe_scorer_deletions_applied_total", "Deletion requests applied to the scorer's state"
+)
+
 
 def serve(host: str, port: int) -> int:
     """Start the /metrics HTTP endpoint; returns the bound port (-1 when disabled).

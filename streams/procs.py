@@ -18,19 +18,20 @@ REPO = Path(__file__).resolve().parents[1]
 
 def settings_env(settings: LetheSettings) -> dict[str, str]:
     """Environment that makes a child process see the same settings."""
-    return {
+    env = {
         "KAFKA_BOOTSTRAP": settings.bootstrap_servers,
         "LETHE_TOPIC_PREFIX": settings.topic_prefix,
         "LETHE_STATE_DIR": str(settings.state_dir),
+        "LETHE_MODEL_DIR": str(settings.model_dir),
         "LETHE_METRICS_PORT": str(settings.metrics_port),
         "LETHE_METRICS_HOST": settings.metrics_host,
-        "LETHE_IMCORRECT__L2": str(settings.imcorrect.l2),
-        "LETHE_IMCORRECT__MAPPING": settings.imcorrect.mapping,
-        "LETHE_IMCORRECT__SNAPSHOT_INTERVAL_S": str(settings.imcorrect.snapshot_interval_s),
-        "LETHE_IMCORRECT__BATCH_MAX_EVENTS": str(settings.imcorrect.batch_max_events),
-        "LETHE_IMCORRECT__BATCH_MAX_WAIT_MS": str(settings.imcorrect.batch_max_wait_ms),
         "LETHE_LOG_JSON": "true" if settings.log_json else "false",
     }
+    for section in ("imcorrect", "trainer", "scorer"):
+        for key, value in getattr(settings, section).model_dump().items():
+            text = ("true" if value else "false") if isinstance(value, bool) else str(value)
+            env[f"LETHE_{section.upper()}__{key.upper()}"] = text
+    return env
 
 
 class WorkerProcess:

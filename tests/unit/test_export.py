@@ -48,3 +48,12 @@ def test_parity_failure_refuses_to_publish(model, tmp_path):
     with pytest.raises(ParityError):
         export_sasrec(model, tmp_path, tolerance=-1.0)
     assert not list(tmp_path.glob("*.onnx")) and not list(tmp_path.glob("*.tmp"))
+
+
+def test_metadata_travels_inside_the_hashed_file(model, tmp_path):
+    plain = export_sasrec(model, tmp_path / "plain")
+    tagged = export_sasrec(model, tmp_path / "tagged", metadata={"lethe.items": '["a", "b"]'})
+    assert tagged.sha256 == sha256_of(tagged.path) != plain.sha256
+    session = open_session(tagged.path)
+    assert session.metadata["lethe.items"] == '["a", "b"]'
+    assert "lethe.items" not in open_session(plain.path).metadata

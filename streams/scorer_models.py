@@ -1,0 +1,176 @@
+"""The models the scoring agent serves: the ONNX SASRec it swapped in last, the newest
+IMCorrect snapshot, and the candidate catalogue that lines the two up.
+
+Everything here is immutable once built; the agent swaps whole objects, so a batch in flight
+keeps scoring with the references it started with while a new model loads.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from export.onnx_export import sha256_of
+from export.session import ScoringSession, open_session
+from models.fusion import fuse, top_k
+from streams.contracts import ModelUpdate
+from streams.state import SnapshotStore, WorkerState
+
+
+class ModelRejected(RuntimeError):
+    """A model update that must not be served (missing file, wrong sha256, bad metadata)."""
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    version: str
+    sha256: str
+    session: ScoringSession
+    items: list[str | None]  # dense index → external id; ONNX column = index + 1
+    max_len: int
+
+    @property
+    def provider(self) -> str:
+        return self.session.provider
+
+
+def load_served_model(
+    update: ModelUpdate, prefer_gpu: bool = True, threads: int | None = None
+) -> ServedModel:
+    """Check the file's sha256 against the announcement, then open it."""
+    path = Path(update.path)
+    if not path.is_file():
+        raise ModelRejected(f"model file {path} is missing")
+    digest = sha256_of(path)
+    if digest != update.sha256:
+        raise ModelRejected(f"sha256 of {path} is {digest[:12]}…, announced {update.sha256[:12]}…")
+    session = open_session(path, prefer_gpu=prefer_gpu, threads=threads or None)
+    meta = session.metadata
+    try:
+        items = json.loads(meta["lethe.items"])
+        max_len = int(meta["lethe.max_len"])
+    except (KeyError, ValueError) as exc:
+        raise ModelRejected(f"model {path} lacks Lethe metadata: {exc}") from exc
+    return ServedModel(update.version, update.sha256, session, items, max_len)
+
+
+@dataclass(frozen=True)
+class IMCorrectView:
+    path: Path
+    state: WorkerState
+
+    @property
+    def version(self) -> str:
+        return str(self.state.model.version)
+
+
+def load_imcorrect(state_dir: Path, current: IMCorrectView | None) -> IMCorrectView | None:
+    """The newest IMCorrect snapshot when it is newer than ``current`` (else ``current``)."""
+    store = SnapshotStore(Path(state_dir) / "imcorrect")
+    latest = store.latest()
+    if latest is None or (current is not None and latest == current.path):
+        return current
+    try:
+        state = store.load(latest)
+    except (FileNotFoundError, OSError, ValueError):
+        return current  # pruned while reading: next time
+    return IMCorrectView(latest, state) if state is not None else current
+
+
+class Catalogue:
+    """Candidate items and where each model scores them."""
+
+    def __init__(
+        self,
+        model: ServedModel | None,
+        imcorrect: IMCorrectView | None,
+        fallback_ids: list[str] | None = None,
+    ) -> None:
+        """Candidates are the model's vocabulary, else IMCorrect's items, else
+        ``fallback_ids`` (items seen in the stream, for popularity only)."""
+        self.model, self.imcorrect = model, imcorrect
+        if model is not None:
+            self.ids = [i for i in model.items if i is not None]
+            self.crm_cols = np.array(
+                [k + 1 for k, i in enumerate(model.items) if i is not None], dtype=np.int64
+            )
+        elif imcorrect is not None:
+            self.ids = [i for i in imcorrect.state.items.by_index if i is not None]
+            self.crm_cols = None
+        else:
+            self.ids, self.crm_cols = list(fallback_ids or []), None
+        self.position = {item: k for k, item in enumerate(self.ids)}
+        self.imc_cols = None
+        if imcorrect is not None:
+            get = imcorrect.state.items.get
+            self.imc_cols = np.array(
+                [-1 if get(i) is None else get(i) for i in self.ids], dtype=np.int64
+            )
+        self._model_index = (
+            {item: k for k, item in enumerate(model.items) if item is not None} if model else {}
+        )
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def history_row(self, items: list[str]) -> np.ndarray:
+        """A left-padded ONNX input row from a user's items (unknown items skipped)."""
+        assert self.model is not None
+        index = self._model_index
+        cols = [index[i] + 1 for i in items if i in index]
+        row = np.zeros(self.model.max_len, dtype=np.int64)
+        tail = cols[-self.model.max_len :]
+        if tail:
+            row[-len(tail) :] = tail
+        return row
+
+
+@dataclass
+class ScoringJob:
+    """One request, prepared on the event loop (the state it needs copied out)."""
+
+    k: int
+    history: np.ndarray | None  # ONNX row, None when the user has no known history
+    imcorrect_user: int | None  # IMCorrect user index when its scores may be used
+    banned: np.ndarray  # catalogue positions never to return
+
+
+def score_batch(
+    catalogue: Catalogue, jobs: list[ScoringJob], weight: float, popularity: np.ndarray
+) -> list[tuple[np.ndarray, np.ndarray, str]]:
+    """(catalogue positions, scores, strategy) per job; runs off the event loop."""
+    n = len(catalogue)
+    crm = None
+    with_history = [j for j, job in enumerate(jobs) if job.history is not None]
+    if catalogue.model is not None and with_history:
+        rows = np.stack([jobs[j].history for j in with_history])
+        (scores,) = catalogue.model.session.run(rows)
+        crm = np.full((len(jobs), n), np.nan)
+        crm[with_history] = scores[:, catalogue.crm_cols]
+    imc = None
+    imc_rows = [j for j, job in enumerate(jobs) if job.imcorrect_user is not None]
+    if catalogue.imcorrect is not None and imc_rows:
+        users = [jobs[j].imcorrect_user for j in imc_rows]
+        # seen items are kept: the request decides (exclude_seen) through ``banned``
+        raw = np.asarray(
+            catalogue.imcorrect.state.model.score(users, mask_seen=False), dtype=np.float64
+        )
+        cols = catalogue.imc_cols
+        picked = np.where(cols >= 0, raw[:, np.maximum(cols, 0)], np.nan)
+        imc = np.full((len(jobs), n), np.nan)
+        imc[imc_rows] = picked
+    out = []
+    for j, job in enumerate(jobs):
+        crm_row = crm[j : j + 1] if crm is not None and job.history is not None else None
+        imc_row = imc[j : j + 1] if imc is not None and job.imcorrect_user is not None else None
+        if crm_row is None and imc_row is None:
+            idx, vals = top_k(popularity, job.k, job.banned)
+            out.append((idx, vals, "popularity"))
+            continue
+        fused = fuse(crm_row, imc_row, weight)[0]
+        idx, vals = top_k(fused, job.k, job.banned)
+        out.append((idx, vals, "personal"))
+    return out

@@ -1,0 +1,413 @@
+"""The scoring agent: ``rec-requests`` in, ``recommendations`` out, from the ONNX SASRec the
+trainer announced last, fused with the newest IMCorrect snapshot.
+
+Two consumers, two tasks. The *state* task reads ``interactions`` and ``deletions`` (recent
+sequences, seen items, forgotten users and items; deletions ordered by
+:class:`DeletionBarrier`) and ``model-updates`` (swaps: the file's sha256 must match the
+announcement, the new session is opened off the event loop and replaces the old one between
+batches, so no request in flight is dropped or fails). The *request* task batches requests
+dynamically (up to ``max_batch`` or ``max_wait_ms`` after the first) and answers each.
+
+Forgetting before the models catch up: a forgotten user's sequence is dropped at once and
+IMCorrect scores of that user are not used until an IMCorrect snapshot past the deletion is
+loaded; a forgotten item is never returned (until it is seen again in new interactions).
+
+The scorer's own state (sequences, forgotten ids, offsets) is written atomically every
+``snapshot_interval_s`` and on shutdown; a restart resumes from those offsets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import time
+from pathlib import Path
+
+import numpy as np
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from streams import metrics as m
+from streams.barrier import DeletionBarrier
+from streams.config import LetheSettings
+from streams.contracts import (
+    ContractError,
+    DeletionRequest,
+    InteractionEvent,
+    ModelUpdate,
+    Recommendation,
+    RecRequest,
+    ScoredItem,
+    decode,
+)
+from streams.kafka_config import client_kwargs, producer_kwargs
+from streams.kafka_io import send_dead_letter, topic_partitions, tp_key
+from streams.scorer_models import (
+    Catalogue,
+    IMCorrectView,
+    ModelRejected,
+    ScoringJob,
+    ServedModel,
+    load_imcorrect,
+    load_served_model,
+    score_batch,
+)
+from streams.sequence_store import SequenceStore, write_json_atomically
+from streams.state import Hasher
+from streams.topics import create_topics, topic_name
+
+log = logging.getLogger("lethe.scorer")
+
+STATE_FORMAT = 1
+
+
+class ScorerState:
+    """Sequences, forgotten ids and offsets: what the scorer keeps across restarts."""
+
+    def __init__(self) -> None:
+        self.store = SequenceStore()
+        #: forgotten item → the deletion's log position (never returned while here)
+        self.forbidden_items: dict[str, list] = {}
+        #: keyed hash of a forgotten user → deletion position; that user's IMCorrect scores
+        #: are unused until a snapshot past it is loaded (hashes: no forgotten id on disk)
+        self.suppressed_users: dict[str, list] = {}
+        self.offsets: dict[str, int] = {}
+        self.key = secrets.token_bytes(16)
+
+    def user_hash(self, user: str) -> str:
+        return str(Hasher(self.key)("user", user))
+
+    def to_dict(self) -> dict:
+        return {
+            "format": STATE_FORMAT,
+            "store": self.store.to_dict(),
+            "forbidden_items": self.forbidden_items,
+            "suppressed_users": self.suppressed_users,
+            "offsets": self.offsets,
+            "key": self.key.hex(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ScorerState:
+        if data.get("format") != STATE_FORMAT:
+            raise ValueError("unsupported scorer state format")
+        state = cls()
+        state.store = SequenceStore.from_dict(data["store"])
+        state.forbidden_items = data["forbidden_items"]
+        state.suppressed_users = data["suppressed_users"]
+        state.offsets = data["offsets"]
+        state.key = bytes.fromhex(data["key"])
+        return state
+
+
+class ScorerWorker:
+    def __init__(self, settings: LetheSettings) -> None:
+        self.settings = settings
+        self.cfg = settings.scorer
+        self.state_file = Path(settings.state_dir) / "scorer" / "state.json"
+        self.state = ScorerState()
+        if self.state_file.exists():
+            self.state = ScorerState.from_dict(json.loads(self.state_file.read_text()))
+        self.model: ServedModel | None = None
+        self.imcorrect: IMCorrectView | None = None
+        self.catalogue = Catalogue(None, None)
+        self.topics = {
+            name: topic_name(settings, name)
+            for name in (
+                "interactions",
+                "deletions",
+                "model-updates",
+                "rec-requests",
+                "recommendations",
+                "dead-letters",
+            )
+        }
+        self._logical = {v: k for k, v in self.topics.items()}
+        self.barrier = DeletionBarrier()
+        self._stop = asyncio.Event()
+        self._popularity: np.ndarray | None = None
+        self.metrics_port = -1
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    # -- lifecycle ------------------------------------------------------------------------
+    async def run(self) -> None:
+        self.metrics_port = m.serve(self.settings.metrics_host, self.settings.metrics_port)
+        await create_topics(self.settings)
+        kwargs = client_kwargs(self.settings)
+        self.state_consumer = AIOKafkaConsumer(**kwargs, enable_auto_commit=False, group_id=None)
+        self.request_consumer = AIOKafkaConsumer(
+            **kwargs, enable_auto_commit=False, group_id=None, fetch_max_wait_ms=100
+        )
+        self.offsets = AIOKafkaConsumer(**kwargs, group_id=None)
+        # answers go out at once: batching on the way out would add to every request's latency
+        self.producer = AIOKafkaProducer(**{**producer_kwargs(self.settings), "linger_ms": 0})
+        for client in (self.state_consumer, self.request_consumer, self.offsets, self.producer):
+            await client.start()
+        try:
+            await self._assign()
+            await self._reload_imcorrect()
+            log.info("scorer worker ready (metrics on :%s)", self.metrics_port)
+            tasks = [
+                asyncio.create_task(self._state_loop()),
+                asyncio.create_task(self._request_loop()),
+            ]
+            await self._stop.wait()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self._save()
+        finally:
+            for client in (self.producer, self.offsets, self.request_consumer, self.state_consumer):
+                await client.stop()
+
+    async def _assign(self) -> None:
+        c = self.state_consumer
+        self.interaction_tps = await topic_partitions(c, self.topics["interactions"])
+        self.deletion_tps = await topic_partitions(c, self.topics["deletions"])
+        update_tps = await topic_partitions(c, self.topics["model-updates"])
+        c.assign(self.interaction_tps + self.deletion_tps + update_tps)
+        for tp in self.interaction_tps + self.deletion_tps:
+            offset = self.state.offsets.get(tp_key(tp))
+            if offset is None:
+                await c.seek_to_beginning(tp)
+            else:
+                c.seek(tp, offset)
+        await c.seek_to_beginning(*update_tps)  # compacted: the newest version of each model
+        request_tps = await topic_partitions(self.request_consumer, self.topics["rec-requests"])
+        self.request_consumer.assign(request_tps)
+        await self.request_consumer.seek_to_end(*request_tps)  # requests are ephemeral
+
+    def _save(self) -> None:
+        write_json_atomically(self.state_file, self.state.to_dict())
+        self._saved_at = time.monotonic()
+
+    # -- state task -----------------------------------------------------------------------
+    async def _state_loop(self) -> None:
+        self._saved_at = time.monotonic()
+        self._imc_checked = time.monotonic()
+        while True:
+            got = await self.state_consumer.getmany(timeout_ms=200, max_records=500)
+            updates: list[ModelUpdate] = []
+            for records in got.values():
+                for record in records:
+                    logical = self._logical[record.topic]
+                    if logical == "model-updates":
+                        update = self._decode(ModelUpdate, record, logical)
+                        if update is not None and update.kind == "crm-onnx":
+                            updates.append(update)
+                    elif logical == "interactions":
+                        event = self._decode(InteractionEvent, record, logical)
+                        if event is not None:
+                            self._learn(event, record)
+                        self._advance(record)
+                    else:
+                        await self._on_deletion(record)
+            self._release_deletions()
+            if updates:
+                await self._swap(max(updates, key=lambda u: int(u.version)))
+            now = time.monotonic()
+            if now - self._imc_checked >= self.cfg.imcorrect_reload_s:
+                self._imc_checked = now
+                await self._reload_imcorrect()
+            if now - self._saved_at >= self.cfg.snapshot_interval_s:
+                await asyncio.to_thread(self._save)
+
+    def _decode(self, contract, record, logical: str):
+        try:
+            return decode(contract, record.value or b"", self.settings.limits)
+        except ContractError:
+            m.EVENTS.labels(logical, "invalid").inc()  # the IMCorrect worker dead-letters it
+            return None
+
+    def _advance(self, record) -> None:
+        self.state.offsets[f"{record.topic}:{record.partition}"] = record.offset + 1
+
+    def _learn(self, event: InteractionEvent, record) -> None:
+        tp = f"{record.topic}:{record.partition}"
+        self.state.store.add(event.user_id, event.item_id, tp, record.offset)
+        self.state.forbidden_items.pop(event.item_id, None)  # seen again: a live item
+        self._popularity = None
+
+    async def _on_deletion(self, record) -> None:
+        request = self._decode(DeletionRequest, record, "deletions")
+        ends = None
+        if not self.barrier.active:
+            raw = await self.offsets.end_offsets(self.interaction_tps)
+            ends = {tp_key(tp): off for tp, off in raw.items()}
+            self.state_consumer.pause(*self.deletion_tps)
+        self.barrier.hold(record, request, ends)
+
+    def _release_deletions(self) -> None:
+        released = self.barrier.release(self.state.offsets)
+        if not released:
+            return
+        for record, request in released:
+            self._advance(record)
+            if request is None:
+                continue
+            position = [f"{record.topic}:{record.partition}", record.offset]
+            self.state.store.forget(request)
+            if request.scope == "item":
+                self.state.forbidden_items[request.item_id] = position
+            else:
+                self.state.suppressed_users[self.state.user_hash(request.user_id)] = position
+            m.SCORER_DELETIONS.inc()
+        self._popularity = None
+        self.state_consumer.resume(*self.deletion_tps)
+        self._save()  # the forgotten data leaves the scorer's file too
+
+    async def _swap(self, update: ModelUpdate) -> None:
+        if self.model is not None and int(update.version) <= int(self.model.version):
+            return
+        try:
+            model = await asyncio.to_thread(
+                load_served_model, update, self.cfg.prefer_gpu, self.cfg.threads
+            )
+        except ModelRejected as exc:
+            m.SCORER_SWAPS.labels("rejected").inc()
+            log.warning("model version %s rejected: %s", update.version, exc)
+            return
+        old = self.model
+        self.model = model
+        self.catalogue = Catalogue(model, self.imcorrect)
+        self._popularity = None
+        m.SCORER_SWAPS.labels("swapped").inc()
+        m.MODEL_VERSION.labels("crm").set(int(model.version))
+        if old is not None:
+            m.SCORER_PROVIDER.labels(old.provider).set(0)
+        m.SCORER_PROVIDER.labels(model.provider).set(1)
+        log.info("serving SASRec version %s on %s", model.version, model.provider)
+
+    async def _reload_imcorrect(self) -> None:
+        view = await asyncio.to_thread(load_imcorrect, self.settings.state_dir, self.imcorrect)
+        if view is self.imcorrect:
+            return
+        self.imcorrect = view
+        self.catalogue = Catalogue(self.model, view)
+        self._popularity = None
+        offsets = view.state.offsets
+        for user, (tp, offset) in list(self.state.suppressed_users.items()):
+            if offsets.get(tp, 0) > offset:  # the snapshot has applied that deletion
+                del self.state.suppressed_users[user]
+        m.MODEL_VERSION.labels("imcorrect").set(view.state.model.version)
+
+    # -- request task ---------------------------------------------------------------------
+    async def _request_loop(self) -> None:
+        while True:
+            batch = await self._collect_requests()
+            if batch:
+                await self._answer(batch)
+
+    async def _collect_requests(self) -> list:
+        got = await self.request_consumer.getmany(timeout_ms=500, max_records=self.cfg.max_batch)
+        batch = [r for records in got.values() for r in records]
+        if not batch:
+            return []
+        received = time.monotonic()
+        deadline = received + self.cfg.max_wait_ms / 1000
+        while len(batch) < self.cfg.max_batch:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            more = await self.request_consumer.getmany(
+                timeout_ms=max(1, int(left * 1000)), max_records=self.cfg.max_batch - len(batch)
+            )
+            if not more:
+                break
+            batch.extend(r for records in more.values() for r in records)
+        return [(record, received) for record in batch]
+
+    async def _answer(self, batch: list) -> None:
+        started = time.monotonic()
+        requests = []
+        for record, received in batch:
+            try:
+                request = decode(RecRequest, record.value or b"", self.settings.limits)
+            except ContractError as exc:
+                await send_dead_letter(
+                    self.producer, self.topics["dead-letters"], record, exc, "rec-requests"
+                )
+                continue
+            m.EVENTS.labels("rec-requests", "valid").inc()
+            m.SCORER_LATENCY.labels("queue").observe(started - received)
+            requests.append(request)
+        if not requests:
+            return
+        catalogue = self.catalogue  # the references this batch keeps, whatever swaps meanwhile
+        if catalogue.model is None and catalogue.imcorrect is None:
+            catalogue = Catalogue(None, None, fallback_ids=list(self.state.store.item_counts))
+        jobs = [self._job(catalogue, r) for r in requests]
+        popularity = self._popularity_for(catalogue)
+        t0 = time.perf_counter()
+        results = await asyncio.to_thread(
+            score_batch, catalogue, jobs, self.cfg.fusion_weight, popularity
+        )
+        m.SCORER_LATENCY.labels("model").observe(time.perf_counter() - t0)
+        m.SCORER_BATCH.observe(len(requests))
+        versions = {
+            "crm": catalogue.model.version if catalogue.model else None,
+            "imcorrect": catalogue.imcorrect.version if catalogue.imcorrect else None,
+        }
+        for request, (positions, scores, strategy) in zip(requests, results, strict=True):
+            rec = Recommendation(
+                request_id=request.request_id,
+                user_id=request.user_id,
+                items=[
+                    ScoredItem(item_id=catalogue.ids[p], score=float(s))
+                    for p, s in zip(positions.tolist(), scores.tolist(), strict=True)
+                ],
+                model=versions,
+                ts=int(time.time() * 1000),
+                strategy=strategy,
+            )
+            await self.producer.send(
+                self.topics["recommendations"], value=rec.to_bytes(), key=request.user_id.encode()
+            )
+            m.RECOMMENDATIONS.labels(strategy).inc()
+        await self.producer.flush()
+        now_ms = time.time() * 1000
+        for request in requests:
+            m.SCORER_LATENCY.labels("end_to_end").observe(max(0.0, (now_ms - request.ts) / 1000))
+
+    def _job(self, catalogue: Catalogue, request: RecRequest) -> ScoringJob:
+        items = list(self.state.store.get(request.user_id))
+        banned = {
+            catalogue.position[i] for i in self.state.forbidden_items if i in catalogue.position
+        }
+        if request.exclude_seen:
+            banned |= {catalogue.position[i] for i in items if i in catalogue.position}
+        history = None
+        if catalogue.model is not None and items:
+            row = catalogue.history_row(items)
+            history = row if row[-1] != 0 else None
+        imc_user = None
+        suppressed = self.state.user_hash(request.user_id) in self.state.suppressed_users
+        if catalogue.imcorrect is not None and not suppressed:
+            u = catalogue.imcorrect.state.users.get(request.user_id)
+            if u is not None and catalogue.imcorrect.state.model.history_size(u) > 0:
+                imc_user = u
+        return ScoringJob(request.k, history, imc_user, np.fromiter(banned, dtype=np.int64))
+
+    def _popularity_for(self, catalogue: Catalogue) -> np.ndarray:
+        """Interaction counts per catalogue item (the fallback for users nobody knows)."""
+        if self._popularity is None or len(self._popularity) != len(catalogue):
+            counts = self.state.store.item_counts
+            self._popularity = np.array([counts.get(i, 0) for i in catalogue.ids], dtype=np.float64)
+        return self._popularity
+
+
+def run_worker(settings: LetheSettings) -> None:
+    """Run until SIGINT/SIGTERM, then save the state and exit cleanly."""
+    import signal
+
+    async def main() -> None:
+        worker = ScorerWorker(settings)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, worker.stop)
+        await worker.run()
+
+    asyncio.run(main())

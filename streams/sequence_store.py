@@ -1,0 +1,150 @@
+"""Per-user item sequences kept by the trainer and the scorer, with forgetting.
+
+Besides each user's items in arrival order, the store remembers where in the ``interactions``
+log each user's and each item's data first appeared ("topic:partition" → offset). The trainer
+uses that to find a checkpoint that predates forgotten data: a checkpoint trained through
+offsets ``T`` never saw data first seen at offsets ``F`` when ``T[p] <= F[p]`` for every
+partition ``p`` of ``F``. Users are keys of ``interactions``, so a user lives in one partition.
+
+Persisted as JSON written atomically (temp file, fsync, rename); a forgotten user or item is
+absent from the next file written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from streams.contracts import DeletionRequest
+
+
+class SequenceStore:
+    """user id → item ids (oldest first), item counts, first log positions."""
+
+    def __init__(self, max_per_user: int | None = None) -> None:
+        self.max_per_user = max_per_user  # keep the newest N per user (None: all)
+        self.sequences: dict[str, list[str]] = {}
+        self.user_first: dict[str, tuple[str, int]] = {}
+        self.item_first: dict[str, dict[str, int]] = {}
+        self.item_counts: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self.sequences)
+
+    def add(self, user: str, item: str, tp: str, offset: int) -> None:
+        seq = self.sequences.setdefault(user, [])
+        seq.append(item)
+        if self.max_per_user is not None and len(seq) > self.max_per_user:
+            dropped = seq.pop(0)
+            self._count(dropped, -1)
+        self._count(item, +1)
+        self.user_first.setdefault(user, (tp, offset))
+        firsts = self.item_first.setdefault(item, {})
+        firsts.setdefault(tp, offset)
+
+    def _count(self, item: str, delta: int) -> None:
+        n = self.item_counts.get(item, 0) + delta
+        if n > 0:
+            self.item_counts[item] = n
+        else:
+            self.item_counts.pop(item, None)
+
+    def get(self, user: str) -> list[str]:
+        return self.sequences.get(user, [])
+
+    def forget(self, request: DeletionRequest) -> tuple[dict[str, int], dict[str, int]]:
+        """Remove what ``request`` names. Returns (removed counts, earliest log positions of
+        the removed data: "topic:partition" → offset)."""
+        earliest: dict[str, int] = {}
+
+        def note(tp: str, offset: int) -> None:
+            earliest[tp] = min(offset, earliest.get(tp, offset))
+
+        if request.scope == "user":
+            seq = self.sequences.pop(request.user_id, [])
+            for item in seq:
+                self._count(item, -1)
+            first = self.user_first.pop(request.user_id, None)
+            if first is not None:
+                note(*first)
+            return {
+                "users": int(bool(seq) or first is not None),
+                "interactions": len(seq),
+            }, earliest
+        if request.scope == "item":
+            removed = 0
+            for user, seq in list(self.sequences.items()):
+                kept = [i for i in seq if i != request.item_id]
+                if len(kept) != len(seq):
+                    removed += len(seq) - len(kept)
+                    self._set(user, kept)
+            self.item_counts.pop(request.item_id, None)
+            for tp, offset in self.item_first.pop(request.item_id, {}).items():
+                note(tp, offset)
+            return {"items": int(removed > 0), "interactions": removed}, earliest
+        # scope == "interactions": (user, item) pairs; the user's first position bounds them
+        names = set(request.item_ids or [])
+        first = self.user_first.get(request.user_id)
+        seq = self.sequences.get(request.user_id, [])
+        kept = [i for i in seq if i not in names]
+        removed = len(seq) - len(kept)
+        if removed:
+            for item in seq:
+                if item in names:
+                    self._count(item, -1)
+            self._set(request.user_id, kept)
+        # even when nothing is held any more (older items roll out of a bounded store),
+        # models may have been trained on the pairs since the user's first event
+        if first is not None:
+            note(*first)
+        return {"interactions": removed}, earliest
+
+    def _set(self, user: str, kept: list[str]) -> None:
+        if kept:
+            self.sequences[user] = kept
+        else:
+            self.sequences.pop(user, None)
+            self.user_first.pop(user, None)
+
+    # -- persistence ----------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {
+            "max_per_user": self.max_per_user,
+            "sequences": self.sequences,
+            "user_first": {u: list(v) for u, v in self.user_first.items()},
+            "item_first": self.item_first,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SequenceStore:
+        store = cls(data.get("max_per_user"))
+        store.sequences = {u: list(s) for u, s in data["sequences"].items()}
+        store.user_first = {u: (v[0], int(v[1])) for u, v in data["user_first"].items()}
+        store.item_first = {i: dict(v) for i, v in data["item_first"].items()}
+        for seq in store.sequences.values():
+            for item in seq:
+                store._count(item, +1)
+        return store
+
+
+def write_json_atomically(path: Path, data: dict) -> None:
+    """Write, fsync, rename: a crash leaves the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def predates(trained_through: dict[str, int], earliest: dict[str, int]) -> bool:
+    """True when a model trained through ``trained_through`` cannot have seen data first
+    logged at ``earliest`` (both "topic:partition" → offset)."""
+    return all(trained_through.get(tp, 0) <= offset for tp, offset in earliest.items())
