@@ -176,8 +176,9 @@ class LLMRecommender(nn.Module):
         return hidden[:, instr.shape[1] :, :]
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
-        """Only what training changes (LoRA, projection, head): small checkpoints."""
-        names = {n for n, p in self.named_parameters() if p.requires_grad}
+        """Only what training changes (LoRA, projection, head, and the injected item table):
+        small checkpoints that restore the model exactly."""
+        names = {n for n, p in self.named_parameters() if p.requires_grad} | {"item_table"}
         return {n: t.detach().cpu() for n, t in self.state_dict().items() if n in names}
 
 
