@@ -37,6 +37,7 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--dropout", type=float, default=0.2)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     parser.add_argument("--device")
     args = parser.parse_args()
@@ -56,7 +57,12 @@ def main() -> None:
     start = time.perf_counter()
     while epoch < args.epochs and trained_s < args.time_budget and stale < args.patience:
         report = train_sasrec(
-            model, train, epochs=args.eval_every, device=device, optimizer=optimizer
+            model,
+            train,
+            epochs=args.eval_every,
+            batch_size=args.batch_size,
+            device=device,
+            optimizer=optimizer,
         )
         epoch += args.eval_every
         trained_s += report.seconds
@@ -88,6 +94,7 @@ def main() -> None:
             "train_s": round(trained_s, 1),
             "config": cfg.to_dict(),
             "lr": args.lr,
+            "batch_size": args.batch_size,
             **{k: round(v, 5) for k, v in metrics.items()},
         }
     )
