@@ -1,26 +1,49 @@
-"""Scoring latency: the exported ONNX SASRec vs torch eager, same process, same inputs.
+"""Scoring latency: the exported ONNX SASRec vs torch eager, and request → recommendation
+through Kafka and the scoring agent.
 
     python -m benchmarks.scoring [--items 1682] [--max-len 50] [--runs 300]
+                                 [--rates 200,1000] [--seconds 15] [--no-kafka]
 
-Prints one JSON line per batch size (1 and 32) with p50/p99 latency of both and their ratio,
-and the onnxruntime provider actually in use. (The Kafka request → recommendation latency
-part needs the scoring agent, which is not built yet.)
+1. Model only: one JSON line per batch size (1 and 32) with p50/p99 of torch eager and of
+   onnxruntime on the same inputs in the same process, their ratios, and the provider in use.
+2. Through Kafka: a broker (``KAFKA_BOOTSTRAP`` or the local one), the IMCorrect worker and
+   ``lethe worker scorer`` as subprocesses; ML-100K replayed; a SASRec trained here for a few
+   epochs, exported and announced on ``model-updates``; then requests sent open-loop at each
+   rate (users drawn from ML-100K) while a consumer on ``recommendations`` times each answer
+   (send → receive, client clock). One JSON line per rate with p50/p99/max, the answered
+   count, and the scorer's mean batch size.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
 import torch
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from benchmarks.common import emit
+from benchmarks.common import emit, log
 from export.onnx_export import export_sasrec
 from export.session import open_session
+from models.datasets import leave_one_out, load
 from models.sasrec import SASRec, SASRecConfig
+from models.seqtrain import set_seed, train_sasrec
+from models.sequences import training_sequences
+from streams.client import LetheProducer, new_id, now_ms
+from streams.config import LetheSettings
+from streams.contracts import ModelUpdate
+from streams.kafka_config import client_kwargs, reply_producer_kwargs
+from streams.kafka_io import topic_partitions
+from streams.localkafka import kafka_broker
+from streams.procs import WorkerProcess, free_port, scrape
+from streams.replay import replay_dataset
+from streams.topics import create_topics, topic_name
 
 
 def _latencies(fn, runs: int) -> np.ndarray:
@@ -34,13 +57,7 @@ def _latencies(fn, runs: int) -> np.ndarray:
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--items", type=int, default=1682)
-    parser.add_argument("--max-len", type=int, default=50)
-    parser.add_argument("--runs", type=int, default=300)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+def model_only(args) -> None:
     torch.manual_seed(args.seed)
     model = SASRec(SASRecConfig(n_items=args.items, max_len=args.max_len)).eval()
     with tempfile.TemporaryDirectory() as tmp:
@@ -74,6 +91,201 @@ def main() -> None:
                     "parity_max_abs_diff": exported.max_abs_diff,
                 }
             )
+
+
+def train_and_export(model_dir: Path, epochs: int, seed: int) -> tuple[Path, str, int]:
+    """A SASRec on ML-100K (training part of leave-one-out), exported with its vocabulary."""
+    dataset = load("ml-100k")
+    split = leave_one_out(dataset)
+    set_seed(seed)
+    model = SASRec(SASRecConfig(n_items=split.n_items, max_len=50))
+    train_sasrec(model, training_sequences(split, 50), epochs=epochs)
+    items = [str(i) for i in dataset.index.item_ids]  # dense index → external id
+    meta = {"lethe.items": json.dumps(items), "lethe.version": "1", "lethe.max_len": "50"}
+    exported = export_sasrec(model, model_dir, metadata=meta)
+    return exported.path, exported.sha256, split.n_items
+
+
+async def announce(settings: LetheSettings, path: Path, sha: str) -> None:
+    update = ModelUpdate(
+        kind="crm-onnx", version="1", path=str(path), sha256=sha, ts=int(time.time() * 1000)
+    )
+    async with LetheProducer(settings) as producer:
+        await producer.send("model-updates", "crm", update)
+        await producer.flush()
+
+
+async def open_loop(
+    settings: LetheSettings, users: list[str], rate: float, seconds: float, fetch_wait_ms: int
+):
+    """Send ``rate`` requests/s for ``seconds``; returns latencies (s) and the count sent."""
+    consumer = AIOKafkaConsumer(
+        **client_kwargs(settings), group_id=None, fetch_max_wait_ms=fetch_wait_ms
+    )
+    await consumer.start()
+    sent_at: dict[str, float] = {}
+    latencies: list[float] = []
+    try:
+        tps = await topic_partitions(consumer, topic_name(settings, "recommendations"))
+        consumer.assign(tps)
+        await consumer.seek_to_end(*tps)
+        for tp in tps:
+            await consumer.position(tp)
+
+        async def receive(until: float) -> None:
+            while time.perf_counter() < until and len(latencies) < len(sent_at) or not sent_at:
+                got = await consumer.getmany(timeout_ms=20)
+                now = time.perf_counter()
+                for records in got.values():
+                    for r in records:
+                        rid = json.loads(r.value)["request_id"]
+                        if rid in sent_at:
+                            latencies.append(now - sent_at[rid])
+                if time.perf_counter() >= until:
+                    return
+
+        total = int(rate * seconds)
+        rng = np.random.default_rng(len(users))
+        receiver = asyncio.create_task(receive(time.perf_counter() + seconds + 30))
+        # a lean client (pre-encoded JSON, bare producer with the SDK's request settings) so
+        # that the 2 cores go to the broker and the scorer, not to the load generator
+        producer = AIOKafkaProducer(**reply_producer_kwargs(settings))
+        await producer.start()
+        topic = topic_name(settings, "rec-requests")
+        try:
+            producer_start = time.perf_counter()
+            for n in range(total):
+                user = users[int(rng.integers(len(users)))]
+                rid = new_id()
+                body = json.dumps(
+                    {"request_id": rid, "user_id": user, "k": 10, "ts": now_ms()}
+                ).encode()
+                sent_at[rid] = time.perf_counter()
+                await producer.send(topic, value=body, key=user.encode())
+                delay = producer_start + (n + 1) / rate - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            await producer.flush()
+        finally:
+            await producer.stop()
+        await receiver
+    finally:
+        await consumer.stop()
+    return np.array(latencies), total
+
+
+def through_kafka(args) -> None:
+    users = sorted({str(u) for u in load("ml-100k").interactions.user_id.unique()})
+    with kafka_broker() as (bootstrap, how), tempfile.TemporaryDirectory() as tmp:
+        scorer_port, imc_port = free_port(), free_port()
+        settings = LetheSettings(
+            bootstrap_servers=bootstrap,
+            topic_prefix=f"bench{uuid.uuid4().hex[:6]}.",
+            state_dir=Path(tmp) / "state",
+            model_dir=Path(tmp) / "models",
+            metrics_port=-1,
+            imcorrect={"answer_requests": False, "snapshot_interval_s": 5.0},
+            scorer={"fetch_max_wait_ms": args.fetch_wait_ms},
+        )
+        asyncio.run(create_topics(settings))
+        workers = [
+            WorkerProcess(
+                settings, Path(tmp) / "imc.log", "imcorrect", LETHE_METRICS_PORT=str(imc_port)
+            ),
+            WorkerProcess(
+                settings, Path(tmp) / "scorer.log", "scorer", LETHE_METRICS_PORT=str(scorer_port)
+            ),
+        ]
+        try:
+            for w in workers:
+                w.start().wait_ready(timeout_s=120)
+            log(f"replaying ML-100K ({how})")
+            asyncio.run(replay_dataset(settings, "ml-100k", progress=False))
+            while scrape(imc_port).get("lethe_interactions_applied_total", 0) < 100_000:
+                time.sleep(0.5)
+            log("training and announcing a SASRec")
+            path, sha, _ = train_and_export(Path(settings.model_dir), args.epochs, args.seed)
+            asyncio.run(announce(settings, path, sha))
+            swapped = 'lethe_scorer_model_swaps_total{outcome="swapped"}'
+            deadline = time.monotonic() + 120
+            while scrape(scorer_port).get(swapped, 0) < 1 or time.sleep(5.5):
+                assert time.monotonic() < deadline, workers[1].log_tail()
+                time.sleep(0.5)  # the sleep above lets an IMCorrect snapshot appear too
+            provider = next(
+                k.split('"')[1]
+                for k, v in scrape(scorer_port).items()
+                if k.startswith("lethe_scorer_provider_info") and v == 1
+            )
+            for rate in args.rates:
+                before = scrape(scorer_port)
+                log(f"{rate} requests/s for {args.seconds} s")
+                lat, sent = asyncio.run(
+                    open_loop(settings, users, rate, args.seconds, args.fetch_wait_ms)
+                )
+                after = scrape(scorer_port)
+                batches = after["lethe_scorer_batch_size_count"] - before.get(
+                    "lethe_scorer_batch_size_count", 0
+                )
+                answered = after["lethe_scorer_batch_size_sum"] - before.get(
+                    "lethe_scorer_batch_size_sum", 0
+                )
+                ms = lat * 1e3
+
+                def mean_ms(stage: str, after=after, before=before) -> float:
+                    key = f'lethe_scorer_latency_seconds_{{}}{{{{stage="{stage}"}}}}'
+                    total = after[key.format("sum")] - before.get(key.format("sum"), 0)
+                    count = after[key.format("count")] - before.get(key.format("count"), 0)
+                    return round(1e3 * total / max(count, 1), 3)
+
+                emit(
+                    {
+                        "bench": "scoring-kafka",
+                        "rate_per_s": rate,
+                        "seconds": args.seconds,
+                        "sent": sent,
+                        "answered": int(len(lat)),
+                        "p50_ms": round(float(np.percentile(ms, 50)), 2),
+                        "p99_ms": round(float(np.percentile(ms, 99)), 2),
+                        "max_ms": round(float(ms.max()), 2),
+                        "mean_batch": round(answered / max(batches, 1), 2),
+                        "scorer_transit_mean_ms": mean_ms("transit"),
+                        "scorer_queue_mean_ms": mean_ms("queue"),
+                        "scorer_model_mean_ms_per_batch": mean_ms("model"),
+                        "scorer_request_ts_to_published_mean_ms": mean_ms("end_to_end"),
+                        "provider": provider,
+                        "fusion": "sasrec+imcorrect",
+                        "max_batch": settings.scorer.max_batch,
+                        "max_wait_ms": settings.scorer.max_wait_ms,
+                        "fetch_max_wait_ms": args.fetch_wait_ms,
+                        "seed": args.seed,
+                    }
+                )
+        finally:
+            for w in workers:
+                w.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--items", type=int, default=1682)
+    parser.add_argument("--max-len", type=int, default=50)
+    parser.add_argument("--runs", type=int, default=300)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--rates", type=lambda s: [float(r) for r in s.split(",")], default=[200.0, 1000.0]
+    )
+    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--epochs", type=int, default=10, help="SASRec training for part 2")
+    parser.add_argument(
+        "--fetch-wait-ms", type=int, default=5, help="fetch_max_wait_ms of scorer and client"
+    )
+    parser.add_argument("--no-kafka", action="store_true", help="model-only part")
+    parser.add_argument("--no-model-only", action="store_true", help="Kafka part only")
+    args = parser.parse_args()
+    if not args.no_model_only:
+        model_only(args)
+    if not args.no_kafka:
+        through_kafka(args)
 
 
 if __name__ == "__main__":

@@ -28,13 +28,19 @@ class ScoringSession:
         return self.session.run(None, {"item_seq": item_seq.astype(np.int64, copy=False)})
 
 
-def open_session(path: Path, prefer_gpu: bool = True, threads: int | None = None) -> ScoringSession:
+def open_session(
+    path: Path, prefer_gpu: bool = True, threads: int | None = None, spin: bool = True
+) -> ScoringSession:
+    """``spin=False`` stops idle intra-op threads from busy-waiting (they otherwise burn the
+    CPU that a small machine's broker and event loop need between batches)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
         options.intra_op_num_threads = threads
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     wanted = ["CPUExecutionProvider"]
     if prefer_gpu and "CUDAExecutionProvider" in ort.get_available_providers():
         wanted.insert(0, "CUDAExecutionProvider")

@@ -32,6 +32,16 @@ def fuse(crm: np.ndarray | None, imcorrect: np.ndarray | None, weight: float) ->
     return standardise(crm) + weight * standardise(imcorrect)
 
 
+def fuse_batch(crm: np.ndarray | None, imcorrect: np.ndarray | None, weight: float) -> np.ndarray:
+    """:func:`fuse` row by row, where a row may lack one model (all NaN): such a row ranks by
+    the other model alone."""
+    if crm is None or imcorrect is None:
+        return fuse(crm, imcorrect, weight)
+    has_crm = np.isfinite(crm).any(axis=1)[:, None]
+    w = np.where(has_crm, weight, 1.0)
+    return standardise(crm) + w * standardise(imcorrect)
+
+
 def top_k(
     scores: np.ndarray, k: int, banned: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -31,7 +31,7 @@ from streams.contracts import (
     InteractionEvent,
     RecRequest,
 )
-from streams.kafka_config import producer_kwargs
+from streams.kafka_config import producer_kwargs, reply_producer_kwargs
 from streams.topics import topic_name
 
 T = TypeVar("T")
@@ -57,14 +57,19 @@ def new_id() -> str:
 class LetheProducer:
     """Async producer of Lethe events. Use as ``async with LetheProducer(settings) as p``."""
 
-    def __init__(self, settings: LetheSettings) -> None:
+    def __init__(self, settings: LetheSettings, *, for_requests: bool = False) -> None:
+        """``for_requests=True``: a low-latency producer for recommendation requests (sent at
+        once, not idempotent; see :func:`reply_producer_kwargs`). Keep the default for
+        interactions and deletions, which must not be duplicated."""
         self.settings = settings
+        self.for_requests = for_requests
         self._producer: AIOKafkaProducer | None = None
         self._pending: set[asyncio.Future] = set()
         self._failures: list[tuple[str, BaseException]] = []
 
     async def start(self) -> None:
-        self._producer = AIOKafkaProducer(**producer_kwargs(self.settings))
+        kwargs = (reply_producer_kwargs if self.for_requests else producer_kwargs)(self.settings)
+        self._producer = AIOKafkaProducer(**kwargs)
         await self._producer.start()
 
     async def stop(self) -> None:

@@ -118,7 +118,11 @@ class ScorerSettings(BaseModel):
     imcorrect_reload_s: float = Field(default=2.0, gt=0)
     snapshot_interval_s: float = Field(default=30.0, gt=0)
     prefer_gpu: bool = True
-    threads: int = Field(default=0, ge=0)  # onnxruntime intra-op threads, 0 = its default
+    #: onnxruntime intra-op threads (0 = one per core); batches are small, so one thread
+    #: that does not spin leaves the cores to Kafka and Python
+    threads: int = Field(default=1, ge=0)
+    #: the longest the broker holds an empty fetch of ``rec-requests``: low = low latency
+    fetch_max_wait_ms: int = Field(default=5, ge=0)
 
 
 class LetheSettings(BaseSettings):

@@ -79,6 +79,7 @@ class IMCorrectWorker:
         self._logical = {v: k for k, v in self.topics.items()}
         self._stop = asyncio.Event()
         self._last_snapshot = time.monotonic()
+        self._snapshot_offsets: dict[str, int] | None = None  # offsets of the last snapshot
         self.metrics_port = -1
         self.ready = asyncio.Event()
         self._held: list[tuple[object, DeletionRequest]] = []  # (record, request)
@@ -241,8 +242,11 @@ class IMCorrectWorker:
                 await self._deliver_receipts(outcome.receipts)
         for request in requests:
             await self._answer(request)
-        if time.monotonic() - self._last_snapshot >= self.settings.imcorrect.snapshot_interval_s:
-            await self._snapshot()
+        due = time.monotonic() - self._last_snapshot >= self.settings.imcorrect.snapshot_interval_s
+        if due and self.state.offsets != self._snapshot_offsets:
+            await self._snapshot()  # an idle worker rewrites nothing
+        elif due:
+            self._last_snapshot = time.monotonic()
         m.SNAPSHOT_AGE.set(time.monotonic() - self._last_snapshot)
         held = [req.ts for _, req in self._held if req is not None]
         m.DELETION_PENDING_AGE.set(max(0.0, time.time() - min(held) / 1000) if held else 0.0)
@@ -327,6 +331,7 @@ class IMCorrectWorker:
         await asyncio.to_thread(self.store.save, self.state)
         m.SNAPSHOT_SECONDS.observe(time.perf_counter() - start)
         self._last_snapshot = time.monotonic()
+        self._snapshot_offsets = dict(self.state.offsets)
 
     # -- recommendations ------------------------------------------------------------------
     async def _answer(self, request: RecRequest) -> None:

@@ -34,7 +34,7 @@ async def request_and_wait(
         await consumer.seek_to_end(*tps)
         for tp in tps:
             await consumer.position(tp)
-        async with LetheProducer(settings) as producer:
+        async with LetheProducer(settings, for_requests=True) as producer:
             request = await producer.request_recommendations(user_id, k)
         deadline = time.monotonic() + timeout_s
         while (left := deadline - time.monotonic()) > 0:

@@ -15,7 +15,7 @@ import numpy as np
 
 from export.onnx_export import sha256_of
 from export.session import ScoringSession, open_session
-from models.fusion import fuse, top_k
+from models.fusion import fuse_batch, top_k
 from streams.contracts import ModelUpdate
 from streams.state import SnapshotStore, WorkerState
 
@@ -47,7 +47,7 @@ def load_served_model(
     digest = sha256_of(path)
     if digest != update.sha256:
         raise ModelRejected(f"sha256 of {path} is {digest[:12]}…, announced {update.sha256[:12]}…")
-    session = open_session(path, prefer_gpu=prefer_gpu, threads=threads or None)
+    session = open_session(path, prefer_gpu=prefer_gpu, threads=threads or None, spin=False)
     meta = session.metadata
     try:
         items = json.loads(meta["lethe.items"])
@@ -74,6 +74,11 @@ def load_imcorrect(state_dir: Path, current: IMCorrectView | None) -> IMCorrectV
     if latest is None or (current is not None and latest == current.path):
         return current
     try:
+        if current is not None:
+            # periodic snapshots of an idle worker change nothing: skip the load
+            meta = json.loads((latest / "worker.json").read_text())
+            if meta["offsets"] == current.state.offsets:
+                return IMCorrectView(latest, current.state)
         state = store.load(latest)
     except (FileNotFoundError, OSError, ValueError):
         return current  # pruned while reading: next time
@@ -162,15 +167,15 @@ def score_batch(
         picked = np.where(cols >= 0, raw[:, np.maximum(cols, 0)], np.nan)
         imc = np.full((len(jobs), n), np.nan)
         imc[imc_rows] = picked
+    fused = fuse_batch(crm, imc, weight) if crm is not None or imc is not None else None
     out = []
     for j, job in enumerate(jobs):
-        crm_row = crm[j : j + 1] if crm is not None and job.history is not None else None
-        imc_row = imc[j : j + 1] if imc is not None and job.imcorrect_user is not None else None
-        if crm_row is None and imc_row is None:
+        personal = job.history is not None and crm is not None
+        personal = personal or (job.imcorrect_user is not None and imc is not None)
+        if not personal:
             idx, vals = top_k(popularity, job.k, job.banned)
             out.append((idx, vals, "popularity"))
             continue
-        fused = fuse(crm_row, imc_row, weight)[0]
-        idx, vals = top_k(fused, job.k, job.banned)
+        idx, vals = top_k(fused[j], job.k, job.banned)
         out.append((idx, vals, "personal"))
     return out

@@ -23,6 +23,7 @@ import json
 import logging
 import secrets
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -36,12 +37,13 @@ from streams.contracts import (
     DeletionRequest,
     InteractionEvent,
     ModelUpdate,
+    ModelVersions,
     Recommendation,
     RecRequest,
     ScoredItem,
     decode,
 )
-from streams.kafka_config import client_kwargs, producer_kwargs
+from streams.kafka_config import client_kwargs, reply_producer_kwargs
 from streams.kafka_io import send_dead_letter, topic_partitions, tp_key
 from streams.scorer_models import (
     Catalogue,
@@ -127,6 +129,7 @@ class ScorerWorker:
         self.barrier = DeletionBarrier()
         self._stop = asyncio.Event()
         self._popularity: np.ndarray | None = None
+        self._dirty = False  # anything to write since the last save
         self.metrics_port = -1
 
     def stop(self) -> None:
@@ -139,11 +142,13 @@ class ScorerWorker:
         kwargs = client_kwargs(self.settings)
         self.state_consumer = AIOKafkaConsumer(**kwargs, enable_auto_commit=False, group_id=None)
         self.request_consumer = AIOKafkaConsumer(
-            **kwargs, enable_auto_commit=False, group_id=None, fetch_max_wait_ms=100
+            **kwargs,
+            enable_auto_commit=False,
+            group_id=None,
+            fetch_max_wait_ms=self.cfg.fetch_max_wait_ms,
         )
         self.offsets = AIOKafkaConsumer(**kwargs, group_id=None)
-        # answers go out at once: batching on the way out would add to every request's latency
-        self.producer = AIOKafkaProducer(**{**producer_kwargs(self.settings), "linger_ms": 0})
+        self.producer = AIOKafkaProducer(**reply_producer_kwargs(self.settings))
         for client in (self.state_consumer, self.request_consumer, self.offsets, self.producer):
             await client.start()
         try:
@@ -181,6 +186,7 @@ class ScorerWorker:
         await self.request_consumer.seek_to_end(*request_tps)  # requests are ephemeral
 
     def _save(self) -> None:
+        self._dirty = False
         write_json_atomically(self.state_file, self.state.to_dict())
         self._saved_at = time.monotonic()
 
@@ -212,7 +218,7 @@ class ScorerWorker:
             if now - self._imc_checked >= self.cfg.imcorrect_reload_s:
                 self._imc_checked = now
                 await self._reload_imcorrect()
-            if now - self._saved_at >= self.cfg.snapshot_interval_s:
+            if self._dirty and now - self._saved_at >= self.cfg.snapshot_interval_s:
                 await asyncio.to_thread(self._save)
 
     def _decode(self, contract, record, logical: str):
@@ -223,9 +229,11 @@ class ScorerWorker:
             return None
 
     def _advance(self, record) -> None:
+        self._dirty = True
         self.state.offsets[f"{record.topic}:{record.partition}"] = record.offset + 1
 
     def _learn(self, event: InteractionEvent, record) -> None:
+        m.EVENTS.labels("interactions", "valid").inc()
         tp = f"{record.topic}:{record.partition}"
         self.state.store.add(event.user_id, event.item_id, tp, record.offset)
         self.state.forbidden_items.pop(event.item_id, None)  # seen again: a live item
@@ -307,6 +315,9 @@ class ScorerWorker:
         if not batch:
             return []
         received = time.monotonic()
+        wall = time.time()
+        for record in batch:  # producer's send time (CreateTime) to here: the Kafka hop
+            m.SCORER_LATENCY.labels("transit").observe(max(0.0, wall - record.timestamp / 1000))
         deadline = received + self.cfg.max_wait_ms / 1000
         while len(batch) < self.cfg.max_batch:
             left = deadline - time.monotonic()
@@ -347,30 +358,43 @@ class ScorerWorker:
         )
         m.SCORER_LATENCY.labels("model").observe(time.perf_counter() - t0)
         m.SCORER_BATCH.observe(len(requests))
-        versions = {
-            "crm": catalogue.model.version if catalogue.model else None,
-            "imcorrect": catalogue.imcorrect.version if catalogue.imcorrect else None,
-        }
+        versions = ModelVersions.model_construct(
+            crm=catalogue.model.version if catalogue.model else None,
+            imcorrect=catalogue.imcorrect.version if catalogue.imcorrect else None,
+        )
         for request, (positions, scores, strategy) in zip(requests, results, strict=True):
-            rec = Recommendation(
+            # built without re-validation: ids come from the catalogue (validated on the way
+            # in) and fused scores are finite by construction; this is the per-request hot path
+            rec = Recommendation.model_construct(
                 request_id=request.request_id,
                 user_id=request.user_id,
                 items=[
-                    ScoredItem(item_id=catalogue.ids[p], score=float(s))
+                    ScoredItem.model_construct(item_id=catalogue.ids[p], score=float(s))
                     for p, s in zip(positions.tolist(), scores.tolist(), strict=True)
                 ],
                 model=versions,
                 ts=int(time.time() * 1000),
                 strategy=strategy,
             )
-            await self.producer.send(
+            # not awaited per batch: waiting for acks before the next batch would add a
+            # broker round trip to every request; failures are logged by the callback
+            delivery = await self.producer.send(
                 self.topics["recommendations"], value=rec.to_bytes(), key=request.user_id.encode()
             )
+            delivery.add_done_callback(partial(self._delivered, request))
             m.RECOMMENDATIONS.labels(strategy).inc()
-        await self.producer.flush()
+
+    def _delivered(self, request: RecRequest, delivery: asyncio.Future) -> None:
+        if delivery.cancelled() or delivery.exception() is not None:
+            log.error(
+                "recommendation for %s not delivered: %s",
+                request.request_id,
+                delivery.exception() if not delivery.cancelled() else "cancelled",
+            )
+            m.EVENTS.labels("recommendations", "undelivered").inc()
+            return
         now_ms = time.time() * 1000
-        for request in requests:
-            m.SCORER_LATENCY.labels("end_to_end").observe(max(0.0, (now_ms - request.ts) / 1000))
+        m.SCORER_LATENCY.labels("end_to_end").observe(max(0.0, (now_ms - request.ts) / 1000))
 
     def _job(self, catalogue: Catalogue, request: RecRequest) -> ScoringJob:
         items = list(self.state.store.get(request.user_id))
