@@ -63,8 +63,20 @@ DASHBOARDS: dict[str, list[tuple[str, str, str]]] = {
         ("Drift refactorisations", "lethe_imcorrect_refactorisations", "none"),
     ],
     "Lethe — training": [
-        ("Distillation losses", "lethe_distill_loss", "none"),
-        ("Validation HR@10 / NDCG@10", "lethe_validation_metric", "none"),
+        ("Distillation losses (last step)", "lethe_trainer_loss", "none"),
+        ("Rolling validation HR / NDCG", "lethe_trainer_validation", "none"),
+        (
+            "Round time p99 by kind",
+            "histogram_quantile(0.99, sum by (le, kind) "
+            "(rate(lethe_trainer_round_seconds_bucket[30m])))",
+            "s",
+        ),
+        (
+            "Exports by reason / skipped",
+            "sum by (reason) (increase(lethe_models_exported_total[1h])) or "
+            "sum by (reason) (increase(lethe_exports_skipped_total[1h]))",
+            "none",
+        ),
         (
             "Seconds since the last round",
             "time() - lethe_trainer_last_round_timestamp_seconds",
@@ -90,6 +102,11 @@ DASHBOARDS: dict[str, list[tuple[str, str, str]]] = {
             "none",
         ),
         ("Execution provider in use", "lethe_scorer_provider_info", "none"),
+        (
+            "Model swaps by outcome",
+            "sum by (outcome) (increase(lethe_scorer_model_swaps_total[1h]))",
+            "none",
+        ),
     ],
 }
 

@@ -196,6 +196,7 @@ class TrainerWorker:
         )
         self.fresh_users.add(event.user_id)
         self.new_events += 1
+        m.TRAINER_PENDING.set(self.new_events)
         if self.first_new_at is None:
             self.first_new_at = time.monotonic()
 
@@ -240,6 +241,8 @@ class TrainerWorker:
         self.fresh_users.clear()
         self.new_events, self.first_new_at = 0, None
         m.TRAINER_ROUND_SECONDS.labels(info["kind"]).observe(info["seconds"])
+        m.TRAINER_LAST_ROUND.set_to_current_time()
+        m.TRAINER_PENDING.set(0)
         for part in ("crm", "llm"):
             if info.get(f"{part}_loss") is not None:
                 m.TRAINER_LOSS.labels(part, "total").set(info[f"{part}_loss"])
@@ -384,6 +387,8 @@ class TrainerWorker:
         sequences = self.dense_sequences()
         info = await asyncio.to_thread(self.model.retrain, sequences, self.cfg.retrain_rounds)
         m.TRAINER_ROUND_SECONDS.labels("retrain").observe(info["seconds"])
+        m.TRAINER_LAST_ROUND.set_to_current_time()
+        m.TRAINER_PENDING.set(0)
         # the retrain saw every retained event: nothing is waiting for a round any more
         self.fresh_users.clear()
         self.new_events, self.first_new_at = 0, None

@@ -69,7 +69,7 @@ def test_dashboards_are_generated_from_the_table_and_documented():
     assert readme_table() in (ROOT / "README.md").read_text(), "README panel table is stale"
 
 
-def test_worker_metrics_used_by_dashboards_exist():
+def test_metrics_used_by_dashboards_exist():
     from streams import metrics
 
     source = Path(metrics.__file__).read_text()
@@ -77,26 +77,23 @@ def test_worker_metrics_used_by_dashboards_exist():
     used = set()
     for text in rendered().values():
         used |= set(re.findall(r"lethe_[a-z_]+", text))
-    imcorrect_metrics = {
-        u.removesuffix("_bucket").removesuffix("_total")
-        for u in used
-        if not re.match(r"lethe_(scorer|distill|validation|trainer)", u)
-    }
-    imcorrect_metrics.discard("lethe_model_version")
-    missing = {u for u in imcorrect_metrics if u not in defined and f"{u}_total" not in defined}
+    names = {u.removesuffix("_bucket").removesuffix("_total") for u in used}
+    missing = {u for u in names if u not in defined and f"{u}_total" not in defined}
     assert not missing, missing
 
 
 def test_compose_structure():
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert {"kafka", "topics", "imcorrect", "prometheus", "grafana"} <= set(services)
+    assert {"kafka", "topics", "imcorrect", "trainer", "scorer", "prometheus", "grafana"} <= set(
+        services
+    )
     version = (ROOT / "scripts" / "kafka" / "pom.xml").read_text()
     kafka_version = re.search(r"<kafka.version>(.*)</kafka.version>", version).group(1)
     assert services["kafka"]["image"] == f"apache/kafka:{kafka_version}"
     assert services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
     assert services["topics"]["build"] == "."
-    for name in ("kafka", "imcorrect", "prometheus", "grafana"):
+    for name in ("kafka", "imcorrect", "trainer", "scorer", "prometheus", "grafana"):
         assert "healthcheck" in services[name], name
     mounts = " ".join(services["prometheus"]["volumes"] + services["grafana"]["volumes"])
     for path in (
@@ -107,8 +104,13 @@ def test_compose_structure():
     ):
         assert path in mounts
         assert (ROOT / path).exists(), path
-    for volume in services["imcorrect"]["volumes"]:
-        assert volume.split(":")[0] in compose["volumes"]
+    for worker in ("imcorrect", "trainer", "scorer"):
+        for volume in services[worker]["volumes"]:
+            assert volume.split(":")[0] in compose["volumes"]
+        assert services[worker]["command"] == ["worker", worker]
+    shared = {tuple(services[w]["volumes"]) for w in ("imcorrect", "trainer", "scorer")}
+    assert len(shared) == 1, "the scorer reads the others' files: one shared state volume"
+    assert services["imcorrect"]["environment"]["LETHE_IMCORRECT__ANSWER_REQUESTS"] == "false"
     prom = yaml.safe_load((MON / "prometheus.yml").read_text())
     for job in prom["scrape_configs"]:
         for target in job["static_configs"][0]["targets"]:
