@@ -193,6 +193,9 @@ class LeaveOneOut:
     def test_history_matrix(self) -> sp.csr_matrix:
         return self._matrix(self.test_history)
 
+    def valid_history_matrix(self) -> sp.csr_matrix:
+        return self._matrix(self.valid_history)
+
     def _matrix(self, pick) -> sp.csr_matrix:
         rows, cols = [], []
         for u in range(self.n_users):

@@ -45,6 +45,7 @@ from streams.contracts import (
 )
 from streams.kafka_config import client_kwargs, producer_kwargs
 from streams.kafka_io import send_dead_letter, topic_partitions, tp_key
+from streams.runner import run_until_signalled
 from streams.state import DedupWindow, SnapshotStore, WorkerState
 from streams.topics import create_topics, topic_name
 
@@ -399,13 +400,4 @@ def recommend_from_state(state: WorkerState, request: RecRequest) -> Recommendat
 
 def run_worker(settings: LetheSettings) -> None:
     """Run until SIGINT/SIGTERM, then snapshot and exit cleanly."""
-    import signal
-
-    async def main() -> None:
-        worker = IMCorrectWorker(settings)
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, worker.stop)
-        await worker.run()
-
-    asyncio.run(main())
+    run_until_signalled(IMCorrectWorker, settings)

@@ -45,6 +45,7 @@ from streams.contracts import (
 )
 from streams.kafka_config import client_kwargs, reply_producer_kwargs
 from streams.kafka_io import send_dead_letter, topic_partitions, tp_key
+from streams.runner import run_until_signalled
 from streams.scorer_models import (
     Catalogue,
     IMCorrectView,
@@ -425,13 +426,4 @@ class ScorerWorker:
 
 def run_worker(settings: LetheSettings) -> None:
     """Run until SIGINT/SIGTERM, then save the state and exit cleanly."""
-    import signal
-
-    async def main() -> None:
-        worker = ScorerWorker(settings)
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, worker.stop)
-        await worker.run()
-
-    asyncio.run(main())
+    run_until_signalled(ScorerWorker, settings)

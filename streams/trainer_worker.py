@@ -50,6 +50,7 @@ from streams.contracts import (
 )
 from streams.kafka_config import client_kwargs, producer_kwargs
 from streams.kafka_io import topic_partitions, tp_key
+from streams.runner import run_until_signalled
 from streams.sequence_store import SequenceStore, predates
 from streams.state import DedupWindow
 from streams.topics import create_topics, topic_name
@@ -481,13 +482,4 @@ class TrainerWorker:
 
 def run_worker(settings: LetheSettings) -> None:
     """Run until SIGINT/SIGTERM."""
-    import signal
-
-    async def main() -> None:
-        worker = TrainerWorker(settings)
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, worker.stop)
-        await worker.run()
-
-    asyncio.run(main())
+    run_until_signalled(TrainerWorker, settings)

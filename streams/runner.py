@@ -1,0 +1,30 @@
+"""Run one worker in its own event loop until SIGINT/SIGTERM asks it to stop."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable
+from typing import Protocol
+
+from streams.config import LetheSettings
+
+
+class Worker(Protocol):
+    def stop(self) -> None: ...
+
+    async def run(self) -> None: ...
+
+
+def run_until_signalled(make_worker: Callable[[LetheSettings], Worker], settings: LetheSettings):
+    """Build the worker inside the loop (its asyncio objects belong there), wire the signals
+    to its ``stop`` (which lets it save its state and exit cleanly) and run it."""
+
+    async def main() -> None:
+        worker = make_worker(settings)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, worker.stop)
+        await worker.run()
+
+    asyncio.run(main())
