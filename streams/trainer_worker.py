@@ -354,8 +354,12 @@ class TrainerWorker:
         keep = {c.name for c in self.state.checkpoints[-self.cfg.keep_checkpoints :]}
         if self.state.published:
             keep.add(self.state.published["checkpoint"])
+        published_path = (self.state.published or {}).get("path")
         for c in [c for c in self.state.checkpoints if c.name not in keep]:
             self.files.delete_checkpoint(c.name)
+            # an old model file would keep data that may be forgotten later: it goes too
+            if c.onnx_path and c.onnx_path != published_path:
+                Path(c.onnx_path).unlink(missing_ok=True)
         self.state.checkpoints = [c for c in self.state.checkpoints if c.name in keep]
 
     # -- forgetting -----------------------------------------------------------------------
@@ -371,16 +375,16 @@ class TrainerWorker:
             for tp, offset in first.items():
                 earliest[tp] = min(offset, earliest.get(tp, offset))
             self.fresh_users.discard(request.user_id or "")
-        if not earliest:
-            # nothing of it was ever trained on: no retrain, but still say so
-            await self._receipts(requests, removed, self.state.published, "no data held")
-            self.files.save(self.state)
+        stale = [c for c in self.state.checkpoints if not predates(c.trained_through, earliest)]
+        if not earliest or not stale:
+            # no checkpoint (and so neither the live models, which are the newest checkpoint)
+            # was trained on it: nothing to retrain, but the receipt still says so
+            await self._receipts(requests, removed, self.state.published)
             return
         base = next(
             (c for c in reversed(self.state.checkpoints) if predates(c.trained_through, earliest)),
             None,
         )
-        stale = [c for c in self.state.checkpoints if not predates(c.trained_through, earliest)]
         if base is None:
             self.model.reset()
         else:
@@ -446,7 +450,8 @@ class TrainerWorker:
             "checkpoints and ONNX files that held it deleted",
         )
 
-    async def _receipts(self, requests, removed, published, detail: str) -> None:
+    async def _receipts(self, requests, removed, published) -> None:
+        """Receipts for data no checkpoint or model has been trained on."""
         version = str(published["version"]) if published else None
         self.state.pending_receipts = [
             DeletionReceipt(
@@ -457,7 +462,7 @@ class TrainerWorker:
                 requested_at=r.ts,
                 applied_at=int(time.time() * 1000),
                 versions={"crm": version} if version else {},
-                detail=f"trainer: {detail}; no model was trained on it",
+                detail="the trainer dropped the data before any model was trained on it",
             ).model_dump_json()
             for r in requests
         ]
