@@ -114,7 +114,7 @@ class ScorerSettings(BaseModel):
     max_wait_ms: float = Field(default=2.0, ge=0)
     #: weight of the (standardised) IMCorrect scores added to SASRec's; chosen on validation
     #: by ``python -m benchmarks.fusion`` (ML-100K)
-    fusion_weight: float = Field(default=1.0, ge=0)
+    fusion_weight: float = Field(default=0.5, ge=0)
     imcorrect_reload_s: float = Field(default=2.0, gt=0)
     snapshot_interval_s: float = Field(default=30.0, gt=0)
     prefer_gpu: bool = True
