@@ -19,6 +19,7 @@ The scorer's own state (sequences, forgotten ids, offsets) is written atomically
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import secrets
@@ -282,6 +283,7 @@ class ScorerWorker:
         old = self.model
         self.model = model
         self.catalogue = Catalogue(model, self.imcorrect)
+        _settle_heap()
         self._popularity = None
         m.SCORER_SWAPS.labels("swapped").inc()
         m.MODEL_VERSION.labels("crm").set(int(model.version))
@@ -296,6 +298,7 @@ class ScorerWorker:
             return
         self.imcorrect = view
         self.catalogue = Catalogue(self.model, view)
+        _settle_heap()
         self._popularity = None
         offsets = view.state.offsets
         for user, (tp, offset) in list(self.state.suppressed_users.items()):
@@ -422,6 +425,14 @@ class ScorerWorker:
             counts = self.state.store.item_counts
             self._popularity = np.array([counts.get(i, 0) for i in catalogue.ids], dtype=np.float64)
         return self._popularity
+
+
+def _settle_heap() -> None:
+    """Move the long-lived objects just loaded (snapshot, catalogue) out of the collector's
+    way: a full collection over them stalls the event loop for tens of milliseconds, which
+    lands on whichever requests are waiting."""
+    gc.collect()
+    gc.freeze()
 
 
 def run_worker(settings: LetheSettings) -> None:
