@@ -30,6 +30,18 @@ class DeletionBarrier:
             self.ends = dict(ends)
         self.held.append((record, request))
 
+    async def hold_while_reading(
+        self, record: Any, request: Any, consumer: Any, offsets: Any, interaction_tps, deletion_tps
+    ) -> None:
+        """Hold a deletion read by ``consumer``; the first one held notes where
+        ``interactions`` ends (asked of the idle ``offsets`` client) and pauses ``deletions``."""
+        ends = None
+        if not self.active:
+            raw = await offsets.end_offsets(interaction_tps)
+            ends = {f"{tp.topic}:{tp.partition}": off for tp, off in raw.items()}
+            consumer.pause(*deletion_tps)
+        self.hold(record, request, ends)
+
     def release(self, positions: dict[str, int]) -> list[tuple[Any, Any]]:
         """The held deletions once every ``interactions`` partition reached its end offset."""
         if self.ends is None or any(positions.get(k, 0) < end for k, end in self.ends.items()):

@@ -243,12 +243,14 @@ class ScorerWorker:
 
     async def _on_deletion(self, record) -> None:
         request = self._decode(DeletionRequest, record, "deletions")
-        ends = None
-        if not self.barrier.active:
-            raw = await self.offsets.end_offsets(self.interaction_tps)
-            ends = {tp_key(tp): off for tp, off in raw.items()}
-            self.state_consumer.pause(*self.deletion_tps)
-        self.barrier.hold(record, request, ends)
+        await self.barrier.hold_while_reading(
+            record,
+            request,
+            self.state_consumer,
+            self.offsets,
+            self.interaction_tps,
+            self.deletion_tps,
+        )
 
     def _release_deletions(self) -> None:
         released = self.barrier.release(self.state.offsets)

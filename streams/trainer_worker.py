@@ -203,12 +203,9 @@ class TrainerWorker:
 
     async def _hold(self, record, request: DeletionRequest) -> None:
         m.EVENTS.labels("deletions", "valid").inc()
-        ends = None
-        if not self.barrier.active:
-            raw = await self.offsets.end_offsets(self.interaction_tps)
-            ends = {tp_key(tp): off for tp, off in raw.items()}
-            self.consumer.pause(*self.deletion_tps)
-        self.barrier.hold(record, request, ends)
+        await self.barrier.hold_while_reading(
+            record, request, self.consumer, self.offsets, self.interaction_tps, self.deletion_tps
+        )
 
     def _round_due(self) -> bool:
         if self.new_events == 0 or len(self.state.store) < self.cfg.min_users:
@@ -409,7 +406,13 @@ class TrainerWorker:
             },
         )
         metrics, _ = await asyncio.to_thread(self._validate, sequences)
-        decided = [self._receipt(r, removed[r.request_id], record.version, base) for r in requests]
+        origin = f"checkpoint {base.name}" if base else "scratch"
+        detail = (
+            f"SASRec and LLM side retrained from {origin} without the data; "
+            "checkpoints and ONNX files that held it deleted"
+        )
+        version = str(record.version)
+        decided = [self._receipt(r, removed[r.request_id], version, detail) for r in requests]
         self.state.pending_receipts = [r.model_dump_json() for r in decided]
         self.files.save(self.state)  # the sequences without the data are on disk first
         await self._export_and_announce(record, metrics, "forget")
@@ -430,14 +433,10 @@ class TrainerWorker:
             len(stale),
         )
 
+    @staticmethod
     def _receipt(
-        self,
-        request: DeletionRequest,
-        removed: dict[str, int],
-        version: int,
-        base: CheckpointRecord | None,
+        request: DeletionRequest, removed: dict[str, int], version: str | None, detail: str
     ) -> DeletionReceipt:
-        origin = f"checkpoint {base.name}" if base else "scratch"
         return DeletionReceipt(
             request_id=request.request_id,
             status="neural-retrained",
@@ -445,25 +444,16 @@ class TrainerWorker:
             removed=removed,
             requested_at=request.ts,
             applied_at=int(time.time() * 1000),
-            versions={"crm": str(version)},
-            detail=f"SASRec and LLM side retrained from {origin} without the data; "
-            "checkpoints and ONNX files that held it deleted",
+            versions={"crm": version} if version else {},
+            detail=detail,
         )
 
     async def _receipts(self, requests, removed, published) -> None:
         """Receipts for data no checkpoint or model has been trained on."""
         version = str(published["version"]) if published else None
+        detail = "the trainer dropped the data before any model was trained on it"
         self.state.pending_receipts = [
-            DeletionReceipt(
-                request_id=r.request_id,
-                status="neural-retrained",
-                scope=r.scope,
-                removed=removed[r.request_id],
-                requested_at=r.ts,
-                applied_at=int(time.time() * 1000),
-                versions={"crm": version} if version else {},
-                detail="the trainer dropped the data before any model was trained on it",
-            ).model_dump_json()
+            self._receipt(r, removed[r.request_id], version, detail).model_dump_json()
             for r in requests
         ]
         self.files.save(self.state)
