@@ -4,7 +4,8 @@ the one-way peer (LLM → SASRec only), on the paper's protocol.
     python -m benchmarks.distill --dataset ml-100k --seeds 3 --budget 40 [--llm smollm2:4]
 
 Protocol: leave-one-out by time, full ranking over all items, the user's history masked;
-HR@{5,10,20} and NDCG@{5,10,20} on the test item. One JSON line per model, round and seed.
+HR@{5,10,20} and NDCG@{5,10,20} on the test item (and ``valid_*`` on the validation item, for
+choosing settings without looking at test). One JSON line per model, round and seed.
 
 ``--llm`` picks the LLM side: ``smollm2`` (all 30 layers; wants a GPU), ``smollm2:N`` (the
 first N pretrained layers of SmolLM2-135M, for CPU budgets) or ``tiny`` (random tiny Llama).
@@ -27,12 +28,23 @@ from models.distill import DistillConfig, Distiller
 from models.llmrec import build_llm_recommender
 from models.sasrec import SASRec, SASRecConfig
 from models.seqtrain import evaluate, pick_device, set_seed, train_sasrec
-from models.sequences import eval_set, training_sequences
+from models.sequences import EvalSet, eval_set, training_sequences
 
 SETTINGS = {
     "ml-100k": {"max_len": 50, "pretrain_epochs": 30},
     "ml-1m": {"max_len": 200, "pretrain_epochs": 20},
 }
+
+
+def _subsample(data: EvalSet, users: int) -> EvalSet:
+    """The same fixed random subset of users for every model (0 = all)."""
+    if not users:
+        return data
+    g = torch.Generator().manual_seed(1234)
+    keep = torch.randperm(len(data.users), generator=g)[:users].numpy()
+    return EvalSet(
+        data.histories[keep], data.targets[keep], [data.seen[k] for k in keep], data.users[keep]
+    )
 
 
 def run_seed(args, seed: int) -> None:
@@ -41,13 +53,8 @@ def run_seed(args, seed: int) -> None:
     split = leave_one_out(load(args.dataset))
     L = cfg_data["max_len"]
     train = training_sequences(split, L)
-    test = eval_set(split, L, "test")
-    if args.eval_users:
-        g = torch.Generator().manual_seed(1234)
-        keep = torch.randperm(len(test.users), generator=g)[: args.eval_users].numpy()
-        test = type(test)(
-            test.histories[keep], test.targets[keep], [test.seen[k] for k in keep], test.users[keep]
-        )
+    test = _subsample(eval_set(split, L, "test"), args.eval_users)
+    valid = _subsample(eval_set(split, L, "valid"), args.eval_users)
     dcfg = DistillConfig(
         rounds=args.rounds,
         max_steps_per_stage=args.budget,
@@ -77,11 +84,14 @@ def run_seed(args, seed: int) -> None:
     def report(model_name: str, model, seconds: float, **extra) -> None:
         model.eval()
         metrics = evaluate(model, test, device)
+        # validation metrics ride along so settings can be chosen without looking at test
+        valid_metrics = evaluate(model, valid, device)
         emit(
             {
                 "model": model_name,
                 **common,
                 **{k: round(v, 5) for k, v in metrics.items()},
+                **{f"valid_{k}": round(v, 5) for k, v in valid_metrics.items()},
                 "train_s": round(seconds, 1),
                 **extra,
             }

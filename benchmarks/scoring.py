@@ -4,8 +4,9 @@ through Kafka and the scoring agent.
     python -m benchmarks.scoring [--items 1682] [--max-len 50] [--runs 300]
                                  [--rates 200,1000] [--seconds 15] [--no-kafka]
 
-1. Model only: one JSON line per batch size (1 and 32) with p50/p99 of torch eager and of
-   onnxruntime on the same inputs in the same process, their ratios, and the provider in use.
+1. Model only (``benchmarks.scoring_model``): one JSON line per batch size (1 and 32) with
+   p50/p99 of torch eager and of onnxruntime on the same inputs in the same process, their
+   ratios, and the provider in use.
 2. Through Kafka: a broker (``KAFKA_BOOTSTRAP`` or the local one), the IMCorrect worker and
    ``lethe worker scorer`` as subprocesses; ML-100K replayed; a SASRec trained here for a few
    epochs, exported and announced on ``model-updates``; then requests sent open-loop at each
@@ -25,12 +26,11 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-import torch
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from benchmarks.common import emit, log
+from benchmarks.scoring_model import model_only
 from export.onnx_export import export_sasrec
-from export.session import open_session
 from models.datasets import leave_one_out, load
 from models.sasrec import SASRec, SASRecConfig
 from models.seqtrain import set_seed, train_sasrec
@@ -44,53 +44,6 @@ from streams.localkafka import kafka_broker
 from streams.procs import WorkerProcess, free_port, scrape
 from streams.replay import replay_dataset
 from streams.topics import create_topics, topic_name
-
-
-def _latencies(fn, runs: int) -> np.ndarray:
-    for _ in range(10):
-        fn()  # warm up
-    out = np.empty(runs)
-    for k in range(runs):
-        start = time.perf_counter()
-        fn()
-        out[k] = time.perf_counter() - start
-    return out
-
-
-def model_only(args) -> None:
-    torch.manual_seed(args.seed)
-    model = SASRec(SASRecConfig(n_items=args.items, max_len=args.max_len)).eval()
-    with tempfile.TemporaryDirectory() as tmp:
-        exported = export_sasrec(model, Path(tmp))
-        session = open_session(exported.path)
-        for batch in (1, 32):
-            seq = torch.randint(1, args.items + 1, (batch, args.max_len))
-            arr = seq.numpy()
-            with torch.inference_mode():
-                eager = _latencies(lambda seq=seq: model(seq), args.runs)
-            onnx = _latencies(lambda arr=arr: session.run(arr), args.runs)
-            p = {
-                name: (np.percentile(v, 50) * 1e3, np.percentile(v, 99) * 1e3)
-                for name, v in (("eager", eager), ("onnx", onnx))
-            }
-            emit(
-                {
-                    "bench": "scoring-model",
-                    "batch": batch,
-                    "items": args.items,
-                    "max_len": args.max_len,
-                    "provider": session.provider,
-                    "eager_p50_ms": round(p["eager"][0], 3),
-                    "eager_p99_ms": round(p["eager"][1], 3),
-                    "onnx_p50_ms": round(p["onnx"][0], 3),
-                    "onnx_p99_ms": round(p["onnx"][1], 3),
-                    "speedup_p50": round(p["eager"][0] / p["onnx"][0], 2),
-                    "speedup_p99": round(p["eager"][1] / p["onnx"][1], 2),
-                    "torch_threads": torch.get_num_threads(),
-                    "seed": args.seed,
-                    "parity_max_abs_diff": exported.max_abs_diff,
-                }
-            )
 
 
 def train_and_export(model_dir: Path, epochs: int, seed: int) -> tuple[Path, str, int]:
@@ -283,7 +236,7 @@ def main() -> None:
     parser.add_argument("--no-model-only", action="store_true", help="Kafka part only")
     args = parser.parse_args()
     if not args.no_model_only:
-        model_only(args)
+        model_only(args.items, args.max_len, [1, 32], args.runs, args.seed)
     if not args.no_kafka:
         through_kafka(args)
 
