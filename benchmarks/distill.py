@@ -75,6 +75,8 @@ def run_seed(args, seed: int) -> None:
         "budget": args.budget,
         "t1": dcfg.t1,
         "t2": dcfg.t2,
+        "w1": dcfg.w1,
+        "w2": dcfg.w2,
         "rounds": dcfg.rounds,
         "eval_users": len(test.users),
         "sample_weights": dcfg.sample_weights,
