@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import tempfile
 import time
@@ -71,13 +72,18 @@ async def announce(settings: LetheSettings, path: Path, sha: str) -> None:
 async def open_loop(
     settings: LetheSettings, users: list[str], rate: float, seconds: float, fetch_wait_ms: int
 ):
-    """Send ``rate`` requests/s for ``seconds``; returns latencies (s) and the count sent."""
+    """Send ``rate`` requests/s for ``seconds``; returns latencies (s), the count sent and the
+    send times. The client's heap (dataset, trained model) is frozen first, as the scorer does
+    after loading, so the collector's full passes over it do not stall the clock it measures."""
+    gc.collect()
+    gc.freeze()
     consumer = AIOKafkaConsumer(
         **client_kwargs(settings), group_id=None, fetch_max_wait_ms=fetch_wait_ms
     )
     await consumer.start()
     sent_at: dict[str, float] = {}
     latencies: list[float] = []
+    sends: list[float] = []  # send times (s after the first), in answer order
     try:
         tps = await topic_partitions(consumer, topic_name(settings, "recommendations"))
         consumer.assign(tps)
@@ -94,10 +100,12 @@ async def open_loop(
                         rid = json.loads(r.value)["request_id"]
                         if rid in sent_at:
                             latencies.append(now - sent_at[rid])
+                            sends.append(sent_at[rid] - producer_start)
                 if time.perf_counter() >= until:
                     return
 
         total = int(rate * seconds)
+        producer_start = time.perf_counter()
         rng = np.random.default_rng(len(users))
         receiver = asyncio.create_task(receive(time.perf_counter() + seconds + 30))
         # a lean client (pre-encoded JSON, bare producer with the SDK's request settings) so
@@ -124,7 +132,7 @@ async def open_loop(
         await receiver
     finally:
         await consumer.stop()
-    return np.array(latencies), total
+    return np.array(latencies), total, np.array(sends)
 
 
 def through_kafka(args) -> None:
@@ -138,7 +146,7 @@ def through_kafka(args) -> None:
             model_dir=Path(tmp) / "models",
             metrics_port=-1,
             imcorrect={"answer_requests": False, "snapshot_interval_s": 5.0},
-            scorer={"fetch_max_wait_ms": args.fetch_wait_ms},
+            scorer={"fetch_max_wait_ms": args.fetch_wait_ms, "max_wait_ms": args.max_wait_ms},
         )
         asyncio.run(create_topics(settings))
         workers = [
@@ -172,9 +180,11 @@ def through_kafka(args) -> None:
             for rate in args.rates:
                 before = scrape(scorer_port)
                 log(f"{rate} requests/s for {args.seconds} s")
-                lat, sent = asyncio.run(
+                lat, sent, sends = asyncio.run(
                     open_loop(settings, users, rate, args.seconds, args.fetch_wait_ms)
                 )
+                if args.dump:
+                    np.savetxt(f"{args.dump}-{int(rate)}.tsv", np.c_[sends, lat * 1e3], "%.4f")
                 after = scrape(scorer_port)
                 batches = after["lethe_scorer_batch_size_count"] - before.get(
                     "lethe_scorer_batch_size_count", 0
@@ -232,6 +242,8 @@ def main() -> None:
     parser.add_argument(
         "--fetch-wait-ms", type=int, default=5, help="fetch_max_wait_ms of scorer and client"
     )
+    parser.add_argument("--max-wait-ms", type=float, default=0.0, help="scorer batching wait")
+    parser.add_argument("--dump", help="write send time and latency per answer to DUMP-RATE.tsv")
     parser.add_argument("--no-kafka", action="store_true", help="model-only part")
     parser.add_argument("--no-model-only", action="store_true", help="Kafka part only")
     args = parser.parse_args()

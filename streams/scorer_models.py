@@ -146,7 +146,8 @@ class ScoringJob:
 def score_batch(
     catalogue: Catalogue, jobs: list[ScoringJob], weight: float, popularity: np.ndarray
 ) -> list[tuple[np.ndarray, np.ndarray, str]]:
-    """(catalogue positions, scores, strategy) per job; runs off the event loop."""
+    """(catalogue positions, scores, strategy) per job; touches no mutable worker state, so
+    it may run on a thread."""
     n = len(catalogue)
     crm = None
     with_history = [j for j, job in enumerate(jobs) if job.history is not None]

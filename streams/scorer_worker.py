@@ -359,9 +359,12 @@ class ScorerWorker:
         jobs = [self._job(catalogue, r) for r in requests]
         popularity = self._popularity_for(catalogue)
         t0 = time.perf_counter()
-        results = await asyncio.to_thread(
-            score_batch, catalogue, jobs, self.cfg.fusion_weight, popularity
-        )
+        if len(jobs) <= self.cfg.inline_max_batch:
+            results = score_batch(catalogue, jobs, self.cfg.fusion_weight, popularity)
+        else:
+            results = await asyncio.to_thread(
+                score_batch, catalogue, jobs, self.cfg.fusion_weight, popularity
+            )
         m.SCORER_LATENCY.labels("model").observe(time.perf_counter() - t0)
         m.SCORER_BATCH.observe(len(requests))
         versions = ModelVersions.model_construct(
@@ -414,7 +417,9 @@ class ScorerWorker:
             row = catalogue.history_row(items)
             history = row if row[-1] != 0 else None
         imc_user = None
-        suppressed = self.state.user_hash(request.user_id) in self.state.suppressed_users
+        suppressed = bool(self.state.suppressed_users) and (
+            self.state.user_hash(request.user_id) in self.state.suppressed_users
+        )
         if catalogue.imcorrect is not None and not suppressed:
             u = catalogue.imcorrect.state.users.get(request.user_id)
             if u is not None and catalogue.imcorrect.state.model.history_size(u) > 0:
