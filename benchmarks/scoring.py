@@ -2,7 +2,8 @@
 through Kafka and the scoring agent.
 
     python -m benchmarks.scoring [--items 1682] [--max-len 50] [--runs 300]
-                                 [--rates 200,1000] [--seconds 15] [--no-kafka]
+                                 [--rates 200,1000] [--seconds 15] [--warmup 10]
+                                 [--no-kafka]
 
 1. Model only (``benchmarks.scoring_model``): one JSON line per batch size (1 and 32) with
    p50/p99 of torch eager and of onnxruntime on the same inputs in the same process, their
@@ -11,8 +12,10 @@ through Kafka and the scoring agent.
    ``lethe worker scorer`` as subprocesses; ML-100K replayed; a SASRec trained here for a few
    epochs, exported and announced on ``model-updates``; then requests sent open-loop at each
    rate (users drawn from ML-100K) while a consumer on ``recommendations`` times each answer
-   (send → receive, client clock). One JSON line per rate with p50/p99/max, the answered
-   count, and the scorer's mean batch size.
+   (send → receive, client clock). The first ``--warmup`` seconds at each rate are sent but
+   left out of the percentiles (their p99 is reported as ``warmup_p99_ms``). One JSON line
+   per rate with p50/p99/max, the answered count, and the scorer's mean batch size and stage
+   means (those include the warm-up).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import argparse
 import asyncio
 import gc
 import json
+import math
 import tempfile
 import time
 import uuid
@@ -179,12 +183,16 @@ def through_kafka(args) -> None:
             )
             for rate in args.rates:
                 before = scrape(scorer_port)
-                log(f"{rate} requests/s for {args.seconds} s")
+                log(f"{rate} requests/s for {args.warmup} s of warm-up + {args.seconds} s")
                 lat, sent, sends = asyncio.run(
-                    open_loop(settings, users, rate, args.seconds, args.fetch_wait_ms)
+                    open_loop(settings, users, rate, args.warmup + args.seconds, args.fetch_wait_ms)
                 )
                 if args.dump:
                     np.savetxt(f"{args.dump}-{int(rate)}.tsv", np.c_[sends, lat * 1e3], "%.4f")
+                # steady state: only requests sent after the warm-up (a fresh broker's JIT
+                # and the clients' first fetches inflate the first seconds; reported apart)
+                warm = lat[sends < args.warmup] * 1e3
+                lat, sent = lat[sends >= args.warmup], sent - math.ceil(rate * args.warmup)
                 after = scrape(scorer_port)
                 batches = after["lethe_scorer_batch_size_count"] - before.get(
                     "lethe_scorer_batch_size_count", 0
@@ -205,6 +213,10 @@ def through_kafka(args) -> None:
                         "bench": "scoring-kafka",
                         "rate_per_s": rate,
                         "seconds": args.seconds,
+                        "warmup_s": args.warmup,
+                        "warmup_p99_ms": round(float(np.percentile(warm, 99)), 2)
+                        if len(warm)
+                        else None,
                         "sent": sent,
                         "answered": int(len(lat)),
                         "p50_ms": round(float(np.percentile(ms, 50)), 2),
@@ -237,7 +249,10 @@ def main() -> None:
     parser.add_argument(
         "--rates", type=lambda s: [float(r) for r in s.split(",")], default=[200.0, 1000.0]
     )
-    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--seconds", type=float, default=15.0, help="measured window per rate")
+    parser.add_argument(
+        "--warmup", type=float, default=10.0, help="seconds at the same rate before measuring"
+    )
     parser.add_argument("--epochs", type=int, default=10, help="SASRec training for part 2")
     parser.add_argument(
         "--fetch-wait-ms", type=int, default=5, help="fetch_max_wait_ms of scorer and client"

@@ -8,7 +8,8 @@
 #
 # Settings (environment): LETHE_KAFKA_HOST (127.0.0.1), LETHE_KAFKA_PORT (9092),
 # LETHE_KAFKA_CONTROLLER_PORT (port+1), LETHE_KAFKA_CACHE (~/.cache/lethe/kafka),
-# LETHE_KAFKA_HEAP (512m). Jars never enter the repository.
+# LETHE_KAFKA_HEAP (512m), LETHE_KAFKA_JVM_OPTS (extra JVM flags). Jars never enter the
+# repository.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -90,6 +91,9 @@ LOG
   local cp="$jars/*"
   local jvm=(-Xms256m "-Xmx${LETHE_KAFKA_HEAP:-512m}" -XX:+UseG1GC -Djava.awt.headless=true
              "-Dlog4j2.configurationFile=$run/log4j2.properties")
+  # extra JVM flags, e.g. LETHE_KAFKA_JVM_OPTS="-Xlog:gc:file=/tmp/kafka-gc.log"
+  # shellcheck disable=SC2206
+  [ -n "${LETHE_KAFKA_JVM_OPTS:-}" ] && jvm+=(${LETHE_KAFKA_JVM_OPTS})
   local cluster_id
   cluster_id="$(java -cp "$cp" "${jvm[@]}" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -1)"
   java -cp "$cp" "${jvm[@]}" kafka.tools.StorageTool format -t "$cluster_id" \
