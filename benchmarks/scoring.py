@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import gc
 import json
-import math
 import tempfile
 import time
 import uuid
@@ -76,9 +75,10 @@ async def announce(settings: LetheSettings, path: Path, sha: str) -> None:
 async def open_loop(
     settings: LetheSettings, users: list[str], rate: float, seconds: float, fetch_wait_ms: int
 ):
-    """Send ``rate`` requests/s for ``seconds``; returns latencies (s), the count sent and the
-    send times. The client's heap (dataset, trained model) is frozen first, as the scorer does
-    after loading, so the collector's full passes over it do not stall the clock it measures."""
+    """Send ``rate`` requests/s for ``seconds``; returns latencies (s) with the send time
+    (s after the first send) of each answered request, and the send times of all requests.
+    The client's heap (dataset, trained model) is frozen first, as the scorer does after
+    loading, so the collector's full passes over it do not stall the clock it measures."""
     gc.collect()
     gc.freeze()
     consumer = AIOKafkaConsumer(
@@ -136,7 +136,8 @@ async def open_loop(
         await receiver
     finally:
         await consumer.stop()
-    return np.array(latencies), total, np.array(sends)
+    all_sends = np.array(list(sent_at.values())) - producer_start
+    return np.array(latencies), np.array(sends), all_sends
 
 
 def through_kafka(args) -> None:
@@ -184,7 +185,7 @@ def through_kafka(args) -> None:
             for rate in args.rates:
                 before = scrape(scorer_port)
                 log(f"{rate} requests/s for {args.warmup} s of warm-up + {args.seconds} s")
-                lat, sent, sends = asyncio.run(
+                lat, sends, all_sends = asyncio.run(
                     open_loop(settings, users, rate, args.warmup + args.seconds, args.fetch_wait_ms)
                 )
                 if args.dump:
@@ -192,7 +193,7 @@ def through_kafka(args) -> None:
                 # steady state: only requests sent after the warm-up (a fresh broker's JIT
                 # and the clients' first fetches inflate the first seconds; reported apart)
                 warm = lat[sends < args.warmup] * 1e3
-                lat, sent = lat[sends >= args.warmup], sent - math.ceil(rate * args.warmup)
+                lat, sent = lat[sends >= args.warmup], int((all_sends >= args.warmup).sum())
                 after = scrape(scorer_port)
                 batches = after["lethe_scorer_batch_size_count"] - before.get(
                     "lethe_scorer_batch_size_count", 0
