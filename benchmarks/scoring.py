@@ -33,7 +33,7 @@ import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from benchmarks.common import emit, log
-from benchmarks.scoring_model import model_only
+from benchmarks.scoring_model import add_model_arguments, model_only
 from export.onnx_export import export_sasrec
 from models.datasets import leave_one_out, load
 from models.sasrec import SASRec, SASRecConfig
@@ -243,10 +243,7 @@ def through_kafka(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--items", type=int, default=1682)
-    parser.add_argument("--max-len", type=int, default=50)
-    parser.add_argument("--runs", type=int, default=300)
-    parser.add_argument("--seed", type=int, default=0)
+    add_model_arguments(parser)
     parser.add_argument(
         "--rates", type=lambda s: [float(r) for r in s.split(",")], default=[200.0, 1000.0]
     )

@@ -96,12 +96,17 @@ def model_only(
             )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The scored model's size and the timing repeats (shared with ``benchmarks.scoring``)."""
     parser.add_argument("--items", type=int, default=1682)
     parser.add_argument("--max-len", type=int, default=50)
     parser.add_argument("--runs", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_model_arguments(parser)
     parser.add_argument("--batches", type=lambda s: [int(b) for b in s.split(",")], default=[1, 32])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--top-k", type=int, default=None, help="in-graph top-k (ids only)")
