@@ -114,7 +114,7 @@ class ScorerSettings(BaseModel):
 
     max_batch: int = Field(default=64, ge=1)
     #: 0: answer whatever has arrived at once; batches still form from requests that arrive
-    #: while the previous batch is scored (measured: p50 18.6 ms vs 25–29 ms at 2–6 ms)
+    #: while the previous batch is scored (measured: p50 15–22 ms vs 25–29 ms at 2–6 ms)
     max_wait_ms: float = Field(default=0.0, ge=0)
     #: weight of the (standardised) IMCorrect scores added to SASRec's; chosen on validation
     #: by ``python -m benchmarks.fusion`` (ML-100K)
