@@ -288,14 +288,12 @@ class IMCorrect:
         x = self._x
         if len(users) and (users.min() < 0 or users.max() >= x.shape[0]):
             raise IndexError(f"user index out of range 0..{x.shape[0] - 1}")
-        starts, ends = x.indptr[users], x.indptr[users + 1]
+        starts = x.indptr[users]
+        lengths = x.indptr[users + 1] - starts
         indptr = np.zeros(len(users) + 1, dtype=x.indptr.dtype)
-        np.cumsum(ends - starts, out=indptr[1:])
-        take = (
-            np.concatenate([np.arange(a, b) for a, b in zip(starts, ends, strict=True)])
-            if len(users)
-            else np.zeros(0, dtype=np.int64)
-        )
+        np.cumsum(lengths, out=indptr[1:])
+        # position k of output row r reads x's entry starts[r] + k
+        take = np.repeat(starts - indptr[:-1], lengths) + np.arange(indptr[-1])
         return sp.csr_matrix(
             (x.data[take], x.indices[take], indptr), shape=(len(users), x.shape[1]), copy=False
         )
