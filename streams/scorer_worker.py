@@ -298,7 +298,10 @@ class ScorerWorker:
         view = await asyncio.to_thread(load_imcorrect, self.settings.state_dir, self.imcorrect)
         if view is self.imcorrect:
             return
+        unchanged = self.imcorrect is not None and view.state is self.imcorrect.state
         self.imcorrect = view
+        if unchanged:  # a newer snapshot of the same data: nothing to rebuild or collect
+            return
         self.catalogue = Catalogue(self.model, view)
         _settle_heap()
         self._popularity = None
