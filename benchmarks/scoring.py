@@ -87,7 +87,7 @@ async def open_loop(
     await consumer.start()
     sent_at: dict[str, float] = {}
     latencies: list[float] = []
-    sends: list[float] = []  # send times (s after the first), in answer order
+    sends: list[float] = []  # send times (s after the sending began), in answer order
     try:
         tps = await topic_partitions(consumer, topic_name(settings, "recommendations"))
         consumer.assign(tps)
@@ -109,7 +109,6 @@ async def open_loop(
                     return
 
         total = int(rate * seconds)
-        producer_start = time.perf_counter()
         rng = np.random.default_rng(len(users))
         receiver = asyncio.create_task(receive(time.perf_counter() + seconds + 30))
         # a lean client (pre-encoded JSON, bare producer with the SDK's request settings) so
