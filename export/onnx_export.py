@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from export.scoring_graph import SASRecScorer
 from models.sasrec import SASRec
 
 PARITY_TOLERANCE = 1e-4
@@ -30,7 +31,7 @@ class ParityError(RuntimeError):
 class _TopK(nn.Module):
     """Scores with the padding column masked, then the k best items inside the graph."""
 
-    def __init__(self, model: SASRec, k: int) -> None:
+    def __init__(self, model: nn.Module, k: int) -> None:
         super().__init__()
         self.model, self.k = model, k
 
@@ -72,8 +73,11 @@ def export_sasrec(
     ``metadata`` is stored in the graph's metadata properties (the item vocabulary and version
     travel inside the file, so one sha256 covers them all)."""
     model = model.eval()
-    # eval() on the wrapper too: export restores the wrapper's mode recursively afterwards
-    module: nn.Module = (model if top_k is None else _TopK(model, top_k)).eval()
+    # the graph is traced from the serving form and checked against the trained module;
+    # eval() on the wrappers too: export restores their mode recursively afterwards
+    scorer: nn.Module = SASRecScorer(model)
+    module = (scorer if top_k is None else _TopK(scorer, top_k)).eval()
+    reference = (model if top_k is None else _TopK(model, top_k)).eval()
     length = model.config.max_len
     example = torch.randint(1, model.config.n_items + 1, (2, length))
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -83,7 +87,6 @@ def export_sasrec(
     outputs = ["scores"] if top_k is None else ["top_scores", "top_items"]
     try:
         with warnings.catch_warnings():
-            # the tracer warns about Python-level shape checks inside multi-head attention;
             # the parity check below is what guards the exported graph
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             torch.onnx.export(
@@ -96,7 +99,7 @@ def export_sasrec(
                 opset_version=18,
                 dynamo=False,
             )
-        diff = check_parity(module, tmp, length, model.config.n_items, check_batches, seed)
+        diff = check_parity(reference, tmp, length, model.config.n_items, check_batches, seed)
         if diff > tolerance:
             raise ParityError(f"ONNX differs from torch by {diff:.3g} > {tolerance:g}")
         if metadata:
