@@ -95,8 +95,11 @@ async def open_loop(
         for tp in tps:
             await consumer.position(tp)
 
+        sending = True
+
         async def receive(until: float) -> None:
-            while time.perf_counter() < until and len(latencies) < len(sent_at) or not sent_at:
+            # until every request is answered once sending is over (or the deadline)
+            while time.perf_counter() < until and (sending or len(latencies) < len(sent_at)):
                 got = await consumer.getmany(timeout_ms=20)
                 now = time.perf_counter()
                 for records in got.values():
@@ -118,6 +121,7 @@ async def open_loop(
         topic = topic_name(settings, "rec-requests")
         try:
             producer_start = time.perf_counter()
+            log(f"open loop starts at wall {time.time():.3f}")
             for n in range(total):
                 user = users[int(rng.integers(len(users)))]
                 rid = new_id()
@@ -131,6 +135,7 @@ async def open_loop(
                     await asyncio.sleep(delay)
             await producer.flush()
         finally:
+            sending = False
             await producer.stop()
         await receiver
     finally:
@@ -201,6 +206,9 @@ def through_kafka(args) -> None:
                     "lethe_scorer_batch_size_sum", 0
                 )
                 ms = lat * 1e3
+                if len(lat) < sent:
+                    log(f"{sent - len(lat)} requests unanswered; scorer log:")
+                    log(workers[1].log_tail())
 
                 def mean_ms(stage: str, after=after, before=before) -> float:
                     key = f'lethe_scorer_latency_seconds_{{}}{{{{stage="{stage}"}}}}'
