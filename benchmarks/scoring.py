@@ -2,7 +2,7 @@
 through Kafka and the scoring agent.
 
     python -m benchmarks.scoring [--items 1682] [--max-len 50] [--runs 300]
-                                 [--rates 200,1000] [--seconds 15] [--warmup 10]
+                                 [--rates 200,1000] [--seconds 20] [--warmup 30]
                                  [--no-kafka]
 
 1. Model only (``benchmarks.scoring_model``): one JSON line per batch size (1 and 32) with
@@ -13,7 +13,10 @@ through Kafka and the scoring agent.
    epochs, exported and announced on ``model-updates``; then requests sent open-loop at each
    rate (users drawn from ML-100K) while a consumer on ``recommendations`` times each answer
    (send → receive, client clock). The first ``--warmup`` seconds at each rate are sent but
-   left out of the percentiles (their p99 is reported as ``warmup_p99_ms``). One JSON line
+   left out of the percentiles (their p99 is reported as ``warmup_p99_ms``): a broker that
+   started a minute earlier is still JIT-compiling its request paths, and on 2 cores its
+   compiler threads take CPU from the scorer (measured: p99 40–52 ms in the first 15 s
+   after the warm-up of 10 s, 17–27 ms later on the same broker). One JSON line
    per rate with p50/p99/max, the answered count, and the scorer's mean batch size and stage
    means (those include the warm-up).
 """
@@ -22,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import json
 import tempfile
 import time
@@ -30,24 +32,22 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from benchmarks.common import emit, log
+from benchmarks.load_client import CLIENTS, open_loop
 from benchmarks.scoring_model import add_model_arguments, model_only
 from export.onnx_export import export_sasrec
 from models.datasets import leave_one_out, load
 from models.sasrec import SASRec, SASRecConfig
 from models.seqtrain import set_seed, train_sasrec
 from models.sequences import training_sequences
-from streams.client import LetheProducer, new_id, now_ms
+from streams.client import LetheProducer
 from streams.config import LetheSettings
 from streams.contracts import ModelUpdate
-from streams.kafka_config import client_kwargs, reply_producer_kwargs
-from streams.kafka_io import topic_partitions
 from streams.localkafka import kafka_broker
 from streams.procs import WorkerProcess, free_port, scrape
 from streams.replay import replay_dataset
-from streams.topics import create_topics, topic_name
+from streams.topics import create_topics
 
 
 def train_and_export(model_dir: Path, epochs: int, seed: int) -> tuple[Path, str, int]:
@@ -70,78 +70,6 @@ async def announce(settings: LetheSettings, path: Path, sha: str) -> None:
     async with LetheProducer(settings) as producer:
         await producer.send("model-updates", "crm", update)
         await producer.flush()
-
-
-async def open_loop(
-    settings: LetheSettings, users: list[str], rate: float, seconds: float, fetch_wait_ms: int
-):
-    """Send ``rate`` requests/s for ``seconds``; returns latencies (s) with the send time
-    (s after the first send) of each answered request, and the send times of all requests.
-    The client's heap (dataset, trained model) is frozen first, as the scorer does after
-    loading, so the collector's full passes over it do not stall the clock it measures."""
-    gc.collect()
-    gc.freeze()
-    consumer = AIOKafkaConsumer(
-        **client_kwargs(settings), group_id=None, fetch_max_wait_ms=fetch_wait_ms
-    )
-    await consumer.start()
-    sent_at: dict[str, float] = {}
-    latencies: list[float] = []
-    sends: list[float] = []  # send times (s after the sending began), in answer order
-    try:
-        tps = await topic_partitions(consumer, topic_name(settings, "recommendations"))
-        consumer.assign(tps)
-        await consumer.seek_to_end(*tps)
-        for tp in tps:
-            await consumer.position(tp)
-
-        sending = True
-
-        async def receive(until: float) -> None:
-            # until every request is answered once sending is over (or the deadline)
-            while time.perf_counter() < until and (sending or len(latencies) < len(sent_at)):
-                got = await consumer.getmany(timeout_ms=20)
-                now = time.perf_counter()
-                for records in got.values():
-                    for r in records:
-                        rid = json.loads(r.value)["request_id"]
-                        if rid in sent_at:
-                            latencies.append(now - sent_at[rid])
-                            sends.append(sent_at[rid] - producer_start)
-                if time.perf_counter() >= until:
-                    return
-
-        total = int(rate * seconds)
-        rng = np.random.default_rng(len(users))
-        receiver = asyncio.create_task(receive(time.perf_counter() + seconds + 30))
-        # a lean client (pre-encoded JSON, bare producer with the SDK's request settings) so
-        # that the 2 cores go to the broker and the scorer, not to the load generator
-        producer = AIOKafkaProducer(**reply_producer_kwargs(settings))
-        await producer.start()
-        topic = topic_name(settings, "rec-requests")
-        try:
-            producer_start = time.perf_counter()
-            log(f"open loop starts at wall {time.time():.3f}")
-            for n in range(total):
-                user = users[int(rng.integers(len(users)))]
-                rid = new_id()
-                body = json.dumps(
-                    {"request_id": rid, "user_id": user, "k": 10, "ts": now_ms()}
-                ).encode()
-                sent_at[rid] = time.perf_counter()
-                await producer.send(topic, value=body, key=user.encode())
-                delay = producer_start + (n + 1) / rate - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-            await producer.flush()
-        finally:
-            sending = False
-            await producer.stop()
-        await receiver
-    finally:
-        await consumer.stop()
-    all_sends = np.array(list(sent_at.values())) - producer_start
-    return np.array(latencies), np.array(sends), all_sends
 
 
 def through_kafka(args) -> None:
@@ -189,8 +117,9 @@ def through_kafka(args) -> None:
             for rate in args.rates:
                 before = scrape(scorer_port)
                 log(f"{rate} requests/s for {args.warmup} s of warm-up + {args.seconds} s")
-                lat, sends, all_sends = asyncio.run(
-                    open_loop(settings, users, rate, args.warmup + args.seconds, args.fetch_wait_ms)
+                seconds = args.warmup + args.seconds
+                lat, sends, all_sends = open_loop(
+                    settings, users, rate, seconds, args.fetch_wait_ms, args.client
                 )
                 if args.dump:
                     np.savetxt(f"{args.dump}-{int(rate)}.tsv", np.c_[sends, lat * 1e3], "%.4f")
@@ -240,6 +169,7 @@ def through_kafka(args) -> None:
                         "max_batch": settings.scorer.max_batch,
                         "max_wait_ms": settings.scorer.max_wait_ms,
                         "fetch_max_wait_ms": args.fetch_wait_ms,
+                        "client": args.client,
                         "seed": args.seed,
                     }
                 )
@@ -254,15 +184,18 @@ def main() -> None:
     parser.add_argument(
         "--rates", type=lambda s: [float(r) for r in s.split(",")], default=[200.0, 1000.0]
     )
-    parser.add_argument("--seconds", type=float, default=15.0, help="measured window per rate")
+    parser.add_argument("--seconds", type=float, default=20.0, help="measured window per rate")
     parser.add_argument(
-        "--warmup", type=float, default=10.0, help="seconds at the same rate before measuring"
+        "--warmup", type=float, default=30.0, help="seconds at the same rate before measuring"
     )
     parser.add_argument("--epochs", type=int, default=10, help="SASRec training for part 2")
     parser.add_argument(
         "--fetch-wait-ms", type=int, default=5, help="fetch_max_wait_ms of scorer and client"
     )
     parser.add_argument("--max-wait-ms", type=float, default=0.0, help="scorer batching wait")
+    parser.add_argument(
+        "--client", choices=CLIENTS, default="librdkafka", help="Kafka client of the load generator"
+    )
     parser.add_argument("--dump", help="write send time and latency per answer to DUMP-RATE.tsv")
     parser.add_argument("--no-kafka", action="store_true", help="model-only part")
     parser.add_argument("--no-model-only", action="store_true", help="Kafka part only")
