@@ -124,12 +124,18 @@ class Catalogue:
     def history_row(self, items: list[str]) -> np.ndarray:
         """A left-padded ONNX input row from a user's items (unknown items skipped)."""
         assert self.model is not None
-        index = self._model_index
-        cols = [index[i] + 1 for i in items if i in index]
-        row = np.zeros(self.model.max_len, dtype=np.int64)
-        tail = cols[-self.model.max_len :]
+        index, length = self._model_index, self.model.max_len
+        # newest first, stopping at the model's length: long histories cost no more
+        tail: list[int] = []
+        for item in reversed(items):
+            col = index.get(item)
+            if col is not None:
+                tail.append(col + 1)
+                if len(tail) == length:
+                    break
+        row = np.zeros(length, dtype=np.int64)
         if tail:
-            row[-len(tail) :] = tail
+            row[length - len(tail) :] = tail[::-1]
         return row
 
 

@@ -409,7 +409,7 @@ class ScorerWorker:
         m.SCORER_LATENCY.labels("end_to_end").observe(max(0.0, (now_ms - request.ts) / 1000))
 
     def _job(self, catalogue: Catalogue, request: RecRequest) -> ScoringJob:
-        items = list(self.state.store.get(request.user_id))
+        items = self.state.store.get(request.user_id)  # read only, and within this call
         banned = {
             catalogue.position[i] for i in self.state.forbidden_items if i in catalogue.position
         }

@@ -76,6 +76,8 @@ def test_catalogue_lines_up_both_models(exported):
     assert catalogue.imc_cols.tolist() == [1, -1, -1, -1, 0]
     assert catalogue.history_row(["zz", "i1", "i4"]).tolist() == [0, 0, 2, 5]
     assert catalogue.history_row(["i0"] * 6).tolist() == [1, 1, 1, 1]
+    long = ["i5"] * 100 + ["i1", "i3", "zz", "i4", "zz", "i5", "zz"]
+    assert catalogue.history_row(long).tolist() == [2, 4, 5, 6]  # the newest known four
     fallback = Catalogue(None, None, fallback_ids=["x", "y"])
     assert fallback.ids == ["x", "y"] and len(fallback) == 2
 
