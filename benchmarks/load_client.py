@@ -24,7 +24,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from streams.client import new_id, now_ms
 from streams.config import LetheSettings
 from streams.kafka_config import client_kwargs, reply_producer_kwargs
-from streams.kafka_io import topic_partitions
+from streams.kafka_io import read_from_end
 from streams.topics import topic_name
 
 CLIENTS = ("librdkafka", "aiokafka")
@@ -44,11 +44,13 @@ class _Schedule:
         self.sends: list[float] = []
         self.start = 0.0
 
-    def next_request(self) -> tuple[str, bytes, bytes]:
+    def take(self) -> tuple[bytes, bytes]:
+        """The next request's value and key, its send time recorded as now."""
         user = self.users[int(self.rng.integers(len(self.users)))]
         rid = new_id()
         body = json.dumps({"request_id": rid, "user_id": user, "k": 10, "ts": now_ms()})
-        return rid, body.encode(), user.encode()
+        self.sent_at[rid] = time.perf_counter()
+        return body.encode(), user.encode()
 
     def delay_after(self, n: int) -> float:
         """Seconds to wait before request ``n + 1`` is due."""
@@ -137,8 +139,7 @@ def _librdkafka_loop(settings: LetheSettings, schedule: _Schedule, fetch_wait_ms
     try:
         schedule.start = time.perf_counter()
         for n in range(schedule.total):
-            rid, body, key = schedule.next_request()
-            schedule.sent_at[rid] = time.perf_counter()
+            body, key = schedule.take()
             producer.produce(topic, value=body, key=key)
             producer.poll(0)  # delivery callbacks (none registered) and queue housekeeping
             delay = schedule.delay_after(n)
@@ -157,11 +158,7 @@ async def _aiokafka_loop(settings: LetheSettings, schedule: _Schedule, fetch_wai
     )
     await consumer.start()
     try:
-        tps = await topic_partitions(consumer, topic_name(settings, "recommendations"))
-        consumer.assign(tps)
-        await consumer.seek_to_end(*tps)
-        for tp in tps:
-            await consumer.position(tp)
+        await read_from_end(consumer, topic_name(settings, "recommendations"))
         sending = True
 
         async def receive() -> None:
@@ -184,8 +181,7 @@ async def _aiokafka_loop(settings: LetheSettings, schedule: _Schedule, fetch_wai
         try:
             schedule.start = time.perf_counter()
             for n in range(schedule.total):
-                rid, body, key = schedule.next_request()
-                schedule.sent_at[rid] = time.perf_counter()
+                body, key = schedule.take()
                 await producer.send(topic, value=body, key=key)
                 delay = schedule.delay_after(n)
                 if delay > 0:

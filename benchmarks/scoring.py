@@ -16,9 +16,10 @@ through Kafka and the scoring agent.
    left out of the percentiles (their p99 is reported as ``warmup_p99_ms``): a broker that
    started a minute earlier is still JIT-compiling its request paths, and on 2 cores its
    compiler threads take CPU from the scorer (measured: p99 40 and 52 ms in the first 15 s
-   after a 10 s warm-up on a fresh broker, 18–27 ms on one that had served earlier runs). One JSON line
-   per rate with p50/p99/max, the answered count, and the scorer's mean batch size and stage
-   means (those include the warm-up).
+   after a 10 s warm-up on a fresh broker, 18–27 ms on one that had served earlier runs).
+   One JSON line per rate with p50/p99/max, the answered count, and the scorer's mean batch
+   size and stage means (those include the warm-up). The load generator is
+   ``benchmarks.load_client`` (``--client``).
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ from streams.client import LetheProducer
 from streams.config import LetheSettings
 from streams.contracts import DeletionReceipt, decode
 from streams.kafka_config import client_kwargs
-from streams.kafka_io import topic_partitions
+from streams.kafka_io import read_from_end
 from streams.localkafka import kafka_broker
 from streams.procs import WorkerProcess, free_port, scrape
 from streams.replay import to_event
@@ -56,11 +56,7 @@ async def _forget_latencies(settings: LetheSettings, users: list[str]) -> list[f
     await consumer.start()
     latencies = []
     try:
-        tps = await topic_partitions(consumer, topic_name(settings, "deletion-receipts"))
-        consumer.assign(tps)
-        await consumer.seek_to_end(*tps)
-        for tp in tps:
-            await consumer.position(tp)
+        await read_from_end(consumer, topic_name(settings, "deletion-receipts"))
         async with LetheProducer(settings) as producer:
             for user in users:
                 sent = time.time()

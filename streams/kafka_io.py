@@ -33,6 +33,17 @@ async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> list[Topic
     raise RuntimeError(f"topic {topic} has no partitions (does it exist?)")
 
 
+async def read_from_end(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
+    """Assign every partition of ``topic`` at its current end, resolved now: what is
+    produced after this returns is read, nothing before (replies to requests sent next)."""
+    tps = await topic_partitions(consumer, topic)
+    consumer.assign(tps)
+    await consumer.seek_to_end(*tps)
+    for tp in tps:
+        await consumer.position(tp)  # seek_to_end is lazy: resolve it before anything is sent
+    return tps
+
+
 def tp_key(tp: TopicPartition) -> str:
     return f"{tp.topic}:{tp.partition}"
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import time
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 
 from streams.client import LetheProducer
 from streams.config import LetheSettings
 from streams.contracts import ContractError, Recommendation, decode
 from streams.kafka_config import client_kwargs
+from streams.kafka_io import read_from_end
 from streams.topics import topic_name
 
 
@@ -25,15 +26,7 @@ async def request_and_wait(
     consumer = AIOKafkaConsumer(**client_kwargs(settings), enable_auto_commit=False)
     await consumer.start()
     try:
-        partitions = consumer.partitions_for_topic(topic)
-        if not partitions:
-            await consumer._client.force_metadata_update()  # topic may be brand new
-            partitions = consumer.partitions_for_topic(topic) or {0}
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        consumer.assign(tps)
-        await consumer.seek_to_end(*tps)
-        for tp in tps:
-            await consumer.position(tp)
+        await read_from_end(consumer, topic)
         async with LetheProducer(settings, for_requests=True) as producer:
             request = await producer.request_recommendations(user_id, k)
         deadline = time.monotonic() + timeout_s
