@@ -96,7 +96,7 @@ def open_loop(
 
 
 def _librdkafka_loop(settings: LetheSettings, schedule: _Schedule, fetch_wait_ms: int) -> None:
-    from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
+    from confluent_kafka import Consumer, Producer, TopicPartition
 
     if settings.security.protocol != "PLAINTEXT":
         raise ValueError("the librdkafka load client speaks PLAINTEXT only; use --client aiokafka")
@@ -113,17 +113,22 @@ def _librdkafka_loop(settings: LetheSettings, schedule: _Schedule, fetch_wait_ms
     )
     answers = topic_name(settings, "recommendations")
     partitions = consumer.list_topics(answers, timeout=10).topics[answers].partitions
-    consumer.assign([TopicPartition(answers, p, OFFSET_END) for p in partitions])
+
+    # explicit end offsets, read now (OFFSET_END would resolve on a later fetch, after which
+    # the first answers might already be there and be skipped)
+    def at_end(partition: int) -> TopicPartition:
+        _, high = consumer.get_watermark_offsets(TopicPartition(answers, partition), timeout=10)
+        return TopicPartition(answers, partition, high)
+
+    consumer.assign([at_end(p) for p in partitions])
     sending = threading.Event()
     sending.set()
-    ready = threading.Event()
 
     def receive() -> None:
         deadline = None
         while True:
             message = consumer.poll(0.02)
             now = time.perf_counter()
-            ready.set()
             if message is not None and message.error() is None:
                 schedule.answered(message.value(), now)
             if not sending.is_set():
@@ -133,8 +138,6 @@ def _librdkafka_loop(settings: LetheSettings, schedule: _Schedule, fetch_wait_ms
 
     receiver = threading.Thread(target=receive, name="bench-receiver", daemon=True)
     receiver.start()
-    ready.wait(10)
-    time.sleep(1.0)  # the assignment's OFFSET_END resolves on the first fetches
     topic = topic_name(settings, "rec-requests")
     try:
         schedule.start = time.perf_counter()
