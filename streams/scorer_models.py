@@ -16,6 +16,7 @@ import numpy as np
 from export.onnx_export import sha256_of
 from export.session import ScoringSession, open_session
 from models.fusion import fuse_batch, top_k
+from models.imcorrect import FrozenScores
 from streams.contracts import ModelUpdate
 from streams.state import SnapshotStore, WorkerState
 
@@ -59,8 +60,16 @@ def load_served_model(
 
 @dataclass(frozen=True)
 class IMCorrectView:
-    path: Path
+    """One loaded IMCorrect snapshot, and its scores frozen for serving (built from ``state``
+    when not given; a newer snapshot of the same data passes the old ones on)."""
+
+    path: Path | None
     state: WorkerState
+    scores: FrozenScores | None = None
+
+    def __post_init__(self) -> None:
+        if self.scores is None:
+            object.__setattr__(self, "scores", self.state.model.freeze())
 
     @property
     def version(self) -> str:
@@ -78,7 +87,7 @@ def load_imcorrect(state_dir: Path, current: IMCorrectView | None) -> IMCorrectV
             # periodic snapshots of an idle worker change nothing: skip the load
             meta = json.loads((latest / "worker.json").read_text())
             if meta["offsets"] == current.state.offsets:
-                return IMCorrectView(latest, current.state)
+                return IMCorrectView(latest, current.state, current.scores)
         state = store.load(latest)
     except (FileNotFoundError, OSError, ValueError):
         return current  # pruned while reading: next time
@@ -167,9 +176,7 @@ def score_batch(
     if catalogue.imcorrect is not None and imc_rows:
         users = [jobs[j].imcorrect_user for j in imc_rows]
         # seen items are kept: the request decides (exclude_seen) through ``banned``
-        raw = np.asarray(
-            catalogue.imcorrect.state.model.score(users, mask_seen=False), dtype=np.float64
-        )
+        raw = catalogue.imcorrect.scores.score(users)
         cols = catalogue.imc_cols
         picked = np.where(cols >= 0, raw[:, np.maximum(cols, 0)], np.nan)
         imc = np.full((len(jobs), n), np.nan)

@@ -77,6 +77,12 @@ class Mapping(ABC):
     def scores(self, rows: sp.csr_matrix) -> np.ndarray:
         return np.asarray(rows @ self.mapping)
 
+    def frozen(self, dtype: np.dtype | type = np.float32) -> np.ndarray:
+        """A new, writable copy of M in ``dtype`` (nothing cached: a serving copy must not
+        keep a second float64 M alive beside it)."""
+        source = self._mapping if self._mapping is not None else self._materialise()
+        return np.array(source, dtype=dtype, order="C")
+
     # -- numerical health -------------------------------------------------------------------
     def drift(self, x: sp.csr_matrix, rng: np.random.Generator, n_columns: int = 8) -> float:
         """Largest absolute error of the maintained state on a few random columns."""

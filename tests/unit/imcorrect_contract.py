@@ -204,6 +204,29 @@ class MappingContract:
         got = model.score(users, mask_seen=False)
         np.testing.assert_allclose(got, expected, atol=1e-10)
 
+    def test_frozen_scores_equal_score_and_stay_frozen(self, x):
+        model = self.make().fit(x)
+        model.learn([2, 3, 7], [5, 6, 9], [1.0, 2.0, 0.5])  # weighted, and some rows grow
+        everything = np.arange(x.shape[1])  # a user who has seen it all: the dense path
+        model.learn([119] * len(everything), everything, np.linspace(0.5, 2.0, len(everything)))
+        model.forget(items=[11])
+        users = np.array([50, 0, 2, 119, 3, 2, 8])
+        expected = model.score(users, mask_seen=False)
+        frozen = model.freeze()
+        got = frozen.score(users)
+        assert got.dtype == np.float32 and got.shape == expected.shape
+        assert np.isinf(expected[:, 11]).all()
+        np.testing.assert_array_equal(np.isinf(got), np.isinf(expected))
+        finite = np.isfinite(expected)
+        np.testing.assert_allclose(got[finite], expected[finite], rtol=1e-5, atol=1e-5)
+        never_seen = np.flatnonzero(np.diff(model.interactions.indptr) == 0)
+        if len(never_seen):
+            assert np.all(frozen.score(never_seen[:1])[:, np.isfinite(expected[0])] == 0)
+        model.learn([50], [1])  # the frozen view does not follow
+        np.testing.assert_array_equal(frozen.score(users), got)
+        with pytest.raises(IndexError):
+            frozen.score([model.n_users])
+
     def test_large_changes_take_the_exact_refit_path(self, x):
         model = self.make(refit_rank_ratio=0.5).fit(x[:10])
         rows, cols = x[10:].nonzero()
