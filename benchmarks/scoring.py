@@ -191,7 +191,7 @@ def main() -> None:
     )
     parser.add_argument("--epochs", type=int, default=10, help="SASRec training for part 2")
     parser.add_argument(
-        "--fetch-wait-ms", type=int, default=5, help="fetch_max_wait_ms of scorer and client"
+        "--fetch-wait-ms", type=int, default=100, help="fetch_max_wait_ms of scorer and client"
     )
     parser.add_argument("--max-wait-ms", type=float, default=0.0, help="scorer batching wait")
     parser.add_argument(

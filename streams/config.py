@@ -125,8 +125,9 @@ class ScorerSettings(BaseModel):
     #: onnxruntime intra-op threads (0 = one per core); batches are small, so one thread
     #: that does not spin leaves the cores to Kafka and Python
     threads: int = Field(default=1, ge=0)
-    #: the longest the broker holds an empty fetch of ``rec-requests``: low = low latency
-    fetch_max_wait_ms: int = Field(default=5, ge=0)
+    #: the longest the broker holds an empty fetch of ``rec-requests``. A request that
+    #: arrives ends the wait at once (fetch.min.bytes 1), so this only paces idle fetches
+    fetch_max_wait_ms: int = Field(default=100, ge=0)
     #: batches up to this size are scored on the event loop: handing a millisecond of work
     #: to a thread costs more (wake-ups, and the GIL's 5 ms switch interval while the loop
     #: runs) than the loop loses; larger batches go to a thread so fetches keep flowing

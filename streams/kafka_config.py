@@ -1,4 +1,5 @@
-"""Translate :class:`LetheSettings` into keyword arguments for aiokafka clients."""
+"""Translate :class:`LetheSettings` into aiokafka keyword arguments and librdkafka
+configuration (the scorer's request path, see :mod:`streams.request_channel`)."""
 
 from __future__ import annotations
 
@@ -62,3 +63,29 @@ def producer_kwargs(settings: LetheSettings) -> dict[str, Any]:
         enable_idempotence=p.idempotent,
     )
     return kwargs
+
+
+def librdkafka_config(settings: LetheSettings) -> dict[str, Any]:
+    """Connection and security properties for confluent-kafka clients, from the same
+    settings the aiokafka clients use."""
+    sec = settings.security
+    config: dict[str, Any] = {
+        "bootstrap.servers": settings.bootstrap_servers,
+        "client.id": settings.client_id,
+        "security.protocol": sec.protocol,
+        # request/reply messages are small: send each at once, not after Nagle's delay
+        "socket.nagle.disable": True,
+    }
+    if sec.ssl_cafile:
+        config["ssl.ca.location"] = str(sec.ssl_cafile)
+    if sec.ssl_certfile:
+        config["ssl.certificate.location"] = str(sec.ssl_certfile)
+    if sec.ssl_keyfile:
+        config["ssl.key.location"] = str(sec.ssl_keyfile)
+    if sec.protocol.startswith("SASL"):
+        config["sasl.mechanism"] = sec.sasl_mechanism or "PLAIN"
+        if sec.sasl_username is not None:
+            config["sasl.username"] = sec.sasl_username
+        if sec.sasl_password is not None:
+            config["sasl.password"] = sec.sasl_password.get_secret_value()
+    return config

@@ -1,11 +1,12 @@
 """The scoring agent: ``rec-requests`` in, ``recommendations`` out, from the ONNX SASRec the
 trainer announced last, fused with the newest IMCorrect snapshot.
 
-Two consumers, two tasks. The *state* task reads ``interactions`` and ``deletions`` (recent
+Two tasks. The *state* task (aiokafka) reads ``interactions`` and ``deletions`` (recent
 sequences, seen items, forgotten users and items; deletions ordered by
 :class:`DeletionBarrier`) and ``model-updates`` (swaps: the file's sha256 must match the
 announcement, the new session is opened off the event loop and replaces the old one between
-batches, so no request in flight is dropped or fails). The *request* task batches requests
+batches, so no request in flight is dropped or fails). The *request* task takes requests
+from a :class:`RequestChannel` (librdkafka: Kafka I/O off the interpreter), batches them
 dynamically (up to ``max_batch`` or ``max_wait_ms`` after the first) and answers each.
 
 Forgetting before the models catch up: a forgotten user's sequence is dropped at once and
@@ -46,6 +47,7 @@ from streams.contracts import (
 )
 from streams.kafka_config import client_kwargs, reply_producer_kwargs
 from streams.kafka_io import send_dead_letter, topic_partitions, tp_key
+from streams.request_channel import RequestChannel
 from streams.runner import run_until_signalled
 from streams.scorer_models import (
     Catalogue,
@@ -143,16 +145,17 @@ class ScorerWorker:
         await create_topics(self.settings)
         kwargs = client_kwargs(self.settings)
         self.state_consumer = AIOKafkaConsumer(**kwargs, enable_auto_commit=False, group_id=None)
-        self.request_consumer = AIOKafkaConsumer(
-            **kwargs,
-            enable_auto_commit=False,
-            group_id=None,
-            fetch_max_wait_ms=self.cfg.fetch_max_wait_ms,
-        )
         self.offsets = AIOKafkaConsumer(**kwargs, group_id=None)
-        self.producer = AIOKafkaProducer(**reply_producer_kwargs(self.settings))
-        for client in (self.state_consumer, self.request_consumer, self.offsets, self.producer):
+        self.producer = AIOKafkaProducer(**reply_producer_kwargs(self.settings))  # dead letters
+        for client in (self.state_consumer, self.offsets, self.producer):
             await client.start()
+        self.requests = RequestChannel(
+            self.settings,
+            self.topics["rec-requests"],
+            self.topics["recommendations"],
+            fetch_max_wait_ms=self.cfg.fetch_max_wait_ms,
+            poll_batch=self.cfg.max_batch,
+        )
         try:
             await self._assign()
             await self._reload_imcorrect()
@@ -167,7 +170,8 @@ class ScorerWorker:
             await asyncio.gather(*tasks, return_exceptions=True)
             self._save()
         finally:
-            for client in (self.producer, self.offsets, self.request_consumer, self.state_consumer):
+            await self.requests.close()
+            for client in (self.producer, self.offsets, self.state_consumer):
                 await client.stop()
 
     async def _assign(self) -> None:
@@ -183,9 +187,7 @@ class ScorerWorker:
             else:
                 c.seek(tp, offset)
         await c.seek_to_beginning(*update_tps)  # compacted: the newest version of each model
-        request_tps = await topic_partitions(self.request_consumer, self.topics["rec-requests"])
-        self.request_consumer.assign(request_tps)
-        await self.request_consumer.seek_to_end(*request_tps)  # requests are ephemeral
+        await self.requests.open()  # requests are ephemeral: read from the end
 
     def _save(self) -> None:
         self._dirty = False
@@ -319,25 +321,11 @@ class ScorerWorker:
                 await self._answer(batch)
 
     async def _collect_requests(self) -> list:
-        got = await self.request_consumer.getmany(timeout_ms=500, max_records=self.cfg.max_batch)
-        batch = [r for records in got.values() for r in records]
-        if not batch:
-            return []
+        batch = await self.requests.next_batch(self.cfg.max_batch, self.cfg.max_wait_ms / 1000)
         received = time.monotonic()
         wall = time.time()
         for record in batch:  # producer's send time (CreateTime) to here: the Kafka hop
             m.SCORER_LATENCY.labels("transit").observe(max(0.0, wall - record.timestamp / 1000))
-        deadline = received + self.cfg.max_wait_ms / 1000
-        while len(batch) < self.cfg.max_batch:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            more = await self.request_consumer.getmany(
-                timeout_ms=max(1, int(left * 1000)), max_records=self.cfg.max_batch - len(batch)
-            )
-            if not more:
-                break
-            batch.extend(r for records in more.values() for r in records)
         return [(record, received) for record in batch]
 
     async def _answer(self, batch: list) -> None:
@@ -388,21 +376,17 @@ class ScorerWorker:
                 ts=int(time.time() * 1000),
                 strategy=strategy,
             )
-            # not awaited per batch: waiting for acks before the next batch would add a
-            # broker round trip to every request; failures are logged by the callback
-            delivery = await self.producer.send(
-                self.topics["recommendations"], value=rec.to_bytes(), key=request.user_id.encode()
+            # not awaited: acks come back on the channel's delivery thread, so the next
+            # batch does not wait a broker round trip; failures are logged there
+            self.requests.publish(
+                rec.to_bytes(), request.user_id.encode(), partial(self._delivered, request)
             )
-            delivery.add_done_callback(partial(self._delivered, request))
             m.RECOMMENDATIONS.labels(strategy).inc()
 
-    def _delivered(self, request: RecRequest, delivery: asyncio.Future) -> None:
-        if delivery.cancelled() or delivery.exception() is not None:
-            log.error(
-                "recommendation for %s not delivered: %s",
-                request.request_id,
-                delivery.exception() if not delivery.cancelled() else "cancelled",
-            )
+    def _delivered(self, request: RecRequest, error: object | None) -> None:
+        """Runs on the request channel's delivery thread (logging and metrics only)."""
+        if error is not None:
+            log.error("recommendation for %s not delivered: %s", request.request_id, error)
             m.EVENTS.labels("recommendations", "undelivered").inc()
             return
         now_ms = time.time() * 1000
