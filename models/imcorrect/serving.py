@@ -16,20 +16,6 @@ import numpy as np
 import scipy.sparse as sp
 
 
-def select_rows(x: sp.csr_matrix, users: np.ndarray) -> sp.csr_matrix:
-    """X[users] (any order, repeats allowed) sliced straight from the CSR arrays: scipy's
-    fancy row indexing costs more than the product for a serving batch's handful of users."""
-    starts = x.indptr[users]
-    lengths = x.indptr[users + 1] - starts
-    indptr = np.zeros(len(users) + 1, dtype=x.indptr.dtype)
-    np.cumsum(lengths, out=indptr[1:])
-    # position k of output row r reads x's entry starts[r] + k
-    take = np.repeat(starts - indptr[:-1], lengths) + np.arange(indptr[-1])
-    return sp.csr_matrix(
-        (x.data[take], x.indices[take], indptr), shape=(len(users), x.shape[1]), copy=False
-    )
-
-
 class FrozenScores:
     """S = X[users]·M for fixed X and M, with forgotten items at −inf (as ``IMCorrect.score``
     with ``mask_seen=False``)."""
@@ -45,17 +31,16 @@ class FrozenScores:
             raise ValueError(f"mapping {mapping.shape} does not fit X {x.shape}")
         x = x.tocsr()
         self.dtype = np.dtype(dtype)
-        self._x = sp.csr_matrix(
-            (x.data.astype(self.dtype), x.indices.astype(np.int64), x.indptr.astype(np.int64)),
-            shape=x.shape,
-        )
+        self._indptr = x.indptr.astype(np.int64)
+        self._indices = x.indices.astype(np.int64)
+        self._values = x.data.astype(self.dtype)
         self._mapping = np.ascontiguousarray(mapping, dtype=self.dtype)
         self._mapping.setflags(write=False)
         self._forgotten = np.flatnonzero(forgotten_items)
 
     @property
     def n_users(self) -> int:
-        return self._x.shape[0]
+        return len(self._indptr) - 1
 
     @property
     def n_items(self) -> int:
@@ -66,9 +51,20 @@ class FrozenScores:
         users = np.asarray(users, dtype=np.int64)
         if len(users) and (users.min() < 0 or users.max() >= self.n_users):
             raise IndexError(f"user index out of range 0..{self.n_users - 1}")
-        # scipy's sparse × dense product: one pass over the users' M rows in C, and no BLAS
-        # call (whose idle worker threads spin and took a third of a core from the scorer)
-        out = np.asarray(select_rows(self._x, users) @ self._mapping)
+        out = np.zeros((len(users), self.n_items), dtype=self.dtype)
+        for r, u in enumerate(users.tolist()):
+            start, end = self._indptr[u], self._indptr[u + 1]
+            if end > start:
+                # the user's rows of M, weighted and summed. einsum's own loop, not BLAS:
+                # OpenBLAS threads this product and its idle workers spin, which took a
+                # third of a core from the scorer; building a scipy row per call cost more
+                # than the sum itself
+                np.einsum(
+                    "i,ij->j",
+                    self._values[start:end],
+                    self._mapping[self._indices[start:end]],
+                    out=out[r],
+                )
         if len(self._forgotten):
             out[:, self._forgotten] = -np.inf
         return out
