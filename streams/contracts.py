@@ -153,6 +153,33 @@ class Recommendation(Contract):
     strategy: Literal["personal", "popularity"] = "personal"
 
 
+def recommendation_bytes(
+    request_id: str,
+    user_id: str,
+    items: list[tuple[str, float]],
+    versions: ModelVersions,
+    ts: int,
+    strategy: str,
+) -> bytes:
+    """``Recommendation(...).to_bytes()`` without building a dozen models per answer: the
+    scorer's hot path (pydantic construction was a tenth of its per-request time). The
+    caller vouches for the fields (ids from the validated catalogue, finite scores); a
+    unit test keeps the two encodings equal."""
+    body = {
+        "request_id": request_id,
+        "user_id": user_id,
+        "items": [{"item_id": item, "score": score} for item, score in items],
+        "model": {
+            k: v
+            for k, v in (("crm", versions.crm), ("imcorrect", versions.imcorrect))
+            if v is not None
+        },
+        "ts": ts,
+        "strategy": strategy,
+    }
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
 class ModelUpdate(Contract):
     """Announces a new model file (topic ``model-updates``, key = model name)."""
 

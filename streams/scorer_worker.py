@@ -40,10 +40,9 @@ from streams.contracts import (
     InteractionEvent,
     ModelUpdate,
     ModelVersions,
-    Recommendation,
     RecRequest,
-    ScoredItem,
     decode,
+    recommendation_bytes,
 )
 from streams.kafka_config import client_kwargs, reply_producer_kwargs
 from streams.kafka_io import send_dead_letter, topic_partitions, tp_key
@@ -365,22 +364,20 @@ class ScorerWorker:
         for request, (positions, scores, strategy) in zip(requests, results, strict=True):
             # built without re-validation: ids come from the catalogue (validated on the way
             # in) and fused scores are finite by construction; this is the per-request hot path
-            rec = Recommendation.model_construct(
-                request_id=request.request_id,
-                user_id=request.user_id,
-                items=[
-                    ScoredItem.model_construct(item_id=catalogue.ids[p], score=float(s))
+            body = recommendation_bytes(
+                request.request_id,
+                request.user_id,
+                [
+                    (catalogue.ids[p], s)
                     for p, s in zip(positions.tolist(), scores.tolist(), strict=True)
                 ],
-                model=versions,
-                ts=int(time.time() * 1000),
-                strategy=strategy,
+                versions,
+                int(time.time() * 1000),
+                strategy,
             )
             # not awaited: acks come back on the channel's delivery thread, so the next
             # batch does not wait a broker round trip; failures are logged there
-            self.requests.publish(
-                rec.to_bytes(), request.user_id.encode(), partial(self._delivered, request)
-            )
+            self.requests.publish(body, request.user_id.encode(), partial(self._delivered, request))
             m.RECOMMENDATIONS.labels(strategy).inc()
 
     def _delivered(self, request: RecRequest, error: object | None) -> None:

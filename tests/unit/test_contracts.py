@@ -14,9 +14,12 @@ from streams.contracts import (
     DeletionRequest,
     InteractionEvent,
     ModelUpdate,
+    ModelVersions,
     Recommendation,
     RecRequest,
+    ScoredItem,
     decode,
+    recommendation_bytes,
 )
 from streams.schemas import SCHEMA_DIR, render_schemas
 
@@ -170,3 +173,23 @@ def test_schema_files_match_the_contracts():
     for name, text in rendered.items():
         on_disk = (SCHEMA_DIR / name).read_text(encoding="utf-8")
         assert on_disk == text, f"{name} is stale: run `lethe schemas`"
+
+
+@pytest.mark.parametrize(
+    "versions",
+    [ModelVersions(crm="12", imcorrect="40"), ModelVersions(imcorrect="3"), ModelVersions()],
+)
+def test_fast_recommendation_encoding_equals_the_contract(versions):
+    items = [("i1", 2.5), ("film «é»", -0.1), ("i3", 1e-7), ("i4", 123456789.125), ("i5", 0.0)]
+    fast = recommendation_bytes("r-1", "usér", items, versions, 1_700_000_000_000, "personal")
+    rec = Recommendation(
+        request_id="r-1",
+        user_id="usér",
+        items=[ScoredItem(item_id=i, score=s) for i, s in items],
+        model=versions,
+        ts=1_700_000_000_000,
+        strategy="personal",
+    )
+    assert decode(Recommendation, fast) == rec
+    assert json.loads(fast) == json.loads(rec.to_bytes())
+    assert list(json.loads(fast)) == list(json.loads(rec.to_bytes()))  # same field order
