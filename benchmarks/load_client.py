@@ -25,6 +25,7 @@ from streams.client import new_id, now_ms
 from streams.config import LetheSettings
 from streams.kafka_config import client_kwargs, reply_producer_kwargs
 from streams.kafka_io import read_from_end
+from streams.request_channel import assign_at_end
 from streams.topics import topic_name
 
 CLIENTS = ("librdkafka", "aiokafka")
@@ -96,7 +97,7 @@ def open_loop(
 
 
 def _librdkafka_loop(settings: LetheSettings, schedule: _Schedule, fetch_wait_ms: int) -> None:
-    from confluent_kafka import Consumer, Producer, TopicPartition
+    from confluent_kafka import Consumer, Producer
 
     if settings.security.protocol != "PLAINTEXT":
         raise ValueError("the librdkafka load client speaks PLAINTEXT only; use --client aiokafka")
@@ -111,16 +112,7 @@ def _librdkafka_loop(settings: LetheSettings, schedule: _Schedule, fetch_wait_ms
             "fetch.wait.max.ms": fetch_wait_ms,
         }
     )
-    answers = topic_name(settings, "recommendations")
-    partitions = consumer.list_topics(answers, timeout=10).topics[answers].partitions
-
-    # explicit end offsets, read now (OFFSET_END would resolve on a later fetch, after which
-    # the first answers might already be there and be skipped)
-    def at_end(partition: int) -> TopicPartition:
-        _, high = consumer.get_watermark_offsets(TopicPartition(answers, partition), timeout=10)
-        return TopicPartition(answers, partition, high)
-
-    consumer.assign([at_end(p) for p in partitions])
+    assign_at_end(consumer, topic_name(settings, "recommendations"))
     sending = threading.Event()
     sending.set()
 

@@ -106,18 +106,7 @@ class RequestChannel:
     def _connect(self) -> None:
         self._consumer = Consumer(self._consumer_config)
         self._producer = Producer(self._producer_config)
-        meta = self._consumer.list_topics(self.requests_topic, timeout=10)
-        topic = meta.topics.get(self.requests_topic)
-        if topic is None or topic.error is not None or not topic.partitions:
-            raise RuntimeError(f"topic {self.requests_topic} has no partitions (does it exist?)")
-        # explicit end offsets read now: OFFSET_END would resolve on a later fetch and could
-        # skip requests sent in between
-        start = []
-        for partition in sorted(topic.partitions):
-            tp = TopicPartition(self.requests_topic, partition)
-            _, high = self._consumer.get_watermark_offsets(tp, timeout=10)
-            start.append(TopicPartition(self.requests_topic, partition, high))
-        self._consumer.assign(start)
+        assign_at_end(self._consumer, self.requests_topic)
 
     async def close(self, flush_s: float = 10.0) -> None:
         """Stop reading, deliver what was published (up to ``flush_s``), close both clients."""
@@ -194,6 +183,21 @@ class RequestChannel:
         assert producer is not None
         while not self._stopping.is_set():
             producer.poll(POLL_S)  # serves delivery reports as soon as they come
+
+
+def assign_at_end(consumer: Consumer, topic: str, timeout_s: float = 10.0) -> None:
+    """Assign every partition of ``topic`` at its end offset, read now: OFFSET_END would
+    resolve on a later fetch and could skip what is produced in between."""
+    meta = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
+    if meta is None or meta.error is not None or not meta.partitions:
+        raise RuntimeError(f"topic {topic} has no partitions (does it exist?)")
+    start = []
+    for partition in sorted(meta.partitions):
+        _, high = consumer.get_watermark_offsets(
+            TopicPartition(topic, partition), timeout=timeout_s
+        )
+        start.append(TopicPartition(topic, partition, high))
+    consumer.assign(start)
 
 
 def _reporter(on_delivery: Delivered) -> Callable[[KafkaError | None, Message], None]:
