@@ -132,6 +132,9 @@ class ScorerSettings(BaseModel):
     #: to a thread costs more (wake-ups, and the GIL's 5 ms switch interval while the loop
     #: runs) than the loop loses; larger batches go to a thread so fetches keep flowing
     inline_max_batch: int = Field(default=8, ge=0)
+    #: librdkafka's linger for answers. A batch's answers are queued together and leave in
+    #: one produce request at 0 too; more holds every answer back up to that long
+    reply_linger_ms: float = Field(default=0.0, ge=0)
 
 
 class LetheSettings(BaseSettings):

@@ -154,6 +154,7 @@ class ScorerWorker:
             self.topics["recommendations"],
             fetch_max_wait_ms=self.cfg.fetch_max_wait_ms,
             poll_batch=self.cfg.max_batch,
+            linger_ms=self.cfg.reply_linger_ms,
         )
         try:
             await self._assign()
@@ -361,6 +362,7 @@ class ScorerWorker:
             crm=catalogue.model.version if catalogue.model else None,
             imcorrect=catalogue.imcorrect.version if catalogue.imcorrect else None,
         )
+        replies = []
         for request, (positions, scores, strategy) in zip(requests, results, strict=True):
             # built without re-validation: ids come from the catalogue (validated on the way
             # in) and fused scores are finite by construction; this is the per-request hot path
@@ -375,10 +377,11 @@ class ScorerWorker:
                 int(time.time() * 1000),
                 strategy,
             )
-            # not awaited: acks come back on the channel's delivery thread, so the next
-            # batch does not wait a broker round trip; failures are logged there
-            self.requests.publish(body, request.user_id.encode(), partial(self._delivered, request))
+            replies.append((body, request.user_id.encode(), partial(self._delivered, request)))
             m.RECOMMENDATIONS.labels(strategy).inc()
+        # not awaited: acks come back on the channel's delivery thread, so the next batch
+        # does not wait a broker round trip; failures are logged there
+        self.requests.publish_batch(replies)
 
     def _delivered(self, request: RecRequest, error: object | None) -> None:
         """Runs on the request channel's delivery thread (logging and metrics only)."""
