@@ -227,10 +227,14 @@ class RequestChannel:
         ]
         if producer.produce_batch(self.replies_topic, messages) == len(messages):
             return
-        # not queued (librdkafka's local queue full, say): one by one, waiting for room
         for (value, key, on_delivery), message in zip(replies, messages, strict=True):
-            if "_error" in message:
+            error = message.get("_error")
+            if error is None:
+                continue
+            if error.code() == KafkaError._QUEUE_FULL:  # one by one, waiting for room
                 self.publish(value, key, on_delivery)
+            else:  # refused for good (too large, say): reported like a failed delivery
+                on_delivery(error)
 
     def _pump_deliveries(self) -> None:
         producer = self._producer
@@ -246,13 +250,13 @@ def assign_at_end(consumer: Consumer, topic: str, timeout_s: float = 10.0) -> No
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            consumer.assign(_end_offsets(consumer, topic, timeout_s))
+            consumer.assign(_end_offsets(consumer, topic, max(0.5, deadline - time.monotonic())))
             return
         except KafkaException as exc:
             error = exc.args[0]
             transient = error.retriable() or error.code() in _LEADERLESS
             if not transient or time.monotonic() >= deadline:
-                raise
+                raise RuntimeError(f"cannot read the end offsets of {topic}: {error}") from exc
             time.sleep(0.2)
 
 
@@ -269,8 +273,10 @@ _LEADERLESS = frozenset(
 
 def _end_offsets(consumer: Consumer, topic: str, timeout_s: float) -> list[TopicPartition]:
     meta = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
-    if meta is None or meta.error is not None or not meta.partitions:
-        raise RuntimeError(f"topic {topic} has no partitions (does it exist?)")
+    if meta is not None and meta.error is not None:
+        raise KafkaException(meta.error)
+    if meta is None or not meta.partitions:  # not (yet) known to this broker
+        raise KafkaException(KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART))
     ends = []
     for partition in sorted(meta.partitions):
         _, high = consumer.get_watermark_offsets(

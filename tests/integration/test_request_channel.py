@@ -10,10 +10,11 @@ from collections import defaultdict
 
 import pytest
 from aiokafka import AIOKafkaProducer
+from confluent_kafka import Consumer
 
-from streams.kafka_config import client_kwargs
+from streams.kafka_config import client_kwargs, librdkafka_config
 from streams.kafka_io import read_all
-from streams.request_channel import RequestChannel
+from streams.request_channel import RequestChannel, assign_at_end
 from streams.topics import create_topics, topic_name
 
 pytestmark = pytest.mark.kafka
@@ -78,12 +79,13 @@ def test_backlog_is_handed_over_a_batch_at_a_time_and_nothing_is_lost(settings):
 
 def test_batch_of_replies_is_delivered_and_keyed_like_single_sends(settings):
     replies = [(f"answer {k}".encode(), f"u{k % 7}".encode()) for k in range(50)]
+    oversize = b"x" * (settings.limits.max_message_bytes + 1)
     reports: list[object | None] = []
     done = threading.Event()
 
     def delivered(error: object | None) -> None:
         reports.append(error)
-        if len(reports) == len(replies) + 1:
+        if len(reports) == len(replies) + 2:
             done.set()
 
     async def scenario() -> None:
@@ -91,14 +93,18 @@ def test_batch_of_replies_is_delivered_and_keyed_like_single_sends(settings):
         channel = open_channel(settings)
         await channel.open()
         try:
-            channel.publish_batch([(value, key, delivered) for value, key in replies])
+            batch = [(value, key, delivered) for value, key in replies]
+            batch.insert(10, (oversize, b"u1", delivered))  # refused; the rest still go
+            channel.publish_batch(batch)
             channel.publish(b"single", b"u3", delivered)
             assert await asyncio.to_thread(done.wait, 30), f"{len(reports)} delivery reports"
         finally:
             await channel.close()
 
     asyncio.run(scenario())
-    assert reports == [None] * (len(replies) + 1)
+    refused = [e for e in reports if e is not None]
+    assert len(refused) == 1 and "too large" in str(refused[0]).lower(), refused
+    assert sum(e is None for e in reports) == len(replies) + 1  # KafkaError == None raises
     records = asyncio.run(read_all(settings, "recommendations"))
     expected = [(key, value) for value, key in replies] + [(b"u3", b"single")]
     assert sorted((r.key, r.value) for r in records) == sorted(expected)
@@ -107,3 +113,12 @@ def test_batch_of_replies_is_delivered_and_keyed_like_single_sends(settings):
         partition_of[record.key].add(record.partition)
     assert all(len(p) == 1 for p in partition_of.values())  # one key, one partition
     assert len({p for ps in partition_of.values() for p in ps}) > 1  # spread by key
+
+
+def test_assigning_a_topic_that_does_not_exist_fails_clearly(settings):
+    consumer = Consumer({**librdkafka_config(settings), "group.id": "lethe-test-never-joined"})
+    try:
+        with pytest.raises(RuntimeError, match="end offsets of .*no-such-topic"):
+            assign_at_end(consumer, f"{settings.topic_prefix}no-such-topic", timeout_s=2.0)
+    finally:
+        consumer.close()
