@@ -50,6 +50,8 @@ log = logging.getLogger("lethe.scorer")
 POLL_S = 0.1
 
 Delivered = Callable[[KafkaError | None], None]
+#: what librdkafka calls back with: a :data:`Delivered` wrapped by :func:`_reporter`
+Reporter = Callable[[KafkaError | None, Message | None], None]
 
 
 @dataclass(frozen=True)
@@ -207,18 +209,12 @@ class RequestChannel:
     # -- replies ----------------------------------------------------------------------------
     def publish(self, value: bytes, key: bytes, on_delivery: Delivered) -> None:
         """Queue one reply; ``on_delivery(error or None)`` runs on the delivery thread."""
-        producer = self._producer
-        assert producer is not None
-        report = _reporter(on_delivery)
-        try:
-            producer.produce(self.replies_topic, value=value, key=key, on_delivery=report)
-        except BufferError:  # librdkafka's local queue is full: let deliveries drain, retry
-            producer.poll(1.0)
-            producer.produce(self.replies_topic, value=value, key=key, on_delivery=report)
+        self._produce(value, key, _reporter(on_delivery))
 
     def publish_batch(self, replies: list[tuple[bytes, bytes, Delivered]]) -> None:
         """Queue ``(value, key, on_delivery)`` replies together, so librdkafka sends them in
-        one produce request per partition leader rather than one each."""
+        one produce request per partition leader rather than one each. A reply refused at
+        once (too large, say) is reported to its ``on_delivery`` here, before returning."""
         producer = self._producer
         assert producer is not None
         messages = [
@@ -227,14 +223,23 @@ class RequestChannel:
         ]
         if producer.produce_batch(self.replies_topic, messages) == len(messages):
             return
-        for (value, key, on_delivery), message in zip(replies, messages, strict=True):
+        for message in messages:
             error = message.get("_error")
             if error is None:
                 continue
             if error.code() == KafkaError._QUEUE_FULL:  # one by one, waiting for room
-                self.publish(value, key, on_delivery)
-            else:  # refused for good (too large, say): reported like a failed delivery
-                on_delivery(error)
+                self._produce(message["value"], message["key"], message["callback"])
+            else:  # refused for good: reported like a failed delivery
+                message["callback"](error, None)
+
+    def _produce(self, value: bytes, key: bytes, report: Reporter) -> None:
+        producer = self._producer
+        assert producer is not None
+        try:
+            producer.produce(self.replies_topic, value=value, key=key, on_delivery=report)
+        except BufferError:  # librdkafka's local queue is full: let deliveries drain, retry
+            producer.poll(1.0)
+            producer.produce(self.replies_topic, value=value, key=key, on_delivery=report)
 
     def _pump_deliveries(self) -> None:
         producer = self._producer
@@ -286,8 +291,8 @@ def _end_offsets(consumer: Consumer, topic: str, timeout_s: float) -> list[Topic
     return ends
 
 
-def _reporter(on_delivery: Delivered) -> Callable[[KafkaError | None, Message], None]:
-    def report(error: KafkaError | None, _message: Message) -> None:
+def _reporter(on_delivery: Delivered) -> Reporter:
+    def report(error: KafkaError | None, _message: Message | None) -> None:
         try:
             on_delivery(error)
         except Exception:  # a callback must not take the delivery thread down

@@ -384,7 +384,8 @@ class ScorerWorker:
         self.requests.publish_batch(replies)
 
     def _delivered(self, request: RecRequest, error: object | None) -> None:
-        """Runs on the request channel's delivery thread (logging and metrics only)."""
+        """Runs on the request channel's delivery thread, or in ``publish_batch`` for an
+        answer refused at once (logging and metrics only)."""
         if error is not None:
             log.error("recommendation for %s not delivered: %s", request.request_id, error)
             m.EVENTS.labels("recommendations", "undelivered").inc()
