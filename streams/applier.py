@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from streams.contracts import DeletionReceipt, DeletionRequest, InteractionEvent
+from streams.services.batch import InteractionColumns
 from streams.state import WorkerState
 
 
@@ -105,6 +106,61 @@ class Applier:
             outcome.forget_requested_ts.append(request.ts)
         outcome.apply_seconds = time.perf_counter() - start
         return outcome
+
+    def learn_columns(self, cols: InteractionColumns) -> int:
+        """Learn a batch of decoded interactions in one correction; returns how many.
+
+        The same rules as :meth:`apply` (dedup, tombstones, implicit weight 1), worked on
+        columns: hashing and id mapping are single passes, the model sees one ``learn``.
+        """
+        st = self.state
+        keep = []
+        seen = st.dedup.seen
+        for k, h in enumerate(st.hasher.many("event", cols.event_ids)):
+            if not seen(h):
+                keep.append(k)
+        n_dup = len(cols) - len(keep)
+        if n_dup:
+            st.bump("duplicates", n_dup)
+        st.bump("events_accepted", len(keep))
+        if st.tombstones and keep:
+            keep = self._untombstoned(cols, keep)
+        if not keep:
+            return 0
+        user_index, item_index = st.users.index, st.items.index
+        users = np.fromiter((user_index(cols.user_ids[k]) for k in keep), np.int64, len(keep))
+        items = np.fromiter((item_index(cols.item_ids[k]) for k in keep), np.int64, len(keep))
+        st.model.learn(users, items)
+        st.bump("learned", len(keep))
+        return len(keep)
+
+    def _untombstoned(self, cols: InteractionColumns, keep: list[int]) -> list[int]:
+        """``keep`` without the events older than a tombstone of their user, item or pair."""
+        h, tomb = self.state.hasher, self.state.tombstones
+        last: dict[str, int] = {}
+
+        def newest(kind: str, ids: set[str]) -> None:
+            for value, key in zip(ids, h.many(kind, list(ids)), strict=True):
+                ts = tomb.get(key)
+                if ts is not None:
+                    last[f"{kind}\x1f{value}"] = ts
+
+        newest("user", {cols.user_ids[k] for k in keep})
+        newest("item", {cols.item_ids[k] for k in keep})
+        pairs = h.many("pair", [f"{cols.user_ids[k]}\x1f{cols.item_ids[k]}" for k in keep])
+        out = []
+        for k, pair_key in zip(keep, pairs, strict=True):
+            ts = cols.ts[k]
+            stone = max(
+                last.get(f"user\x1f{cols.user_ids[k]}", -1),
+                last.get(f"item\x1f{cols.item_ids[k]}", -1),
+                tomb.get(pair_key, -1),
+            )
+            if ts <= stone:
+                self.state.bump("dropped_forgotten")
+            else:
+                out.append(k)
+        return out
 
     # -- helpers ----------------------------------------------------------------------------
     def _tombstoned(self, e: InteractionEvent) -> bool:

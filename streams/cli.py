@@ -113,7 +113,7 @@ def _cmd_worker(args: argparse.Namespace, settings: LetheSettings) -> int:
 
     configure_logging(settings.log_json)
     if args.kind == "imcorrect":
-        from streams.imcorrect_worker import run_worker
+        from streams.runtime.loop import run_worker
     elif args.kind == "trainer":
         from streams.trainer_worker import run_worker
     elif args.kind == "scorer":

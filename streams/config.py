@@ -43,6 +43,9 @@ class LimitSettings(BaseModel):
     max_message_bytes: int = Field(default=1_048_576, ge=1024)
     max_item_ids_per_deletion: int = Field(default=10_000, ge=1)
     max_k: int = Field(default=1000, ge=1)
+    #: input events stamped later than the wall clock plus this are refused (dead-lettered):
+    #: a producer's clock far ahead must not re-learn a forgotten subject (docs/privacy.md)
+    max_future_skew_ms: int = Field(default=300_000, ge=0)
 
 
 class TopicSettings(BaseModel):
@@ -72,9 +75,14 @@ class IMCorrectWorkerSettings(BaseModel):
     mapping: Literal["ease", "itemknn", "gfcf"] = "ease"
     l2: float = Field(default=200.0, gt=0)
     shrink: float = Field(default=0.0, ge=0)
-    batch_max_events: int = Field(default=2000, ge=1)
+    #: a batch takes whatever is already fetched, up to this many events: small when the
+    #: worker keeps up, large while it drains a backlog (one correction per batch)
+    batch_max_events: int = Field(default=250_000, ge=1)
     batch_max_wait_ms: int = Field(default=200, ge=1)
     snapshot_interval_s: float = Field(default=30.0, gt=0)
+    #: how often a periodic snapshot also writes the dense mapping (otherwise it is rebuilt
+    #: from X on start); snapshots taken for a receipt never write it
+    mapping_persist_interval_s: float = Field(default=600.0, gt=0)
     dedup_window: int = Field(default=2_000_000, ge=1)
     group_id: str = "lethe-imcorrect"
     #: answer ``rec-requests`` itself; turn off where the scoring agent answers them

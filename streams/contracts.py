@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import time
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
@@ -43,11 +45,15 @@ def _limits(info: ValidationInfo) -> LimitSettings:
     return ctx.get("limits", DEFAULT_LIMITS)
 
 
+#: control characters and lone surrogates (which cannot be encoded as UTF-8 again)
+_BAD_ID_CHARS = re.compile(r"[\x00-\x1f\ud800-\udfff]")
+
+
 def _bounded_id(value: str, info: ValidationInfo) -> str:
     limit = _limits(info).max_id_length
     if len(value) > limit:
         raise ValueError(f"id is {len(value)} characters, longer than the limit of {limit}")
-    if value != value.strip() or any(ord(c) < 32 for c in value):
+    if value != value.strip() or _BAD_ID_CHARS.search(value):
         raise ValueError("id must not contain control characters or surrounding whitespace")
     return value
 
@@ -215,6 +221,11 @@ class DeadLetter(Contract):
     raw_value_b64: str
     key: str | None = None
     ts: EpochMs
+    #: length of the original value; when ``truncated``, ``raw_value_b64`` holds its first
+    #: bytes only and ``raw_sha256`` identifies the whole value
+    raw_length: int | None = None
+    raw_sha256: str | None = None
+    truncated: bool = False
 
 
 C = TypeVar("C", bound=Contract)
@@ -256,14 +267,31 @@ def decode(contract: type[C], raw: bytes | str, limits: LimitSettings = DEFAULT_
         obj: Any = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ContractError(f"message: not JSON ({exc.msg} at char {exc.pos})", "message") from exc
+    except RecursionError:
+        raise ContractError("message: JSON nested too deeply", "message") from None
+    except ValueError as exc:  # e.g. an integer longer than Python's int-from-string limit
+        raise ContractError(f"message: unreadable number ({exc})"[:300], "message") from None
     if not isinstance(obj, dict):
         raise ContractError(f"message: expected a JSON object, got {type(obj).__name__}", "message")
     try:
-        return contract.model_validate(obj, context={"limits": limits})
+        event = contract.model_validate(obj, context={"limits": limits})
     except ValidationError as exc:
         message, field = _describe(exc)
         raise ContractError(message, field) from None
+    except RecursionError:
+        raise ContractError("message: nested too deeply", "message") from None
+    if (
+        contract in _INPUT_CONTRACTS
+        and event.ts > int(time.time() * 1000) + limits.max_future_skew_ms
+    ):
+        raise ContractError(
+            f"ts: {event.ts} is later than the wall clock plus the allowed skew", "ts"
+        )
+    return event
 
+
+#: Contracts of input topics whose ``ts`` is bounded by the wall clock plus the skew.
+_INPUT_CONTRACTS: tuple[type[Contract], ...] = (InteractionEvent, DeletionRequest, RecRequest)
 
 #: Record type per logical topic name (without prefix).
 CONTRACTS: dict[str, type[Contract]] = {

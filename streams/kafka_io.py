@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import logging
 import time
 
@@ -10,9 +9,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from streams.config import LetheSettings
-from streams.contracts import ContractError, DeadLetter
+from streams.contracts import ContractError
 from streams.kafka_config import client_kwargs
 from streams.metrics import DEAD_LETTERS, EVENTS
+from streams.runtime.deadletter import bounded_key, dead_letter_bytes
 from streams.topics import topic_name
 
 
@@ -54,24 +54,30 @@ async def send_dead_letter(
     record: ConsumerRecord,
     error: ContractError | str,
     logical_source: str,
+    max_message_bytes: int = 1_048_576,
 ):
-    """Publish a malformed record to dead-letters with its origin and reason."""
-    letter = DeadLetter(
-        source_topic=record.topic,
-        source_partition=record.partition,
-        source_offset=record.offset,
-        error=str(error),
-        raw_value_b64=base64.b64encode(record.value or b"").decode("ascii"),
-        key=record.key.decode("utf-8", "replace") if record.key else None,
-        ts=int(time.time() * 1000),
+    """Publish a malformed record to dead-letters with its origin and reason (the raw value
+    cut to what fits, see :mod:`streams.runtime.deadletter`)."""
+    value = dead_letter_bytes(
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        key=record.key,
+        value=record.value,
+        error=error,
+        max_message_bytes=max_message_bytes,
     )
     field = getattr(error, "field", None) or "message"
     logging.getLogger("lethe.deadletters").warning(
-        "dead letter from %s[%d]@%d: %s", record.topic, record.partition, record.offset, error
+        "dead letter from %s[%d]@%d: %s",
+        record.topic,
+        record.partition,
+        record.offset,
+        str(error)[:200],
     )
     DEAD_LETTERS.labels(logical_source, field).inc()
     EVENTS.labels(logical_source, "dead_letter").inc()
-    return await producer.send(topic, value=letter.to_bytes(), key=record.key)
+    return await producer.send(topic, value=value, key=bounded_key(record.key))
 
 
 async def end_offsets(settings: LetheSettings, logical: list[str]) -> dict[str, int]:

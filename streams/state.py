@@ -69,6 +69,17 @@ class Hasher:
         digest = hashlib.blake2b("\x1f".join(parts).encode(), digest_size=8, key=self.key)
         return int.from_bytes(digest.digest(), "little", signed=False)
 
+    def many(self, kind: str, values: list[str]) -> list[int]:
+        """``[self(kind, v) for v in values]``, continuing one keyed prefix state per value
+        (a third cheaper than keying a new hash each time)."""
+        prefix = hashlib.blake2b(f"{kind}\x1f".encode(), digest_size=8, key=self.key)
+        out = []
+        for v in values:
+            d = prefix.copy()
+            d.update(v.encode())
+            out.append(int.from_bytes(d.digest(), "little", signed=False))
+        return out
+
 
 class DedupWindow:
     """The most recent ``capacity`` event-id hashes; older ones fall out first."""
@@ -134,13 +145,15 @@ class SnapshotStore:
         done = self._complete()
         return done[-1] if done else None
 
-    def save(self, state: WorkerState) -> Path:
+    def save(self, state: WorkerState, *, with_mapping: bool = True) -> Path:
+        """Write ``state`` as the newest snapshot; ``with_mapping=False`` leaves the mapping's
+        arrays out (it is refitted from X on load) so the write scales with X, not n²."""
         state.seq += 1
         final = self.root / f"snap-{state.seq:09d}"
         tmp = final.with_suffix(".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        state.model.save(tmp / "model")
+        state.model.save(tmp / "model", with_mapping=with_mapping)
         np.savez(
             tmp / "worker.npz",
             dedup=state.dedup.array(),

@@ -17,8 +17,8 @@ then does a receipt with status ``neural-retrained`` and ``versions.crm`` go out
 request. Receipts decided but perhaps not sent before a crash sit in the state file and go out
 on restart (at least once: a crash between sending and rewriting the state can repeat one).
 
-aiokafka with manual assignment, not a faust agent, for the same reason as the IMCorrect
-worker: the state file and the input offsets must move together.
+aiokafka with manual assignment, not a faust agent, for the same reason as the runtime
+(:mod:`streams.runtime.loop`): the state file and the input offsets must move together.
 """
 
 from __future__ import annotations

@@ -173,17 +173,12 @@ class IMCorrect:
         self._grow(int(users.max()) + 1, int(items.max()) + 1)
         self.forgotten_items[items] = False
         changed = np.unique(users)
-        pos = {u: k for k, u in enumerate(changed)}
         # deduplicate (user, item): the last occurrence wins
-        last = {}
-        for u, i, v in zip(users.tolist(), items.tolist(), vals.tolist(), strict=True):
-            last[(u, i)] = v
-        rows = np.fromiter((pos[u] for u, _ in last), dtype=np.int64, count=len(last))
-        cols = np.fromiter((i for _, i in last), dtype=np.int64, count=len(last))
-        upd = sp.csr_matrix(
-            (np.fromiter(last.values(), dtype=np.float64, count=len(last)), (rows, cols)),
-            shape=(len(changed), self.n_items),
-        )
+        pair = users * self.n_items + items
+        _, first_from_end = np.unique(pair[::-1], return_index=True)
+        last = len(pair) - 1 - first_from_end
+        rows = np.searchsorted(changed, users[last])
+        upd = sp.csr_matrix((vals[last], (rows, items[last])), shape=(len(changed), self.n_items))
         old = self._x[changed]
         pattern = upd.copy()
         pattern.data[:] = 1.0
@@ -333,16 +328,18 @@ class IMCorrect:
         return top[keep], counts[top][keep]
 
     # -- persistence ------------------------------------------------------------------------
-    def state_arrays(self) -> dict[str, np.ndarray]:
+    def state_arrays(self, with_mapping: bool = True) -> dict[str, np.ndarray]:
         x = self._x
-        return {
+        arrays = {
             "x_data": x.data,
             "x_indices": x.indices,
             "x_indptr": x.indptr,
             "x_shape": np.array(x.shape, dtype=np.int64),
             "forgotten_items": self.forgotten_items,
-            **{f"map_{k}": v for k, v in self._mapping.state().items()},
         }
+        if with_mapping:
+            arrays.update({f"map_{k}": v for k, v in self._mapping.state().items()})
+        return arrays
 
     def state_meta(self) -> dict[str, Any]:
         return {
@@ -357,11 +354,15 @@ class IMCorrect:
             "refactorisations": self.refactorisations,
         }
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write ``<path>.npz`` (plain arrays) and ``<path>.json`` atomically; never pickle."""
+    def save(self, path: str | os.PathLike, *, with_mapping: bool = True) -> Path:
+        """Write ``<path>.npz`` (plain arrays) and ``<path>.json`` atomically; never pickle.
+
+        ``with_mapping=False`` writes X only: :meth:`load` then refits the mapping from X,
+        which is exact, so the file costs O(nnz) instead of the mapping's dense arrays."""
         base = Path(path)
         base.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(base.with_suffix(".npz"), lambda f: np.savez(f, **self.state_arrays()))
+        arrays = self.state_arrays(with_mapping)
+        _atomic_write(base.with_suffix(".npz"), lambda f: np.savez(f, **arrays))
         meta = json.dumps(self.state_meta(), indent=2).encode()
         _atomic_write(base.with_suffix(".json"), lambda f: f.write(meta))
         return base
@@ -390,7 +391,11 @@ class IMCorrect:
             (arrays["x_data"], arrays["x_indices"], arrays["x_indptr"]), shape=shape
         )
         self.forgotten_items = np.array(arrays["forgotten_items"], dtype=bool)
-        self._mapping.load_state({k[4:]: v for k, v in arrays.items() if k.startswith("map_")})
+        mapping = {k[4:]: v for k, v in arrays.items() if k.startswith("map_")}
+        if mapping:
+            self._mapping.load_state(mapping)
+        else:
+            self._mapping.fit(self._x)  # saved without the mapping: rebuild it, exactly
         self.version = int(meta["version"])
         self.refactorisations = int(meta.get("refactorisations", 0))
 

@@ -105,10 +105,12 @@ def test_sigkill_three_times_loses_nothing_and_applies_nothing_twice(settings, m
     producer = threading.Thread(target=produce)
     producer.start()
     try:
-        for _ in range(3):
-            time.sleep(rng.uniform(2.0, 6.0))
+        for started in range(1, 4):
+            _wait_ready_count(tmp_path / "worker.log", started)
+            time.sleep(rng.uniform(0.5, 4.0))  # a random moment of processing
             worker.kill()
             worker.start()
+        _wait_ready_count(tmp_path / "worker.log", 4)
         producer.join()
         wait_caught_up(settings, worker, n_receipts=200, timeout_s=300)
         assert worker.stop() == 0
@@ -131,6 +133,16 @@ def test_sigkill_three_times_loses_nothing_and_applies_nothing_twice(settings, m
     ]
     assert sorted(r.request_id for r in receipts) == sorted({r.request_id for r in receipts})
     assert len(receipts) == 200
+
+
+def _wait_ready_count(log_path, n: int, timeout_s: float = 60) -> None:
+    """Until the worker log says "worker ready" ``n`` times (a start got through)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if log_path.exists() and log_path.read_text().count("imcorrect worker ready") >= n:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"start {n} of the worker did not get ready in {timeout_s} s")
 
 
 def _malformed(n: int) -> list[tuple[bytes, str]]:

@@ -1,0 +1,130 @@
+"""librdkafka clients for the workers' runtime: configuration, partitions, offsets, reads.
+
+Every Kafka compression codec (gzip, snappy, lz4, zstd) is decoded by librdkafka itself, so
+no codec package can be missing from an environment.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
+
+from streams.config import LetheSettings
+from streams.kafka_config import librdkafka_config
+
+
+def tp_key(topic: str, partition: int) -> str:
+    """The key of a partition in offset maps and snapshots."""
+    return f"{topic}:{partition}"
+
+
+def consumer(settings: LetheSettings, **extra: Any) -> Consumer:
+    """A consumer for manual assignment: offsets live in snapshots, never in the group."""
+    conf = {
+        **librdkafka_config(settings),
+        # librdkafka wants a group id even for manual assignment; nothing is committed to it
+        "group.id": f"{settings.client_id}.runtime",
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "enable.partition.eof": False,
+        "auto.offset.reset": "earliest",
+        "socket.nagle.disable": False,
+        **extra,
+    }
+    return Consumer(conf)
+
+
+def producer(settings: LetheSettings, **extra: Any) -> Producer:
+    """An idempotent producer (acks=all) bounded by the configured message size."""
+    p = settings.producer
+    conf = {
+        **librdkafka_config(settings),
+        "enable.idempotence": p.idempotent,
+        "acks": "all",
+        "linger.ms": p.linger_ms,
+        "message.max.bytes": max(settings.limits.max_message_bytes + 65536, 1_000_000),
+        "request.timeout.ms": p.request_timeout_ms,
+        "compression.type": p.compression or "none",
+        **extra,
+    }
+    return Producer(conf)
+
+
+def partitions(client: Consumer, topic: str, timeout_s: float = 10.0) -> list[int]:
+    """Partition ids of ``topic``, waiting briefly for a freshly created topic's metadata."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        meta = client.list_topics(topic, timeout=max(0.5, deadline - time.monotonic()))
+        info = meta.topics.get(topic)
+        if info is not None and info.error is None and info.partitions:
+            return sorted(info.partitions)
+        if time.monotonic() >= deadline:
+            raise RuntimeError(f"topic {topic} has no partitions (does it exist?)")
+        time.sleep(0.2)
+
+
+def end_offsets(client: Consumer, topic: str, parts: list[int]) -> dict[str, int]:
+    """Log-end offset of each partition, asked of the broker now."""
+    out = {}
+    for p in parts:
+        for attempt in range(50):
+            try:
+                _, high = client.get_watermark_offsets(
+                    TopicPartition(topic, p), timeout=10, cached=False
+                )
+                break
+            except KafkaException as exc:
+                # a just-created topic answers NOT_LEADER until its leaders are elected
+                if not exc.args[0].retriable() and exc.args[0].code() not in _LEADERLESS:
+                    raise
+                if attempt == 49:
+                    raise RuntimeError(f"no end offset for {topic}[{p}]: {exc}") from exc
+                time.sleep(0.2)
+        out[tp_key(topic, p)] = high
+    return out
+
+
+_LEADERLESS = (KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE)
+
+
+def assign_from(client: Consumer, topic: str, parts: list[int], offsets: dict[str, int]) -> None:
+    """Add partitions to the assignment at the saved offsets (the beginning when none)."""
+    client.incremental_assign(
+        [TopicPartition(topic, p, offsets.get(tp_key(topic, p), OFFSET_BEGINNING)) for p in parts]
+    )
+
+
+def read_range(
+    settings: LetheSettings, topic: str, start: dict[str, int], timeout_s: float = 30.0
+) -> Iterator[Any]:
+    """Every record of ``topic`` from ``start`` (per partition, default 0) to its end now."""
+    reader = consumer(settings)
+    try:
+        parts = partitions(reader, topic)
+        ends = end_offsets(reader, topic, parts)
+        todo = {p for p in parts if ends[tp_key(topic, p)] > start.get(tp_key(topic, p), 0)}
+        if not todo:
+            return
+        reader.assign([TopicPartition(topic, p, start.get(tp_key(topic, p), 0)) for p in todo])
+        deadline = time.monotonic() + timeout_s
+        while todo:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"reading {topic} did not reach its end in {timeout_s} s")
+            for msg in reader.consume(1000, 0.5):
+                if msg.error() is not None:
+                    continue
+                yield msg
+                if msg.offset() + 1 >= ends[tp_key(topic, msg.partition())]:
+                    todo.discard(msg.partition())
+    finally:
+        reader.close()

@@ -1,0 +1,345 @@
+"""The consumer loop of the IMCorrect worker: Kafka in, service calls, effects out.
+
+Exactly-once state: the service's snapshot records the input offsets it reflects; on start
+the runtime assigns every input partition at those offsets (the beginning when none), so a
+crash re-reads exactly what the snapshot does not hold. Duplicate deliveries are absorbed by
+the service's dedup window.
+
+One batch: take what librdkafka has already fetched (waiting ``batch_max_wait_ms`` for the
+first record, never for more), so batches stay small while the worker keeps up and grow to
+``batch_max_events`` while it drains a backlog; decode (dead-lettering what fails); hold
+deletions at the barrier; apply; publish receipts through the outbox; answer requests.
+
+Receipts go out only after a snapshot that no longer holds the forgotten data is on disk;
+the receipts are in that snapshot (the outbox) with the receipts topic's end offsets, and a
+restart publishes those the topic does not have yet: exactly one receipt per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+
+from confluent_kafka import OFFSET_END, TopicPartition
+
+from streams import metrics as m
+from streams.config import LetheSettings
+from streams.contracts import ContractError, DeletionReceipt, DeletionRequest, RecRequest
+from streams.runtime import kafka
+from streams.runtime.barrier import Held, OrderedBarrier
+from streams.runtime.deadletter import bounded_key, dead_letter_bytes
+from streams.runtime.decode import decode_interactions, decode_one
+from streams.runtime.lock import StateLock
+from streams.services.batch import InteractionColumns
+from streams.services.imcorrect import IMCorrectService
+from streams.topics import create_topics, topic_name
+
+log = logging.getLogger("lethe.imcorrect")
+
+#: records asked of librdkafka per consume call
+_CONSUME_CHUNK = 10_000
+
+
+class IMCorrectRuntime:
+    """Runs an :class:`IMCorrectService` on Kafka until :meth:`stop`."""
+
+    def __init__(self, settings: LetheSettings) -> None:
+        self.settings = settings
+        self.topics = {
+            name: topic_name(settings, name)
+            for name in (
+                "interactions",
+                "deletions",
+                "rec-requests",
+                "recommendations",
+                "deletion-receipts",
+                "dead-letters",
+            )
+        }
+        self.logical = {v: k for k, v in self.topics.items()}
+        self.barrier = OrderedBarrier()
+        self._stop = False
+        self._last_snapshot = time.monotonic()
+        self._snapshot_offsets: dict[str, int] = {}
+        self._lag_at = 0.0
+        self._undelivered = 0
+
+    def stop(self) -> None:
+        self._stop = True
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def run(self) -> None:
+        cfg = self.settings
+        lock = StateLock(cfg.state_dir, "imcorrect")  # exits with a message if held
+        try:
+            self.service = IMCorrectService(cfg)
+            self._snapshot_offsets = dict(self.service.offsets)
+            port = m.serve(cfg.metrics_host, cfg.metrics_port)
+            asyncio.run(create_topics(cfg))
+            self.consumer = kafka.consumer(cfg, **{"max.partition.fetch.bytes": 4 << 20})
+            # end-offset questions on their own connection: not queued behind a long fetch
+            self.offsets_client = kafka.consumer(cfg)
+            self.producer = kafka.producer(cfg)
+            try:
+                self._assign()
+                self._resolve_outbox()
+                log.info("imcorrect worker ready (metrics on :%s)", port)
+                while not self._stop:
+                    self._step()
+                self._snapshot()  # clean shutdown
+            finally:
+                self.producer.flush(30)
+                self.consumer.close()
+                self.offsets_client.close()
+        finally:
+            lock.release()
+
+    def _assign(self) -> None:
+        self.parts = {
+            name: kafka.partitions(self.consumer, self.topics[name])
+            for name in ("interactions", "deletions")
+        }
+        for name, parts in self.parts.items():
+            kafka.assign_from(self.consumer, self.topics[name], parts, self.service.offsets)
+        if self.settings.imcorrect.answer_requests:  # else the scoring agent answers them
+            topic = self.topics["rec-requests"]
+            parts = kafka.partitions(self.consumer, topic)
+            # requests are ephemeral: answer what arrives from now on
+            self.consumer.incremental_assign([TopicPartition(topic, p, OFFSET_END) for p in parts])
+
+    def _resolve_outbox(self) -> None:
+        """Publish receipts decided before a crash, unless they already went out."""
+        pending = self.service.outbox
+        if not pending:
+            return
+        topic = self.topics["deletion-receipts"]
+        published: set[str] = set()
+        for msg in kafka.read_range(self.settings, topic, self.service.state.receipts_end_offsets):
+            try:
+                published.add(DeletionReceipt.model_validate_json(msg.value()).request_id)
+            except ValueError:
+                continue  # not a receipt of ours: it cannot match a pending one
+        self._publish_receipts([r for r in pending if r.request_id not in published])
+        self.service.clear_outbox()
+        self._snapshot()
+
+    # -- one batch ----------------------------------------------------------------------------
+    def _collect(self) -> list:
+        cfg = self.settings.imcorrect
+        batch = self.consumer.consume(
+            min(_CONSUME_CHUNK, cfg.batch_max_events), cfg.batch_max_wait_ms / 1000
+        )
+        while batch and len(batch) < cfg.batch_max_events and not self._stop:
+            more = self.consumer.consume(min(_CONSUME_CHUNK, cfg.batch_max_events - len(batch)), 0)
+            if not more:
+                break
+            batch.extend(more)
+        return batch
+
+    def _step(self) -> None:
+        records = self._collect()
+        by_topic: dict[str, list] = {"interactions": [], "deletions": [], "rec-requests": []}
+        for msg in records:
+            if msg.error() is not None:
+                log.warning("consumer error: %s", msg.error())
+                continue
+            by_topic[self.logical[msg.topic()]].append(msg)
+        offsets: dict[str, int] = {}
+        dead = 0
+        interactions, rejected = decode_interactions(
+            [msg.value() for msg in by_topic["interactions"]], self.settings.limits
+        )
+        for r in rejected:
+            self._dead_letter(by_topic["interactions"][r.position], r.error, "interactions")
+        dead += len(rejected)
+        for msg in by_topic["interactions"]:
+            offsets[kafka.tp_key(msg.topic(), msg.partition())] = msg.offset() + 1
+        m.EVENTS.labels("interactions", "valid").inc(len(interactions))
+        dead += self._hold_deletions(by_topic["deletions"])
+        positions = {**self.service.offsets, **offsets}
+        deletions: list[DeletionRequest] = []
+        for held in self.barrier.release(positions):
+            offsets[held.key] = held.offset + 1
+            if held.request is not None:
+                deletions.append(held.request)
+        if len(interactions) or deletions:
+            outcome = self.service.apply(interactions, deletions, offsets)
+            m.BATCH_SIZE.observe(len(interactions) + len(deletions))
+            m.APPLIED.inc(outcome.learned)
+            m.APPLY_SECONDS.observe(outcome.apply_seconds)
+            if deletions:
+                log.info(
+                    "applied %d events with %d deletion(s) in %.3f s",
+                    len(interactions),
+                    len(deletions),
+                    outcome.apply_seconds,
+                )
+            if outcome.receipts:
+                self._deliver_receipts(outcome.receipts)
+        if dead or (offsets and not (len(interactions) or deletions)):
+            self.service.note_dead_letters(dead, offsets)
+        for msg in by_topic["rec-requests"]:
+            self._answer(msg)
+        self._maybe_snapshot()
+        self._gauges()
+
+    def _hold_deletions(self, records: list) -> int:
+        """Hold each deletion read with the interactions end offsets asked for after it was
+        read (one question for all records of a batch); returns how many were malformed."""
+        if not records:
+            return 0
+        topic = self.topics["interactions"]
+        ends = kafka.end_offsets(self.offsets_client, topic, self.parts["interactions"])
+        dead = 0
+        for msg in records:
+            try:
+                request = decode_one(DeletionRequest, msg.value(), self.settings.limits)
+                m.EVENTS.labels("deletions", "valid").inc()
+            except ContractError as exc:
+                self._dead_letter(msg, exc, "deletions")
+                request, dead = None, dead + 1
+            key = kafka.tp_key(msg.topic(), msg.partition())
+            self.barrier.hold(Held(key, msg.offset(), request, ends))
+        return dead
+
+    # -- effects ------------------------------------------------------------------------------
+    def _dead_letter(self, msg, error: ContractError, logical: str) -> None:
+        value = dead_letter_bytes(
+            topic=msg.topic(),
+            partition=msg.partition(),
+            offset=msg.offset(),
+            key=msg.key(),
+            value=msg.value(),
+            error=error,
+            max_message_bytes=self.settings.limits.max_message_bytes,
+        )
+        log.warning(
+            "dead letter from %s[%d]@%d: %s",
+            msg.topic(),
+            msg.partition(),
+            msg.offset(),
+            str(error)[:200],
+        )
+        m.DEAD_LETTERS.labels(logical, getattr(error, "field", None) or "message").inc()
+        m.EVENTS.labels(logical, "dead_letter").inc()
+        self._produce(self.topics["dead-letters"], value, bounded_key(msg.key()))
+
+    def _produce(self, topic: str, value: bytes, key: bytes | None, on_delivery=None) -> None:
+        def delivered(err, _msg) -> None:
+            if err is not None:
+                self._undelivered += 1
+                log.error("could not publish to %s: %s", topic, err)
+            if on_delivery is not None:
+                on_delivery(err)
+
+        while True:
+            try:
+                self.producer.produce(topic, value=value, key=key, on_delivery=delivered)
+                break
+            except BufferError:  # local queue full: let deliveries drain it
+                self.producer.poll(0.1)
+        self.producer.poll(0)
+
+    def _deliver_receipts(self, receipts: list[DeletionReceipt]) -> None:
+        t0 = time.perf_counter()
+        topic = self.topics["deletion-receipts"]
+        ends = kafka.end_offsets(self.offsets_client, topic, kafka.partitions(self.consumer, topic))
+        # applied_at is when the data is gone from memory *and* disk, i.e. after the snapshot
+        now = int(time.time() * 1000)
+        receipts = [r.model_copy(update={"applied_at": now}) for r in receipts]
+        self.service.stage_receipts(receipts, ends)
+        t1 = time.perf_counter()
+        self._snapshot(for_receipt=True)  # the forgotten data is gone from disk first
+        t2 = time.perf_counter()
+        self._publish_receipts(receipts)
+        self.service.clear_outbox()
+        log.info(
+            "published %d receipt(s): offsets %.3f s, snapshot %.3f s, publish %.3f s",
+            len(receipts),
+            t1 - t0,
+            t2 - t1,
+            time.perf_counter() - t2,
+        )
+
+    def _publish_receipts(self, receipts: list[DeletionReceipt]) -> None:
+        failed: list[object] = []
+        for receipt in receipts:
+            self._produce(
+                self.topics["deletion-receipts"],
+                receipt.to_bytes(),
+                receipt.request_id.encode(),
+                on_delivery=lambda err: failed.append(err) if err is not None else None,
+            )
+        self.producer.flush(60)
+        if failed:
+            # the outbox still holds them: a restart publishes what did not get out
+            raise RuntimeError(f"{len(failed)} receipt(s) could not be published: {failed[0]}")
+        now = time.time()
+        for receipt in receipts:
+            m.RECEIPTS.labels(receipt.status).inc()
+            if receipt.requested_at is not None:
+                m.FORGET_LATENCY.observe(max(0.0, now - receipt.requested_at / 1000))
+            log.info(
+                "receipt %s for %s request: %s", receipt.status, receipt.scope, receipt.removed
+            )
+
+    def _answer(self, msg) -> None:
+        try:
+            request = decode_one(RecRequest, msg.value(), self.settings.limits)
+        except ContractError as exc:
+            self._dead_letter(msg, exc, "rec-requests")
+            return
+        m.EVENTS.labels("rec-requests", "valid").inc()
+        rec = self.service.answer(request)
+        self._produce(self.topics["recommendations"], rec.to_bytes(), request.user_id.encode())
+        m.RECOMMENDATIONS.labels(rec.strategy).inc()
+
+    # -- snapshots and gauges -----------------------------------------------------------------
+    def _maybe_snapshot(self) -> None:
+        due = time.monotonic() - self._last_snapshot >= self.settings.imcorrect.snapshot_interval_s
+        if due and self.service.offsets != self._snapshot_offsets:
+            self._snapshot()  # an idle worker rewrites nothing
+        elif due:
+            self._last_snapshot = time.monotonic()
+
+    def _snapshot(self, for_receipt: bool = False) -> None:
+        self.producer.flush(60)  # dead letters of records the snapshot passes are out
+        start = time.perf_counter()
+        self.service.save(for_receipt=for_receipt)
+        m.SNAPSHOT_SECONDS.observe(time.perf_counter() - start)
+        self._last_snapshot = time.monotonic()
+        self._snapshot_offsets = dict(self.service.offsets)
+
+    def _gauges(self) -> None:
+        now = time.monotonic()
+        m.SNAPSHOT_AGE.set(now - self._last_snapshot)
+        oldest = self.barrier.oldest_ts()
+        m.DELETION_PENDING_AGE.set(max(0.0, time.time() - oldest / 1000) if oldest else 0.0)
+        if now - self._lag_at < 2.0:
+            return
+        self._lag_at = now
+        st = self.service.state
+        model = st.model
+        m.STATE_SIZE.labels("users").set(len(st.users))
+        m.STATE_SIZE.labels("items").set(len(st.items))
+        m.STATE_SIZE.labels("interactions").set(model.n_interactions)
+        m.MODEL_VERSION.labels("imcorrect").set(model.version)
+        m.REFACTORISATIONS.set(model.refactorisations)
+        for name, parts in self.parts.items():
+            topic = self.topics[name]
+            for key, end in kafka.end_offsets(self.offsets_client, topic, parts).items():
+                lag = end - self.service.offsets.get(key, 0)
+                m.CONSUMER_LAG.labels(name, key.rsplit(":", 1)[1]).set(max(lag, 0))
+
+
+def run_worker(settings: LetheSettings) -> None:
+    """Run until SIGINT/SIGTERM, then snapshot and exit cleanly."""
+    runtime = IMCorrectRuntime(settings)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: runtime.stop())
+    runtime.run()
+
+
+__all__ = ["IMCorrectRuntime", "InteractionColumns", "run_worker"]

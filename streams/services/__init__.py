@@ -1,0 +1,1 @@
+"""Kafka-free state machines of the workers: batches of decoded events in, effects out."""

@@ -1,0 +1,19 @@
+"""What the runtime hands a service: decoded input, column-wise for the hot topic."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class InteractionColumns:
+    """Valid interactions of one batch, column-wise, in read order."""
+
+    positions: list[int] = field(default_factory=list)
+    event_ids: list[str] = field(default_factory=list)
+    user_ids: list[str] = field(default_factory=list)
+    item_ids: list[str] = field(default_factory=list)
+    ts: list[int] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.event_ids)

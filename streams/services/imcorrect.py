@@ -1,0 +1,129 @@
+"""The IMCorrect service: a Kafka-free state machine over :class:`WorkerState`.
+
+The runtime hands it batches (interactions as columns, released deletions, requests) and the
+offsets they came from; it returns what to publish. Its state, with the offsets it reflects
+and the receipts not yet known to be out (the outbox), is saved by :meth:`save`.
+
+Durable state scales with the change: a snapshot always holds X, the id maps, the dedup window
+and the tombstones (small next to a dense mapping); the mapping's arrays are written only now
+and then (``mapping_persist_interval_s``), never in a snapshot taken for a receipt, and a
+snapshot without them rebuilds the mapping from X when loaded (exactly: it is a fit).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from models.imcorrect import IMCorrect
+from streams.applier import Applier, BatchOutcome
+from streams.config import LetheSettings
+from streams.contracts import (
+    DeletionReceipt,
+    DeletionRequest,
+    Recommendation,
+    RecRequest,
+    ScoredItem,
+)
+from streams.services.batch import InteractionColumns
+from streams.state import DedupWindow, SnapshotStore, WorkerState
+
+
+def new_state(settings: LetheSettings) -> WorkerState:
+    cfg = settings.imcorrect
+    params = {"ease": {"l2": cfg.l2}, "itemknn": {"shrink": cfg.shrink}}.get(cfg.mapping, {})
+    return WorkerState(model=IMCorrect(cfg.mapping, **params), dedup=DedupWindow(cfg.dedup_window))
+
+
+class IMCorrectService:
+    """Learn, forget and answer; snapshot and restore. No Kafka here."""
+
+    def __init__(self, settings: LetheSettings, state_dir: Path | None = None) -> None:
+        self.settings = settings
+        self.store = SnapshotStore(Path(state_dir or Path(settings.state_dir) / "imcorrect"))
+        self.state = self.store.load() or new_state(settings)
+        self.applier = Applier(self.state)
+        self._mapping_saved_at = time.monotonic()
+
+    # -- input --------------------------------------------------------------------------------
+    @property
+    def offsets(self) -> dict[str, int]:
+        """ "topic:partition" → next offset, as of the state in memory."""
+        return self.state.offsets
+
+    def apply(
+        self,
+        interactions: InteractionColumns,
+        deletions: list[DeletionRequest],
+        offsets: dict[str, int],
+    ) -> BatchOutcome:
+        """Apply one batch: its interactions first, then its deletions (which the runtime
+        released after every interaction published before them)."""
+        start = time.perf_counter()
+        learned = self.applier.learn_columns(interactions) if len(interactions) else 0
+        outcome = self.applier.apply(list(deletions)) if deletions else BatchOutcome()
+        outcome.learned += learned
+        self.state.offsets.update(offsets)
+        outcome.apply_seconds = time.perf_counter() - start
+        return outcome
+
+    def note_dead_letters(self, n: int, offsets: dict[str, int]) -> None:
+        """Records that only moved offsets (dead-lettered) still count as handled."""
+        self.state.bump("dead_letters", n)
+        self.state.offsets.update(offsets)
+
+    def answer(self, request: RecRequest) -> Recommendation:
+        return recommend_from_state(self.state, request)
+
+    # -- outbox -------------------------------------------------------------------------------
+    @property
+    def outbox(self) -> list[DeletionReceipt]:
+        """Receipts decided but maybe not yet published."""
+        return [DeletionReceipt.model_validate_json(r) for r in self.state.pending_receipts]
+
+    def stage_receipts(self, receipts: list[DeletionReceipt], topic_ends: dict[str, int]) -> None:
+        """Put receipts in the outbox, with where the receipts topic ended before them."""
+        self.state.pending_receipts = [r.model_dump_json() for r in receipts]
+        self.state.receipts_end_offsets = dict(topic_ends)
+
+    def clear_outbox(self) -> None:
+        self.state.pending_receipts = []
+
+    # -- durability ---------------------------------------------------------------------------
+    def save(self, *, for_receipt: bool = False) -> Path:
+        """Snapshot the state atomically. A snapshot for a receipt never writes the mapping
+        (it is rebuilt from X when loaded); otherwise it is written every
+        ``mapping_persist_interval_s``. Older snapshots are deleted once this one is on disk."""
+        now = time.monotonic()
+        due = now - self._mapping_saved_at >= self.settings.imcorrect.mapping_persist_interval_s
+        with_mapping = due and not for_receipt
+        path = self.store.save(self.state, with_mapping=with_mapping)
+        if with_mapping:
+            self._mapping_saved_at = now
+        return path
+
+
+def recommend_from_state(state: WorkerState, request: RecRequest) -> Recommendation:
+    """Top-k for a known user from IMCorrect; popularity (marked so) for an unknown one."""
+    model = state.model
+    u = state.users.get(request.user_id)
+    strategy = "personal"
+    if u is not None and model.history_size(u) > 0:
+        idx, scores = model.recommend([u], request.k, mask_seen=request.exclude_seen)
+        idx, scores = idx[0], scores[0]
+    else:
+        strategy = "popularity"
+        idx, scores = model.popular(request.k)
+    items = []
+    for i, s in zip(idx.tolist(), scores.tolist(), strict=True):
+        item_id = state.items.external(i) if i >= 0 else None
+        if item_id is not None:
+            items.append(ScoredItem(item_id=item_id, score=float(s)))
+    return Recommendation(
+        request_id=request.request_id,
+        user_id=request.user_id,
+        items=items,
+        model={"imcorrect": str(model.version)},
+        ts=int(time.time() * 1000),
+        strategy=strategy,
+    )
