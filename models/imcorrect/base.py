@@ -33,6 +33,8 @@ class Mapping(ABC):
 
     def weighted_gram(self, x: sp.csr_matrix) -> np.ndarray:
         w = self.row_weights(x)
+        if np.all(w == 1.0):
+            return np.asarray((x.T @ x).toarray(), dtype=np.float64)
         return np.asarray((x.T @ sp.diags(w) @ x).toarray(), dtype=np.float64)
 
     # -- lifecycle --------------------------------------------------------------------------

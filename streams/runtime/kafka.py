@@ -18,6 +18,7 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
+from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from streams.config import LetheSettings
 from streams.kafka_config import librdkafka_config
@@ -38,7 +39,6 @@ def consumer(settings: LetheSettings, **extra: Any) -> Consumer:
         "enable.auto.offset.store": False,
         "enable.partition.eof": False,
         "auto.offset.reset": "earliest",
-        "socket.nagle.disable": False,
         **extra,
     }
     return Consumer(conf)
@@ -73,25 +73,26 @@ def partitions(client: Consumer, topic: str, timeout_s: float = 10.0) -> list[in
         time.sleep(0.2)
 
 
-def end_offsets(client: Consumer, topic: str, parts: list[int]) -> dict[str, int]:
+def admin(settings: LetheSettings) -> AdminClient:
+    """An admin client: end offsets of many partitions in one request per broker."""
+    return AdminClient(librdkafka_config(settings))
+
+
+def end_offsets(client: AdminClient, topic: str, parts: list[int]) -> dict[str, int]:
     """Log-end offset of each partition, asked of the broker now."""
-    out = {}
-    for p in parts:
-        for attempt in range(50):
-            try:
-                _, high = client.get_watermark_offsets(
-                    TopicPartition(topic, p), timeout=10, cached=False
-                )
-                break
-            except KafkaException as exc:
-                # a just-created topic answers NOT_LEADER until its leaders are elected
-                if not exc.args[0].retriable() and exc.args[0].code() not in _LEADERLESS:
-                    raise
-                if attempt == 49:
-                    raise RuntimeError(f"no end offset for {topic}[{p}]: {exc}") from exc
-                time.sleep(0.2)
-        out[tp_key(topic, p)] = high
-    return out
+    ask = {TopicPartition(topic, p): OffsetSpec.latest() for p in parts}
+    for attempt in range(50):
+        try:
+            futures = client.list_offsets(ask, request_timeout=10)
+            return {tp_key(tp.topic, tp.partition): f.result().offset for tp, f in futures.items()}
+        except KafkaException as exc:
+            # a just-created topic answers NOT_LEADER until its leaders are elected
+            if exc.args[0].code() not in _LEADERLESS and not exc.args[0].retriable():
+                raise
+            if attempt == 49:
+                raise RuntimeError(f"no end offsets for {topic}: {exc}") from exc
+            time.sleep(0.2)
+    raise AssertionError("unreachable")
 
 
 _LEADERLESS = (KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE)
@@ -111,7 +112,7 @@ def read_range(
     reader = consumer(settings)
     try:
         parts = partitions(reader, topic)
-        ends = end_offsets(reader, topic, parts)
+        ends = end_offsets(admin(settings), topic, parts)
         todo = {p for p in parts if ends[tp_key(topic, p)] > start.get(tp_key(topic, p), 0)}
         if not todo:
             return

@@ -80,7 +80,7 @@ class IMCorrectRuntime:
             asyncio.run(create_topics(cfg))
             self.consumer = kafka.consumer(cfg, **{"max.partition.fetch.bytes": 4 << 20})
             # end-offset questions on their own connection: not queued behind a long fetch
-            self.offsets_client = kafka.consumer(cfg)
+            self.offsets_client = kafka.admin(cfg)
             self.producer = kafka.producer(cfg)
             try:
                 self._assign()
@@ -92,7 +92,6 @@ class IMCorrectRuntime:
             finally:
                 self.producer.flush(30)
                 self.consumer.close()
-                self.offsets_client.close()
         finally:
             lock.release()
 
@@ -101,8 +100,11 @@ class IMCorrectRuntime:
             name: kafka.partitions(self.consumer, self.topics[name])
             for name in ("interactions", "deletions")
         }
-        for name, parts in self.parts.items():
-            kafka.assign_from(self.consumer, self.topics[name], parts, self.service.offsets)
+        for name in ("interactions", "deletions"):
+            kafka.assign_from(self.consumer, self.topics[name], self.parts[name], self.service.offsets)
+        self.parts["deletion-receipts"] = kafka.partitions(
+            self.consumer, self.topics["deletion-receipts"]
+        )
         if self.settings.imcorrect.answer_requests:  # else the scoring agent answers them
             topic = self.topics["rec-requests"]
             parts = kafka.partitions(self.consumer, topic)
@@ -128,10 +130,13 @@ class IMCorrectRuntime:
     # -- one batch ----------------------------------------------------------------------------
     def _collect(self) -> list:
         cfg = self.settings.imcorrect
-        batch = self.consumer.consume(
-            min(_CONSUME_CHUNK, cfg.batch_max_events), cfg.batch_max_wait_ms / 1000
-        )
-        while batch and len(batch) < cfg.batch_max_events and not self._stop:
+        # poll returns as soon as one record is there (a batch consume would wait out its
+        # whole timeout for a full batch); what else is already fetched is taken at once
+        first = self.consumer.poll(cfg.batch_max_wait_ms / 1000)
+        if first is None:
+            return []
+        batch = [first]
+        while len(batch) < cfg.batch_max_events and not self._stop:
             more = self.consumer.consume(min(_CONSUME_CHUNK, cfg.batch_max_events - len(batch)), 0)
             if not more:
                 break
@@ -245,7 +250,7 @@ class IMCorrectRuntime:
     def _deliver_receipts(self, receipts: list[DeletionReceipt]) -> None:
         t0 = time.perf_counter()
         topic = self.topics["deletion-receipts"]
-        ends = kafka.end_offsets(self.offsets_client, topic, kafka.partitions(self.consumer, topic))
+        ends = kafka.end_offsets(self.offsets_client, topic, self.parts["deletion-receipts"])
         # applied_at is when the data is gone from memory *and* disk, i.e. after the snapshot
         now = int(time.time() * 1000)
         receipts = [r.model_copy(update={"applied_at": now}) for r in receipts]
@@ -327,8 +332,8 @@ class IMCorrectRuntime:
         m.STATE_SIZE.labels("interactions").set(model.n_interactions)
         m.MODEL_VERSION.labels("imcorrect").set(model.version)
         m.REFACTORISATIONS.set(model.refactorisations)
-        for name, parts in self.parts.items():
-            topic = self.topics[name]
+        for name in ("interactions", "deletions"):
+            topic, parts = self.topics[name], self.parts[name]
             for key, end in kafka.end_offsets(self.offsets_client, topic, parts).items():
                 lag = end - self.service.offsets.get(key, 0)
                 m.CONSUMER_LAG.labels(name, key.rsplit(":", 1)[1]).set(max(lag, 0))
