@@ -101,7 +101,9 @@ class IMCorrectRuntime:
             for name in ("interactions", "deletions")
         }
         for name in ("interactions", "deletions"):
-            kafka.assign_from(self.consumer, self.topics[name], self.parts[name], self.service.offsets)
+            kafka.assign_from(
+                self.consumer, self.topics[name], self.parts[name], self.service.offsets
+            )
         self.parts["deletion-receipts"] = kafka.partitions(
             self.consumer, self.topics["deletion-receipts"]
         )
