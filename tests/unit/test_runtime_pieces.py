@@ -1,0 +1,180 @@
+"""The runtime's Kafka-free parts: the batch decoder against the contract, dead letters that
+always fit, the ordered barrier, the state-folder lock, snapshots without the mapping."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from models.imcorrect import IMCorrect
+from streams.config import LimitSettings
+from streams.contracts import ContractError, DeadLetter, InteractionEvent, decode
+from streams.runtime.barrier import Held, OrderedBarrier
+from streams.runtime.deadletter import MAX_KEY_BYTES, bounded_key, dead_letter_bytes
+from streams.runtime.decode import decode_interactions
+from streams.runtime.lock import StateLock
+
+LIMITS = LimitSettings(max_id_length=16)
+
+json_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(10**20), max_value=10**20),
+    st.floats(allow_nan=False),
+    st.text(max_size=20),
+)
+field_values = st.one_of(json_scalars, st.lists(json_scalars, max_size=2))
+event_like = st.fixed_dictionaries(
+    {},
+    optional={
+        "event_id": st.one_of(st.text(min_size=0, max_size=20), field_values),
+        "user_id": st.one_of(st.text(min_size=0, max_size=20), field_values),
+        "item_id": st.one_of(st.text(min_size=0, max_size=20), field_values),
+        "ts": st.one_of(st.integers(min_value=-5, max_value=10**15), field_values),
+        "kind": st.one_of(st.sampled_from(["view", "rating", "teleport"]), field_values),
+        "value": field_values,
+        "extra": field_values,
+    },
+)
+
+
+ids = st.text(st.characters(codec="utf-8"), min_size=1, max_size=18)
+nearly_valid = st.builds(
+    lambda base, name, value, drop: ({k: v for k, v in {**base, name: value}.items() if k != drop}),
+    st.fixed_dictionaries(
+        {"event_id": ids, "user_id": ids, "item_id": ids, "ts": st.integers(0, 10**12)},
+        optional={"kind": st.sampled_from(["view", "rating"]), "value": st.floats(-5, 5)},
+    ),
+    st.sampled_from(["event_id", "user_id", "item_id", "ts", "kind", "value", "extra"]),
+    st.one_of(field_values, ids),
+    st.sampled_from([None, None, None, "user_id", "ts"]),
+)
+
+
+@settings(max_examples=600, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(st.one_of(event_like, nearly_valid))
+def test_the_fast_decoder_accepts_exactly_what_the_contract_accepts(obj):
+    raw = json.dumps(obj).encode()
+    cols, rejected = decode_interactions([raw], LIMITS)
+    try:
+        event = decode(InteractionEvent, raw, LIMITS)
+    except ContractError as exc:
+        assert len(cols) == 0 and len(rejected) == 1
+        assert rejected[0].error.field == exc.field or rejected[0].error.field in str(exc)
+        return
+    assert len(cols) == 1, f"contract accepts, fast path refused: {rejected[0].error}"
+    assert (cols.event_ids[0], cols.user_ids[0], cols.item_ids[0], cols.ts[0]) == (
+        event.event_id,
+        event.user_id,
+        event.item_id,
+        event.ts,
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_no_bytes_make_the_decoder_raise(raw):
+    cols, rejected = decode_interactions([raw, None], LIMITS)
+    assert len(cols) + len(rejected) == 2
+
+
+def test_hostile_values_are_rejected_with_a_reason_not_an_exception():
+    hostile = [
+        b"[" * 200_000,
+        b'{"event_id":"a","user_id":"b","item_id":"c","ts":' + b"9" * 10_000 + b"}",
+        b'{"event_id":"a","user_id":"\\udfff","item_id":"c","ts":1}',
+        b"\x00" * 100,
+        json.dumps({"event_id": "a", "user_id": "b", "item_id": "c", "ts": 1}).encode("utf-32"),
+    ]
+    cols, rejected = decode_interactions(hostile, LIMITS)
+    assert len(cols) == 0 and [r.position for r in rejected] == list(range(len(hostile)))
+    assert all(isinstance(r.error, ContractError) for r in rejected)
+
+
+def test_timestamps_beyond_the_allowed_skew_are_refused_by_both_paths():
+    now = int(time.time() * 1000)
+    ok = {"event_id": "a", "user_id": "b", "item_id": "c", "ts": now + 1000}
+    late = {**ok, "ts": now + LIMITS.max_future_skew_ms + 60_000}
+    cols, rejected = decode_interactions(
+        [json.dumps(ok).encode(), json.dumps(late).encode()], LIMITS
+    )
+    assert cols.positions == [0] and rejected[0].error.field == "ts"
+    with pytest.raises(ContractError, match="^ts"):
+        decode(InteractionEvent, json.dumps(late).encode(), LIMITS)
+
+
+@pytest.mark.parametrize("size", [0, 10, 700_000, 1_048_576, 3_000_000])
+def test_a_dead_letter_always_fits_and_identifies_its_value(size):
+    raw = bytes(np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8))
+    value = dead_letter_bytes(
+        topic="t",
+        partition=1,
+        offset=7,
+        key=b"k" * (MAX_KEY_BYTES + 1),
+        value=raw,
+        error="message: " + "x" * 50_000,
+        max_message_bytes=1_048_576,
+    )
+    assert len(value) <= 1_048_576
+    letter = DeadLetter.model_validate_json(value)
+    kept = base64.b64decode(letter.raw_value_b64)
+    assert letter.raw_length == size and raw.startswith(kept)
+    if letter.truncated:
+        assert letter.raw_sha256 == hashlib.sha256(raw).hexdigest()
+    else:
+        assert kept == raw
+    assert letter.key.startswith("sha256:") and len(letter.error) <= 1000
+    assert bounded_key(b"short") == b"short"
+
+
+def test_the_barrier_releases_in_read_order_once_each_one_is_reached():
+    barrier = OrderedBarrier()
+    barrier.hold(Held("d:0", 5, "first", {"i:0": 10, "i:1": 3}))
+    barrier.hold(Held("d:0", 6, None, {"i:0": 12}))
+    barrier.hold(Held("d:0", 7, "third", {"i:0": 11}))
+    assert barrier.release({"i:0": 10, "i:1": 2}) == []
+    assert [h.offset for h in barrier.release({"i:0": 11, "i:1": 3})] == [5]
+    # the third's offsets are reached, but the second (a malformed one) comes first
+    assert barrier.release({"i:0": 11, "i:1": 3}) == []
+    assert [h.offset for h in barrier.release({"i:0": 12, "i:1": 3})] == [6, 7]
+    assert len(barrier) == 0
+
+
+def test_a_state_folder_is_owned_by_one_process(tmp_path):
+    lock = StateLock(tmp_path, "imcorrect", exit_on_conflict=False)
+    code = (
+        "import sys; from streams.runtime.lock import StateLock;"
+        f"StateLock({str(tmp_path)!r}, 'imcorrect')"
+    )
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert other.returncode == 3 and "in use by pid" in other.stderr
+    with pytest.raises(RuntimeError, match="one process per folder"):
+        StateLock(tmp_path, "imcorrect", exit_on_conflict=False)
+    lock.release()
+    StateLock(tmp_path, "imcorrect", exit_on_conflict=False).release()
+
+
+@pytest.mark.parametrize("mapping", ["ease", "itemknn", "gfcf"])
+def test_a_snapshot_without_the_mapping_reloads_to_the_same_model(tmp_path, mapping):
+    rng = np.random.default_rng(3)
+    x = sp.random(60, 25, density=0.2, random_state=4, format="csr")
+    x.data[:] = 1.0
+    model = IMCorrect(mapping).fit(x)
+    model.learn(rng.integers(0, 70, 30), rng.integers(0, 25, 30))
+    model.forget(users=[1, 2])
+    model.save(tmp_path / "m", with_mapping=False)
+    with np.load(tmp_path / "m.npz") as arrays:
+        assert not [k for k in arrays.files if k.startswith("map_")]
+    loaded = IMCorrect.load(tmp_path / "m")
+    assert loaded.version == model.version
+    np.testing.assert_allclose(loaded.mapping, model.mapping, atol=1e-10)
