@@ -125,10 +125,10 @@ def _cmd_worker(args: argparse.Namespace, settings: LetheSettings) -> int:
         # a wrong password or CA would otherwise show up as retries or a bare bootstrap error
         import logging
 
-        from streams.kafka_config import KafkaAccessError, check_access
+        from streams.kafka_config import KafkaAccessError, access_topics, check_access
 
         try:
-            check_access(settings)
+            check_access(settings, access_topics(settings, args.kind))
         except KafkaAccessError as exc:
             logging.getLogger("lethe.worker").error("%s worker cannot start: %s", args.kind, exc)
             return 3

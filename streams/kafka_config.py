@@ -15,6 +15,36 @@ from streams.config import LetheSettings
 log = logging.getLogger("lethe.kafka")
 
 
+#: The logical topics each Lethe principal reads and writes: what its ACLs must allow on
+#: a secured cluster (docs/security.md), and what ``lethe worker`` checks before it starts.
+#: "sdk" is whatever feeds Lethe through streams.client and waits for answers.
+ACCESS: dict[str, dict[str, tuple[str, ...]]] = {
+    "imcorrect": {
+        # deletion-receipts is read back after a crash: was a pending receipt already out?
+        "read": ("interactions", "deletions", "rec-requests", "deletion-receipts"),
+        "write": ("recommendations", "deletion-receipts", "dead-letters"),
+    },
+    "scorer": {
+        "read": ("interactions", "deletions", "rec-requests", "model-updates"),
+        "write": ("recommendations", "dead-letters"),
+    },
+    "trainer": {
+        "read": ("interactions", "deletions"),
+        "write": ("model-updates", "deletion-receipts"),
+    },
+    "sdk": {
+        "read": ("recommendations", "deletion-receipts"),
+        "write": ("interactions", "deletions", "rec-requests"),
+    },
+}
+
+
+def access_topics(settings: LetheSettings, principal: str) -> list[str]:
+    """Full names of every topic ``principal`` (a key of :data:`ACCESS`) reads or writes."""
+    logical = dict.fromkeys(ACCESS[principal]["read"] + ACCESS[principal]["write"])
+    return [f"{settings.topic_prefix}{name}" for name in logical]
+
+
 class KafkaAccessError(RuntimeError):
     """The brokers cannot be used with these settings: unreachable, TLS refused, SASL
     authentication failed or a topic not authorised. The message says which, and never

@@ -29,27 +29,14 @@ from confluent_kafka.admin import (
 )
 
 from streams.config import LetheSettings
-from streams.kafka_config import librdkafka_config
+from streams.kafka_config import ACCESS, librdkafka_config
 from streams.localkafka import KAFKA_SH, _free_port_pair
 
-#: logical topics each principal reads and writes (docs/security.md lists the same)
-TOPIC_ACCESS: dict[str, dict[str, tuple[str, ...]]] = {
-    "imcorrect": {
-        "read": ("interactions", "deletions", "rec-requests", "deletion-receipts"),
-        "write": ("recommendations", "deletion-receipts", "dead-letters"),
-    },
-    "scorer": {
-        "read": ("interactions", "deletions", "rec-requests", "model-updates"),
-        "write": ("recommendations", "dead-letters"),
-    },
-    "sdk": {
-        "read": ("recommendations", "deletion-receipts"),
-        "write": ("interactions", "deletions", "rec-requests"),
-    },
-}
+#: the worker principals given ACLs here, with what they need (streams.kafka_config.ACCESS)
+WORKERS = ("imcorrect", "scorer", "sdk")
 #: consumer-group prefixes: the IMCorrect worker's group id, the scorer's request channel
 GROUP_PREFIX = {"imcorrect": "lethe-imcorrect", "scorer": "lethe-scorer-"}
-PRINCIPALS = ("admin", *TOPIC_ACCESS, "nobody")
+PRINCIPALS = ("admin", *WORKERS, "nobody")
 
 
 @dataclass
@@ -84,8 +71,8 @@ def acl_bindings(topic_prefix: str) -> list[AclBinding]:
     """Least privilege for each worker principal; nothing for ``nobody``."""
     allow = AclPermissionType.ALLOW
     out = []
-    for principal, access in TOPIC_ACCESS.items():
-        user = f"User:{principal}"
+    for principal in WORKERS:
+        access, user = ACCESS[principal], f"User:{principal}"
         for op_name, operation in (("read", AclOperation.READ), ("write", AclOperation.WRITE)):
             for logical in access[op_name]:
                 out.append(

@@ -215,7 +215,20 @@ def _bounded(seconds: float = REFUSAL_S):
     return Timer()
 
 
-def test_principal_without_acls_is_refused_with_a_clear_error(cluster: SecureCluster):
+def _exits_with(worker: WorkerProcess, message: str, within_s: float = 60) -> None:
+    """The worker process ends (not a retry loop) with ``message`` in its log."""
+    worker.start()
+    try:
+        with _bounded(within_s):
+            while worker.alive():
+                time.sleep(0.2)
+        assert worker.proc.returncode != 0
+        assert message in worker.log_tail(), worker.log_tail()
+    finally:
+        worker.kill()
+
+
+def test_principal_without_acls_is_refused_with_a_clear_error(cluster: SecureCluster, tmp_path):
     nobody, sdk = cluster.settings("nobody"), cluster.settings("sdk")
     requests_topic = topic_name(nobody, "rec-requests")
 
@@ -251,6 +264,14 @@ def test_principal_without_acls_is_refused_with_a_clear_error(cluster: SecureClu
     assert isinstance(error, TopicAuthorizationFailedError)
     assert "model-updates" in str(refused.value)
 
+    # the worker process, started as a principal without ACLs: says which topic, and exits
+    worker = WorkerProcess(
+        nobody.model_copy(update={"state_dir": tmp_path / "s"}), tmp_path / "w.log"
+    )
+    _exits_with(
+        worker, f"user 'nobody' (SCRAM-SHA-512) is not authorised for topic {nobody.topic_prefix}"
+    )
+
 
 def test_wrong_password_fails_fast_with_a_clear_message(cluster: SecureCluster, tmp_path):
     wrong = cluster.settings("sdk", password="not-the-password")
@@ -271,17 +292,10 @@ def test_wrong_password_fails_fast_with_a_clear_message(cluster: SecureCluster, 
         asyncio.run(channel.open())
 
     # the worker process: exits with the reason in its log rather than retrying forever
-    worker = WorkerProcess(
-        cluster.settings("imcorrect", password="not-the-password", state_dir=tmp_path / "s"),
-        tmp_path / "worker.log",
-    ).start()
-    try:
-        with _bounded(60):
-            while worker.alive():
-                time.sleep(0.2)
-        assert worker.proc.returncode != 0
-        assert "SASL authentication failed for user 'imcorrect'" in worker.log_tail(), (
-            worker.log_tail()
-        )
-    finally:
-        worker.kill()
+    worker_settings = cluster.settings(
+        "imcorrect", password="not-the-password", state_dir=tmp_path / "s"
+    )
+    _exits_with(
+        WorkerProcess(worker_settings, tmp_path / "worker.log"),
+        "SASL authentication failed for user 'imcorrect'",
+    )
