@@ -15,7 +15,7 @@
 #
 # Secure mode (LETHE_KAFKA_SECURE=1): the client listener is SASL_SSL with SCRAM-SHA-512,
 # ACLs are enforced (StandardAuthorizer, deny when no ACL matches) and "admin" is the super
-# user. A CA and a broker certificate for 127.0.0.1/localhost are made at each start in
+# user. A CA and a broker certificate for 127.0.0.1/localhost are made (keytool) at each start in
 # $run/tls (clients trust $run/tls/ca.pem). SCRAM credentials are written at format time:
 # admin's from LETHE_KAFKA_ADMIN_PASSWORD (else a random one, saved in $run/admin.password),
 # more from LETHE_KAFKA_SCRAM_USERS="name=password name2=password2". Passwords are
@@ -139,40 +139,48 @@ LOG
   fi
 }
 
+random_hex() { od -An -N16 -tx1 /dev/urandom | tr -d ' \n'; }
+
 check_password() {
   [[ "$2" =~ ^[A-Za-z0-9._~+/=-]+$ ]] || die "password of SCRAM user $1 must match [A-Za-z0-9._~+/=-]+"
 }
 
-# Secure mode: writes $run/tls/{ca.pem,broker.pem}, the listener half of server.properties
+# Secure mode: writes $run/tls/{ca.pem,broker.p12}, the listener half of server.properties
 # and the format tool's --add-scram arguments (format_args, declared by start).
 secure_setup() {
-  command -v openssl >/dev/null || die "openssl is needed for LETHE_KAFKA_SECURE=1"
+  command -v keytool >/dev/null || die "keytool (it comes with the JDK) is needed for LETHE_KAFKA_SECURE=1"
   local mask; mask="$(umask)"
   umask 077  # keys, the JAAS line and passwords are readable by this user only
   local tls="$run/tls"
   rm -rf "$tls" && mkdir -p "$tls"
-  # A throwaway CA, and a broker certificate it signs whose SAN covers how clients dial
-  # it: clients check the host name against the certificate (librdkafka and Python do).
-  openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=lethe-local-ca" \
-      -keyout "$tls/ca.key" -out "$tls/ca.pem" >/dev/null 2>&1 || die "openssl: CA failed"
-  openssl req -newkey rsa:2048 -nodes -subj "/CN=$host" \
-      -keyout "$tls/broker.key" -out "$tls/broker.csr" >/dev/null 2>&1 || die "openssl: CSR failed"
-  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost%s\n' \
-      "$([[ "$host" =~ ^[0-9.]+$ ]] && [ "$host" != 127.0.0.1 ] && echo ",IP:$host" || true)" \
-      > "$tls/san.ext"
-  openssl x509 -req -in "$tls/broker.csr" -CA "$tls/ca.pem" -CAkey "$tls/ca.key" \
-      -CAcreateserial -days 2 -extfile "$tls/san.ext" -out "$tls/broker.crt" >/dev/null 2>&1 \
-      || die "openssl: signing the broker certificate failed"
-  # Kafka reads PEM key stores directly (ssl.keystore.type=PEM): PKCS#8 key, then the chain
-  openssl pkcs8 -topk8 -nocrypt -in "$tls/broker.key" -out "$tls/broker.p8" \
-      || die "openssl: PKCS#8 conversion failed"
-  cat "$tls/broker.p8" "$tls/broker.crt" "$tls/ca.pem" > "$tls/broker.pem"
-  rm -f "$tls/broker.csr" "$tls/broker.key" "$tls/broker.p8" "$tls/ca.srl"
+  # keytool, not openssl: it comes with the Java that runs the broker, so nothing else is
+  # needed. A throwaway CA, and a broker certificate it signs whose SAN covers how clients
+  # dial it: librdkafka and Python both check the host name against the certificate.
+  local store_pw; store_pw="$(random_hex)"
+  # seven short JVMs: the quick JIT tier and EC keys take ~1 s each instead of ~2.5 s
+  local kt=(keytool -J-XX:TieredStopAtLevel=1 -J-XX:+UseSerialGC
+            -storetype PKCS12 -storepass "$store_pw" -keypass "$store_pw")
+  local key=(-keyalg EC -groupname secp256r1)
+  local san="IP:127.0.0.1,DNS:localhost"
+  [[ "$host" =~ ^[0-9.]+$ ]] && [ "$host" != 127.0.0.1 ] && san+=",IP:$host"
+  {
+    "${kt[@]}" -genkeypair -alias ca "${key[@]}" -validity 2 \
+        -dname "CN=lethe-local-ca" -ext bc:c -keystore "$tls/ca.p12" &&
+    "${kt[@]}" -exportcert -rfc -alias ca -keystore "$tls/ca.p12" -file "$tls/ca.pem" &&
+    "${kt[@]}" -genkeypair -alias broker "${key[@]}" -validity 2 \
+        -dname "CN=$host" -keystore "$tls/broker.p12" &&
+    "${kt[@]}" -certreq -alias broker -keystore "$tls/broker.p12" -file "$tls/broker.csr" &&
+    "${kt[@]}" -gencert -alias ca -keystore "$tls/ca.p12" -infile "$tls/broker.csr" -rfc \
+        -validity 2 -ext "SAN=$san" -outfile "$tls/broker.crt" &&
+    "${kt[@]}" -importcert -noprompt -alias ca -file "$tls/ca.pem" -keystore "$tls/broker.p12" &&
+    "${kt[@]}" -importcert -alias broker -file "$tls/broker.crt" -keystore "$tls/broker.p12"
+  } >"$tls/keytool.log" 2>&1 || { cat "$tls/keytool.log" >&2; die "keytool: making the certificates failed"; }
+  rm -f "$tls/broker.csr" "$tls/ca.p12"  # the CA key is not needed once the broker's is signed
   chmod 644 "$tls/ca.pem"
 
   local admin_pw="${LETHE_KAFKA_ADMIN_PASSWORD:-}"
   if [ -z "$admin_pw" ]; then
-    admin_pw="$(openssl rand -hex 16)"
+    admin_pw="$(random_hex)"
     printf '%s\n' "$admin_pw" > "$run/admin.password"
   fi
   check_password admin "$admin_pw"
@@ -194,8 +202,9 @@ listener.security.protocol.map=SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT
 sasl.enabled.mechanisms=SCRAM-SHA-512
 sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512
 listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username="admin" password="$admin_pw";
-ssl.keystore.type=PEM
-ssl.keystore.location=$tls/broker.pem
+ssl.keystore.type=PKCS12
+ssl.keystore.location=$tls/broker.p12
+ssl.keystore.password=$store_pw
 ssl.truststore.type=PEM
 ssl.truststore.location=$tls/ca.pem
 ssl.client.auth=none

@@ -69,8 +69,7 @@ def test_a_missing_ca_file_is_named(tmp_path):
 
 
 def test_worker_processes_inherit_the_security_settings(tmp_path, monkeypatch):
-    ca = tmp_path / "ca.pem"
-    ca.write_text(_a_ca_pem(tmp_path))
+    ca = tmp_path / "ca.pem"  # only named here: nothing opens it
     env = settings_env(_sasl_ssl(ssl_cafile=ca))
     for key, value in env.items():
         monkeypatch.setenv(key, value)
@@ -95,12 +94,22 @@ def test_every_principal_names_only_known_topics():
 
 
 def _a_ca_pem(tmp_path) -> str:
-    """A throwaway CA certificate, made as scripts/kafka/kafka.sh makes one."""
-    key, cert = tmp_path / "ca.key", tmp_path / "made-ca.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
-        + ["-subj", "/CN=lethe-test-ca", "-keyout", str(key), "-out", str(cert)],
-        check=True,
-        capture_output=True,
-    )
+    """A throwaway CA certificate, made as scripts/kafka/kafka.sh makes one (keytool)."""
+    store, cert = tmp_path / "ca.p12", tmp_path / "made-ca.pem"
+    common = ["-storetype", "PKCS12", "-storepass", "unit-test", "-keystore", str(store)]
+    for args in (
+        [
+            "-genkeypair",
+            "-alias",
+            "ca",
+            "-keyalg",
+            "EC",
+            "-ext",
+            "bc:c",
+            "-dname",
+            "CN=lethe-test-ca",
+        ],
+        ["-exportcert", "-rfc", "-alias", "ca", "-file", str(cert)],
+    ):
+        subprocess.run(["keytool", *args, *common], check=True, capture_output=True)
     return cert.read_text()
