@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import subprocess
 import threading
 import time
 from dataclasses import dataclass
@@ -299,3 +300,27 @@ def test_wrong_password_fails_fast_with_a_clear_message(cluster: SecureCluster, 
         WorkerProcess(worker_settings, tmp_path / "worker.log"),
         "SASL authentication failed for user 'imcorrect'",
     )
+
+
+def test_untrusted_broker_certificate_fails_fast_with_a_clear_message(
+    cluster: SecureCluster, tmp_path
+):
+    """A CA that did not sign the broker's certificate: refused at the TLS handshake."""
+    other_ca = tmp_path / "other-ca.pem"
+    common = ["-storetype", "PKCS12", "-storepass", "other-ca", "-keystore", str(tmp_path / "o")]
+    for args in (
+        ["-genkeypair", "-alias", "ca", "-keyalg", "EC", "-ext", "bc:c", "-dname", "CN=other"],
+        ["-exportcert", "-rfc", "-alias", "ca", "-file", str(other_ca)],
+    ):
+        subprocess.run(["keytool", *args, *common], check=True, capture_output=True)
+    untrusted = cluster.settings("sdk").model_copy(deep=True)
+    untrusted.security.ssl_cafile = other_ca
+    with _bounded(), pytest.raises(KafkaAccessError, match="TLS handshake .* failed"):
+        check_access(untrusted)
+
+    async def start_producer() -> None:
+        async with LetheProducer(untrusted):
+            pass
+
+    with _bounded(), pytest.raises(KafkaAccessError, match="is ssl_cafile the CA"):
+        asyncio.run(start_producer())
