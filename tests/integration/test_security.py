@@ -14,7 +14,10 @@ import logging
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from aiokafka.errors import ClusterAuthorizationFailedError, TopicAuthorizationFailedError
@@ -63,7 +66,7 @@ class SaslRun:
     worker_log: str
     worker_metrics: str
     test_logs: list[str]
-    forgotten: str
+    state_dir: Path
 
 
 def _events(n_users: int = 30, per_user: int = 8) -> list[InteractionEvent]:
@@ -130,7 +133,7 @@ def sasl_run(cluster: SecureCluster, tmp_path_factory) -> SaslRun:
         worker_log=(tmp / "worker.log").read_text(errors="replace"),
         worker_metrics=metrics,
         test_logs=capture.lines,
-        forgotten="user-3",
+        state_dir=worker_settings.state_dir,
     )
 
 
@@ -159,6 +162,12 @@ def test_no_secret_in_logs_metrics_or_receipts(cluster: SecureCluster, sasl_run:
         assert text, f"{where} is empty: nothing was checked"
         for secret in cluster.secrets:
             assert secret not in text, f"a password appears in the {where}"
+    # nor in what the worker keeps on disk (snapshots)
+    files = [p for p in sasl_run.state_dir.rglob("*") if p.is_file()]
+    assert files, "the worker wrote no state"
+    for path in files:
+        blob = path.read_bytes()
+        assert not any(secret.encode() in blob for secret in cluster.secrets), path
 
 
 def test_scorer_request_channel_over_sasl_ssl(cluster: SecureCluster):
@@ -200,20 +209,15 @@ def test_scorer_request_channel_over_sasl_ssl(cluster: SecureCluster):
     assert set(values) <= replies  # the replies reached the topic, readable by the SDK
 
 
-def _bounded(seconds: float = REFUSAL_S):
-    """Assert that the ``with`` body took at most ``seconds``."""
-
-    class Timer:
-        def __enter__(self):
-            self.t0 = time.monotonic()
-            return self
-
-        def __exit__(self, *exc):
-            elapsed = time.monotonic() - self.t0
-            assert elapsed < seconds, f"took {elapsed:.1f} s: that is a hang, not a refusal"
-            return False
-
-    return Timer()
+@contextmanager
+def _bounded(seconds: float = REFUSAL_S) -> Iterator[None]:
+    """Assert that the ``with`` body (a refusal, raised inside it) took at most ``seconds``."""
+    t0 = time.monotonic()
+    try:
+        yield
+    finally:
+        elapsed = time.monotonic() - t0
+        assert elapsed < seconds, f"took {elapsed:.1f} s: that is a hang, not a refusal"
 
 
 def _exits_with(worker: WorkerProcess, message: str, within_s: float = 60) -> None:
