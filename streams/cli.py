@@ -121,6 +121,17 @@ def _cmd_worker(args: argparse.Namespace, settings: LetheSettings) -> int:
     else:
         print(f"lethe worker: unknown kind {args.kind!r}", file=sys.stderr)
         return 2
+    if settings.security.protocol != "PLAINTEXT":
+        # a wrong password or CA would otherwise show up as retries or a bare bootstrap error
+        import logging
+
+        from streams.kafka_config import KafkaAccessError, access_topics, check_access
+
+        try:
+            check_access(settings, access_topics(settings, args.kind))
+        except KafkaAccessError as exc:
+            logging.getLogger("lethe.worker").error("%s worker cannot start: %s", args.kind, exc)
+            return 3
     run_worker(settings)
     return 0
 

@@ -23,6 +23,7 @@ from collections.abc import Coroutine, Iterable
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaConnectionError
 
 from streams.config import LetheSettings
 from streams.contracts import (
@@ -31,7 +32,7 @@ from streams.contracts import (
     InteractionEvent,
     RecRequest,
 )
-from streams.kafka_config import producer_kwargs, reply_producer_kwargs
+from streams.kafka_config import check_access, producer_kwargs, reply_producer_kwargs
 from streams.topics import topic_name
 
 T = TypeVar("T")
@@ -70,7 +71,17 @@ class LetheProducer:
     async def start(self) -> None:
         kwargs = (reply_producer_kwargs if self.for_requests else producer_kwargs)(self.settings)
         self._producer = AIOKafkaProducer(**kwargs)
-        await self._producer.start()
+        try:
+            await self._producer.start()
+        except Exception as exc:
+            producer, self._producer = self._producer, None
+            await producer.stop()  # its connections and tasks, opened before the failure
+            if isinstance(exc, KafkaConnectionError) and self.settings.security.protocol != (
+                "PLAINTEXT"
+            ):
+                # aiokafka says "unable to bootstrap" for a wrong password too: ask why
+                await asyncio.to_thread(check_access, self.settings, (), 10.0)
+            raise
 
     async def stop(self) -> None:
         if self._producer is not None:

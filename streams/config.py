@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, BaseModel, Field, SecretStr
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -25,15 +25,38 @@ DAY_MS = 24 * 3600 * 1000
 
 
 class SecuritySettings(BaseModel):
-    """Passed through to aiokafka untouched; secrets are never logged (SecretStr)."""
+    """How every client reaches the brokers (translated by :mod:`streams.kafka_config` for
+    aiokafka and librdkafka); secrets are never logged (SecretStr). See docs/security.md."""
 
     protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    #: PLAIN when a SASL protocol names none
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = None
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
+    #: CA bundle (PEM) that signed the brokers' certificates; the system store when unset
     ssl_cafile: Path | None = None
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
+
+    @model_validator(mode="after")
+    def _usable(self) -> SecuritySettings:
+        # Refused here, when the settings are read, rather than as a connection that never
+        # authenticates: each of these would otherwise surface as a retry loop or a timeout.
+        sasl = self.protocol.startswith("SASL")
+        if self.sasl_mechanism == "OAUTHBEARER":
+            raise ValueError(
+                "sasl_mechanism OAUTHBEARER is not supported: Lethe has no token provider "
+                "(neither its aiokafka nor its librdkafka clients are given one); use "
+                "SCRAM-SHA-512 or SCRAM-SHA-256 (docs/security.md)"
+            )
+        if sasl and (not self.sasl_username or self.sasl_password is None):
+            raise ValueError(
+                f"protocol {self.protocol} needs sasl_username and sasl_password "
+                "(LETHE_SECURITY__SASL_USERNAME, LETHE_SECURITY__SASL_PASSWORD)"
+            )
+        if self.ssl_keyfile is not None and self.ssl_certfile is None:
+            raise ValueError("ssl_keyfile is set without ssl_certfile (the client certificate)")
+        return self
 
 
 class LimitSettings(BaseModel):

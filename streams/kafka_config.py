@@ -3,21 +3,74 @@ configuration (the scorer's request path, see :mod:`streams.request_channel`).""
 
 from __future__ import annotations
 
+import logging
 import ssl
+import time
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from streams.config import LetheSettings
 
+log = logging.getLogger("lethe.kafka")
+
+
+#: The logical topics each Lethe principal reads and writes: what its ACLs must allow on
+#: a secured cluster (docs/security.md), and what ``lethe worker`` checks before it starts.
+#: "sdk" is whatever feeds Lethe through streams.client and waits for answers.
+ACCESS: dict[str, dict[str, tuple[str, ...]]] = {
+    "imcorrect": {
+        # deletion-receipts is read back after a crash: was a pending receipt already out?
+        "read": ("interactions", "deletions", "rec-requests", "deletion-receipts"),
+        "write": ("recommendations", "deletion-receipts", "dead-letters"),
+    },
+    "scorer": {
+        "read": ("interactions", "deletions", "rec-requests", "model-updates"),
+        "write": ("recommendations", "dead-letters"),
+    },
+    "trainer": {
+        "read": ("interactions", "deletions"),
+        "write": ("model-updates", "deletion-receipts"),
+    },
+    "sdk": {
+        "read": ("recommendations", "deletion-receipts"),
+        "write": ("interactions", "deletions", "rec-requests"),
+    },
+}
+
+
+def access_topics(settings: LetheSettings, principal: str) -> list[str]:
+    """Full names of every topic ``principal`` (a key of :data:`ACCESS`) reads or writes."""
+    logical = dict.fromkeys(ACCESS[principal]["read"] + ACCESS[principal]["write"])
+    return [f"{settings.topic_prefix}{name}" for name in logical]
+
+
+class KafkaAccessError(RuntimeError):
+    """The brokers cannot be used with these settings: unreachable, TLS refused, SASL
+    authentication failed or a topic not authorised. The message says which, and never
+    holds a secret."""
+
+
+def _readable(path: Path | None, what: str) -> str | None:
+    # a missing file would otherwise surface as a bare ssl/librdkafka error far from its cause
+    if path is None:
+        return None
+    if not Path(path).is_file():
+        raise KafkaAccessError(f"{what} {path} does not exist or is not a file")
+    return str(path)
+
 
 def _ssl_context(settings: LetheSettings) -> ssl.SSLContext | None:
+    """TLS for aiokafka: the given CA (else the system store), host name checked against the
+    broker's certificate, and a client certificate when one is configured."""
     sec = settings.security
     if sec.protocol not in ("SSL", "SASL_SSL"):
         return None
-    ctx = ssl.create_default_context(cafile=str(sec.ssl_cafile) if sec.ssl_cafile else None)
-    if sec.ssl_certfile:
-        ctx.load_cert_chain(
-            str(sec.ssl_certfile), str(sec.ssl_keyfile) if sec.ssl_keyfile else None
-        )
+    cafile = _readable(sec.ssl_cafile, "ssl_cafile")
+    ctx = ssl.create_default_context(cafile=cafile)
+    certfile = _readable(sec.ssl_certfile, "ssl_certfile")
+    if certfile:
+        ctx.load_cert_chain(certfile, _readable(sec.ssl_keyfile, "ssl_keyfile"))
     return ctx
 
 
@@ -76,12 +129,16 @@ def librdkafka_config(settings: LetheSettings) -> dict[str, Any]:
         # request/reply messages are small: send each at once, not after Nagle's delay
         "socket.nagle.disable": True,
     }
-    if sec.ssl_cafile:
-        config["ssl.ca.location"] = str(sec.ssl_cafile)
-    if sec.ssl_certfile:
-        config["ssl.certificate.location"] = str(sec.ssl_certfile)
-    if sec.ssl_keyfile:
-        config["ssl.key.location"] = str(sec.ssl_keyfile)
+    if sec.protocol in ("SSL", "SASL_SSL"):
+        # librdkafka checks the host name by default too; the same files as aiokafka's context
+        for key, path, what in (
+            ("ssl.ca.location", sec.ssl_cafile, "ssl_cafile"),
+            ("ssl.certificate.location", sec.ssl_certfile, "ssl_certfile"),
+            ("ssl.key.location", sec.ssl_keyfile, "ssl_keyfile"),
+        ):
+            location = _readable(path, what)
+            if location is not None:
+                config[key] = location
     if sec.protocol.startswith("SASL"):
         config["sasl.mechanism"] = sec.sasl_mechanism or "PLAIN"
         if sec.sasl_username is not None:
@@ -89,3 +146,59 @@ def librdkafka_config(settings: LetheSettings) -> dict[str, Any]:
         if sec.sasl_password is not None:
             config["sasl.password"] = sec.sasl_password.get_secret_value()
     return config
+
+
+def check_access(
+    settings: LetheSettings, topics: Sequence[str] = (), timeout_s: float = 15.0
+) -> None:
+    """Fail fast, with the reason, when the brokers cannot be used with these settings.
+
+    Neither client gives up on its own: librdkafka retries a failed SASL handshake forever
+    and only reports it through its error callback, and aiokafka reports a bootstrap
+    failure without saying that the password was wrong. This connects once (librdkafka, the
+    same translation as the clients) and raises :class:`KafkaAccessError` on the first
+    authentication or TLS failure, when no broker answers within ``timeout_s``, or when one
+    of ``topics`` is not authorised for this principal (a topic that does not exist yet is
+    fine: whoever creates topics will).
+    """
+    from confluent_kafka import KafkaError, KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    sec = settings.security
+    who = (
+        f"user {sec.sasl_username!r} ({sec.sasl_mechanism or 'PLAIN'})" if sec.sasl_username else ""
+    )
+    where = f"{settings.bootstrap_servers} over {sec.protocol}"
+    errors: list[KafkaError] = []
+    admin = AdminClient({**librdkafka_config(settings), "error_cb": errors.append, "logger": log})
+    deadline = time.monotonic() + timeout_s
+    last: object = None
+    while True:
+        try:
+            admin.list_topics(timeout=max(0.1, min(1.0, deadline - time.monotonic())))
+            break
+        except KafkaException as exc:
+            last = exc.args[0]
+        admin.poll(0)  # serves error_cb: why the handshake failed, if it did
+        for error in errors:
+            if error.code() == KafkaError._AUTHENTICATION:
+                raise KafkaAccessError(
+                    f"SASL authentication failed for {who} at {where}: {error.str()}"
+                )
+            if error.code() == KafkaError._SSL:
+                raise KafkaAccessError(
+                    f"TLS handshake with {where} failed (is ssl_cafile the CA that signed "
+                    f"the brokers' certificates?): {error.str()}"
+                )
+        if time.monotonic() >= deadline:
+            raise KafkaAccessError(
+                f"no Kafka broker answered at {where} in {timeout_s:g} s: {last}"
+            )
+    for topic in topics:
+        meta = admin.list_topics(topic, timeout=timeout_s).topics.get(topic)
+        error = meta.error if meta is not None else None
+        if error is not None and error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+            raise KafkaAccessError(
+                f"{who or 'this client'} is not authorised for topic {topic} at {where} "
+                "(TOPIC_AUTHORIZATION_FAILED): it needs ACLs for it (docs/security.md)"
+            )

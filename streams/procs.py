@@ -11,6 +11,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from pydantic import SecretStr
+
 from streams.config import LetheSettings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,6 +29,12 @@ def settings_env(settings: LetheSettings) -> dict[str, str]:
         "LETHE_METRICS_HOST": settings.metrics_host,
         "LETHE_LOG_JSON": "true" if settings.log_json else "false",
     }
+    # the child must reach a secured cluster as the parent does (its own principal included)
+    for key, value in settings.security.model_dump().items():
+        if value is not None:
+            secret = value.get_secret_value() if isinstance(value, SecretStr) else value
+            env[f"LETHE_SECURITY__{key.upper()}"] = str(secret)
+    env["LETHE_CLIENT_ID"] = settings.client_id
     for section in ("imcorrect", "trainer", "scorer"):
         for key, value in getattr(settings, section).model_dump().items():
             text = ("true" if value else "false") if isinstance(value, bool) else str(value)

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from streams.config import LetheSettings
-from streams.kafka_config import librdkafka_config
+from streams.kafka_config import check_access, librdkafka_config
 
 log = logging.getLogger("lethe.scorer")
 
@@ -80,6 +80,7 @@ class RequestChannel:
         linger_ms: float = 0.0,
     ) -> None:
         self.requests_topic, self.replies_topic = requests_topic, replies_topic
+        self._settings = settings
         #: the most requests handed over at once, and how many may wait before the pump pauses
         self._poll_batch = max(1, poll_batch)
         common = {**librdkafka_config(settings), "error_cb": _log_client_error}
@@ -126,6 +127,9 @@ class RequestChannel:
             thread.start()
 
     def _connect(self) -> None:
+        if self._settings.security.protocol != "PLAINTEXT":
+            # librdkafka retries a failed SASL handshake forever: name the cause instead
+            check_access(self._settings, [self.requests_topic, self.replies_topic])
         self._consumer = Consumer(self._consumer_config)
         self._producer = Producer(self._producer_config)
         assign_at_end(self._consumer, self.requests_topic)

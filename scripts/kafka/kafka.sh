@@ -3,13 +3,26 @@
 #
 #   scripts/kafka/kafka.sh fetch   resolve the broker jars with Maven into the cache
 #   scripts/kafka/kafka.sh start   format a fresh data dir, start, wait until ready
+#   scripts/kafka/kafka.sh start-secure   the same, in secure mode (below)
 #   scripts/kafka/kafka.sh stop    clean shutdown (SIGTERM, then SIGKILL after a grace period)
 #   scripts/kafka/kafka.sh status  exit 0 when the broker answers
 #
 # Settings (environment): LETHE_KAFKA_HOST (127.0.0.1), LETHE_KAFKA_PORT (9092),
 # LETHE_KAFKA_CONTROLLER_PORT (port+1), LETHE_KAFKA_CACHE (~/.cache/lethe/kafka),
+# LETHE_KAFKA_RUN (run dir: data, logs, certificates; $cache/run-$port),
 # LETHE_KAFKA_HEAP (512m), LETHE_KAFKA_JVM_OPTS (extra JVM flags). Jars never enter the
 # repository.
+#
+# Secure mode (LETHE_KAFKA_SECURE=1): the client listener is SASL_SSL with SCRAM-SHA-512,
+# ACLs are enforced (StandardAuthorizer, deny when no ACL matches) and "admin" is the super
+# user. A CA and a broker certificate for 127.0.0.1/localhost are made (keytool) at each start in
+# $run/tls (clients trust $run/tls/ca.pem). SCRAM credentials are written at format time:
+# admin's from LETHE_KAFKA_ADMIN_PASSWORD (else a random one, saved in $run/admin.password),
+# more from LETHE_KAFKA_SCRAM_USERS="name=password name2=password2". Passwords are
+# [A-Za-z0-9._~+/=-]+ (they go into the JAAS line and the format tool's syntax). The
+# controller listener stays PLAINTEXT on loopback: KRaft cannot check SCRAM there (the
+# credentials live in the metadata it serves), so its principal ANONYMOUS is a super user
+# too; that is for this local broker only, never a shared host.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -19,7 +32,8 @@ port="${LETHE_KAFKA_PORT:-9092}"
 cport="${LETHE_KAFKA_CONTROLLER_PORT:-$((port + 1))}"
 cache="${LETHE_KAFKA_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/lethe/kafka}"
 jars="$cache/jars-$version"
-run="$cache/run-$port"
+run="${LETHE_KAFKA_RUN:-$cache/run-$port}"
+secure="${LETHE_KAFKA_SECURE:-0}"
 pidfile="$run/kafka.pid"
 log="$run/server.log"
 
@@ -52,15 +66,22 @@ start() {
   # Keep the previous run's log for post-mortems; the data dir starts fresh.
   [ -f "$log" ] && mv -f "$log" "$log.prev"
   rm -rf "$run/data"
-  cat > "$run/server.properties" <<PROPS
+  local format_args=()
+  if [ "$secure" = 1 ]; then
+    secure_setup  # certificates, server.properties' security half, SCRAM credentials
+  else
+    cat > "$run/server.properties" <<PROPS
+listeners=PLAINTEXT://$host:$port,CONTROLLER://$host:$cport
+advertised.listeners=PLAINTEXT://$host:$port
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+PROPS
+  fi
+  cat >> "$run/server.properties" <<PROPS
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@$host:$cport
-listeners=PLAINTEXT://$host:$port,CONTROLLER://$host:$cport
-advertised.listeners=PLAINTEXT://$host:$port
 controller.listener.names=CONTROLLER
-inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
 log.dirs=$run/data
 num.partitions=1
 auto.create.topics.enable=true
@@ -97,7 +118,8 @@ LOG
   local cluster_id
   cluster_id="$(java -cp "$cp" "${jvm[@]}" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -1)"
   java -cp "$cp" "${jvm[@]}" kafka.tools.StorageTool format -t "$cluster_id" \
-       -c "$run/server.properties" >"$run/format.log" 2>&1 || { cat "$run/format.log" >&2; die "format failed"; }
+       -c "$run/server.properties" "${format_args[@]}" >"$run/format.log" 2>&1 \
+       || { cat "$run/format.log" >&2; die "format failed"; }
   nohup java -cp "$cp" "${jvm[@]}" kafka.Kafka "$run/server.properties" >"$run/stdout.log" 2>&1 &
   echo $! > "$pidfile"
   local deadline=$((SECONDS + ${LETHE_KAFKA_START_TIMEOUT:-90}))
@@ -109,7 +131,88 @@ LOG
     [ $SECONDS -lt $deadline ] || { tail -n 40 "$log" >&2; die "broker not ready in time; logs in $run"; }
     sleep 0.5
   done
-  echo "kafka.sh: Apache Kafka $version ready on $host:$port (logs: $run)"
+  if [ "$secure" = 1 ]; then
+    echo "kafka.sh: Apache Kafka $version ready on $host:$port, SASL_SSL (SCRAM-SHA-512)," \
+         "ACLs enforced, CA $run/tls/ca.pem (logs: $run)"
+  else
+    echo "kafka.sh: Apache Kafka $version ready on $host:$port (logs: $run)"
+  fi
+}
+
+random_hex() { od -An -N16 -tx1 /dev/urandom | tr -d ' \n'; }
+
+check_password() {
+  [[ "$2" =~ ^[A-Za-z0-9._~+/=-]+$ ]] || die "password of SCRAM user $1 must match [A-Za-z0-9._~+/=-]+"
+}
+
+# Secure mode: writes $run/tls/{ca.pem,broker.p12}, the listener half of server.properties
+# and the format tool's --add-scram arguments (format_args, declared by start).
+secure_setup() {
+  command -v keytool >/dev/null || die "keytool (it comes with the JDK) is needed for LETHE_KAFKA_SECURE=1"
+  local mask; mask="$(umask)"
+  umask 077  # keys, the JAAS line and passwords are readable by this user only
+  local tls="$run/tls"
+  rm -rf "$tls" && mkdir -p "$tls"
+  # keytool, not openssl: it comes with the Java that runs the broker, so nothing else is
+  # needed. A throwaway CA, and a broker certificate it signs whose SAN covers how clients
+  # dial it: librdkafka and Python both check the host name against the certificate.
+  local store_pw; store_pw="$(random_hex)"
+  # seven short JVMs: the quick JIT tier and EC keys take ~1 s each instead of ~2.5 s
+  local kt=(keytool -J-XX:TieredStopAtLevel=1 -J-XX:+UseSerialGC
+            -storetype PKCS12 -storepass "$store_pw" -keypass "$store_pw")
+  local key=(-keyalg EC -groupname secp256r1)
+  local san="IP:127.0.0.1,DNS:localhost"
+  [[ "$host" =~ ^[0-9.]+$ ]] && [ "$host" != 127.0.0.1 ] && san+=",IP:$host"
+  {
+    "${kt[@]}" -genkeypair -alias ca "${key[@]}" -validity 2 \
+        -dname "CN=lethe-local-ca" -ext bc:c -keystore "$tls/ca.p12" &&
+    "${kt[@]}" -exportcert -rfc -alias ca -keystore "$tls/ca.p12" -file "$tls/ca.pem" &&
+    "${kt[@]}" -genkeypair -alias broker "${key[@]}" -validity 2 \
+        -dname "CN=$host" -keystore "$tls/broker.p12" &&
+    "${kt[@]}" -certreq -alias broker -keystore "$tls/broker.p12" -file "$tls/broker.csr" &&
+    "${kt[@]}" -gencert -alias ca -keystore "$tls/ca.p12" -infile "$tls/broker.csr" -rfc \
+        -validity 2 -ext "SAN=$san" -outfile "$tls/broker.crt" &&
+    "${kt[@]}" -importcert -noprompt -alias ca -file "$tls/ca.pem" -keystore "$tls/broker.p12" &&
+    "${kt[@]}" -importcert -alias broker -file "$tls/broker.crt" -keystore "$tls/broker.p12"
+  } >"$tls/keytool.log" 2>&1 || { cat "$tls/keytool.log" >&2; die "keytool: making the certificates failed"; }
+  rm -f "$tls/broker.csr" "$tls/ca.p12"  # the CA key is not needed once the broker's is signed
+  chmod 644 "$tls/ca.pem"
+
+  local admin_pw="${LETHE_KAFKA_ADMIN_PASSWORD:-}"
+  if [ -z "$admin_pw" ]; then
+    admin_pw="$(random_hex)"
+    printf '%s\n' "$admin_pw" > "$run/admin.password"
+  fi
+  check_password admin "$admin_pw"
+  format_args+=(--add-scram "SCRAM-SHA-512=[name=admin,password=$admin_pw]")
+  local entry name pw
+  for entry in ${LETHE_KAFKA_SCRAM_USERS:-}; do
+    name="${entry%%=*}"; pw="${entry#*=}"
+    [[ "$name" =~ ^[A-Za-z0-9._-]+$ ]] && [ "$name" != "$entry" ] \
+      || die "LETHE_KAFKA_SCRAM_USERS entries are name=password"
+    check_password "$name" "$pw"
+    format_args+=(--add-scram "SCRAM-SHA-512=[name=$name,password=$pw]")
+  done
+
+  cat > "$run/server.properties" <<PROPS
+listeners=SASL_SSL://$host:$port,CONTROLLER://$host:$cport
+advertised.listeners=SASL_SSL://$host:$port
+inter.broker.listener.name=SASL_SSL
+listener.security.protocol.map=SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT
+sasl.enabled.mechanisms=SCRAM-SHA-512
+sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username="admin" password="$admin_pw";
+ssl.keystore.type=PKCS12
+ssl.keystore.location=$tls/broker.p12
+ssl.keystore.password=$store_pw
+ssl.truststore.type=PEM
+ssl.truststore.location=$tls/ca.pem
+ssl.client.auth=none
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+super.users=User:admin;User:ANONYMOUS
+allow.everyone.if.no.acl.found=false
+PROPS
+  umask "$mask"
 }
 
 stop() {
@@ -129,5 +232,6 @@ case "${1:-}" in
   stop) stop ;;
   status) answers && running_pid >/dev/null ;;
   version) echo "$version" ;;
-  *) die "usage: kafka.sh {fetch|start|stop|status|version}" ;;
+  start-secure) secure=1; start ;;
+  *) die "usage: kafka.sh {fetch|start|start-secure|stop|status|version}" ;;
 esac
