@@ -1,0 +1,56 @@
+"""Who may talk to Kafka: the runtime, the producer SDK and the settings translation.
+
+``NOT_YET_ON_THE_RUNTIME`` lists the modules that still hold their own Kafka code; the list
+may only shrink (docs/architecture.md says what is left to move)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+KAFKA_CLIENTS = ("aiokafka", "confluent_kafka", "kafka")
+ALLOWED = {"streams/client.py", "streams/kafka_config.py"}
+NOT_YET_ON_THE_RUNTIME = {
+    "streams/kafka_io.py",
+    "streams/replies.py",
+    "streams/request_channel.py",
+    "streams/scorer_worker.py",
+    "streams/topics.py",
+    "streams/trainer_worker.py",
+}
+
+
+def _kafka_imports(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module]
+        found |= {n for n in names if n.split(".")[0] in KAFKA_CLIENTS}
+    return found
+
+
+def _modules(*folders: str) -> list[Path]:
+    return [p for f in folders for p in sorted((REPO / f).rglob("*.py"))]
+
+
+def test_models_export_and_services_never_import_a_kafka_client():
+    offenders = {
+        str(p.relative_to(REPO)): _kafka_imports(p)
+        for p in _modules("models", "export", "streams/services")
+    }
+    assert not {k: v for k, v in offenders.items() if v}
+
+
+def test_only_the_runtime_and_the_sdk_import_a_kafka_client():
+    importing = {
+        str(p.relative_to(REPO))
+        for p in _modules("streams")
+        if _kafka_imports(p) and "streams/runtime/" not in str(p.relative_to(REPO))
+    }
+    assert importing <= ALLOWED | NOT_YET_ON_THE_RUNTIME, importing - ALLOWED
+    # a module ported to the runtime leaves the list
+    assert NOT_YET_ON_THE_RUNTIME <= importing, NOT_YET_ON_THE_RUNTIME - importing
