@@ -100,7 +100,7 @@ class IMCorrectWorkerSettings(BaseModel):
     shrink: float = Field(default=0.0, ge=0)
     #: a batch takes whatever is already fetched, up to this many events: small when the
     #: worker keeps up, large while it drains a backlog (one correction per batch)
-    batch_max_events: int = Field(default=250_000, ge=1)
+    batch_max_events: int = Field(default=1_000_000, ge=1)
     batch_max_wait_ms: int = Field(default=200, ge=1)
     snapshot_interval_s: float = Field(default=30.0, gt=0)
     #: how often a periodic snapshot also writes the dense mapping (otherwise it is rebuilt

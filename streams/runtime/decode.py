@@ -27,7 +27,9 @@ from streams.services.batch import InteractionColumns
 _BAD_ID_CHARS = re.compile(r"[\x00-\x1f\ud800-\udfff]")
 
 
-class _Interaction(msgspec.Struct, frozen=True):
+class _Interaction(msgspec.Struct, frozen=True, gc=False):
+    # gc=False: strings and numbers only, no cycles; tracking 10⁵ of them per batch made
+    # the collector run again and again
     # the contract's bounds that need no settings; id length and timestamps are checked after
     event_id: Annotated[str, msgspec.Meta(min_length=1)]
     user_id: Annotated[str, msgspec.Meta(min_length=1)]
@@ -69,36 +71,66 @@ def decode_interactions(
 
     Returns the valid events as columns and the rejected ones with the contract's error.
     """
-    cols = InteractionColumns()
     rejected: list[Rejected] = []
+    positions: list[int] = []
+    decoded: list[_Interaction] = []
     max_bytes = limits.max_message_bytes
-    max_id = limits.max_id_length
-    newest = future_limit_ms(limits, now_ms)
+    escaped = False
     for pos, raw in enumerate(values):
-        problem: str | None = None
         try:
             if raw is None or len(raw) > max_bytes:
                 raise ValueError
-            ev = _DECODER.decode(raw)
+            decoded.append(_DECODER.decode(raw))
+            positions.append(pos)
+            # JSON strings hold control characters and surrogates only as escapes
+            escaped = escaped or b"\\" in raw
         except (msgspec.DecodeError, ValueError, RecursionError):
             rejected.append(Rejected(pos, contract_error(raw or b"", limits)))
-            continue
-        for name in ("event_id", "user_id", "item_id"):
-            problem = _id_problem(getattr(ev, name), max_id)
-            if problem:
-                problem = f"{name}: {problem}"
-                break
-        if problem is None and ev.ts > newest:
-            problem = f"ts: {ev.ts} is later than the wall clock plus the allowed skew"
-        if problem is not None:
-            rejected.append(Rejected(pos, ContractError(problem, problem.split(":", 1)[0])))
-            continue
-        cols.positions.append(pos)
-        cols.event_ids.append(ev.event_id)
-        cols.user_ids.append(ev.user_id)
-        cols.item_ids.append(ev.item_id)
-        cols.ts.append(ev.ts)
+    newest = future_limit_ms(limits, now_ms)
+    cols = _columns(positions, decoded)
+    if escaped or not _columns_valid(cols, limits.max_id_length, newest):
+        cols = InteractionColumns()
+        for pos, ev in zip(positions, decoded, strict=True):  # find which, one by one
+            problem = _event_problem(ev, limits.max_id_length, newest)
+            if problem is None:
+                cols.extend(_columns([pos], [ev]))
+            else:
+                rejected.append(Rejected(pos, ContractError(problem, problem.split(":", 1)[0])))
+        rejected.sort(key=lambda r: r.position)
     return cols, rejected
+
+
+def _columns(positions: list[int], decoded: list[_Interaction]) -> InteractionColumns:
+    return InteractionColumns(
+        positions=positions,
+        event_ids=[ev.event_id for ev in decoded],
+        user_ids=[ev.user_id for ev in decoded],
+        item_ids=[ev.item_id for ev in decoded],
+        ts=[ev.ts for ev in decoded],
+    )
+
+
+def _columns_valid(cols: InteractionColumns, max_id: int, newest: int) -> bool:
+    """The id and timestamp rules a column at a time, for values without escapes (so
+    without control characters or surrogates): lengths, whitespace at the edges, ts."""
+    if not len(cols):
+        return True
+    if max(cols.ts) > newest:
+        return False
+    for col in (cols.event_ids, cols.user_ids, cols.item_ids):
+        if max(map(len, col)) > max_id or any(v != v.strip() for v in col):
+            return False
+    return True
+
+
+def _event_problem(ev: _Interaction, max_id: int, newest: int) -> str | None:
+    for name in ("event_id", "user_id", "item_id"):
+        problem = _id_problem(getattr(ev, name), max_id)
+        if problem:
+            return f"{name}: {problem}"
+    if ev.ts > newest:
+        return f"ts: {ev.ts} is later than the wall clock plus the allowed skew"
+    return None
 
 
 def contract_error(raw: bytes, limits: LimitSettings) -> ContractError:

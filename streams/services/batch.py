@@ -17,3 +17,11 @@ class InteractionColumns:
 
     def __len__(self) -> int:
         return len(self.event_ids)
+
+    def extend(self, other: InteractionColumns) -> None:
+        """Append ``other``'s events (its positions are relative to its own records)."""
+        self.positions.extend(other.positions)
+        self.event_ids.extend(other.event_ids)
+        self.user_ids.extend(other.user_ids)
+        self.item_ids.extend(other.item_ids)
+        self.ts.extend(other.ts)
