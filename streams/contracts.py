@@ -198,8 +198,22 @@ class ModelUpdate(Contract):
     ts: EpochMs
 
 
+class RetainedCopy(Contract):
+    """Somewhere the subject's data may still live after the receipt, and until when."""
+
+    location: str  # a topic name, e.g. "lethe.interactions"
+    until: EpochMs | None = None  # at the latest; None: no bound (kept until removed by hand)
+    what: str = ""
+
+
 class DeletionReceipt(Contract):
-    """Proof that a deletion request was handled (topic ``deletion-receipts``)."""
+    """Proof that a deletion request was handled (topic ``deletion-receipts``).
+
+    Receipts are kept forever, so they never carry a raw id: ``subject`` is the keyed hash
+    (hex) of the subject (``user`` or ``item``), which ``lethe verify-erasure`` checks with
+    the operator's key; ``state_digest`` is the sha256 of the model state the receipt refers
+    to; ``retained_elsewhere`` says which logs may still hold the data and until when.
+    """
 
     request_id: Id
     status: Literal["applied", "rejected", "neural-retrained"]
@@ -209,6 +223,9 @@ class DeletionReceipt(Contract):
     applied_at: EpochMs
     versions: dict[str, str] = {}
     detail: str = ""
+    subject: Annotated[str, Field(pattern=r"^(user|item):[0-9a-f]{16}$")] | None = None
+    state_digest: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
+    retained_elsewhere: list[RetainedCopy] = []
 
 
 class DeadLetter(Contract):
