@@ -50,6 +50,7 @@ from streams.contracts import (
 )
 from streams.kafka_config import client_kwargs, producer_kwargs
 from streams.kafka_io import topic_partitions, tp_key
+from streams.keys import keyring_for
 from streams.runner import run_until_signalled
 from streams.sequence_store import SequenceStore, predates
 from streams.state import DedupWindow
@@ -81,10 +82,11 @@ class TrainerWorker:
         self.cfg = settings.trainer
         if self.cfg.threads:
             torch.set_num_threads(self.cfg.threads)
-        self.files = TrainerFiles(settings.state_dir)
+        self.files = TrainerFiles(settings.state_dir, keyring_for(settings))
         self.state = self.files.load() or TrainerState(
             store=SequenceStore(max_per_user=self.cfg.max_len + 2),
             dedup=DedupWindow(self.cfg.dedup_window),
+            keys=self.files.keys,
         )
         self.model = OnlineLLMD4Rec(online_config(settings))
         if self.state.current is not None:
@@ -188,7 +190,7 @@ class TrainerWorker:
         self.state.offsets[f"{record.topic}:{record.partition}"] = record.offset + 1
 
     def _learn(self, event: InteractionEvent, record) -> None:
-        if self.state.dedup.seen(self.state.hasher("event", event.event_id)):
+        if self.state.dedup.seen_any(self.state.hasher.candidates("event", event.event_id)):
             m.EVENTS.labels("interactions", "duplicate").inc()
             return
         m.EVENTS.labels("interactions", "valid").inc()
@@ -365,9 +367,14 @@ class TrainerWorker:
         earliest: dict[str, int] = {}
         removed: dict[str, dict[str, int]] = {}
         for request in requests:
+            held = set(self.state.store.get(request.user_id)) if request.user_id else set()
             counts, first = self.state.store.forget(request)
             if request.scope == "item":
                 self.state.items.drop(request.item_id)
+            for item in held - set(self.state.store.item_counts):
+                # no retained sequence holds it: a model retrained without the data would
+                # not know it, so it leaves the vocabulary (and the exported item list)
+                self.state.items.drop(item)
             removed[request.request_id] = counts
             for tp, offset in first.items():
                 earliest[tp] = min(offset, earliest.get(tp, offset))

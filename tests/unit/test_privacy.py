@@ -195,3 +195,38 @@ def test_json_log_lines_carry_no_raw_user_or_item_id(capsys):
     record = json.loads(line)
     assert record["request_id"] == "q1" and record["msg"] == "recommended 3 items"
     assert SECRET_USER not in line and SECRET_ITEM not in line
+
+
+# -- the same defects in the scorer's and trainer's stores ---------------------------------
+def test_sequence_store_forgets_positions_of_items_only_the_user_had():
+    from streams.sequence_store import SequenceStore
+
+    store = SequenceStore()
+    store.add(SECRET_USER, SECRET_ITEM, "t:0", 1)
+    store.add(SECRET_USER, "shared", "t:0", 2)
+    store.add("bob", "shared", "t:1", 3)
+    store.forget(forget(SECRET_USER))
+    text = json.dumps(store.to_dict())
+    assert SECRET_ITEM not in text and SECRET_USER not in text
+    assert "shared" in store.item_first
+
+
+def test_scorer_and_trainer_state_files_hold_no_key_and_no_forgotten_item(tmp_path):
+    from streams.scorer_worker import ScorerState
+    from streams.sequence_store import SequenceStore
+    from streams.trainer_state import TrainerFiles, TrainerState
+
+    keys = keyring(tmp_path / "hash.key")
+    scorer = ScorerState(keys)
+    scorer.forbidden_items[scorer.item_hash(SECRET_ITEM)] = ["t:0", 4]
+    text = json.dumps(scorer.to_dict())
+    assert SECRET_ITEM not in text and keys.current.hex() not in text
+    assert ScorerState.from_dict(json.loads(text), keys).forbidden_items == scorer.forbidden_items
+
+    files = TrainerFiles(tmp_path, keys)
+    state = TrainerState(store=SequenceStore(), keys=keys)
+    state.dedup.seen(state.hasher("event", "e1"))
+    files.save(state)
+    raw = files.state_file.read_text()
+    assert keys.current.hex() not in raw and '"key"' not in raw
+    assert files.load().dedup.seen(Hasher(keys)("event", "e1"))
