@@ -12,12 +12,30 @@ from streams.config import LetheSettings, load_settings
 
 
 def _cmd_topics(args: argparse.Namespace, settings: LetheSettings) -> int:
-    from streams.topics import create_topics, describe_topic_configs, topic_specs
+    from streams.topics import (
+        TopicError,
+        check_topic_retention,
+        create_topics,
+        describe_topic_configs,
+        topic_specs,
+    )
 
     if args.action == "create":
-        result = asyncio.run(create_topics(settings))
+        try:
+            result = asyncio.run(create_topics(settings))
+        except TopicError as exc:
+            print(f"lethe topics create: {exc}", file=sys.stderr)
+            return 2
         for name, status in result.items():
             print(f"{name}: {status}")
+    elif args.action == "check":
+        over = asyncio.run(check_topic_retention(settings))
+        deadline = settings.topics.erasure_deadline_ms
+        for name in over:
+            print(f"{name}: keeps user data past the erasure deadline of {deadline} ms")
+        if not over:
+            print(f"every user-data topic keeps data at most {deadline} ms")
+        return 1 if over else 0
     else:
         names = [s.name for s in topic_specs(settings)]
         described = asyncio.run(describe_topic_configs(settings, names))
@@ -146,8 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--topic-prefix", help="topic name prefix (default: lethe.)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("topics", help="create or describe Lethe's topics")
-    p.add_argument("action", choices=["create", "describe"])
+    p = sub.add_parser(
+        "topics",
+        help="create or describe Lethe's topics, or check their retention against the "
+        "erasure deadline",
+    )
+    p.add_argument("action", choices=["create", "describe", "check"])
     p.set_defaults(func=_cmd_topics)
 
     p = sub.add_parser("publish", help="publish interaction events from a CSV or JSONL file")
