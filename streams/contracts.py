@@ -187,7 +187,10 @@ def recommendation_bytes(
 
 
 class ModelUpdate(Contract):
-    """Announces a new model file (topic ``model-updates``, key = model name)."""
+    """Announces a new model file (topic ``model-updates``, key = model name).
+
+    ``path`` must resolve inside the model folder; absolute or relative to it.
+    """
 
     kind: Literal["crm-onnx", "imcorrect"]
     version: Annotated[str, Field(min_length=1, max_length=128)]
@@ -196,6 +199,9 @@ class ModelUpdate(Contract):
     metrics: dict[str, FiniteFloat] = {}
     trained_through: dict[str, int] = {}
     ts: EpochMs
+    #: HMAC-SHA256 (hex) over the canonical content of the other fields, with the shared
+    #: ``model_update_key`` (streams/model_auth.py); the scorer refuses a missing or wrong tag
+    tag: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
 
 
 class RetainedCopy(Contract):

@@ -61,8 +61,13 @@ def read_key_file(path: Path) -> KeyRing:
     return KeyRing(keys[0], tuple(keys[1:]))
 
 
-def write_key_file(path: Path, ring: KeyRing) -> None:
-    """Write ``ring`` to ``path`` with mode 0600 (atomically: temp file, fsync, rename)."""
+def write_key_file(path: Path, ring: KeyRing, exclusive: bool = False) -> bool:
+    """Write ``ring`` to ``path`` with mode 0600 (temp file, fsync, then rename).
+
+    With ``exclusive`` the temp file is hard-linked into place instead, which fails when
+    ``path`` exists: of workers starting together, the first one's key wins and the others
+    read it. Returns False when an exclusive write found the file already there.
+    """
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -71,17 +76,22 @@ def write_key_file(path: Path, ring: KeyRing) -> None:
             f.write("".join(k.hex() + "\n" for k in ring.all))
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
+        if not exclusive:
+            os.replace(tmp, path)
+            return True
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        return True
+    finally:
         tmp.unlink(missing_ok=True)
-        raise
 
 
 def load_or_create_key_file(path: Path) -> KeyRing:
     """The key ring in ``path``; a new random key is written there (0600) when it is absent."""
-    if not path.exists():
-        write_key_file(path, KeyRing.generate())
-        log.info("created hash key file %s", path)
+    if not path.exists() and write_key_file(path, KeyRing.generate(), exclusive=True):
+        log.info("created key file %s", path)
     return read_key_file(path)
 
 

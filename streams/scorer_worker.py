@@ -46,6 +46,7 @@ from streams.contracts import (
 from streams.kafka_config import client_kwargs, reply_producer_kwargs
 from streams.kafka_io import send_dead_letter, topic_partitions, tp_key
 from streams.keys import KeyRing, keyring_for
+from streams.model_auth import UpdateRefused, authenticate, update_key
 from streams.request_channel import RequestChannel
 from streams.runner import run_until_signalled
 from streams.scorer_models import (
@@ -122,6 +123,7 @@ class ScorerWorker:
         self.state = ScorerState(keys)
         if self.state_file.exists():
             self.state = ScorerState.from_dict(json.loads(self.state_file.read_text()), keys)
+        self._update_key = update_key(settings)
         self._banned_cache: tuple[Catalogue, frozenset[str], frozenset[int]] | None = None
         self.model: ServedModel | None = None
         self.imcorrect: IMCorrectView | None = None
@@ -216,7 +218,9 @@ class ScorerWorker:
                     if logical == "model-updates":
                         update = self._decode(ModelUpdate, record, logical)
                         if update is not None and update.kind == "crm-onnx":
-                            updates.append(update)
+                            update = self._authentic(update)
+                            if update is not None:
+                                updates.append(update)
                     elif logical == "interactions":
                         event = self._decode(InteractionEvent, record, logical)
                         if event is not None:
@@ -282,6 +286,17 @@ class ScorerWorker:
         self._popularity = None
         self.state_consumer.resume(*self.deletion_tps)
         self._save()  # the forgotten data leaves the scorer's file too
+
+    def _authentic(self, update: ModelUpdate) -> ModelUpdate | None:
+        """``update`` with its path resolved inside the model folder when its tag verifies;
+        None (counted, logged) for an unsigned or forged one or a path outside the folder."""
+        try:
+            path = authenticate(update, self._update_key, Path(self.settings.model_dir))
+        except UpdateRefused as exc:
+            m.MODEL_UPDATES_REFUSED.labels(exc.reason).inc()
+            log.warning("model update refused (%s): %s", exc.reason, exc)
+            return None
+        return update.model_copy(update={"path": str(path)})
 
     async def _swap(self, update: ModelUpdate) -> None:
         if self.model is not None and int(update.version) <= int(self.model.version):

@@ -38,6 +38,7 @@ from models.distill import DistillConfig, load_checkpoint
 from models.online import OnlineConfig, OnlineLLMD4Rec
 from models.sasrec import SASRec
 from streams import metrics as m
+from streams.applier import subject_of
 from streams.barrier import DeletionBarrier
 from streams.config import LetheSettings
 from streams.contracts import (
@@ -51,6 +52,7 @@ from streams.contracts import (
 from streams.kafka_config import client_kwargs, producer_kwargs
 from streams.kafka_io import topic_partitions, tp_key
 from streams.keys import keyring_for
+from streams.model_auth import sign, update_key
 from streams.runner import run_until_signalled
 from streams.sequence_store import SequenceStore, predates
 from streams.state import DedupWindow
@@ -88,6 +90,7 @@ class TrainerWorker:
             dedup=DedupWindow(self.cfg.dedup_window),
             keys=self.files.keys,
         )
+        self._update_key = update_key(settings)  # signs model-updates (docs/privacy.md)
         self.model = OnlineLLMD4Rec(online_config(settings))
         if self.state.current is not None:
             self.model.load(self.files.checkpoint_dir(self.state.current))
@@ -317,14 +320,17 @@ class TrainerWorker:
             export_sasrec, self.model.crm, Path(self.settings.model_dir), metadata=metadata
         )
         record.onnx_path = str(exported.path.resolve())
-        update = ModelUpdate(
-            kind="crm-onnx",
-            version=str(record.version),
-            path=record.onnx_path,
-            sha256=exported.sha256,
-            metrics={k: float(v) for k, v in metrics.items()},
-            trained_through=record.trained_through,
-            ts=int(time.time() * 1000),
+        update = sign(
+            ModelUpdate(
+                kind="crm-onnx",
+                version=str(record.version),
+                path=record.onnx_path,
+                sha256=exported.sha256,
+                metrics={k: float(v) for k, v in metrics.items()},
+                trained_through=record.trained_through,
+                ts=int(time.time() * 1000),
+            ),
+            self._update_key,
         )
         await self.producer.send_and_wait(
             self.topics["model-updates"], value=update.to_bytes(), key=b"crm"
@@ -440,11 +446,12 @@ class TrainerWorker:
             len(stale),
         )
 
-    @staticmethod
     def _receipt(
-        request: DeletionRequest, removed: dict[str, int], version: str | None, detail: str
+        self, request: DeletionRequest, removed: dict[str, int], version: str | None, detail: str
     ) -> DeletionReceipt:
+        # the subject by keyed hash only: receipts are kept forever (docs/privacy.md)
         return DeletionReceipt(
+            subject=subject_of(self.state.hasher, request),
             request_id=request.request_id,
             status="neural-retrained",
             scope=request.scope,
