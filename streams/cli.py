@@ -126,6 +126,30 @@ def _cmd_schemas(args: argparse.Namespace, settings: LetheSettings) -> int:
     return 0
 
 
+def _cmd_verify_erasure(args: argparse.Namespace, settings: LetheSettings) -> int:
+    from pydantic import ValidationError
+
+    from streams.erasure import read_receipt, verify_erasure
+    from streams.keys import keyring_for
+
+    try:
+        receipt = read_receipt(args.receipt)
+    except (OSError, ValidationError) as exc:
+        print(f"lethe verify-erasure: cannot read the receipt: {exc}", file=sys.stderr)
+        return 2
+    try:
+        keys = keyring_for(settings, create=False)  # a new key would prove nothing
+    except (OSError, ValueError) as exc:
+        print(
+            f"lethe verify-erasure: no hash key (LETHE_HASH_KEY or key file): {exc}",
+            file=sys.stderr,
+        )
+        return 2
+    verdict = verify_erasure(Path(settings.state_dir), receipt, keys, tolerance=args.tolerance)
+    print(json.dumps(verdict.to_dict(), indent=2) if args.json else verdict.render())
+    return 0 if verdict.passed else 1
+
+
 def _cmd_worker(args: argparse.Namespace, settings: LetheSettings) -> int:
     from streams.logs import configure_logging
 
@@ -208,6 +232,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("kind", choices=["imcorrect", "trainer", "scorer"])
     p.add_argument("--state-dir", type=Path, help="state folder (default: LETHE_STATE_DIR)")
     p.set_defaults(func=_cmd_worker)
+
+    p = sub.add_parser(
+        "verify-erasure",
+        help="prove a deletion from the files on disk (exit 0 pass, 1 fail, 2 unusable input)",
+    )
+    p.add_argument("receipt", help="a deletion receipt: JSON file, '-' for stdin, or JSON text")
+    p.add_argument("--state-dir", type=Path, help="state folder (default: LETHE_STATE_DIR)")
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=1e-8,
+        help="largest max-abs difference between the live and a refitted mapping",
+    )
+    p.add_argument("--json", action="store_true", help="print the verdict as JSON")
+    p.set_defaults(func=_cmd_verify_erasure)
 
     p = sub.add_parser("schemas", help="write JSON Schema files of every contract")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "schemas")

@@ -107,6 +107,7 @@ def keyring(
     key_file: Path,
     secret: SecretStr | None = None,
     retired_secrets: Iterable[SecretStr] = (),
+    create: bool = True,
 ) -> KeyRing:
     """Resolve the key ring: the secret setting when given, else the key file.
 
@@ -118,14 +119,21 @@ def keyring(
         ``LETHE_HASH_KEY``: the current key as secret text.
     retired_secrets:
         Earlier values of ``LETHE_HASH_KEY`` still honoured on lookups.
+    create:
+        Make the key file when it is missing. A verifier passes False: checking hashes
+        with a brand-new key would find nothing and so prove nothing.
     """
     if secret is not None:
         return KeyRing(_from_secret(secret), tuple(_from_secret(s) for s in retired_secrets))
+    if not create:
+        return read_key_file(Path(key_file))
     return load_or_create_key_file(Path(key_file))
 
 
-def keyring_for(settings) -> KeyRing:  # noqa: ANN001 - LetheSettings (config imports nothing here)
+def keyring_for(settings, create: bool = True) -> KeyRing:  # noqa: ANN001 - LetheSettings
     """The key ring of a Lethe process: ``hash_key`` when set, else the key file."""
     from streams.config import hash_key_path
 
-    return keyring(hash_key_path(settings), settings.hash_key, settings.hash_keys_retired)
+    return keyring(
+        hash_key_path(settings), settings.hash_key, settings.hash_keys_retired, create=create
+    )
