@@ -150,6 +150,23 @@ def _cmd_verify_erasure(args: argparse.Namespace, settings: LetheSettings) -> in
     return 0 if verdict.passed else 1
 
 
+def _cmd_rotate_hash_key(args: argparse.Namespace, settings: LetheSettings) -> int:
+    from streams.config import hash_key_path
+    from streams.keys import rotate_key_file
+
+    if settings.hash_key is not None:
+        print(
+            "lethe rotate-hash-key: LETHE_HASH_KEY is set; set a new value and move the old "
+            "one into LETHE_HASH_KEYS_RETIRED (docs/privacy.md)",
+            file=sys.stderr,
+        )
+        return 2
+    path = hash_key_path(settings)
+    ring = rotate_key_file(path)
+    print(f"{path}: new current key, {len(ring.retired)} retired key(s) kept; restart workers")
+    return 0
+
+
 def _cmd_worker(args: argparse.Namespace, settings: LetheSettings) -> int:
     from streams.logs import configure_logging
 
@@ -247,6 +264,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="print the verdict as JSON")
     p.set_defaults(func=_cmd_verify_erasure)
+
+    p = sub.add_parser("rotate-hash-key", help="make a new hash key; the old ones stay for lookups")
+    p.add_argument("--state-dir", type=Path, help="state folder (default: LETHE_STATE_DIR)")
+    p.set_defaults(func=_cmd_rotate_hash_key)
 
     p = sub.add_parser("schemas", help="write JSON Schema files of every contract")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "schemas")

@@ -230,3 +230,13 @@ def test_scorer_and_trainer_state_files_hold_no_key_and_no_forgotten_item(tmp_pa
     raw = files.state_file.read_text()
     assert keys.current.hex() not in raw and '"key"' not in raw
     assert files.load().dedup.seen(Hasher(keys)("event", "e1"))
+
+
+def test_rotate_hash_key_command_keeps_the_old_key(tmp_path, capsys):
+    from streams.cli import main
+
+    before = keyring(tmp_path / "keys" / "hash.key")
+    assert main(["rotate-hash-key", "--state-dir", str(tmp_path)]) == 0
+    after = keyring(tmp_path / "keys" / "hash.key", create=False)
+    assert after.retired == (before.current,) and after.current != before.current
+    assert before.current.hex() not in capsys.readouterr().out
