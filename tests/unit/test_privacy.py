@@ -166,7 +166,7 @@ def test_receipts_say_where_data_still_lives_and_until_when():
 
 
 # -- 5. timestamps from the future --------------------------------------------------------
-def test_a_future_timestamp_is_a_contract_error_and_cannot_re_learn_a_forgotten_user():
+def test_a_timestamp_past_the_allowed_skew_is_a_contract_error():
     limits = LimitSettings(max_future_skew_ms=300_000)
     now = int(time.time() * 1000)
     body = {"event_id": "e", "user_id": SECRET_USER, "item_id": "shared"}
