@@ -93,6 +93,20 @@ class ScorerState:
     def item_hash(self, item: str) -> str:
         return str(Hasher(self.keys)("item", item))
 
+    def is_suppressed(self, user: str) -> bool:
+        """Is ``user`` suppressed (under the current or a retired hash key)?"""
+        found = self.suppressed_users
+        return any(str(h) in found for h in Hasher(self.keys).candidates("user", user))
+
+    def is_forbidden(self, item: str) -> bool:
+        """Is ``item`` forgotten (under the current or a retired hash key)?"""
+        found = self.forbidden_items
+        return any(str(h) in found for h in Hasher(self.keys).candidates("item", item))
+
+    def unforbid(self, item: str) -> None:
+        for h in Hasher(self.keys).candidates("item", item):
+            self.forbidden_items.pop(str(h), None)
+
     def to_dict(self) -> dict:
         return {
             "format": STATE_FORMAT,
@@ -254,7 +268,7 @@ class ScorerWorker:
         tp = f"{record.topic}:{record.partition}"
         self.state.store.add(event.user_id, event.item_id, tp, record.offset)
         if self.state.forbidden_items:  # seen again: a live item
-            self.state.forbidden_items.pop(self.state.item_hash(event.item_id), None)
+            self.state.unforbid(event.item_id)
         self._popularity = None
 
     async def _on_deletion(self, record) -> None:
@@ -428,9 +442,7 @@ class ScorerWorker:
             row = catalogue.history_row(items)
             history = row if row[-1] != 0 else None
         imc_user = None
-        suppressed = bool(self.state.suppressed_users) and (
-            self.state.user_hash(request.user_id) in self.state.suppressed_users
-        )
+        suppressed = bool(self.state.suppressed_users) and self.state.is_suppressed(request.user_id)
         if catalogue.imcorrect is not None and not suppressed:
             u = catalogue.imcorrect.state.users.get(request.user_id)
             if u is not None and catalogue.imcorrect.state.model.history_size(u) > 0:
@@ -447,8 +459,8 @@ class ScorerWorker:
         cached = self._banned_cache
         # the catalogue itself is held (not its id): a freed one's address could be reused
         if cached is None or cached[0] is not catalogue or cached[1] != keys:
-            item_hash = self.state.item_hash
-            banned = frozenset(k for k, i in enumerate(catalogue.ids) if item_hash(i) in forbidden)
+            is_forbidden = self.state.is_forbidden
+            banned = frozenset(k for k, i in enumerate(catalogue.ids) if is_forbidden(i))
             self._banned_cache = cached = (catalogue, keys, banned)
         return cached[2]
 

@@ -240,3 +240,43 @@ def test_rotate_hash_key_command_keeps_the_old_key(tmp_path, capsys):
     after = keyring(tmp_path / "keys" / "hash.key", create=False)
     assert after.retired == (before.current,) and after.current != before.current
     assert before.current.hex() not in capsys.readouterr().out
+
+
+# -- 6. retention ---------------------------------------------------------------------------
+def test_user_data_topics_are_created_within_the_erasure_deadline(caplog):
+    from streams.retention import TopicRetention, over_deadline, retention_from_settings
+    from streams.topics import topic_specs
+
+    day = 24 * 3600 * 1000
+    s = LetheSettings(
+        topic_prefix="p.",
+        topics={"erasure_deadline_ms": 7 * day, "interactions_retention_ms": -1},
+    )
+    specs = {spec.logical: spec for spec in topic_specs(s)}
+    for logical in ("interactions", "deletions", "rec-requests", "recommendations", "dead-letters"):
+        assert 0 < int(specs[logical].configs["retention.ms"]) <= 7 * day, logical
+        assert int(specs[logical].configs["segment.ms"]) <= 7 * day
+    assert specs["deletion-receipts"].configs["retention.ms"] == "-1"  # no raw ids: kept
+    planned = retention_from_settings(s)
+    assert planned["interactions"].name == "p.interactions"
+    assert over_deadline(planned, 7 * day) == []
+    too_long = {**planned, "deletions": TopicRetention("p.deletions", 365 * day)}
+    with caplog.at_level(logging.WARNING, logger="lethe.retention"):
+        assert over_deadline(too_long, 7 * day) == ["p.deletions"]
+    assert "p.deletions" in caplog.text and "erasure deadline" in caplog.text
+
+
+def test_scorer_lookups_survive_a_key_rotation():
+    from streams.scorer_worker import ScorerState
+
+    old = KeyRing.generate()
+    scorer = ScorerState(old)
+    scorer.suppressed_users[scorer.user_hash(SECRET_USER)] = ["t:0", 1]
+    scorer.forbidden_items[scorer.item_hash(SECRET_ITEM)] = ["t:0", 2]
+    rotated = ScorerState.from_dict(
+        scorer.to_dict(), KeyRing(KeyRing.generate().current, (old.current,))
+    )
+    assert rotated.is_suppressed(SECRET_USER) and rotated.is_forbidden(SECRET_ITEM)
+    assert not rotated.is_suppressed("bob") and not rotated.is_forbidden("shared")
+    rotated.unforbid(SECRET_ITEM)
+    assert not rotated.forbidden_items
