@@ -58,19 +58,32 @@ def capped_retention(configured: int, deadline_ms: int) -> int:
     return deadline_ms if configured < 0 else min(configured, deadline_ms)
 
 
+def retention_plan(settings: LetheSettings) -> dict[str, int]:
+    """``retention.ms`` of every Lethe topic (logical name → ms, -1: forever) as
+    ``lethe topics create`` sets it: user-data topics capped at the erasure deadline."""
+    t = settings.topics
+    plan = {
+        "interactions": t.interactions_retention_ms,
+        "deletions": t.deletions_retention_ms,
+        "rec-requests": t.requests_retention_ms,
+        "recommendations": t.recommendations_retention_ms,
+        "model-updates": -1,
+        "deletion-receipts": t.receipts_retention_ms,
+        "dead-letters": t.dead_letters_retention_ms,
+    }
+    return {
+        logical: capped_retention(ms, t.erasure_deadline_ms) if logical in USER_DATA_TOPICS else ms
+        for logical, ms in plan.items()
+    }
+
+
 def retention_from_settings(settings: LetheSettings) -> dict[str, TopicRetention]:
     """The retention each user-data topic is created with (when the broker cannot be asked)."""
-    from streams.topics import topic_specs  # topics imports the Kafka admin client lazily
-
-    out = {}
-    for spec in topic_specs(settings):
-        if spec.logical in USER_DATA_TOPICS:
-            out[spec.logical] = TopicRetention(
-                spec.name,
-                int(spec.configs["retention.ms"]),
-                int(spec.configs.get("segment.ms", 0)),
-            )
-    return out
+    return {
+        logical: TopicRetention(f"{settings.topic_prefix}{logical}", ms, segment_ms(ms))
+        for logical, ms in retention_plan(settings).items()
+        if logical in USER_DATA_TOPICS
+    }
 
 
 def retained_elsewhere(

@@ -14,9 +14,9 @@ from streams.kafka_config import client_kwargs
 from streams.retention import (
     USER_DATA_TOPICS,
     TopicRetention,
-    capped_retention,
     over_deadline,
     retention_from_settings,
+    retention_plan,
     segment_ms,
 )
 
@@ -86,26 +86,17 @@ def topic_specs(settings: LetheSettings) -> list[TopicSpec]:
     name so a restarted scorer finds the newest version of each model.
     """
     t = settings.topics
-    retention = {
-        "interactions": t.interactions_retention_ms,
-        "deletions": t.deletions_retention_ms,
-        "rec-requests": t.requests_retention_ms,
-        "recommendations": t.recommendations_retention_ms,
-        "model-updates": -1,
-        "deletion-receipts": t.receipts_retention_ms,
-        "dead-letters": t.dead_letters_retention_ms,
-    }
+    retention = retention_plan(settings)
     specs = []
     for logical in LOGICAL_TOPICS:
         keep = retention[logical]
         configs = {
             "cleanup.policy": "compact" if logical == "model-updates" else "delete",
             "max.message.bytes": str(settings.limits.max_message_bytes + 1024),
+            "retention.ms": str(keep),
         }
         if logical in USER_DATA_TOPICS:
-            keep = capped_retention(keep, t.erasure_deadline_ms)
             configs["segment.ms"] = str(segment_ms(keep))
-        configs["retention.ms"] = str(keep)
         specs.append(
             TopicSpec(
                 logical=logical,
