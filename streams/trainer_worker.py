@@ -53,6 +53,7 @@ from streams.kafka_config import client_kwargs, producer_kwargs
 from streams.kafka_io import topic_partitions, tp_key
 from streams.keys import keyring_for
 from streams.model_auth import sign, update_key
+from streams.retention import retained_elsewhere, retention_from_settings
 from streams.runner import run_until_signalled
 from streams.sequence_store import SequenceStore, predates
 from streams.state import DedupWindow
@@ -91,6 +92,7 @@ class TrainerWorker:
             keys=self.files.keys,
         )
         self._update_key = update_key(settings)  # signs model-updates (docs/privacy.md)
+        self.retention = retention_from_settings(settings)  # for the receipts
         self.model = OnlineLLMD4Rec(online_config(settings))
         if self.state.current is not None:
             self.model.load(self.files.checkpoint_dir(self.state.current))
@@ -450,14 +452,16 @@ class TrainerWorker:
         self, request: DeletionRequest, removed: dict[str, int], version: str | None, detail: str
     ) -> DeletionReceipt:
         # the subject by keyed hash only: receipts are kept forever (docs/privacy.md)
+        now = int(time.time() * 1000)
         return DeletionReceipt(
             subject=subject_of(self.state.hasher, request),
+            retained_elsewhere=retained_elsewhere(self.retention, now, request.scope),
             request_id=request.request_id,
             status="neural-retrained",
             scope=request.scope,
             removed=removed,
             requested_at=request.ts,
-            applied_at=int(time.time() * 1000),
+            applied_at=now,
             versions={"crm": version} if version else {},
             detail=detail,
         )
