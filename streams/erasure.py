@@ -104,11 +104,22 @@ def verify_erasure(
         return verdict
     kind, subject_hex = receipt.subject.split(":", 1)
     is_subject = _matches(subject_hex, kind, keys)
-    state = SnapshotStore(Path(state_dir) / "imcorrect", keys).load()
+    store = SnapshotStore(Path(state_dir) / "imcorrect", keys)
+    latest = store.latest()
+    state = store.load(latest) if latest is not None else None
     if state is None:
         verdict.notes.append("no IMCorrect snapshot under this state folder")
     else:
         _check_imcorrect(verdict, state, receipt, kind, is_subject, tolerance)
+        with np.load(latest / "model.npz", allow_pickle=False) as arrays:
+            stored_mapping = any(name.startswith("map_") for name in arrays.files)
+        if not stored_mapping:
+            # snapshots taken for receipts leave the dense mapping out (docs/privacy.md)
+            verdict.notes.append(
+                "this snapshot stores no mapping (it is refitted from X on load), so the "
+                "mapping check confirms the refit only; the id and interaction checks carry "
+                "the proof"
+            )
     for name in ("scorer", "trainer"):
         path = Path(state_dir) / name / "state.json"
         if path.exists() and receipt.scope != "interactions":  # the user stays there
