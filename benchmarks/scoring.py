@@ -46,6 +46,7 @@ from streams.client import LetheProducer
 from streams.config import LetheSettings
 from streams.contracts import ModelUpdate
 from streams.localkafka import kafka_broker
+from streams.model_auth import sign, update_key
 from streams.procs import WorkerProcess, free_port, scrape
 from streams.replay import replay_dataset
 from streams.topics import create_topics
@@ -68,6 +69,7 @@ async def announce(settings: LetheSettings, path: Path, sha: str) -> None:
     update = ModelUpdate(
         kind="crm-onnx", version="1", path=str(path), sha256=sha, ts=int(time.time() * 1000)
     )
+    update = sign(update, update_key(settings))  # the scorer refuses unsigned updates
     async with LetheProducer(settings) as producer:
         await producer.send("model-updates", "crm", update)
         await producer.flush()

@@ -11,6 +11,12 @@ Ordering rule (documented in the README):
 * All interactions of a batch become one ``IMCorrect.learn`` call (one low-rank correction),
   followed by one ``IMCorrect.forget`` call for all deletions of the batch.
 * Interactions are implicit feedback: a seen pair has weight 1 whatever its kind or value.
+* After a batch's deletions, a user or item touched by them that has no retained interaction
+  left is dropped from its id map (and an item from the model's catalogue), as it would be
+  absent from a model fitted on the retained data (docs/privacy.md, "Id maps").
+
+Receipts never carry raw ids (they are kept forever): the subject is named by its keyed hash,
+the model state by its sha256, and ``retained_elsewhere`` lists the logs that still hold data.
 """
 
 from __future__ import annotations
@@ -20,9 +26,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from streams.config import LetheSettings
 from streams.contracts import DeletionReceipt, DeletionRequest, InteractionEvent
+from streams.retention import TopicRetention, retained_elsewhere, retention_from_settings
 from streams.services.batch import InteractionColumns
-from streams.state import WorkerState
+from streams.state import WorkerState, model_digest
 
 
 @dataclass
@@ -40,10 +48,24 @@ class BatchOutcome:
 
 
 class Applier:
-    """Applies batches of events to a :class:`WorkerState`."""
+    """Applies batches of events to a :class:`WorkerState`.
 
-    def __init__(self, state: WorkerState) -> None:
+    Parameters
+    ----------
+    state:
+        The worker state to change.
+    retention:
+        Logical topic → retention of the user-data topics, for the receipts'
+        ``retained_elsewhere`` (read from the broker at start; default: the settings' plan).
+    """
+
+    def __init__(
+        self, state: WorkerState, retention: dict[str, TopicRetention] | None = None
+    ) -> None:
         self.state = state
+        self.retention = (
+            retention if retention is not None else retention_from_settings(LetheSettings())
+        )
 
     def apply(self, events: list[InteractionEvent | DeletionRequest]) -> BatchOutcome:
         start = time.perf_counter()
@@ -53,12 +75,15 @@ class Applier:
         forget_users: list[int] = []
         forget_items: list[int] = []
         forget_pairs: set[tuple[int, int]] = set()
+        #: users and items a deletion touched: dropped below if nothing of theirs is retained
+        touched_users: set[int] = set()
+        touched_items: set[int] = set()
         receipts: list[tuple[DeletionRequest, dict[str, int], str | None]] = []
         x = st.model.interactions if any(isinstance(e, DeletionRequest) for e in events) else None
 
         for event in events:
             if isinstance(event, InteractionEvent):
-                if st.dedup.seen(h("event", event.event_id)):
+                if st.dedup.seen_any(h.candidates("event", event.event_id)):
                     st.bump("duplicates")
                     continue
                 st.bump("events_accepted")
@@ -69,11 +94,18 @@ class Applier:
                 forget_pairs.discard((u, i))  # re-learned after its deletion in this batch
                 pending.append(_Pending(u, i))
                 continue
-            if st.dedup.seen(h("request", event.request_id)):
+            if st.dedup.seen_any(h.candidates("request", event.request_id)):
                 st.bump("duplicate_deletions")
                 continue
             removed, reason = self._plan_deletion(
-                event, pending, forget_users, forget_items, forget_pairs, x
+                event,
+                pending,
+                forget_users,
+                forget_items,
+                forget_pairs,
+                x,
+                touched_users,
+                touched_items,
             )
             receipts.append((event, removed, reason))
 
@@ -86,7 +118,10 @@ class Applier:
             st.bump("learned", len(learn))
         if forget_users or forget_items or forget_pairs:
             st.model.forget(users=forget_users, items=forget_items, interactions=forget_pairs)
+        if touched_users or touched_items:
+            self._drop_orphans(touched_users, touched_items)
         now = int(time.time() * 1000)
+        digest = model_digest(st.model) if receipts else None
         for request, removed, reason in receipts:
             status = "rejected" if reason else "applied"
             st.bump(f"deletions_{status}")
@@ -101,6 +136,9 @@ class Applier:
                     versions={"imcorrect": str(st.model.version)},
                     detail=reason
                     or "removed from interaction matrix, mapping, id maps and snapshots",
+                    subject=subject_of(h, request),
+                    state_digest=digest,
+                    retained_elsewhere=retained_elsewhere(self.retention, now, request.scope),
                 )
             )
             outcome.forget_requested_ts.append(request.ts)
@@ -115,8 +153,12 @@ class Applier:
         """
         st = self.state
         keep = []
-        seen = st.dedup.seen
-        for k, h in enumerate(st.hasher.many("event", cols.event_ids)):
+        seen, dedup, hasher = st.dedup.seen, st.dedup, st.hasher
+        # ids remembered under a retired key (before a rotation) are duplicates too
+        old = [hasher.many("event", cols.event_ids, key) for key in hasher.keys.retired]
+        for k, h in enumerate(hasher.many("event", cols.event_ids)):
+            if any(hashes[k] in dedup for hashes in old):
+                continue
             if not seen(h):
                 keep.append(k)
         n_dup = len(cols) - len(keep)
@@ -139,22 +181,24 @@ class Applier:
         h, tomb = self.state.hasher, self.state.tombstones
         last: dict[str, int] = {}
 
-        def newest(kind: str, ids: set[str]) -> None:
-            for value, key in zip(ids, h.many(kind, list(ids)), strict=True):
-                ts = tomb.get(key)
-                if ts is not None:
-                    last[f"{kind}\x1f{value}"] = ts
+        def newest(kind: str, ids: list[str]) -> None:
+            for key in h.keys.all:  # a tombstone may predate a key rotation
+                for value, hashed in zip(ids, h.many(kind, ids, key), strict=True):
+                    ts = tomb.get(hashed)
+                    if ts is not None:
+                        name = f"{kind}\x1f{value}"
+                        last[name] = max(ts, last.get(name, -1))
 
-        newest("user", {cols.user_ids[k] for k in keep})
-        newest("item", {cols.item_ids[k] for k in keep})
-        pairs = h.many("pair", [f"{cols.user_ids[k]}\x1f{cols.item_ids[k]}" for k in keep])
+        newest("user", sorted({cols.user_ids[k] for k in keep}))
+        newest("item", sorted({cols.item_ids[k] for k in keep}))
+        newest("pair", sorted({f"{cols.user_ids[k]}\x1f{cols.item_ids[k]}" for k in keep}))
         out = []
-        for k, pair_key in zip(keep, pairs, strict=True):
+        for k in keep:
             ts = cols.ts[k]
             stone = max(
                 last.get(f"user\x1f{cols.user_ids[k]}", -1),
                 last.get(f"item\x1f{cols.item_ids[k]}", -1),
-                tomb.get(pair_key, -1),
+                last.get(f"pair\x1f{cols.user_ids[k]}\x1f{cols.item_ids[k]}", -1),
             )
             if ts <= stone:
                 self.state.bump("dropped_forgotten")
@@ -165,13 +209,38 @@ class Applier:
     # -- helpers ----------------------------------------------------------------------------
     def _tombstoned(self, e: InteractionEvent) -> bool:
         h, tomb = self.state.hasher, self.state.tombstones
-        for key in (h("user", e.user_id), h("item", e.item_id), h("pair", e.user_id, e.item_id)):
-            ts = tomb.get(key)
-            if ts is not None and e.ts <= ts:
-                return True
+        subjects = (("user", e.user_id), ("item", e.item_id), ("pair", e.user_id, e.item_id))
+        for parts in subjects:
+            for key in h.candidates(*parts):  # a tombstone may predate a key rotation
+                ts = tomb.get(key)
+                if ts is not None and e.ts <= ts:
+                    return True
         return False
 
-    def _plan_deletion(self, req, pending, forget_users, forget_items, forget_pairs, x):
+    def _drop_orphans(self, users: set[int], items: set[int]) -> None:
+        """Forget id-map entries left without any retained interaction by this batch's
+        deletions; orphaned items also leave the model's catalogue (masked, never reused)."""
+        st = self.state
+        x = st.model.interactions
+        nnz_rows = np.diff(x.indptr)
+        nnz_cols = np.bincount(x.indices, minlength=x.shape[1])
+        for u in users:
+            external = st.users.external(u)
+            if external is not None and (u >= x.shape[0] or nnz_rows[u] == 0):
+                st.users.drop(external)
+        orphans = []
+        for i in items:
+            external = st.items.external(i)
+            if external is not None and (i >= x.shape[1] or nnz_cols[i] == 0):
+                st.items.drop(external)
+                orphans.append(i)
+        if orphans:
+            st.model.forget(items=orphans)
+            st.bump("orphans_dropped", len(orphans))
+
+    def _plan_deletion(
+        self, req, pending, forget_users, forget_items, forget_pairs, x, touched_u, touched_i
+    ):
         st, h = self.state, self.state.hasher
         removed = {"interactions": 0}
 
@@ -180,15 +249,22 @@ class Applier:
             for k, p in enumerate(pending):
                 if p is not None and match(p):
                     dropped.add((p.user, p.item))
+                    touched_u.add(p.user)
+                    touched_i.add(p.item)
                     pending[k] = None
             return len(dropped)
+
+        def stored_items(u: int) -> None:
+            if x is not None and u < x.shape[0]:
+                touched_i.update(x.indices[x.indptr[u] : x.indptr[u + 1]].tolist())
 
         if req.scope == "user":
             st.tombstones[h("user", req.user_id)] = req.ts
             u = st.users.get(req.user_id)
             if u is None:
-                return removed, f"unknown user: nothing stored for user_id {req.user_id!r}"
+                return removed, "unknown user: nothing stored for this user"
             in_batch = drop_pending(lambda p: p.user == u)
+            stored_items(u)
             stored = int(x[u].nnz) if x is not None and u < x.shape[0] else 0
             forget_users.append(u)
             st.users.drop(req.user_id)
@@ -198,8 +274,10 @@ class Applier:
             st.tombstones[h("item", req.item_id)] = req.ts
             i = st.items.get(req.item_id)
             if i is None:
-                return removed, f"unknown item: nothing stored for item_id {req.item_id!r}"
+                return removed, "unknown item: nothing stored for this item"
             in_batch = drop_pending(lambda p: p.item == i)
+            if x is not None and i < x.shape[1]:
+                touched_u.update(x[:, i].nonzero()[0].tolist())
             stored = int(x[:, i].nnz) if x is not None and i < x.shape[1] else 0
             forget_items.append(i)
             st.items.drop(req.item_id)
@@ -210,7 +288,7 @@ class Applier:
         for item_id in req.item_ids or []:
             st.tombstones[h("pair", req.user_id, item_id)] = req.ts
         if u is None:
-            return removed, f"unknown user: nothing stored for user_id {req.user_id!r}"
+            return removed, "unknown user: nothing stored for this user"
         count = 0
         for item_id in req.item_ids or []:
             i = st.items.get(item_id)
@@ -220,7 +298,17 @@ class Applier:
             if x is not None and u < x.shape[0] and i < x.shape[1] and x[u, i] != 0:
                 count += 1
                 forget_pairs.add((u, i))
+                touched_u.add(u)
+                touched_i.add(i)
         if count == 0:
             return removed, "unknown interactions: none of item_ids is stored for this user"
         removed["interactions"] = count
         return removed, None
+
+
+def subject_of(h, request: DeletionRequest) -> str:  # noqa: ANN001 - streams.state.Hasher
+    """The receipt's ``subject``: the keyed hash of the user (scopes user and interactions)
+    or of the item, never the raw id."""
+    if request.scope == "item":
+        return f"item:{h.subject('item', request.item_id)}"
+    return f"user:{h.subject('user', request.user_id)}"

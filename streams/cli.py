@@ -12,12 +12,30 @@ from streams.config import LetheSettings, load_settings
 
 
 def _cmd_topics(args: argparse.Namespace, settings: LetheSettings) -> int:
-    from streams.topics import create_topics, describe_topic_configs, topic_specs
+    from streams.topics import (
+        TopicError,
+        check_topic_retention,
+        create_topics,
+        describe_topic_configs,
+        topic_specs,
+    )
 
     if args.action == "create":
-        result = asyncio.run(create_topics(settings))
+        try:
+            result = asyncio.run(create_topics(settings))
+        except TopicError as exc:
+            print(f"lethe topics create: {exc}", file=sys.stderr)
+            return 2
         for name, status in result.items():
             print(f"{name}: {status}")
+    elif args.action == "check":
+        over = asyncio.run(check_topic_retention(settings))
+        deadline = settings.topics.erasure_deadline_ms
+        for name in over:
+            print(f"{name}: keeps user data past the erasure deadline of {deadline} ms")
+        if not over:
+            print(f"every user-data topic keeps data at most {deadline} ms")
+        return 1 if over else 0
     else:
         names = [s.name for s in topic_specs(settings)]
         described = asyncio.run(describe_topic_configs(settings, names))
@@ -108,6 +126,47 @@ def _cmd_schemas(args: argparse.Namespace, settings: LetheSettings) -> int:
     return 0
 
 
+def _cmd_verify_erasure(args: argparse.Namespace, settings: LetheSettings) -> int:
+    from pydantic import ValidationError
+
+    from streams.erasure import read_receipt, verify_erasure
+    from streams.keys import keyring_for
+
+    try:
+        receipt = read_receipt(args.receipt)
+    except (OSError, ValidationError) as exc:
+        print(f"lethe verify-erasure: cannot read the receipt: {exc}", file=sys.stderr)
+        return 2
+    try:
+        keys = keyring_for(settings, create=False)  # a new key would prove nothing
+    except (OSError, ValueError) as exc:
+        print(
+            f"lethe verify-erasure: no hash key (LETHE_HASH_KEY or key file): {exc}",
+            file=sys.stderr,
+        )
+        return 2
+    verdict = verify_erasure(Path(settings.state_dir), receipt, keys, tolerance=args.tolerance)
+    print(json.dumps(verdict.to_dict(), indent=2) if args.json else verdict.render())
+    return 0 if verdict.passed else 1
+
+
+def _cmd_rotate_hash_key(args: argparse.Namespace, settings: LetheSettings) -> int:
+    from streams.config import hash_key_path
+    from streams.keys import rotate_key_file
+
+    if settings.hash_key is not None:
+        print(
+            "lethe rotate-hash-key: LETHE_HASH_KEY is set; set a new value and move the old "
+            "one into LETHE_HASH_KEYS_RETIRED (docs/privacy.md)",
+            file=sys.stderr,
+        )
+        return 2
+    path = hash_key_path(settings)
+    ring = rotate_key_file(path)
+    print(f"{path}: new current key, {len(ring.retired)} retired key(s) kept; restart workers")
+    return 0
+
+
 def _cmd_worker(args: argparse.Namespace, settings: LetheSettings) -> int:
     from streams.logs import configure_logging
 
@@ -146,8 +205,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--topic-prefix", help="topic name prefix (default: lethe.)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("topics", help="create or describe Lethe's topics")
-    p.add_argument("action", choices=["create", "describe"])
+    p = sub.add_parser(
+        "topics",
+        help="create or describe Lethe's topics, or check their retention against the "
+        "erasure deadline",
+    )
+    p.add_argument("action", choices=["create", "describe", "check"])
     p.set_defaults(func=_cmd_topics)
 
     p = sub.add_parser("publish", help="publish interaction events from a CSV or JSONL file")
@@ -186,6 +249,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("kind", choices=["imcorrect", "trainer", "scorer"])
     p.add_argument("--state-dir", type=Path, help="state folder (default: LETHE_STATE_DIR)")
     p.set_defaults(func=_cmd_worker)
+
+    p = sub.add_parser(
+        "verify-erasure",
+        help="prove a deletion from the files on disk (exit 0 pass, 1 fail, 2 unusable input)",
+    )
+    p.add_argument("receipt", help="a deletion receipt: JSON file, '-' for stdin, or JSON text")
+    p.add_argument("--state-dir", type=Path, help="state folder (default: LETHE_STATE_DIR)")
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=1e-8,
+        help="largest max-abs difference between the live and a refitted mapping",
+    )
+    p.add_argument("--json", action="store_true", help="print the verdict as JSON")
+    p.set_defaults(func=_cmd_verify_erasure)
+
+    p = sub.add_parser("rotate-hash-key", help="make a new hash key; the old ones stay for lookups")
+    p.add_argument("--state-dir", type=Path, help="state folder (default: LETHE_STATE_DIR)")
+    p.set_defaults(func=_cmd_rotate_hash_key)
 
     p = sub.add_parser("schemas", help="write JSON Schema files of every contract")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "schemas")

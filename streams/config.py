@@ -72,16 +72,23 @@ class LimitSettings(BaseModel):
 
 
 class TopicSettings(BaseModel):
-    """Partitions, retention and cleanup for every topic Lethe owns."""
+    """Partitions, retention and cleanup for every topic Lethe owns.
+
+    ``erasure_deadline_ms`` is the one bound on how long a topic that carries user data
+    (interactions, deletions, rec-requests, recommendations, dead-letters) keeps it: each of
+    their retentions is capped at it when topics are created (docs/privacy.md, "Retention").
+    Receipts carry no raw ids and are kept forever as proof of erasure.
+    """
 
     partitions: int = Field(default=4, ge=1)
     replication_factor: int = Field(default=1, ge=1)
+    erasure_deadline_ms: int = Field(default=30 * DAY_MS, ge=60_000)
     interactions_retention_ms: int = Field(default=30 * DAY_MS, ge=-1)
-    deletions_retention_ms: int = Field(default=365 * DAY_MS, ge=-1)
+    deletions_retention_ms: int = Field(default=30 * DAY_MS, ge=-1)
     requests_retention_ms: int = Field(default=1 * DAY_MS, ge=-1)
     recommendations_retention_ms: int = Field(default=1 * DAY_MS, ge=-1)
     receipts_retention_ms: int = Field(default=-1, ge=-1)  # kept forever: proof of erasure
-    dead_letters_retention_ms: int = Field(default=90 * DAY_MS, ge=-1)
+    dead_letters_retention_ms: int = Field(default=30 * DAY_MS, ge=-1)
 
 
 class ProducerSettings(BaseModel):
@@ -199,6 +206,15 @@ class LetheSettings(BaseSettings):
     #: where exported ONNX models are written (shared with the scorer)
     model_dir: Path = Path("./var/models")
     log_json: bool = False
+    #: key of the keyed hashes in tombstones, dedup windows and receipts (``LETHE_HASH_KEY``);
+    #: unset: a 0600 key file, ``hash_key_file`` or ``<state_dir>/keys/hash.key``
+    hash_key: SecretStr | None = None
+    #: earlier hash keys, still honoured on lookups after a rotation (docs/privacy.md)
+    hash_keys_retired: list[SecretStr] = []
+    hash_key_file: Path | None = None
+    #: shared secret of the HMAC-SHA256 tag on ``model-updates`` (``LETHE_MODEL_UPDATE_KEY``);
+    #: the trainer signs, the scorer refuses anything whose tag does not verify
+    model_update_key: SecretStr | None = None
 
     @classmethod
     def settings_customise_sources(
@@ -214,6 +230,11 @@ class LetheSettings(BaseSettings):
         if toml_path:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(toml_path)))
         return tuple(sources)
+
+
+def hash_key_path(settings: LetheSettings) -> Path:
+    """Where the hash key file lives (used when ``hash_key`` is not set)."""
+    return settings.hash_key_file or Path(settings.state_dir) / "keys" / "hash.key"
 
 
 def load_settings(**overrides: object) -> LetheSettings:

@@ -187,7 +187,10 @@ def recommendation_bytes(
 
 
 class ModelUpdate(Contract):
-    """Announces a new model file (topic ``model-updates``, key = model name)."""
+    """Announces a new model file (topic ``model-updates``, key = model name).
+
+    ``path`` must resolve inside the model folder; absolute or relative to it.
+    """
 
     kind: Literal["crm-onnx", "imcorrect"]
     version: Annotated[str, Field(min_length=1, max_length=128)]
@@ -196,10 +199,27 @@ class ModelUpdate(Contract):
     metrics: dict[str, FiniteFloat] = {}
     trained_through: dict[str, int] = {}
     ts: EpochMs
+    #: HMAC-SHA256 (hex) over the canonical content of the other fields, with the shared
+    #: ``model_update_key`` (streams/model_auth.py); the scorer refuses a missing or wrong tag
+    tag: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
+
+
+class RetainedCopy(Contract):
+    """Somewhere the subject's data may still live after the receipt, and until when."""
+
+    location: str  # a topic name, e.g. "lethe.interactions"
+    until: EpochMs | None = None  # at the latest; None: no bound (kept until removed by hand)
+    what: str = ""
 
 
 class DeletionReceipt(Contract):
-    """Proof that a deletion request was handled (topic ``deletion-receipts``)."""
+    """Proof that a deletion request was handled (topic ``deletion-receipts``).
+
+    Receipts are kept forever, so they never carry a raw id: ``subject`` is the keyed hash
+    (hex) of the subject (``user`` or ``item``), which ``lethe verify-erasure`` checks with
+    the operator's key; ``state_digest`` is the sha256 of the model state the receipt refers
+    to; ``retained_elsewhere`` says which logs may still hold the data and until when.
+    """
 
     request_id: Id
     status: Literal["applied", "rejected", "neural-retrained"]
@@ -209,6 +229,9 @@ class DeletionReceipt(Contract):
     applied_at: EpochMs
     versions: dict[str, str] = {}
     detail: str = ""
+    subject: Annotated[str, Field(pattern=r"^(user|item):[0-9a-f]{16}$")] | None = None
+    state_digest: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
+    retained_elsewhere: list[RetainedCopy] = []
 
 
 class DeadLetter(Contract):

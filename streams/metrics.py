@@ -77,6 +77,11 @@ SCORER_PROVIDER = Gauge(
     "lethe_scorer_provider_info", "onnxruntime provider in use (1 = current)", ["provider"]
 )
 SCORER_SWAPS = Counter("lethe_scorer_model_swaps_total", "Model swaps by outcome", ["outcome"])
+MODEL_UPDATES_REFUSED = Counter(
+    "lethe_model_updates_refused_total",
+    "model-updates messages refused before any file was opened (unsigned, forged, path)",
+    ["reason"],
+)
 SCORER_DELETIONS = Counter(
     "lethe_scorer_deletions_applied_total", "Deletion requests applied to the scorer's state"
 )

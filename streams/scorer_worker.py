@@ -23,7 +23,6 @@ import asyncio
 import gc
 import json
 import logging
-import secrets
 import time
 from functools import partial
 from pathlib import Path
@@ -46,6 +45,8 @@ from streams.contracts import (
 )
 from streams.kafka_config import client_kwargs, reply_producer_kwargs
 from streams.kafka_io import send_dead_letter, topic_partitions, tp_key
+from streams.keys import KeyRing, keyring_for
+from streams.model_auth import UpdateRefused, authenticate, update_key
 from streams.request_channel import RequestChannel
 from streams.runner import run_until_signalled
 from streams.scorer_models import (
@@ -64,24 +65,47 @@ from streams.topics import create_topics, topic_name
 
 log = logging.getLogger("lethe.scorer")
 
-STATE_FORMAT = 1
+#: 2: no hash key in the file, forgotten items by keyed hash
+STATE_FORMAT = 2
 
 
 class ScorerState:
-    """Sequences, forgotten ids and offsets: what the scorer keeps across restarts."""
+    """Sequences, forgotten ids and offsets: what the scorer keeps across restarts.
 
-    def __init__(self) -> None:
+    Forgotten users and items are kept as keyed hashes only; the key (``keys``) is never
+    written to the state file (docs/privacy.md).
+    """
+
+    def __init__(self, keys: KeyRing | None = None) -> None:
         self.store = SequenceStore()
-        #: forgotten item → the deletion's log position (never returned while here)
+        #: keyed hash of a forgotten item → the deletion's log position (never returned
+        #: while here)
         self.forbidden_items: dict[str, list] = {}
         #: keyed hash of a forgotten user → deletion position; that user's IMCorrect scores
         #: are unused until a snapshot past it is loaded (hashes: no forgotten id on disk)
         self.suppressed_users: dict[str, list] = {}
         self.offsets: dict[str, int] = {}
-        self.key = secrets.token_bytes(16)
+        self.keys = keys or KeyRing.generate()
 
     def user_hash(self, user: str) -> str:
-        return str(Hasher(self.key)("user", user))
+        return str(Hasher(self.keys)("user", user))
+
+    def item_hash(self, item: str) -> str:
+        return str(Hasher(self.keys)("item", item))
+
+    def is_suppressed(self, user: str) -> bool:
+        """Is ``user`` suppressed (under the current or a retired hash key)?"""
+        found = self.suppressed_users
+        return any(str(h) in found for h in Hasher(self.keys).candidates("user", user))
+
+    def is_forbidden(self, item: str) -> bool:
+        """Is ``item`` forgotten (under the current or a retired hash key)?"""
+        found = self.forbidden_items
+        return any(str(h) in found for h in Hasher(self.keys).candidates("item", item))
+
+    def unforbid(self, item: str) -> None:
+        for h in Hasher(self.keys).candidates("item", item):
+            self.forbidden_items.pop(str(h), None)
 
     def to_dict(self) -> dict:
         return {
@@ -90,19 +114,17 @@ class ScorerState:
             "forbidden_items": self.forbidden_items,
             "suppressed_users": self.suppressed_users,
             "offsets": self.offsets,
-            "key": self.key.hex(),
         }
 
     @classmethod
-    def from_dict(cls, data: dict) -> ScorerState:
+    def from_dict(cls, data: dict, keys: KeyRing | None = None) -> ScorerState:
         if data.get("format") != STATE_FORMAT:
-            raise ValueError("unsupported scorer state format")
-        state = cls()
+            raise ValueError("unsupported scorer state format (see docs/privacy.md)")
+        state = cls(keys)
         state.store = SequenceStore.from_dict(data["store"])
         state.forbidden_items = data["forbidden_items"]
         state.suppressed_users = data["suppressed_users"]
         state.offsets = data["offsets"]
-        state.key = bytes.fromhex(data["key"])
         return state
 
 
@@ -111,9 +133,12 @@ class ScorerWorker:
         self.settings = settings
         self.cfg = settings.scorer
         self.state_file = Path(settings.state_dir) / "scorer" / "state.json"
-        self.state = ScorerState()
+        keys = keyring_for(settings)
+        self.state = ScorerState(keys)
         if self.state_file.exists():
-            self.state = ScorerState.from_dict(json.loads(self.state_file.read_text()))
+            self.state = ScorerState.from_dict(json.loads(self.state_file.read_text()), keys)
+        self._update_key = update_key(settings)
+        self._banned_cache: tuple[Catalogue, frozenset[str], frozenset[int]] | None = None
         self.model: ServedModel | None = None
         self.imcorrect: IMCorrectView | None = None
         self.catalogue = Catalogue(None, None)
@@ -207,7 +232,9 @@ class ScorerWorker:
                     if logical == "model-updates":
                         update = self._decode(ModelUpdate, record, logical)
                         if update is not None and update.kind == "crm-onnx":
-                            updates.append(update)
+                            update = self._authentic(update)
+                            if update is not None:
+                                updates.append(update)
                     elif logical == "interactions":
                         event = self._decode(InteractionEvent, record, logical)
                         if event is not None:
@@ -240,7 +267,8 @@ class ScorerWorker:
         m.EVENTS.labels("interactions", "valid").inc()
         tp = f"{record.topic}:{record.partition}"
         self.state.store.add(event.user_id, event.item_id, tp, record.offset)
-        self.state.forbidden_items.pop(event.item_id, None)  # seen again: a live item
+        if self.state.forbidden_items:  # seen again: a live item
+            self.state.unforbid(event.item_id)
         self._popularity = None
 
     async def _on_deletion(self, record) -> None:
@@ -265,13 +293,24 @@ class ScorerWorker:
             position = [f"{record.topic}:{record.partition}", record.offset]
             self.state.store.forget(request)
             if request.scope == "item":
-                self.state.forbidden_items[request.item_id] = position
+                self.state.forbidden_items[self.state.item_hash(request.item_id)] = position
             else:
                 self.state.suppressed_users[self.state.user_hash(request.user_id)] = position
             m.SCORER_DELETIONS.inc()
         self._popularity = None
         self.state_consumer.resume(*self.deletion_tps)
         self._save()  # the forgotten data leaves the scorer's file too
+
+    def _authentic(self, update: ModelUpdate) -> ModelUpdate | None:
+        """``update`` with its path resolved inside the model folder when its tag verifies;
+        None (counted, logged) for an unsigned or forged one or a path outside the folder."""
+        try:
+            path = authenticate(update, self._update_key, Path(self.settings.model_dir))
+        except UpdateRefused as exc:
+            m.MODEL_UPDATES_REFUSED.labels(exc.reason).inc()
+            log.warning("model update refused (%s): %s", exc.reason, exc)
+            return None
+        return update.model_copy(update={"path": str(path)})
 
     async def _swap(self, update: ModelUpdate) -> None:
         if self.model is not None and int(update.version) <= int(self.model.version):
@@ -395,9 +434,7 @@ class ScorerWorker:
 
     def _job(self, catalogue: Catalogue, request: RecRequest) -> ScoringJob:
         items = self.state.store.get(request.user_id)  # read only, and within this call
-        banned = {
-            catalogue.position[i] for i in self.state.forbidden_items if i in catalogue.position
-        }
+        banned = set(self._forbidden_positions(catalogue))
         if request.exclude_seen:
             banned |= {catalogue.position[i] for i in items if i in catalogue.position}
         history = None
@@ -405,14 +442,27 @@ class ScorerWorker:
             row = catalogue.history_row(items)
             history = row if row[-1] != 0 else None
         imc_user = None
-        suppressed = bool(self.state.suppressed_users) and (
-            self.state.user_hash(request.user_id) in self.state.suppressed_users
-        )
+        suppressed = bool(self.state.suppressed_users) and self.state.is_suppressed(request.user_id)
         if catalogue.imcorrect is not None and not suppressed:
             u = catalogue.imcorrect.state.users.get(request.user_id)
             if u is not None and catalogue.imcorrect.state.model.history_size(u) > 0:
                 imc_user = u
         return ScoringJob(request.k, history, imc_user, np.fromiter(banned, dtype=np.int64))
+
+    def _forbidden_positions(self, catalogue: Catalogue) -> frozenset[int]:
+        """Catalogue positions of forgotten items (kept by hash, so the catalogue is hashed
+        once per catalogue and change of the forgotten set, not per request)."""
+        forbidden = self.state.forbidden_items
+        if not forbidden:
+            return frozenset()
+        keys = frozenset(forbidden)
+        cached = self._banned_cache
+        # the catalogue itself is held (not its id): a freed one's address could be reused
+        if cached is None or cached[0] is not catalogue or cached[1] != keys:
+            is_forbidden = self.state.is_forbidden
+            banned = frozenset(k for k, i in enumerate(catalogue.ids) if is_forbidden(i))
+            self._banned_cache = cached = (catalogue, keys, banned)
+        return cached[2]
 
     def _popularity_for(self, catalogue: Catalogue) -> np.ndarray:
         """Interaction counts per catalogue item (the fallback for users nobody knows)."""

@@ -65,6 +65,7 @@ class SequenceStore:
             seq = self.sequences.pop(request.user_id, [])
             for item in seq:
                 self._count(item, -1)
+            self._drop_unheld(seq)
             first = self.user_first.pop(request.user_id, None)
             if first is not None:
                 note(*first)
@@ -94,11 +95,22 @@ class SequenceStore:
                 if item in names:
                     self._count(item, -1)
             self._set(request.user_id, kept)
+            self._drop_unheld(names)
         # even when nothing is held any more (older items roll out of a bounded store),
         # models may have been trained on the pairs since the user's first event
         if first is not None:
             note(*first)
         return {"interactions": removed}, earliest
+
+    def _drop_unheld(self, items) -> None:  # noqa: ANN001 - any iterable of item ids
+        """Forget the first positions of items no held sequence keeps after a deletion: they
+        would otherwise leave a raw id only the forgotten user touched in the file.
+
+        Limit (docs/privacy.md): in a bounded store an item that rolled out of another
+        user's sequence is forgotten here too, though a checkpoint may have seen it."""
+        for item in set(items):
+            if item not in self.item_counts:
+                self.item_first.pop(item, None)
 
     def _set(self, user: str, kept: list[str]) -> None:
         if kept:

@@ -5,8 +5,10 @@ IMCorrect model, the id maps, the dedup window, the tombstones of forgotten ids 
 offsets the state reflects. It is written to ``snap-<seq>.tmp``, fsynced, renamed, and only
 then are older snapshots deleted, so a crash leaves either the old or the new one complete.
 
-Privacy: forgotten ids must not survive in any file. Id maps drop them; the dedup window and
-tombstones store keyed 64-bit hashes (BLAKE2b with a per-state random key), never raw ids.
+Privacy: forgotten ids must not survive in any file. Id maps drop them (and items no retained
+user touched); the dedup window and tombstones store keyed 64-bit hashes (BLAKE2b), never raw
+ids, and the key is never written into a snapshot: it comes from :mod:`streams.keys` (a secret
+setting or a 0600 key file kept apart), see docs/privacy.md.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import secrets
 import shutil
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -23,8 +24,10 @@ from pathlib import Path
 import numpy as np
 
 from models.imcorrect import IMCorrect
+from streams.keys import KeyRing
 
-SNAPSHOT_FORMAT = 1
+#: 2: the hash key is no longer in worker.json
+SNAPSHOT_FORMAT = 2
 
 
 class IdMap:
@@ -59,20 +62,37 @@ class IdMap:
         return len(self.by_id)
 
 
-class Hasher:
-    """Keyed 64-bit hashes of ids (for dedup and tombstones)."""
+def _keyed(key: bytes, parts: tuple[str, ...]) -> int:
+    digest = hashlib.blake2b("\x1f".join(parts).encode(), digest_size=8, key=key)
+    return int.from_bytes(digest.digest(), "little", signed=False)
 
-    def __init__(self, key: bytes) -> None:
-        self.key = key
+
+class Hasher:
+    """Keyed 64-bit hashes of ids (for dedup, tombstones and receipts).
+
+    New hashes use the ring's current key; :meth:`candidates` gives the hash under every key
+    so that entries written before a key rotation are still found.
+    """
+
+    def __init__(self, keys: KeyRing | bytes) -> None:
+        self.keys = keys if isinstance(keys, KeyRing) else KeyRing(keys)
 
     def __call__(self, *parts: str) -> int:
-        digest = hashlib.blake2b("\x1f".join(parts).encode(), digest_size=8, key=self.key)
-        return int.from_bytes(digest.digest(), "little", signed=False)
+        return _keyed(self.keys.current, parts)
 
-    def many(self, kind: str, values: list[str]) -> list[int]:
+    def candidates(self, *parts: str) -> list[int]:
+        """The hash of ``parts`` under the current key, then under each retired key."""
+        return [_keyed(k, parts) for k in self.keys.all]
+
+    def subject(self, *parts: str) -> str:
+        """A receipt's stand-in for a raw id: hex of the keyed hash (see docs/privacy.md)."""
+        return f"{self(*parts):016x}"
+
+    def many(self, kind: str, values: list[str], key: bytes | None = None) -> list[int]:
         """``[self(kind, v) for v in values]``, continuing one keyed prefix state per value
-        (a third cheaper than keying a new hash each time)."""
-        prefix = hashlib.blake2b(f"{kind}\x1f".encode(), digest_size=8, key=self.key)
+        (a third cheaper than keying a new hash each time); ``key`` defaults to the current."""
+        key = self.keys.current if key is None else key
+        prefix = hashlib.blake2b(f"{kind}\x1f".encode(), digest_size=8, key=key)
         out = []
         for v in values:
             d = prefix.copy()
@@ -99,6 +119,16 @@ class DedupWindow:
             self._seen.popitem(last=False)
         return False
 
+    def __contains__(self, h: int) -> bool:
+        return h in self._seen
+
+    def seen_any(self, hashes: list[int]) -> bool:
+        """:meth:`seen` for the first (current-key) hash, also True if any other is known:
+        an event id remembered under a retired key is still a duplicate."""
+        if any(h in self._seen for h in hashes[1:]):
+            return True
+        return self.seen(hashes[0])
+
     def array(self) -> np.ndarray:
         return np.fromiter(self._seen.keys(), dtype=np.uint64, count=len(self._seen))
 
@@ -120,23 +150,40 @@ class WorkerState:
     #: topic ended when they were decided, to check on restart what did get out
     pending_receipts: list[str] = field(default_factory=list)
     receipts_end_offsets: dict[str, int] = field(default_factory=dict)
-    key: bytes = field(default_factory=lambda: secrets.token_bytes(16))
+    #: hash keys; never saved with the state (the store is given them, see SnapshotStore)
+    keys: KeyRing | None = field(default_factory=KeyRing.generate)
     seq: int = 0
 
     @property
     def hasher(self) -> Hasher:
-        return Hasher(self.key)
+        if self.keys is None:
+            # loaded by a reader that was not given the keys: hashing with a made-up key
+            # would silently miss every tombstone, so refuse instead
+            raise RuntimeError("this state was loaded without its hash keys")
+        return Hasher(self.keys)
 
     def bump(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
 
 
 class SnapshotStore:
-    """Atomic snapshots of a :class:`WorkerState` under ``<state_dir>/snapshots``."""
+    """Atomic snapshots of a :class:`WorkerState` under ``<state_dir>/snapshots``.
 
-    def __init__(self, state_dir: Path) -> None:
+    ``keys`` is the hash key ring the loaded state hashes with; it is kept out of every
+    snapshot file. A reader that does not hash (the scorer) may leave it out and gets
+    no keys (hashing with such a state raises).
+    """
+
+    def __init__(self, state_dir: Path, keys: KeyRing | None = None) -> None:
         self.root = Path(state_dir) / "snapshots"
         self.root.mkdir(parents=True, exist_ok=True)
+        self.keys = keys
+
+    def adopt(self, state: WorkerState) -> WorkerState:
+        """Give a new state this store's keys (so its hashes survive a restart)."""
+        if self.keys is not None:
+            state.keys = self.keys
+        return state
 
     def _complete(self) -> list[Path]:
         return sorted(p for p in self.root.glob("snap-*") if p.is_dir() and p.suffix != ".tmp")
@@ -174,7 +221,6 @@ class SnapshotStore:
             "pending_receipts": state.pending_receipts,
             "receipts_end_offsets": state.receipts_end_offsets,
             "dedup_capacity": state.dedup.capacity,
-            "key": state.key.hex(),
         }
         (tmp / "worker.json").write_text(json.dumps(meta))
         for f in tmp.iterdir():
@@ -199,7 +245,10 @@ class SnapshotStore:
             return None
         meta = json.loads((path / "worker.json").read_text())
         if meta.get("format") != SNAPSHOT_FORMAT:
-            raise ValueError(f"unsupported snapshot format in {path}")
+            raise ValueError(
+                f"unsupported snapshot format {meta.get('format')} in {path} (format 1 kept "
+                "the hash key inside the snapshot; see docs/privacy.md for starting afresh)"
+            )
         model = IMCorrect.load(path / "model")
         with np.load(path / "worker.npz", allow_pickle=False) as arrays:
             dedup = DedupWindow(meta["dedup_capacity"], arrays["dedup"])
@@ -216,9 +265,22 @@ class SnapshotStore:
             counters=meta["counters"],
             pending_receipts=meta["pending_receipts"],
             receipts_end_offsets=meta["receipts_end_offsets"],
-            key=bytes.fromhex(meta["key"]),
+            keys=self.keys,
             seq=meta["seq"],
         )
+
+
+def model_digest(model: IMCorrect) -> str:
+    """sha256 (hex) over the model's data arrays (X and the forgotten-item mask: name, dtype,
+    shape, bytes, by name): what a receipt's ``state_digest`` names and ``lethe
+    verify-erasure`` recomputes from disk. The mapping is left out: it is a function of X,
+    and a snapshot taken for a receipt does not store it (it is refitted on load)."""
+    h = hashlib.sha256()
+    for name, arr in sorted(model.state_arrays(with_mapping=False).items()):
+        a = np.ascontiguousarray(arr)
+        h.update(f"{name}:{a.dtype.str}:{a.shape};".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
 
 
 def _fsync(path: Path) -> None:

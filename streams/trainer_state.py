@@ -10,17 +10,18 @@ data they exclude (the lineage a privacy audit reads).
 from __future__ import annotations
 
 import json
-import secrets
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from streams.keys import KeyRing
 from streams.sequence_store import SequenceStore, write_json_atomically
 from streams.state import DedupWindow, Hasher, IdMap
 
-STATE_FORMAT = 1
+#: 2: the hash key is no longer in state.json (docs/privacy.md)
+STATE_FORMAT = 2
 
 
 @dataclass
@@ -45,7 +46,8 @@ class TrainerState:
     items: IdMap = field(default_factory=IdMap)
     offsets: dict[str, int] = field(default_factory=dict)
     dedup: DedupWindow = field(default_factory=lambda: DedupWindow(200_000))
-    key: bytes = field(default_factory=lambda: secrets.token_bytes(16))
+    #: never written to state.json; TrainerFiles is given them
+    keys: KeyRing = field(default_factory=KeyRing.generate)
     version: int = 0
     checkpoints: list[CheckpointRecord] = field(default_factory=list)
     #: the checkpoint the live models continue from (None: fresh models)
@@ -57,7 +59,7 @@ class TrainerState:
 
     @property
     def hasher(self) -> Hasher:
-        return Hasher(self.key)
+        return Hasher(self.keys)
 
     def bump(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
@@ -67,9 +69,11 @@ class TrainerState:
 
 
 class TrainerFiles:
-    """Paths of the trainer's state, checkpoints and the JSON round trip of the state."""
+    """Paths of the trainer's state, checkpoints and the JSON round trip of the state
+    (``keys``: the hash keys the loaded state uses; kept out of the file)."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, keys: KeyRing | None = None) -> None:
+        self.keys = keys or KeyRing.generate()
         self.root = Path(state_dir) / "trainer"
         self.checkpoints = self.root / "checkpoints"
         self.state_file = self.root / "state.json"
@@ -94,7 +98,6 @@ class TrainerFiles:
                 "offsets": state.offsets,
                 "dedup": [str(h) for h in state.dedup.array().tolist()],
                 "dedup_capacity": state.dedup.capacity,
-                "key": state.key.hex(),
                 "version": state.version,
                 "checkpoints": [c.to_dict() for c in state.checkpoints],
                 "current": state.current,
@@ -116,7 +119,7 @@ class TrainerFiles:
             items=IdMap(data["items"]),
             offsets=data["offsets"],
             dedup=DedupWindow(data["dedup_capacity"], hashes),
-            key=bytes.fromhex(data["key"]),
+            keys=self.keys,
             version=data["version"],
             checkpoints=[CheckpointRecord(**c) for c in data["checkpoints"]],
             current=data["current"],

@@ -38,6 +38,7 @@ from models.distill import DistillConfig, load_checkpoint
 from models.online import OnlineConfig, OnlineLLMD4Rec
 from models.sasrec import SASRec
 from streams import metrics as m
+from streams.applier import subject_of
 from streams.barrier import DeletionBarrier
 from streams.config import LetheSettings
 from streams.contracts import (
@@ -50,6 +51,9 @@ from streams.contracts import (
 )
 from streams.kafka_config import client_kwargs, producer_kwargs
 from streams.kafka_io import topic_partitions, tp_key
+from streams.keys import keyring_for
+from streams.model_auth import sign, update_key
+from streams.retention import retained_elsewhere, retention_from_settings
 from streams.runner import run_until_signalled
 from streams.sequence_store import SequenceStore, predates
 from streams.state import DedupWindow
@@ -81,11 +85,14 @@ class TrainerWorker:
         self.cfg = settings.trainer
         if self.cfg.threads:
             torch.set_num_threads(self.cfg.threads)
-        self.files = TrainerFiles(settings.state_dir)
+        self.files = TrainerFiles(settings.state_dir, keyring_for(settings))
         self.state = self.files.load() or TrainerState(
             store=SequenceStore(max_per_user=self.cfg.max_len + 2),
             dedup=DedupWindow(self.cfg.dedup_window),
+            keys=self.files.keys,
         )
+        self._update_key = update_key(settings)  # signs model-updates (docs/privacy.md)
+        self.retention = retention_from_settings(settings)  # for the receipts
         self.model = OnlineLLMD4Rec(online_config(settings))
         if self.state.current is not None:
             self.model.load(self.files.checkpoint_dir(self.state.current))
@@ -188,7 +195,7 @@ class TrainerWorker:
         self.state.offsets[f"{record.topic}:{record.partition}"] = record.offset + 1
 
     def _learn(self, event: InteractionEvent, record) -> None:
-        if self.state.dedup.seen(self.state.hasher("event", event.event_id)):
+        if self.state.dedup.seen_any(self.state.hasher.candidates("event", event.event_id)):
             m.EVENTS.labels("interactions", "duplicate").inc()
             return
         m.EVENTS.labels("interactions", "valid").inc()
@@ -315,14 +322,17 @@ class TrainerWorker:
             export_sasrec, self.model.crm, Path(self.settings.model_dir), metadata=metadata
         )
         record.onnx_path = str(exported.path.resolve())
-        update = ModelUpdate(
-            kind="crm-onnx",
-            version=str(record.version),
-            path=record.onnx_path,
-            sha256=exported.sha256,
-            metrics={k: float(v) for k, v in metrics.items()},
-            trained_through=record.trained_through,
-            ts=int(time.time() * 1000),
+        update = sign(
+            ModelUpdate(
+                kind="crm-onnx",
+                version=str(record.version),
+                path=record.onnx_path,
+                sha256=exported.sha256,
+                metrics={k: float(v) for k, v in metrics.items()},
+                trained_through=record.trained_through,
+                ts=int(time.time() * 1000),
+            ),
+            self._update_key,
         )
         await self.producer.send_and_wait(
             self.topics["model-updates"], value=update.to_bytes(), key=b"crm"
@@ -365,9 +375,14 @@ class TrainerWorker:
         earliest: dict[str, int] = {}
         removed: dict[str, dict[str, int]] = {}
         for request in requests:
+            held = set(self.state.store.get(request.user_id)) if request.user_id else set()
             counts, first = self.state.store.forget(request)
             if request.scope == "item":
                 self.state.items.drop(request.item_id)
+            for item in held - set(self.state.store.item_counts):
+                # no retained sequence holds it: a model retrained without the data would
+                # not know it, so it leaves the vocabulary (and the exported item list)
+                self.state.items.drop(item)
             removed[request.request_id] = counts
             for tp, offset in first.items():
                 earliest[tp] = min(offset, earliest.get(tp, offset))
@@ -433,17 +448,20 @@ class TrainerWorker:
             len(stale),
         )
 
-    @staticmethod
     def _receipt(
-        request: DeletionRequest, removed: dict[str, int], version: str | None, detail: str
+        self, request: DeletionRequest, removed: dict[str, int], version: str | None, detail: str
     ) -> DeletionReceipt:
+        # the subject by keyed hash only: receipts are kept forever (docs/privacy.md)
+        now = int(time.time() * 1000)
         return DeletionReceipt(
+            subject=subject_of(self.state.hasher, request),
+            retained_elsewhere=retained_elsewhere(self.retention, now, request.scope),
             request_id=request.request_id,
             status="neural-retrained",
             scope=request.scope,
             removed=removed,
             requested_at=request.ts,
-            applied_at=int(time.time() * 1000),
+            applied_at=now,
             versions={"crm": version} if version else {},
             detail=detail,
         )

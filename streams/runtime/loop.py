@@ -36,7 +36,7 @@ from streams.runtime.decode import decode_interactions, decode_one
 from streams.runtime.lock import StateLock
 from streams.services.batch import InteractionColumns
 from streams.services.imcorrect import IMCorrectService
-from streams.topics import create_topics, topic_name
+from streams.topics import create_topics, topic_name, topic_retention
 
 log = logging.getLogger("lethe.imcorrect")
 
@@ -103,6 +103,8 @@ class IMCorrectRuntime:
                 self._assign()
                 self._resolve_outbox()
                 log.info("imcorrect worker ready (metrics on :%s)", port)
+                # receipts say how long the logs keep data; warns past the erasure deadline
+                self.service.applier.retention = asyncio.run(topic_retention(cfg))
                 while not self._stop:
                     self._step()
                 self._snapshot()  # clean shutdown

@@ -25,6 +25,8 @@ from streams.contracts import (
     RecRequest,
     ScoredItem,
 )
+from streams.keys import keyring_for
+from streams.retention import retention_from_settings
 from streams.services.batch import InteractionColumns
 from streams.state import DedupWindow, SnapshotStore, WorkerState
 
@@ -40,9 +42,12 @@ class IMCorrectService:
 
     def __init__(self, settings: LetheSettings, state_dir: Path | None = None) -> None:
         self.settings = settings
-        self.store = SnapshotStore(Path(state_dir or Path(settings.state_dir) / "imcorrect"))
-        self.state = self.store.load() or new_state(settings)
-        self.applier = Applier(self.state)
+        # the hash key is kept apart from the snapshots (docs/privacy.md, "Keys")
+        self.store = SnapshotStore(
+            Path(state_dir or Path(settings.state_dir) / "imcorrect"), keyring_for(settings)
+        )
+        self.state = self.store.load() or self.store.adopt(new_state(settings))
+        self.applier = Applier(self.state, retention_from_settings(settings))
         self._mapping_saved_at = time.monotonic()
 
     # -- input --------------------------------------------------------------------------------

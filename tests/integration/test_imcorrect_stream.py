@@ -14,6 +14,8 @@ import pytest
 from models.datasets import load
 from streams.client import LetheProducer
 from streams.contracts import DeadLetter, DeletionReceipt, decode
+from streams.erasure import verify_erasure
+from streams.keys import keyring_for
 from streams.replay import to_event
 from streams.topics import create_topics, topic_name
 from tests.integration.worker_harness import (
@@ -85,6 +87,12 @@ def test_replay_ml100k_then_forget_5pct_equals_batch_fit(settings, ml100k, tmp_p
         if path.is_file():
             blob = path.read_bytes()
             assert not any(n in blob for n in needles), f"forgotten id found in {path}"
+    # the receipts name no one, and prove themselves from the files (docs/privacy.md)
+    assert not any(n in r.to_bytes() for r in receipts for n in needles)
+    keys = keyring_for(settings, create=False)
+    for receipt in receipts[:3]:
+        verdict = verify_erasure(settings.state_dir, receipt, keys)
+        assert verdict.passed, verdict.render()
 
 
 def test_sigkill_three_times_loses_nothing_and_applies_nothing_twice(settings, ml100k, tmp_path):

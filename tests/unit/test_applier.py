@@ -115,7 +115,7 @@ def test_item_and_interaction_scopes():
 def test_snapshot_round_trip_keeps_no_forgotten_id(tmp_path):
     state, applier = fresh()
     applier.apply([ev(1, "secret-user-42", "x", 1), ev(2, "b", "x", 2)])
-    store = SnapshotStore(tmp_path)
+    store = SnapshotStore(tmp_path, keys=state.keys)
     store.save(state)
     applier.apply([forget_user("secret-user-42", 10)])
     state.offsets["t:0"] = 7

@@ -1,0 +1,139 @@
+"""The keyed-hash key ring, kept apart from every state file (docs/privacy.md, "Keys").
+
+Tombstones, dedup windows and the subject hashes in receipts are BLAKE2b hashes keyed with a
+secret. Anyone holding a state file *and* the key could confirm a guessed id, so the key is
+never written next to the hashes: it comes from ``LETHE_HASH_KEY`` (a secret setting) or from
+a key file with mode 0600, by default ``<state_dir>/keys/hash.key``, created on first start.
+
+Rotation keeps the old keys: new hashes use the current key, lookups try every key, so a
+tombstone written under a retired key still stops a forgotten user from being re-learned.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import secrets
+import stat
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import SecretStr
+
+log = logging.getLogger("lethe.keys")
+
+KEY_BYTES = 32
+
+
+@dataclass(frozen=True)
+class KeyRing:
+    """The current hash key and retired ones still honoured on lookups."""
+
+    current: bytes
+    retired: tuple[bytes, ...] = ()
+
+    @classmethod
+    def generate(cls) -> KeyRing:
+        """A fresh random key (tests and throw-away state)."""
+        return cls(secrets.token_bytes(KEY_BYTES))
+
+    @property
+    def all(self) -> tuple[bytes, ...]:
+        return (self.current, *self.retired)
+
+
+def _from_secret(secret: SecretStr) -> bytes:
+    # any length of secret text becomes a fixed-size key; BLAKE2b keys are at most 64 bytes
+    return hashlib.sha256(secret.get_secret_value().encode("utf-8")).digest()
+
+
+def read_key_file(path: Path) -> KeyRing:
+    """Read a key file: one hex key per line, the current one first, retired ones after."""
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        log.warning("key file %s is readable by others (mode %o); chmod 600 it", path, mode)
+    lines = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+    if not lines:
+        raise ValueError(f"key file {path} holds no key")
+    keys = [bytes.fromhex(ln) for ln in lines]
+    return KeyRing(keys[0], tuple(keys[1:]))
+
+
+def write_key_file(path: Path, ring: KeyRing, exclusive: bool = False) -> bool:
+    """Write ``ring`` to ``path`` with mode 0600 (temp file, fsync, then rename).
+
+    With ``exclusive`` the temp file is hard-linked into place instead, which fails when
+    ``path`` exists: of workers starting together, the first one's key wins and the others
+    read it. Returns False when an exclusive write found the file already there.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write("".join(k.hex() + "\n" for k in ring.all))
+            f.flush()
+            os.fsync(f.fileno())
+        if not exclusive:
+            os.replace(tmp, path)
+            return True
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_or_create_key_file(path: Path) -> KeyRing:
+    """The key ring in ``path``; a new random key is written there (0600) when it is absent."""
+    if not path.exists() and write_key_file(path, KeyRing.generate(), exclusive=True):
+        log.info("created key file %s", path)
+    return read_key_file(path)
+
+
+def rotate_key_file(path: Path) -> KeyRing:
+    """Make a new current key; the old ones stay as retired keys (see docs/privacy.md)."""
+    old = load_or_create_key_file(path)
+    ring = KeyRing(secrets.token_bytes(KEY_BYTES), old.all)
+    write_key_file(path, ring)
+    return ring
+
+
+def keyring(
+    key_file: Path,
+    secret: SecretStr | None = None,
+    retired_secrets: Iterable[SecretStr] = (),
+    create: bool = True,
+) -> KeyRing:
+    """Resolve the key ring: the secret setting when given, else the key file.
+
+    Parameters
+    ----------
+    key_file:
+        Where the key lives when no secret is configured (created on first use).
+    secret:
+        ``LETHE_HASH_KEY``: the current key as secret text.
+    retired_secrets:
+        Earlier values of ``LETHE_HASH_KEY`` still honoured on lookups.
+    create:
+        Make the key file when it is missing. A verifier passes False: checking hashes
+        with a brand-new key would find nothing and so prove nothing.
+    """
+    if secret is not None:
+        return KeyRing(_from_secret(secret), tuple(_from_secret(s) for s in retired_secrets))
+    if not create:
+        return read_key_file(Path(key_file))
+    return load_or_create_key_file(Path(key_file))
+
+
+def keyring_for(settings, create: bool = True) -> KeyRing:  # noqa: ANN001 - LetheSettings
+    """The key ring of a Lethe process: ``hash_key`` when set, else the key file."""
+    from streams.config import hash_key_path
+
+    return keyring(
+        hash_key_path(settings), settings.hash_key, settings.hash_keys_retired, create=create
+    )

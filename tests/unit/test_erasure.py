@@ -1,0 +1,143 @@
+"""``lethe verify-erasure`` at unit level: Applier + SnapshotStore on disk, no broker."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from models.imcorrect import IMCorrect
+from streams.applier import Applier
+from streams.cli import main
+from streams.contracts import DeletionRequest, InteractionEvent
+from streams.erasure import verify_erasure
+from streams.keys import keyring
+from streams.state import DedupWindow, SnapshotStore, WorkerState
+
+USER = "erase-me-314"
+
+
+@pytest.fixture
+def erased(tmp_path):
+    """A state folder after ``USER`` was forgotten, with the receipt."""
+    keys = keyring(tmp_path / "keys" / "hash.key")
+    state = WorkerState(model=IMCorrect("ease", l2=5.0), dedup=DedupWindow(10_000), keys=keys)
+    applier = Applier(state)
+    rng = np.random.default_rng(3)
+    events = [
+        InteractionEvent(event_id=f"e{n}", user_id=f"u{u}", item_id=f"i{i}", ts=1)
+        for n, (u, i) in enumerate(rng.integers(0, [30, 25], size=(400, 2)).tolist())
+    ]
+    events += [
+        InteractionEvent(event_id=f"s{k}", user_id=USER, item_id=f"i{k}", ts=1) for k in range(8)
+    ]
+    applier.apply(events)
+    store = SnapshotStore(tmp_path / "imcorrect", keys)
+    store.save(state)
+    user_row = state.model.interactions[state.users.get(USER)]
+    user_index = state.users.get(USER)
+    (receipt,) = applier.apply(
+        [DeletionRequest(request_id="r1", scope="user", user_id=USER, reason="privacy", ts=9)]
+    ).receipts
+    store.save(state)
+    return tmp_path, keys, receipt, user_index, user_row
+
+
+def test_passes_after_a_deletion(erased):
+    state_dir, keys, receipt, *_ = erased
+    verdict = verify_erasure(state_dir, receipt, keys)
+    assert verdict.passed, verdict.render()
+    names = {c.name for c in verdict.checks}
+    assert {"IMCorrect user map", "IMCorrect interactions", "IMCorrect mapping"} <= names
+    assert "state digest" in names  # the snapshot is the receipt's state
+    assert verdict.figures["mapping_max_abs_diff"] <= 1e-8
+    assert USER not in verdict.render()
+
+
+def _edit_snapshot(state_dir, edit) -> None:
+    snap = SnapshotStore(state_dir / "imcorrect").latest()
+    npz = snap / "model.npz"
+    with np.load(npz, allow_pickle=False) as f:
+        arrays = dict(f)
+    edit(arrays, snap)
+    np.savez(npz, **arrays)
+
+
+def test_fails_when_a_forgotten_users_row_is_put_back_by_hand(erased):
+    state_dir, keys, receipt, user_index, user_row = erased
+
+    def put_back(arrays, _snap):
+        shape = tuple(arrays["x_shape"])
+        x = sp.csr_matrix((arrays["x_data"], arrays["x_indices"], arrays["x_indptr"]), shape)
+        x = x.tolil()
+        x[user_index, :] = user_row.toarray()
+        x = x.tocsr()
+        arrays.update(x_data=x.data, x_indices=x.indices, x_indptr=x.indptr)
+
+    _edit_snapshot(state_dir, put_back)
+    verdict = verify_erasure(state_dir, receipt, keys)
+    assert not verdict.passed
+    failed = {c.name for c in verdict.checks if not c.passed}
+    assert {"IMCorrect interactions", "IMCorrect mapping", "state digest"} <= failed
+
+
+def test_fails_when_the_id_is_put_back_or_kept_in_a_sequence_store(erased):
+    state_dir, keys, receipt, user_index, _ = erased
+    snap = SnapshotStore(state_dir / "imcorrect").latest()
+    meta = json.loads((snap / "worker.json").read_text())
+    meta["users"][user_index] = USER
+    (snap / "worker.json").write_text(json.dumps(meta))
+    (state_dir / "scorer").mkdir()
+    (state_dir / "scorer" / "state.json").write_text(
+        json.dumps({"store": {"sequences": {USER: ["i1"]}, "user_first": {}}})
+    )
+    verdict = verify_erasure(state_dir, receipt, keys)
+    failed = {c.name for c in verdict.checks if not c.passed}
+    assert failed == {"IMCorrect user map", "scorer sequences"}
+    # with any other key the planted id is not recognised: confirming needs the operator's key
+    from streams.keys import KeyRing
+
+    blind = verify_erasure(state_dir, receipt, KeyRing.generate())
+    assert {c.name for c in blind.checks if not c.passed} == set()
+
+
+def test_later_changes_are_noted_not_failed(erased):
+    state_dir, keys, receipt, *_ = erased
+    store = SnapshotStore(state_dir / "imcorrect", keys)
+    state = store.load()
+    Applier(state).apply(
+        [InteractionEvent(event_id="late", user_id="u1", item_id="brand-new", ts=20)]
+    )
+    store.save(state)
+    verdict = verify_erasure(state_dir, receipt, keys)
+    assert verdict.passed, verdict.render()
+    assert any("moved on" in n for n in verdict.notes)
+
+
+def test_cli_exit_codes(erased, capsys):
+    state_dir, _, receipt, user_index, user_row = erased
+    path = state_dir / "receipt.json"
+    path.write_text(receipt.model_dump_json())
+    assert main(["verify-erasure", str(path), "--state-dir", str(state_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "PASS" in out and "max |M_live - M_refit|" in out
+    assert main(["verify-erasure", "{not json", "--state-dir", str(state_dir)]) == 2
+    # no key file: refuse instead of making a new key that would prove nothing
+    other = state_dir / "elsewhere"
+    other.mkdir()
+    assert main(["verify-erasure", str(path), "--state-dir", str(other)]) == 2
+    assert not (other / "keys").exists()
+    inline = receipt.model_dump_json()  # the receipt as JSON text works too
+    assert main(["verify-erasure", inline, "--state-dir", str(state_dir)]) == 0
+
+
+def test_a_snapshot_without_the_mapping_still_verifies_and_says_so(erased):
+    state_dir, keys, receipt, user_index, user_row = erased
+    store = SnapshotStore(state_dir / "imcorrect", keys)
+    store.save(store.load(), with_mapping=False)  # as the worker writes one for a receipt
+    verdict = verify_erasure(state_dir, receipt, keys)
+    assert verdict.passed, verdict.render()
+    assert any("stores no mapping" in n for n in verdict.notes)
+    assert any(c.name == "state digest" and c.passed for c in verdict.checks)
