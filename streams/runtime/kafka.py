@@ -12,6 +12,7 @@ from typing import Any
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
+    OFFSET_END,
     Consumer,
     KafkaError,
     KafkaException,
@@ -129,3 +130,62 @@ def read_range(
                     todo.discard(msg.partition())
     finally:
         reader.close()
+
+
+class KafkaIO:
+    """The runtime's Kafka calls for one worker (its in-memory twin for tests without a
+    broker is :class:`streams.runtime.memory.MemoryIO`)."""
+
+    def __init__(self, settings: LetheSettings) -> None:
+        self.settings = settings
+        self._metadata: Consumer | None = None
+        self._admin: AdminClient | None = None
+
+    def create_topics(self) -> None:
+        import asyncio
+
+        from streams.topics import create_topics
+
+        asyncio.run(create_topics(self.settings))
+
+    def consumer(self) -> Consumer:
+        return consumer(self.settings, **{"max.partition.fetch.bytes": 4 << 20})
+
+    def producer(self) -> Producer:
+        return producer(self.settings)
+
+    def partitions(self, topic: str) -> list[int]:
+        # metadata on a client of its own: on the reading consumer the question would queue
+        # behind a long-polling fetch
+        if self._metadata is None:
+            self._metadata = consumer(self.settings)
+        return partitions(self._metadata, topic)
+
+    def end_offsets(self, topic: str, parts: list[int]) -> dict[str, int]:
+        if self._admin is None:
+            self._admin = admin(self.settings)
+        return end_offsets(self._admin, topic, parts)
+
+    def assign(
+        self, client: Consumer, topic: str, parts: list[int], offsets: dict[str, int] | None
+    ) -> None:
+        """Assign at the saved offsets (the beginning when none), or at the end (None)."""
+        if offsets is None:
+            client.incremental_assign([TopicPartition(topic, p, OFFSET_END) for p in parts])
+        else:
+            assign_from(client, topic, parts, offsets)
+
+    def positions(self, client: Consumer, topic: str, parts: list[int]) -> dict[str, int]:
+        """Next offset the consumer will read per partition (-1001 before its first fetch)."""
+        got = client.position([TopicPartition(topic, p) for p in parts])
+        return {tp_key(topic, tp.partition): tp.offset for tp in got}
+
+    def read_range(self, topic: str, start: dict[str, int]) -> Iterator[Any]:
+        return read_range(self.settings, topic, start)
+
+    def retention(self) -> Any:
+        import asyncio
+
+        from streams.topics import topic_retention
+
+        return asyncio.run(topic_retention(self.settings))

@@ -17,14 +17,11 @@ restart publishes those the topic does not have yet: exactly one receipt per req
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import logging
 import signal
 import time
 from dataclasses import dataclass, field
-
-from confluent_kafka import OFFSET_END, TopicPartition
 
 from streams import metrics as m
 from streams.config import LetheSettings
@@ -34,9 +31,10 @@ from streams.runtime.barrier import Held, OrderedBarrier
 from streams.runtime.deadletter import bounded_key, dead_letter_bytes
 from streams.runtime.decode import decode_interactions, decode_one
 from streams.runtime.lock import StateLock
+from streams.runtime.memory import MemoryIO
 from streams.services.batch import InteractionColumns
 from streams.services.imcorrect import IMCorrectService
-from streams.topics import create_topics, topic_name, topic_retention
+from streams.topics import topic_name
 
 log = logging.getLogger("lethe.imcorrect")
 
@@ -58,8 +56,9 @@ class _Batch:
 class IMCorrectRuntime:
     """Runs an :class:`IMCorrectService` on Kafka until :meth:`stop`."""
 
-    def __init__(self, settings: LetheSettings) -> None:
+    def __init__(self, settings: LetheSettings, io: kafka.KafkaIO | MemoryIO | None = None) -> None:
         self.settings = settings
+        self.io = io or kafka.KafkaIO(settings)
         self.topics = {
             name: topic_name(settings, name)
             for name in (
@@ -94,17 +93,18 @@ class IMCorrectRuntime:
             gc.set_threshold(100_000, 50, 100)
             self._snapshot_offsets = dict(self.service.offsets)
             port = m.serve(cfg.metrics_host, cfg.metrics_port)
-            asyncio.run(create_topics(cfg))
-            self.consumer = kafka.consumer(cfg, **{"max.partition.fetch.bytes": 4 << 20})
-            # end-offset questions on their own connection: not queued behind a long fetch
-            self.offsets_client = kafka.admin(cfg)
-            self.producer = kafka.producer(cfg)
+            self.io.create_topics()
+            self.consumer = self.io.consumer()
+            self.producer = self.io.producer()
             try:
                 self._assign()
                 self._resolve_outbox()
                 log.info("imcorrect worker ready (metrics on :%s)", port)
                 # receipts say how long the logs keep data; warns past the erasure deadline
-                self.service.applier.retention = asyncio.run(topic_retention(cfg))
+                # (the service starts from the settings' values; the broker's are the truth)
+                retention = self.io.retention()
+                if retention is not None:
+                    self.service.applier.retention = retention
                 while not self._stop:
                     self._step()
                 self._snapshot()  # clean shutdown
@@ -115,22 +115,14 @@ class IMCorrectRuntime:
             lock.release()
 
     def _assign(self) -> None:
-        self.parts = {
-            name: kafka.partitions(self.consumer, self.topics[name])
-            for name in ("interactions", "deletions")
-        }
+        names = ["interactions", "deletions", "deletion-receipts", "rec-requests"]
+        self.parts = {name: self.io.partitions(self.topics[name]) for name in names}
         for name in ("interactions", "deletions"):
-            kafka.assign_from(
-                self.consumer, self.topics[name], self.parts[name], self.service.offsets
-            )
-        self.parts["deletion-receipts"] = kafka.partitions(
-            self.consumer, self.topics["deletion-receipts"]
-        )
+            self.io.assign(self.consumer, self.topics[name], self.parts[name], self.service.offsets)
         if self.settings.imcorrect.answer_requests:  # else the scoring agent answers them
-            topic = self.topics["rec-requests"]
-            parts = kafka.partitions(self.consumer, topic)
             # requests are ephemeral: answer what arrives from now on
-            self.consumer.incremental_assign([TopicPartition(topic, p, OFFSET_END) for p in parts])
+            topic = self.topics["rec-requests"]
+            self.io.assign(self.consumer, topic, self.parts["rec-requests"], None)
 
     def _resolve_outbox(self) -> None:
         """Publish receipts decided before a crash, unless they already went out."""
@@ -139,7 +131,7 @@ class IMCorrectRuntime:
             return
         topic = self.topics["deletion-receipts"]
         published: set[str] = set()
-        for msg in kafka.read_range(self.settings, topic, self.service.state.receipts_end_offsets):
+        for msg in self.io.read_range(topic, self.service.state.receipts_end_offsets):
             try:
                 published.add(DeletionReceipt.model_validate_json(msg.value()).request_id)
             except ValueError:
@@ -179,11 +171,8 @@ class IMCorrectRuntime:
     def _input_lag(self) -> int:
         """Records of ``interactions`` not yet read (by the consumer's positions)."""
         topic = self.topics["interactions"]
-        ends = kafka.end_offsets(self.offsets_client, topic, self.parts["interactions"])
-        positions = self.consumer.position(
-            [TopicPartition(topic, p) for p in self.parts["interactions"]]
-        )
-        read = {kafka.tp_key(topic, tp.partition): tp.offset for tp in positions}
+        ends = self.io.end_offsets(topic, self.parts["interactions"])
+        read = self.io.positions(self.consumer, topic, self.parts["interactions"])
         return sum(max(0, end - read[key]) if read[key] >= 0 else end for key, end in ends.items())
 
     def _absorb(self, batch: _Batch, records: list) -> None:
@@ -248,7 +237,7 @@ class IMCorrectRuntime:
         if not records:
             return 0
         topic = self.topics["interactions"]
-        ends = kafka.end_offsets(self.offsets_client, topic, self.parts["interactions"])
+        ends = self.io.end_offsets(topic, self.parts["interactions"])
         dead = 0
         for msg in records:
             try:
@@ -302,7 +291,7 @@ class IMCorrectRuntime:
     def _deliver_receipts(self, receipts: list[DeletionReceipt]) -> None:
         t0 = time.perf_counter()
         topic = self.topics["deletion-receipts"]
-        ends = kafka.end_offsets(self.offsets_client, topic, self.parts["deletion-receipts"])
+        ends = self.io.end_offsets(topic, self.parts["deletion-receipts"])
         # applied_at is when the data is gone from memory *and* disk, i.e. after the snapshot
         now = int(time.time() * 1000)
         receipts = [r.model_copy(update={"applied_at": now}) for r in receipts]
@@ -386,7 +375,7 @@ class IMCorrectRuntime:
         m.REFACTORISATIONS.set(model.refactorisations)
         for name in ("interactions", "deletions"):
             topic, parts = self.topics[name], self.parts[name]
-            for key, end in kafka.end_offsets(self.offsets_client, topic, parts).items():
+            for key, end in self.io.end_offsets(topic, parts).items():
                 lag = end - self.service.offsets.get(key, 0)
                 m.CONSUMER_LAG.labels(name, key.rsplit(":", 1)[1]).set(max(lag, 0))
 

@@ -1,0 +1,75 @@
+"""The IMCorrect service under the shared service contract, on the in-memory log."""
+
+from __future__ import annotations
+
+import random
+from itertools import islice
+
+import numpy as np
+
+from models.datasets import load
+from streams.contracts import DeletionRequest
+from streams.replay import to_event
+from streams.runtime.loop import IMCorrectRuntime
+from streams.state import SnapshotStore
+from tests.unit.service_contract import ServiceContract
+
+# distinctive user ids, so that a byte search of the state files means something
+_EVENTS = [
+    e.model_copy(update={"user_id": f"subject-{e.user_id}-x"})
+    for e in map(to_event, islice(load("ml-100k").replay(), 1500))
+]
+_USERS = sorted({e.user_id for e in _EVENTS})
+_FORGOTTEN = random.Random(5).sample(_USERS, 6)
+
+
+class TestIMCorrectService(ServiceContract):
+    overrides = {"imcorrect": {"snapshot_interval_s": 0.001, "batch_max_events": 400}}
+
+    def make_runtime(self, settings, io):
+        return IMCorrectRuntime(settings, io)
+
+    def stream(self):
+        out, deleted = [], 0
+        for k, event in enumerate(_EVENTS):
+            out.append(event)
+            if k % 250 == 249 and deleted < len(_FORGOTTEN):
+                # only users already seen, so each receipt must say "applied"
+                seen = {e.user_id for e in out if not isinstance(e, DeletionRequest)}
+                for user in _FORGOTTEN[deleted : deleted + 2]:
+                    if user in seen:
+                        out.append(
+                            DeletionRequest(
+                                request_id=f"req-{len(out)}",
+                                scope="user",
+                                user_id=user,
+                                reason="privacy",
+                                ts=event.ts + 1,
+                            )
+                        )
+                deleted += 2
+        return out
+
+    def forgotten_ids(self):
+        ids = {
+            e.user_id
+            for e in self.stream()
+            if isinstance(e, DeletionRequest) and e.user_id is not None
+        }
+        assert ids, "the stream forgets no one"
+        return sorted(ids)
+
+    def fingerprint(self, settings):
+        state = SnapshotStore(settings.state_dir / "imcorrect").load()
+        x = state.model.interactions.tocoo()
+        pairs = sorted(
+            (state.users.external(u), state.items.external(i))
+            for u, i in zip(x.row.tolist(), x.col.tolist(), strict=True)
+        )
+        scores = state.model.score(np.arange(state.model.n_users), mask_seen=False)
+        by_id = {
+            (state.users.external(u), state.items.external(i)): round(float(scores[u, i]), 9)
+            for u, i in zip(x.row.tolist(), x.col.tolist(), strict=True)
+        }
+        counters = {k: state.counters.get(k, 0) for k in ("events_accepted", "learned")}
+        return pairs, by_id, counters, dict(state.offsets)
