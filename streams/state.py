@@ -17,7 +17,6 @@ import hashlib
 import json
 import os
 import shutil
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -102,25 +101,40 @@ class Hasher:
 
 
 class DedupWindow:
-    """The most recent ``capacity`` event-id hashes; older ones fall out first."""
+    """The most recent ``capacity`` event-id hashes; older ones fall out first.
+
+    A set answers membership and a ring (a list) keeps the order of arrival, so writing the
+    window to a snapshot is one pass over plain ints (it was most of a receipt's snapshot
+    on ML-1M when the order lived in an OrderedDict).
+    """
 
     def __init__(self, capacity: int, hashes: np.ndarray | None = None) -> None:
         self.capacity = capacity
-        self._seen: OrderedDict[int, None] = OrderedDict()
-        for h in hashes if hashes is not None else []:
-            self._seen[int(h)] = None
+        self._ring: list[int] = []
+        self._next = 0  # once the ring is full: the slot of the oldest hash
+        self._seen: set[int] = set()
+        if hashes is not None:
+            for h in np.asarray(hashes, dtype=np.uint64)[-capacity:].tolist():
+                self.seen(h)
 
     def seen(self, h: int) -> bool:
         """True if ``h`` was seen before; otherwise remember it."""
         if h in self._seen:
             return True
-        self._seen[h] = None
-        if len(self._seen) > self.capacity:
-            self._seen.popitem(last=False)
+        self._seen.add(h)
+        if len(self._ring) < self.capacity:
+            self._ring.append(h)
+        else:
+            self._seen.discard(self._ring[self._next])
+            self._ring[self._next] = h
+            self._next = (self._next + 1) % self.capacity
         return False
 
     def __contains__(self, h: int) -> bool:
         return h in self._seen
+
+    def __len__(self) -> int:
+        return len(self._ring)
 
     def seen_any(self, hashes: list[int]) -> bool:
         """:meth:`seen` for the first (current-key) hash, also True if any other is known:
@@ -130,7 +144,9 @@ class DedupWindow:
         return self.seen(hashes[0])
 
     def array(self) -> np.ndarray:
-        return np.fromiter(self._seen.keys(), dtype=np.uint64, count=len(self._seen))
+        """The remembered hashes, oldest first."""
+        ordered = self._ring[self._next :] + self._ring[: self._next]
+        return np.fromiter(ordered, dtype=np.uint64, count=len(ordered))
 
 
 @dataclass

@@ -178,3 +178,21 @@ def test_a_snapshot_without_the_mapping_reloads_to_the_same_model(tmp_path, mapp
     loaded = IMCorrect.load(tmp_path / "m")
     assert loaded.version == model.version
     np.testing.assert_allclose(loaded.mapping, model.mapping, atol=1e-10)
+
+
+def test_the_dedup_window_forgets_the_oldest_first_and_round_trips():
+    from streams.state import DedupWindow
+
+    window = DedupWindow(3)
+    assert [window.seen(h) for h in [1, 2, 1, 3, 4, 1, 2]] == [F, F, True, F, F, F, F]
+    assert window.array().tolist() == [4, 1, 2] and len(window) == 3
+    again = DedupWindow(3, window.array())
+    assert 4 in again and 1 in again and 2 in again and 3 not in again
+    assert again.seen(2) and not again.seen(3) and again.array().tolist() == [1, 2, 3]
+    assert DedupWindow(5, np.array([7, 2**64 - 1], dtype=np.uint64)).array().tolist() == [
+        7,
+        2**64 - 1,
+    ]
+
+
+F = False
