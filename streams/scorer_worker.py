@@ -49,6 +49,7 @@ from streams.keys import KeyRing, keyring_for
 from streams.model_auth import UpdateRefused, authenticate, update_key
 from streams.request_channel import RequestChannel
 from streams.runner import run_until_signalled
+from streams.runtime.lock import StateLock
 from streams.scorer_models import (
     Catalogue,
     IMCorrectView,
@@ -482,4 +483,8 @@ def _settle_heap() -> None:
 
 def run_worker(settings: LetheSettings) -> None:
     """Run until SIGINT/SIGTERM, then save the state and exit cleanly."""
-    run_until_signalled(ScorerWorker, settings)
+    lock = StateLock(settings.state_dir, "scorer")  # one process per state folder
+    try:
+        run_until_signalled(ScorerWorker, settings)
+    finally:
+        lock.release()

@@ -55,6 +55,7 @@ from streams.keys import keyring_for
 from streams.model_auth import sign, update_key
 from streams.retention import retained_elsewhere, retention_from_settings
 from streams.runner import run_until_signalled
+from streams.runtime.lock import StateLock
 from streams.sequence_store import SequenceStore, predates
 from streams.state import DedupWindow
 from streams.topics import create_topics, topic_name
@@ -495,4 +496,8 @@ class TrainerWorker:
 
 def run_worker(settings: LetheSettings) -> None:
     """Run until SIGINT/SIGTERM."""
-    run_until_signalled(TrainerWorker, settings)
+    lock = StateLock(settings.state_dir, "trainer")  # one process per state folder
+    try:
+        run_until_signalled(TrainerWorker, settings)
+    finally:
+        lock.release()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -196,3 +197,20 @@ def test_the_dedup_window_forgets_the_oldest_first_and_round_trips():
 
 
 F = False
+
+
+@pytest.mark.parametrize("kind", ["imcorrect", "trainer", "scorer"])
+def test_a_second_worker_on_the_same_state_folder_exits_at_once(tmp_path, kind):
+    held = StateLock(tmp_path, kind, exit_on_conflict=False)
+    env = {**os.environ, "LETHE_STATE_DIR": str(tmp_path), "KAFKA_BOOTSTRAP": "127.0.0.1:9"}
+    started = time.monotonic()
+    second = subprocess.run(
+        [sys.executable, "-m", "streams.cli", "worker", kind],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    held.release()
+    assert second.returncode == 3, second.stderr[-2000:]
+    assert "in use by pid" in second.stderr and time.monotonic() - started < 30
