@@ -23,11 +23,16 @@ $(VENV)/.lethe-setup: pyproject.toml Makefile scripts/kafka/pom.xml scripts/inst
 	scripts/install-prometheus.sh
 	touch $@
 
+BROKERS ?= 1
+
+# `make kafka-up BROKERS=3`: a three-node KRaft cluster on loopback (replication tests)
 kafka-up: setup
-	$(KAFKA) start
+	@if [ "$(BROKERS)" = 1 ]; then $(KAFKA) start; \
+	else LETHE_KAFKA_BROKERS=$(BROKERS) $(KAFKA) start-cluster; fi
 
 kafka-down:
-	$(KAFKA) stop
+	@if [ "$(BROKERS)" = 1 ]; then $(KAFKA) stop; \
+	else LETHE_KAFKA_BROKERS=$(BROKERS) $(KAFKA) stop-cluster; fi
 
 test: setup
 	$(PY) -m pytest --timeout=1800

@@ -81,7 +81,10 @@ class TopicSettings(BaseModel):
     """
 
     partitions: int = Field(default=4, ge=1)
-    replication_factor: int = Field(default=1, ge=1)
+    #: capped at the cluster's broker count when topics are created (1 on a single broker)
+    replication_factor: int = Field(default=3, ge=1)
+    #: capped at replication_factor - 1 (at least 1), so one broker may be lost
+    min_insync_replicas: int = Field(default=2, ge=1)
     erasure_deadline_ms: int = Field(default=30 * DAY_MS, ge=60_000)
     interactions_retention_ms: int = Field(default=30 * DAY_MS, ge=-1)
     deletions_retention_ms: int = Field(default=30 * DAY_MS, ge=-1)

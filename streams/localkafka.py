@@ -74,3 +74,62 @@ def kafka_broker() -> Iterator[tuple[str, str]]:
         yield f"127.0.0.1:{port}", f"local KRaft broker {kafka_version()}"
     finally:
         subprocess.run([str(KAFKA_SH), "stop"], env=env, check=False)
+
+
+class LocalCluster:
+    """A local cluster of ``brokers`` KRaft nodes started by ``kafka.sh start-cluster``."""
+
+    def __init__(self, brokers: int = 3) -> None:
+        self.brokers = brokers
+        self.port = _free_port_run(2 * brokers)
+        self.env = {
+            **os.environ,
+            "LETHE_KAFKA_PORT": str(self.port),
+            "LETHE_KAFKA_BROKERS": str(brokers),
+        }
+        self.bootstrap = ",".join(f"127.0.0.1:{self.port + 2 * k}" for k in range(brokers))
+
+    def _run(self, *args: str) -> None:
+        subprocess.run([str(KAFKA_SH), *args], env=self.env, check=True)
+
+    def start(self) -> LocalCluster:
+        self._run("start-cluster")
+        return self
+
+    def kill(self, node: int) -> None:
+        """SIGKILL broker ``node`` (1-based)."""
+        self._run("kill-node", str(node))
+
+    def restart(self, node: int) -> None:
+        self._run("restart-node", str(node))
+
+    def stop(self) -> None:
+        subprocess.run([str(KAFKA_SH), "stop-cluster"], env=self.env, check=False)
+
+
+def _free_port_run(n: int) -> int:
+    """A port p such that p … p+n-1 are all free on loopback."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            base = s.getsockname()[1]
+        if base + n >= 65535:
+            continue
+        try:
+            for k in range(1, n):
+                with socket.socket() as probe:
+                    probe.bind(("127.0.0.1", base + k))
+            return base
+        except OSError:
+            continue
+    raise RuntimeError(f"no run of {n} free loopback ports")
+
+
+@contextmanager
+def kafka_cluster(brokers: int = 3) -> Iterator[LocalCluster]:
+    """A local multi-broker cluster for the replication and broker-loss tests."""
+    cluster = LocalCluster(brokers).start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

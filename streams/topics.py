@@ -109,6 +109,14 @@ def topic_specs(settings: LetheSettings) -> list[TopicSpec]:
     return specs
 
 
+def replication_for(spec: TopicSpec, brokers: int, min_insync: int) -> tuple[int, dict[str, str]]:
+    """Replication factor and configs for a cluster of ``brokers``: the configured factor
+    where the cluster allows it, and ``min.insync.replicas`` that tolerates one lost broker."""
+    rf = max(1, min(spec.replication_factor, brokers))
+    isr = max(1, min(min_insync, rf - 1))
+    return rf, {**spec.configs, "min.insync.replicas": str(isr)}
+
+
 async def create_topics(settings: LetheSettings) -> dict[str, str]:
     """Create every topic that does not exist yet; returns ``{name: "created" | "exists"}``.
 
@@ -125,18 +133,20 @@ async def create_topics(settings: LetheSettings) -> dict[str, str]:
     await admin.start()
     try:
         existing = set(await admin.list_topics())
+        brokers = len((await admin.describe_cluster())["brokers"])
         result: dict[str, str] = {}
         missing = []
         for spec in specs:
             if spec.name in existing:
                 result[spec.name] = "exists"
             else:
+                rf, configs = replication_for(spec, brokers, settings.topics.min_insync_replicas)
                 missing.append(
                     NewTopic(
                         name=spec.name,
                         num_partitions=spec.partitions,
-                        replication_factor=spec.replication_factor,
-                        topic_configs=spec.configs,
+                        replication_factor=rf,
+                        topic_configs=configs,
                     )
                 )
         if missing:

@@ -6,6 +6,10 @@
 #   scripts/kafka/kafka.sh start-secure   the same, in secure mode (below)
 #   scripts/kafka/kafka.sh stop    clean shutdown (SIGTERM, then SIGKILL after a grace period)
 #   scripts/kafka/kafka.sh status  exit 0 when the broker answers
+#   scripts/kafka/kafka.sh start-cluster          LETHE_KAFKA_BROKERS (3) nodes, each broker +
+#                                                 controller, on ports port, port+2, … (their
+#                                                 controllers on port+1, port+3, …)
+#   scripts/kafka/kafka.sh stop-cluster | kill-node N | restart-node N   (N from 1)
 #
 # Settings (environment): LETHE_KAFKA_HOST (127.0.0.1), LETHE_KAFKA_PORT (9092),
 # LETHE_KAFKA_CONTROLLER_PORT (port+1), LETHE_KAFKA_CACHE (~/.cache/lethe/kafka),
@@ -38,6 +42,23 @@ pidfile="$run/kafka.pid"
 log="$run/server.log"
 
 die() { echo "kafka.sh: $*" >&2; exit 1; }
+
+write_log4j() {  # write_log4j CONFIG_FILE LOG_FILE
+  cat > "$1" <<LOG
+status = warn
+appender.file.type = File
+appender.file.name = FILE
+appender.file.fileName = $2
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = INFO
+rootLogger.appenderRef.file.ref = FILE
+logger.kafka.name = kafka
+logger.kafka.level = INFO
+logger.state.name = state.change.logger
+logger.state.level = WARN
+LOG
+}
 
 fetch() {
   if [ -f "$jars/.complete" ]; then return 0; fi
@@ -95,20 +116,7 @@ group.initial.rebalance.delay.ms=0
 log.retention.check.interval.ms=60000
 message.max.bytes=2097152
 PROPS
-  cat > "$run/log4j2.properties" <<LOG
-status = warn
-appender.file.type = File
-appender.file.name = FILE
-appender.file.fileName = $log
-appender.file.layout.type = PatternLayout
-appender.file.layout.pattern = [%d] %p %m (%c)%n
-rootLogger.level = INFO
-rootLogger.appenderRef.file.ref = FILE
-logger.kafka.name = kafka
-logger.kafka.level = INFO
-logger.state.name = state.change.logger
-logger.state.level = WARN
-LOG
+  write_log4j "$run/log4j2.properties" "$log"
   local cp="$jars/*"
   local jvm=(-Xms256m "-Xmx${LETHE_KAFKA_HEAP:-512m}" -XX:+UseG1GC -Djava.awt.headless=true
              "-Dlog4j2.configurationFile=$run/log4j2.properties")
@@ -226,6 +234,120 @@ stop() {
   echo "kafka.sh: stopped (logs kept in $run)"
 }
 
+# -- a cluster of LETHE_KAFKA_BROKERS nodes on loopback (replication tests) -------------------
+brokers="${LETHE_KAFKA_BROKERS:-3}"
+cluster_dir="${LETHE_KAFKA_RUN:-$cache/cluster-$port}"
+node_dir() { echo "$cluster_dir/node-$1"; }
+node_port() { echo $((port + 2 * ($1 - 1))); }
+node_cport() { echo $((port + 2 * ($1 - 1) + 1)); }
+node_pid() {
+  local f; f="$(node_dir "$1")/kafka.pid"
+  [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null && cat "$f"
+}
+node_answers() { (exec 3<>"/dev/tcp/$host/$(node_port "$1")") 2>/dev/null; }
+
+cluster_jvm() {
+  jvm=(-Xms128m "-Xmx${LETHE_KAFKA_HEAP:-384m}" -XX:+UseG1GC -XX:TieredStopAtLevel=1
+       -Djava.awt.headless=true "-Dlog4j2.configurationFile=$(node_dir "$1")/log4j2.properties")
+}
+
+launch_node() {  # start node N on its existing data dir and wait until it serves
+  local k="$1" dir; dir="$(node_dir "$1")"
+  local jvm; cluster_jvm "$k"
+  nohup java -cp "$jars/*" "${jvm[@]}" kafka.Kafka "$dir/server.properties" \
+    >"$dir/stdout.log" 2>&1 &
+  echo $! > "$dir/kafka.pid"
+}
+
+wait_node() {
+  local k="$1" dir; dir="$(node_dir "$1")"
+  local deadline=$((SECONDS + ${LETHE_KAFKA_START_TIMEOUT:-120}))
+  until node_answers "$k" && grep -q "Kafka Server started" "$dir/server.log" 2>/dev/null; do
+    node_pid "$k" >/dev/null || { tail -n 40 "$dir/server.log" >&2 || true; die "node $k exited"; }
+    [ $SECONDS -lt $deadline ] || die "node $k not ready in time; logs in $dir"
+    sleep 0.5
+  done
+}
+
+start_cluster() {
+  fetch
+  local voters="" k bootstrap=""
+  for k in $(seq 1 "$brokers"); do
+    voters="${voters:+$voters,}$k@$host:$(node_cport "$k")"
+    bootstrap="${bootstrap:+$bootstrap,}$host:$(node_port "$k")"
+    if node_pid "$k" >/dev/null; then die "node $k already running; stop-cluster first"; fi
+    if node_answers "$k"; then die "something else listens on $host:$(node_port "$k")"; fi
+  done
+  local rf=$(( brokers < 3 ? brokers : 3 )) isr=$(( brokers < 3 ? 1 : 2 ))
+  local jvm; cluster_jvm 1
+  local cluster_id
+  cluster_id="$(java -cp "$jars/*" "${jvm[@]}" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -1)"
+  for k in $(seq 1 "$brokers"); do
+    local dir; dir="$(node_dir "$k")"
+    mkdir -p "$dir"; rm -rf "$dir/data"
+    [ -f "$dir/server.log" ] && mv -f "$dir/server.log" "$dir/server.log.prev"
+    write_log4j "$dir/log4j2.properties" "$dir/server.log"
+    cat > "$dir/server.properties" <<PROPS
+process.roles=broker,controller
+node.id=$k
+controller.quorum.voters=$voters
+controller.listener.names=CONTROLLER
+listeners=PLAINTEXT://$host:$(node_port "$k"),CONTROLLER://$host:$(node_cport "$k")
+advertised.listeners=PLAINTEXT://$host:$(node_port "$k")
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+log.dirs=$dir/data
+num.partitions=1
+default.replication.factor=$rf
+min.insync.replicas=$isr
+auto.create.topics.enable=true
+offsets.topic.replication.factor=$rf
+offsets.topic.num.partitions=4
+transaction.state.log.replication.factor=$rf
+transaction.state.log.min.isr=$isr
+share.coordinator.state.topic.replication.factor=$rf
+share.coordinator.state.topic.min.isr=$isr
+group.initial.rebalance.delay.ms=0
+message.max.bytes=2097152
+unclean.leader.election.enable=false
+PROPS
+    java -cp "$jars/*" "${jvm[@]}" kafka.tools.StorageTool format -t "$cluster_id" \
+      -c "$dir/server.properties" >"$dir/format.log" 2>&1 \
+      || { cat "$dir/format.log" >&2; die "format of node $k failed"; }
+  done
+  for k in $(seq 1 "$brokers"); do launch_node "$k"; done
+  for k in $(seq 1 "$brokers"); do wait_node "$k"; done
+  echo "kafka.sh: Apache Kafka $version cluster of $brokers ready on $bootstrap (logs: $cluster_dir)"
+}
+
+kill_node() {
+  local pid; pid="$(node_pid "$1")" || die "node $1 is not running"
+  kill -9 "$pid"; while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+  rm -f "$(node_dir "$1")/kafka.pid"
+  echo "kafka.sh: node $1 killed"
+}
+
+restart_node() {
+  node_pid "$1" >/dev/null && die "node $1 is running"
+  launch_node "$1"; wait_node "$1"
+  echo "kafka.sh: node $1 back on $host:$(node_port "$1")"
+}
+
+stop_cluster() {
+  local k pid
+  for k in $(seq 1 "$brokers"); do
+    if pid="$(node_pid "$k")"; then kill "$pid"; fi
+  done
+  for k in $(seq 1 "$brokers"); do
+    if pid="$(node_pid "$k")"; then
+      for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+      kill -0 "$pid" 2>/dev/null && kill -9 "$pid"
+    fi
+    rm -f "$(node_dir "$k")/kafka.pid"; rm -rf "$(node_dir "$k")/data"
+  done
+  echo "kafka.sh: cluster stopped (logs kept in $cluster_dir)"
+}
+
 case "${1:-}" in
   fetch) fetch ;;
   start) start ;;
@@ -233,5 +355,9 @@ case "${1:-}" in
   status) answers && running_pid >/dev/null ;;
   version) echo "$version" ;;
   start-secure) secure=1; start ;;
-  *) die "usage: kafka.sh {fetch|start|start-secure|stop|status|version}" ;;
+  start-cluster) start_cluster ;;
+  stop-cluster) stop_cluster ;;
+  kill-node) kill_node "${2:?node number}" ;;
+  restart-node) restart_node "${2:?node number}" ;;
+  *) die "usage: kafka.sh {fetch|start|start-secure|stop|status|version|start-cluster|stop-cluster|kill-node N|restart-node N}" ;;
 esac

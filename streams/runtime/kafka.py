@@ -80,23 +80,45 @@ def admin(settings: LetheSettings) -> AdminClient:
 
 
 def end_offsets(client: AdminClient, topic: str, parts: list[int]) -> dict[str, int]:
-    """Log-end offset of each partition, asked of the broker now."""
+    """Log-end offset of each partition, asked of the broker now (one try)."""
     ask = {TopicPartition(topic, p): OffsetSpec.latest() for p in parts}
-    for attempt in range(50):
+    futures = client.list_offsets(ask, request_timeout=10)
+    return {tp_key(tp.topic, tp.partition): f.result().offset for tp, f in futures.items()}
+
+
+def end_offsets_retrying(
+    settings: LetheSettings, topic: str, parts: list[int], client: AdminClient | None = None
+) -> tuple[dict[str, int], AdminClient]:
+    """:func:`end_offsets`, retried through leader elections and lost brokers (about a
+    minute) with a fresh client each time (a client that was answered FENCED_LEADER_EPOCH
+    kept asking with its stale epoch); raised at once for anything else. Returns the client
+    that answered, for the next question."""
+    deadline = time.monotonic() + 60
+    client = client or admin(settings)
+    while True:
         try:
-            futures = client.list_offsets(ask, request_timeout=10)
-            return {tp_key(tp.topic, tp.partition): f.result().offset for tp, f in futures.items()}
+            return end_offsets(client, topic, parts), client
         except KafkaException as exc:
-            # a just-created topic answers NOT_LEADER until its leaders are elected
-            if exc.args[0].code() not in _LEADERLESS and not exc.args[0].retriable():
+            error = exc.args[0]
+            if not (error.retriable() or error.code() in _LEADERLESS):
                 raise
-            if attempt == 49:
+            if time.monotonic() > deadline:
                 raise RuntimeError(f"no end offsets for {topic}: {exc}") from exc
             time.sleep(0.2)
-    raise AssertionError("unreachable")
+            client = admin(settings)
 
 
-_LEADERLESS = (KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE)
+#: answers while a partition's leadership moves (a just-created topic, a lost broker)
+_LEADERLESS = (
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.FENCED_LEADER_EPOCH,
+    KafkaError.UNKNOWN_LEADER_EPOCH,
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+    KafkaError._TRANSPORT,
+    KafkaError._TIMED_OUT,
+    KafkaError.REQUEST_TIMED_OUT,
+)
 
 
 def assign_from(client: Consumer, topic: str, parts: list[int], offsets: dict[str, int]) -> None:
@@ -113,7 +135,7 @@ def read_range(
     reader = consumer(settings)
     try:
         parts = partitions(reader, topic)
-        ends = end_offsets(admin(settings), topic, parts)
+        ends, _ = end_offsets_retrying(settings, topic, parts)
         todo = {p for p in parts if ends[tp_key(topic, p)] > start.get(tp_key(topic, p), 0)}
         if not todo:
             return
@@ -162,9 +184,8 @@ class KafkaIO:
         return partitions(self._metadata, topic)
 
     def end_offsets(self, topic: str, parts: list[int]) -> dict[str, int]:
-        if self._admin is None:
-            self._admin = admin(self.settings)
-        return end_offsets(self._admin, topic, parts)
+        ends, self._admin = end_offsets_retrying(self.settings, topic, parts, self._admin)
+        return ends
 
     def assign(
         self, client: Consumer, topic: str, parts: list[int], offsets: dict[str, int] | None
