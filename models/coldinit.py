@@ -22,7 +22,7 @@ from models.sasrec import SASRec
 @dataclass(frozen=True)
 class ColdInitConfig:
     min_count: int = 1  # items with fewer training occurrences get text-derived rows
-    ridge: float = 1.0  # L2 penalty of the linear map (inputs are standardised)
+    ridge: float = 1.0  # L2 penalty of the map, relative to the mean eigenvalue of XᵀX
     scale: float = 1.0  # multiplies the mapped rows (ridge shrinks them; chosen on validation)
 
     def to_dict(self) -> dict:
@@ -32,7 +32,10 @@ class ColdInitConfig:
 def fit_linear_map(
     source: torch.Tensor, target: torch.Tensor, ridge: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Least squares ``target ≈ source @ W + b`` with penalty ``ridge · ‖W‖²``, in float64.
+    """Least squares ``target ≈ source @ W + b`` with penalty ``λ · ‖W‖²``, in float64.
+
+    ``λ = ridge · tr(XᵀX) / d`` for the centred source ``X`` (d columns): the penalty is
+    relative to the mean eigenvalue, so one ``ridge`` suits sources of any scale.
 
     Returns
     -------
@@ -43,7 +46,9 @@ def fit_linear_map(
     y = target.double()
     mean_x, mean_y = x.mean(0), y.mean(0)
     xc, yc = x - mean_x, y - mean_y
-    gram = xc.T @ xc + ridge * torch.eye(x.shape[1], dtype=torch.float64)
+    gram = xc.T @ xc
+    penalty = ridge * torch.trace(gram) / x.shape[1]
+    gram = gram + penalty * torch.eye(x.shape[1], dtype=torch.float64)
     w = torch.linalg.solve(gram, xc.T @ yc)
     b = mean_y - mean_x @ w
     return w.float(), b.float()

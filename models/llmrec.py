@@ -184,7 +184,8 @@ class LLMRecommender(nn.Module):
         Fills the hybrid token table and/or the text representation table, whichever the
         config switches on. The representation is the pretrained LM's (adapters off, eval
         mode), reused from ``cache`` when the same texts and model made it before, then
-        standardised per dimension over the items so its scale does not depend on the LM."""
+        standardised per dimension over the items (and divided by √hidden) so its scale
+        does not depend on the LM."""
         if len(texts) != self.config.n_items:
             raise ValueError(f"{len(texts)} texts for {self.config.n_items} items")
         vocab = self.lm.get_base_model().config.vocab_size
@@ -219,7 +220,9 @@ class LLMRecommender(nn.Module):
         real = encodings[1:]
         standard = (real - real.mean(0)) / real.std(0).clamp(min=1e-6)
         self.text_table.zero_()
-        self.text_table[1:] = standard
+        # rows of norm about 1, so h · Wᵀ t_i starts on the ID head's scale (SmolLM2's
+        # hidden states have norms near 40; unscaled, the text scores swamp the head)
+        self.text_table[1:] = standard / standard.shape[1] ** 0.5
 
     def text_item_vectors(self) -> torch.Tensor:
         """Each item's text-derived scoring vector ``Wᵀ t_i`` in the LM's hidden space
