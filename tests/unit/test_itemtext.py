@@ -86,16 +86,18 @@ def test_token_table_pads_row_zero_and_truncates():
 
 
 @pytest.mark.parametrize("text_tokens,text_repr", [(4, False), (0, True), (4, True)])
-def test_a_history_items_title_changes_the_llm_output(text_tokens, text_repr):
+def test_a_history_items_title_reaches_the_lm(text_tokens, text_repr):
     rec = _llm(text_tokens, text_repr)
     seq = _seq()
     rec.set_item_texts(TEXTS)
     with torch.no_grad():
-        before = rec(seq)
+        states, scores = rec.item_states(seq), rec(seq)
         rec.set_item_texts(_retitled(int(seq[0, -1]) - 1))
-        after = rec(seq)
-    # the retitled item is the newest one in user 0's history
-    assert not torch.allclose(before[0], after[0])
+        states_after, scores_after = rec.item_states(seq), rec(seq)
+    # the retitled item is the newest one in user 0's history: the LM's hidden state there
+    # (not only the retitled candidate's score) must move
+    assert not torch.allclose(states[0, -1], states_after[0, -1])
+    assert not torch.allclose(scores[0], scores_after[0])
 
 
 def test_without_text_a_title_change_is_invisible():
@@ -104,9 +106,10 @@ def test_without_text_a_title_change_is_invisible():
     seq = _seq()
     rec.set_item_texts(TEXTS)
     with torch.no_grad():
-        before = rec(seq)
+        before, states = rec(seq), rec.item_states(seq)
         rec.set_item_texts(_retitled(int(seq[0, -1]) - 1))
         torch.testing.assert_close(before, rec(seq))
+        torch.testing.assert_close(states, rec.item_states(seq))
 
 
 def test_hybrid_tokens_keep_causality_per_item():
