@@ -111,6 +111,7 @@ def run_protocol(args, seed: int, protocol: str, dataset, texts: list[str]) -> N
         "text": args.text,
         "text_tokens": args.text_tokens if text_tok else 0,
         "text_format": args.text_format,
+        "id_for_unknown": args.id_for_unknown if text_repr else None,
         "budget": args.budget,
         "t1": dcfg.t1,
         "t2": dcfg.t2,
@@ -186,6 +187,9 @@ def run_protocol(args, seed: int, protocol: str, dataset, texts: list[str]) -> N
         text_tokens=args.text_tokens if text_tok else 0,
         text_repr=text_repr,
     ).to(device)
+    if text_repr and not args.id_for_unknown:
+        # items without training data are scored by their text alone on the LLM side
+        llm.set_known_items(counts > 0)
     distiller = Distiller(crm, llm, dcfg, device)
     info = distiller.pretrain_llm(train, epochs=args.llm_epochs)
     report("llm", llm, info["seconds"], 0, steps=info["steps"])
@@ -244,6 +248,11 @@ def main() -> None:
         "--text-format",
         default="title_year_genres",
         choices=("title_year_genres", "title_year", "title"),
+    )
+    parser.add_argument(
+        "--id-for-unknown",
+        action="store_true",
+        help="ablation: the LLM side's ID head also scores items without training data",
     )
     parser.add_argument("--protocol", choices=("both", "standard", "cold"), default="both")
     parser.add_argument("--cold-fraction", type=float, default=0.1)

@@ -168,6 +168,9 @@ class LLMRecommender(nn.Module):
             )
         if config.text_repr:
             self.register_buffer("text_table", torch.zeros(rows, hidden))
+            # 1 where the ID head may score an item, 0 for items without training data:
+            # their ID rows were only ever pushed down as negatives, so text alone scores them
+            self.register_buffer("id_known", torch.ones(rows))
             self.text_in = nn.Linear(hidden, hidden)
             self.text_query = nn.Linear(hidden, hidden, bias=False)
             nn.init.normal_(self.text_query.weight, std=0.02)
@@ -224,6 +227,19 @@ class LLMRecommender(nn.Module):
         # hidden states have norms near 40; unscaled, the text scores swamp the head)
         self.text_table[1:] = standard / standard.shape[1] ** 0.5
 
+    def set_known_items(self, known) -> None:
+        """Mark which items (dense indices, ``n_items`` booleans) have training data; the
+        others are scored by their text alone (needs ``text_repr``). Call it again as items
+        gain interactions."""
+        if not self.config.text_repr:
+            raise ValueError("scoring unknown items by text needs text_repr=True")
+        known = torch.as_tensor(known, dtype=torch.float32, device=self.id_known.device)
+        if known.shape != (self.config.n_items,):
+            raise ValueError(
+                f"known has shape {tuple(known.shape)}, expected ({self.config.n_items},)"
+            )
+        self.id_known[1:] = known
+
     def text_item_vectors(self) -> torch.Tensor:
         """Each item's text-derived scoring vector ``Wᵀ t_i`` in the LM's hidden space
         ((n_items + 1) × hidden, detached): what the LLM side learned about items from text."""
@@ -254,7 +270,7 @@ class LLMRecommender(nn.Module):
         """Item scores from hidden states: the ID head, plus ``h · Wᵀ t_i`` with text."""
         scores = self.head(hidden)
         if self.config.text_repr:
-            scores = scores + self.text_query(hidden) @ self.text_table.T
+            scores = scores * self.id_known + self.text_query(hidden) @ self.text_table.T
         return scores
 
     def item_states(self, seq: torch.Tensor) -> torch.Tensor:
@@ -294,6 +310,7 @@ class LLMRecommender(nn.Module):
             "text_ids",
             "text_mask",
             "text_table",
+            "id_known",
         }
         return {n: t.detach().cpu() for n, t in self.state_dict().items() if n in names}
 

@@ -195,3 +195,26 @@ def test_distillation_trains_the_text_parts():
     for name, param in rec.named_parameters():
         if name in before:
             assert not torch.equal(param, before[name]), name
+
+
+def test_items_without_training_data_are_scored_by_text_alone():
+    rec = _llm(text_repr=True)
+    rec.set_item_texts(TEXTS)
+    seq = _seq()
+    known = torch.ones(N_ITEMS, dtype=torch.bool)
+    known[-3:] = False
+    with torch.no_grad():
+        before = rec(seq)
+        rec.set_known_items(known)
+        masked = rec(seq)
+        rec.head.weight[-3:] += 5.0  # an unknown item's ID row no longer matters
+        rec.head.bias[-3:] -= 50.0
+        torch.testing.assert_close(rec(seq), masked)
+        torch.testing.assert_close(masked[:, :-3], before[:, :-3])
+        text_only = rec.text_query(rec.item_states(seq)[:, -1]) @ rec.text_table[-3:].T
+        torch.testing.assert_close(masked[:, -3:], text_only)
+    assert "id_known" in rec.trainable_state()
+    with pytest.raises(ValueError):
+        rec.set_known_items(known[:-1])
+    with pytest.raises(ValueError):
+        _llm().set_known_items(known)
