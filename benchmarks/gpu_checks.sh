@@ -2,7 +2,7 @@
 # The GPU checks, as one script for a lent CUDA machine whose python3 already has torch,
 # transformers, peft and onnx (the device image). Prints JSON lines and copies them to $OUT.
 #
-#   PAYLOAD=/tmp/payload bash benchmarks/gpu_checks.sh [scoring] [distill] [sweep]
+#   PAYLOAD=/tmp/payload bash benchmarks/gpu_checks.sh [scoring] [distill] [sweep] [text]
 #
 # PAYLOAD holds what the image lacks and the machine cannot download: `ort.tar.xz` (the
 # onnxruntime-gpu wheel's package, CUDA 13 build, unpacked and re-packed) and `site/` with the
@@ -14,7 +14,10 @@
 #   3. sweep: the CPU configuration (smollm2:4, budget 150) over T1 = T2 and w1 = w2, 3 seeds,
 #      distilled models only, settings in parallel (each is small for the GPU); choose on the
 #      valid_* metrics, then confirm the chosen setting on the CPU.
-# With no part named, all three run. The ORT tarball is needed only for `scoring`.
+#   4. text: the LLM side reading item text (issue #16) with all 30 layers, standard and
+#      cold-item protocols, 3 seeds: `--text both` (hybrid tokens + text representation),
+#      `repr` and the no-text ablation `none` in parallel (TEXT_S bound); choose on valid_*.
+# With no part named, the first three run. The ORT tarball is needed only for `scoring`.
 set -u
 OUT=${OUT:-/tmp/gpu-out}
 PAYLOAD=${PAYLOAD:-/tmp/payload}
@@ -55,5 +58,15 @@ if want sweep; then
   tail -n 4 "$OUT"/sweep-t*.log > "$OUT/sweep.log"
   rm -f "$OUT"/sweep-t*.jsonl "$OUT"/sweep-t*.log
   cat "$OUT/sweep.log"
+fi
+if want text; then
+  python3 -c "from models.llmrec import load_smollm2; load_smollm2()" 2>/dev/null
+  for mode in both repr none; do
+    timeout "${TEXT_S:-540}" python3 -m benchmarks.distill --dataset ml-100k --seeds 3 \
+      --llm smollm2 --llm-epochs "${LLM_EPOCHS:-4}" --budget 1000 --text $mode --protocol both \
+      --device cuda > "$OUT/text-$mode-ml-100k.jsonl" 2> "$OUT/text-$mode.log" &
+  done
+  wait
+  tail -n 3 "$OUT"/text-*.log
 fi
 echo "gpu checks done"

