@@ -212,8 +212,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep everything up until Ctrl-C")
     parser.add_argument("--keep-state", action="store_true", help=f"leave {ROOT} on disk")
     args = parser.parse_args(argv)
-    # a SIGTERM (a test's timeout, a service manager) stops everything like Ctrl-C does
+    # a SIGTERM (a test's timeout, a service manager) stops everything like Ctrl-C does; and
+    # Ctrl-C works even when a shell started the demo in the background with SIGINT ignored
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         run(args.dataset, max(args.forget_users, 1), args.k, args.keep, args.keep_state)
     except KeyboardInterrupt:
