@@ -159,5 +159,6 @@ def test_ctrl_c_stops_everything():
     assert len(ports) == 5
     for port in ports:
         assert not _listening(port), f"port {port} is still open after Ctrl-C"
-    assert "prometheus exited with 0" in out, out
+    for kind in ("prometheus", "scorer worker", "trainer worker", "imcorrect worker"):
+        assert f"{kind} exited with 0" in out, out
     assert not (ROOT / "var" / "demo").exists()
