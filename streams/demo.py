@@ -1,17 +1,21 @@
-"""``make demo``: the whole IMCorrect loop on a real local broker with bundled MovieLens.
+"""``make demo``: all of Lethe on a real local broker with bundled MovieLens.
 
-Starts the broker (or uses ``KAFKA_BOOTSTRAP``) and the IMCorrect worker, replays the dataset
-through Kafka, asks for recommendations for a few users, forgets some users and one movie,
-shows the receipts and how the recommendations changed, prints a metrics summary, and shuts
-everything down (Ctrl-C too).
+Starts the broker (or uses ``KAFKA_BOOTSTRAP``), the three workers (IMCorrect, trainer,
+scorer) and a Prometheus scraping them; replays the dataset through Kafka; waits until the
+trainer has exported SASRec to ONNX and the scorer has swapped it in; asks the scorer for
+recommendations; forgets a user and a movie and shows both kinds of receipts and the answers
+afterwards; prints a few PromQL answers; and stops everything (Ctrl-C too). ``--keep`` keeps
+it all running until Ctrl-C.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import random
 import shutil
+import signal
 import sys
 import time
 import uuid
@@ -20,135 +24,200 @@ from pathlib import Path
 from models.datasets import Dataset, load
 from streams.client import LetheProducer
 from streams.config import LetheSettings
-from streams.contracts import DeletionReceipt, Recommendation, decode
-from streams.kafka_io import read_all
+from streams.contracts import DeletionReceipt, Recommendation
+from streams.demo_prometheus import Prometheus, show_answers
+from streams.demo_stack import (
+    demo_settings,
+    metric,
+    model_updates,
+    receipts,
+    show,
+    start_workers,
+    wait_for,
+)
 from streams.localkafka import kafka_broker
-from streams.procs import WorkerProcess, free_port, scrape
+from streams.procs import WorkerProcess
 from streams.replay import replay_dataset
 from streams.replies import request_and_wait
 from streams.topics import create_topics
 
-
-def _show(title: str, rec: Recommendation, data: Dataset) -> None:
-    tag = "" if rec.strategy == "personal" else f"  [{rec.strategy} fallback]"
-    print(f"  {title}{tag}")
-    for rank, item in enumerate(rec.items, start=1):
-        print(f"    {rank:2d}. {data.title(item.item_id)}")
+ROOT = Path("var") / "demo"
+SWAPPED = 'lethe_scorer_model_swaps_total{outcome="swapped"}'
 
 
-def _wait_applied(port: int, n: int, timeout_s: float = 600) -> None:
-    deadline = time.monotonic() + timeout_s
-    while scrape(port).get("lethe_interactions_applied_total", 0) < n:
-        if time.monotonic() > deadline:
-            raise TimeoutError("the worker did not apply the replay in time")
-        time.sleep(0.25)
+def _ask(settings: LetheSettings, user: str, k: int) -> Recommendation:
+    # the scorer batches and may be busy with a swap on two loaded cores: be patient
+    return asyncio.run(request_and_wait(settings, user, k, timeout_s=60))
 
 
-def run(dataset_name: str, n_forget: int, k: int, keep_state: bool) -> None:
+def _forget(settings: LetheSettings, users: list[str], movie: str) -> list[str]:
+    async def send() -> list[str]:
+        async with LetheProducer(settings) as p:
+            reqs = [await p.forget_user(u) for u in users]
+            reqs.append(await p.forget_item(movie, reason="utility"))
+            await p.flush()
+            return [r.request_id for r in reqs]
+
+    return asyncio.run(send())
+
+
+def _show_receipt(r: DeletionReceipt) -> None:
+    latency = (r.applied_at - (r.requested_at or r.applied_at)) / 1000
+    versions = ", ".join(f"{k} v{v}" for k, v in sorted(r.versions.items()))
+    print(
+        f"   {r.request_id[:8]}… {r.status:16s} scope={r.scope:5s} subject={r.subject} "
+        f"removed={r.removed} {versions} ({latency:.2f} s)"
+    )
+
+
+def _scenario(
+    settings: LetheSettings,
+    data: Dataset,
+    workers: dict[str, tuple[WorkerProcess, int]],
+    prom: Prometheus,
+    n_forget: int,
+    k: int,
+) -> None:
+    procs = [w for w, _ in workers.values()]
+    port = {kind: p for kind, (_, p) in workers.items()}
+    n = asyncio.run(replay_dataset(settings, data.name))
+    wait_for(
+        "IMCorrect learns the replay",
+        lambda: metric(port["imcorrect"], "lethe_interactions_applied_total") >= n,
+        procs,
+        timeout_s=900,
+        progress=lambda: metric(port["imcorrect"], "lethe_interactions_applied_total"),
+        total=n,
+    )
+    print(f"   all {n:,} events applied")
+    wait_for(
+        "trainer distils, exports SASRec; scorer swaps it in",
+        lambda: metric(port["scorer"], SWAPPED) >= 1,
+        procs,
+        timeout_s=900,
+    )
+    update = model_updates(settings)[-1]
+    print(
+        f"   model-updates: {update.kind} v{update.version} {Path(update.path).name} "
+        + ", ".join(f"{key} {value:.4f}" for key, value in sorted(update.metrics.items()))
+    )
+
+    rng = random.Random(7)
+    users = sorted(set(data.interactions["user_id"].astype(str)))
+    sample = rng.sample(users, 3)
+    forgotten_users = [sample[0], *rng.sample([u for u in users if u not in sample], n_forget - 1)]
+    before = {u: _ask(settings, u, k) for u in sample}
+    print("\n== Recommendations from the scorer (SASRec ONNX fused with IMCorrect)")
+    for u in sample:
+        show(f"user {u}", before[u], data)
+    movie = before[sample[1]].items[0].item_id
+
+    print(
+        f"\n== Forgetting user(s) {', '.join(forgotten_users)} and the movie '{data.title(movie)}'"
+    )
+    swaps_before = metric(port["scorer"], SWAPPED)
+    request_ids = set(_forget(settings, forgotten_users, movie))
+    # one receipt per request from IMCorrect (applied) and one from the trainer (retrained)
+    got = wait_for(
+        "receipts from IMCorrect and the trainer",
+        lambda: (r := receipts(settings, request_ids)) and len(r) >= 2 * len(request_ids) and r,
+        procs,
+        timeout_s=900,
+        progress=lambda: len(receipts(settings, request_ids)),
+        total=2 * len(request_ids),
+        every_s=1.0,
+    )
+    print("== Receipts (ids are keyed hashes)")
+    for r in sorted(got, key=lambda r: (r.status != "applied", r.request_id)):
+        _show_receipt(r)
+    retrained = max(int(r.versions["crm"]) for r in got if r.status == "neural-retrained")
+    wait_for(
+        f"scorer swaps in the retrained SASRec v{retrained}",
+        lambda: (
+            metric(port["scorer"], SWAPPED) > swaps_before
+            and metric(port["scorer"], 'lethe_model_version{model="crm"}') >= retrained
+            and metric(port["scorer"], "lethe_scorer_deletions_applied_total") >= len(request_ids)
+        ),
+        procs,
+        timeout_s=300,
+    )
+
+    print("\n== Recommendations after forgetting")
+    for u in sample:
+        after = _ask(settings, u, k)
+        show(f"user {u}" + (" (forgotten)" if u in forgotten_users else ""), after, data)
+        if movie in {i.item_id for i in after.items}:
+            raise AssertionError("the forgotten movie was recommended")
+        if u in forgotten_users and after.strategy != "popularity":
+            raise AssertionError("the forgotten user still has a history")
+
+    print(f"\n== Prometheus ({prom.url}) scraping the three workers; PromQL answers")
+    # Prometheus scrapes every second: wait until it has seen the last receipts and answers
+    prom.wait("sum(lethe_deletion_receipts_total)", 2 * len(request_ids), timeout_s=30)
+    prom.wait('sum(lethe_recommendations_total{job="lethe-scorer"})', 2 * len(sample), 30)
+    show_answers(prom)
+
+
+def run(dataset_name: str, n_forget: int, k: int, keep: bool, keep_state: bool) -> None:
     data = load(dataset_name)
-    state_dir = Path("var") / "demo-state"
-    shutil.rmtree(state_dir, ignore_errors=True)
-    with kafka_broker() as (bootstrap, how):
+    shutil.rmtree(ROOT, ignore_errors=True)
+    with contextlib.ExitStack() as stack:
+        bootstrap, how = stack.enter_context(kafka_broker())
         print(f"\n== Kafka: {how} at {bootstrap}")
-        port = free_port(9464)
-        settings = LetheSettings(
-            bootstrap_servers=bootstrap,
-            topic_prefix=f"demo-{uuid.uuid4().hex[:6]}.",
-            state_dir=state_dir,
-            metrics_port=port,
-        )
+        settings = demo_settings(bootstrap, f"demo-{uuid.uuid4().hex[:6]}.", ROOT, data)
         asyncio.run(create_topics(settings))
-        worker = WorkerProcess(settings, state_dir.parent / "demo-imcorrect.log").start()
-        try:
-            worker.wait_ready()
-            print(f"== IMCorrect worker up; metrics at http://127.0.0.1:{port}/metrics")
-            print(f"== Replaying {dataset_name}: {len(data.interactions):,} ratings")
-            n = asyncio.run(replay_dataset(settings, dataset_name))
-            _wait_applied(port, n)
-            print(f"   all {n:,} events applied")
-
-            rng = random.Random(7)
-            users = sorted(set(data.interactions["user_id"]))
-            sample = rng.sample(users, 3)
-            forgotten_users = [
-                sample[0],
-                *rng.sample([u for u in users if u not in sample], n_forget - 1),
-            ]
-            before = {u: asyncio.run(request_and_wait(settings, u, k)) for u in sample}
-            print("\n== Recommendations before forgetting")
-            for u in sample:
-                _show(f"user {u}", before[u], data)
-            movie = before[sample[1]].items[0].item_id
-            print(
-                f"\n== Forgetting users {', '.join(forgotten_users)} and the movie "
-                f"'{data.title(movie)}'"
-            )
-
-            async def forget():
-                async with LetheProducer(settings) as p:
-                    reqs = [await p.forget_user(u) for u in forgotten_users]
-                    reqs.append(await p.forget_item(movie, reason="utility"))
-                    return reqs
-
-            requests = asyncio.run(forget())
-            receipts = _wait_receipts(settings, {r.request_id for r in requests})
-            print("== Receipts (one per request)")
-            for r in receipts:
-                latency = (r.applied_at - (r.requested_at or r.applied_at)) / 1000
-                print(
-                    f"   {r.request_id[:8]}… {r.status:8s} scope={r.scope:5s} "
-                    f"removed={r.removed} imcorrect v{r.versions.get('imcorrect')} "
-                    f"({latency:.2f} s)"
-                )
-            print("\n== Recommendations after forgetting")
-            for u in sample:
-                after = asyncio.run(request_and_wait(settings, u, k))
-                _show(f"user {u}", after, data)
-                assert movie not in {i.item_id for i in after.items}
-            metrics = scrape(port)
-            print("\n== Metrics summary")
-            for key in (
-                "lethe_interactions_applied_total",
-                'lethe_deletion_receipts_total{status="applied"}',
-                "lethe_forget_latency_seconds_count",
-                "lethe_forget_latency_seconds_sum",
-                "lethe_batch_size_count",
-                "lethe_snapshot_seconds_count",
-                'lethe_model_version{model="imcorrect"}',
-            ):
-                value = metrics.get(key, 0.0)
-                shown = f"{value:,.0f}" if float(value).is_integer() else f"{value:.3f}"
-                print(f"   {key} = {shown}")
-            print(f"   (served at http://127.0.0.1:{port}/metrics while the demo ran)")
-        finally:
-            print("\n== Shutting down")
-            code = worker.stop()
-            print(f"   worker exited with {code}")
-            if not keep_state:
-                shutil.rmtree(state_dir, ignore_errors=True)
+        if not keep_state:
+            stack.callback(shutil.rmtree, ROOT, True)
+        workers = start_workers(settings, ROOT / "logs")
+        stack.callback(_stop_workers, workers)
+        for kind, (w, port) in workers.items():
+            w.wait_ready(timeout_s=300)
+            print(f"== {kind} worker up; metrics at http://127.0.0.1:{port}/metrics")
+        prom = Prometheus({kind: p for kind, (_, p) in workers.items()}, ROOT / "prometheus")
+        stack.callback(_stop_prometheus, prom)
+        prom.start()
+        print(f"== Prometheus at {prom.url} (try {prom.url}/graph?g0.expr=lethe_model_version)")
+        print(f"== Replaying {dataset_name}: {len(data.interactions):,} ratings")
+        _scenario(settings, data, workers, prom, n_forget, k)
+        if keep:
+            print(f"\n== Everything stays up (Prometheus at {prom.url}); Ctrl-C to stop")
+            try:
+                while all(w.alive() for w, _ in workers.values()):
+                    time.sleep(1)
+            except KeyboardInterrupt:
+                pass  # the way out of --keep: stop everything below, exit 0
+        print("\n== Shutting down")
 
 
-def _wait_receipts(settings, request_ids: set[str], timeout_s: float = 60) -> list[DeletionReceipt]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        records = asyncio.run(read_all(settings, "deletion-receipts"))
-        receipts = [decode(DeletionReceipt, r.value) for r in records]
-        got = [r for r in receipts if r.request_id in request_ids]
-        if len(got) >= len(request_ids):
-            return got
-        time.sleep(0.5)
-    raise TimeoutError("receipts did not arrive")
+def _stop_workers(workers: dict[str, tuple[WorkerProcess, int]]) -> None:
+    # the scorer first (it reads the others' output), IMCorrect last
+    for kind in reversed(list(workers)):
+        code = workers[kind][0].stop()
+        print(f"   {kind} worker exited with {code}")
+
+
+def _stop_prometheus(prom: Prometheus) -> None:
+    print(f"   prometheus exited with {prom.stop()}")
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", choices=["ml-100k", "ml-1m"], default="ml-100k")
-    parser.add_argument("--forget-users", type=int, default=3)
+    parser.add_argument("--forget-users", type=int, default=1)
     parser.add_argument("-k", type=int, default=5)
-    parser.add_argument("--keep-state", action="store_true")
+    parser.add_argument("--keep", action="store_true", help="keep everything up until Ctrl-C")
+    parser.add_argument("--keep-state", action="store_true", help=f"leave {ROOT} on disk")
     args = parser.parse_args(argv)
+    # a SIGTERM (a test's timeout, a service manager) stops everything like Ctrl-C does; and
+    # Ctrl-C works even when a shell started the demo in the background with SIGINT ignored
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        run(args.dataset, args.forget_users, args.k, args.keep_state)
+        run(args.dataset, max(args.forget_users, 1), args.k, args.keep, args.keep_state)
     except KeyboardInterrupt:
         print("\ninterrupted: everything was stopped", file=sys.stderr)
         return 130

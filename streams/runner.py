@@ -27,4 +27,11 @@ def run_until_signalled(make_worker: Callable[[LetheSettings], Worker], settings
             loop.add_signal_handler(sig, worker.stop)
         await worker.run()
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        # the loop's signal handlers go with the loop, and the process still has threads to
+        # join: a second SIGINT/SIGTERM then (Ctrl-C reaches the worker, then its parent's
+        # SIGTERM) would kill it with -15 after a clean stop. The worker is stopping anyway.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
