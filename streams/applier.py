@@ -152,15 +152,15 @@ class Applier:
         columns: hashing and id mapping are single passes, the model sees one ``learn``.
         """
         st = self.state
-        keep = []
-        seen, dedup, hasher = st.dedup.seen, st.dedup, st.hasher
+        dedup, hasher = st.dedup, st.hasher
+        current = hasher.many("event", cols.event_ids)
         # ids remembered under a retired key (before a rotation) are duplicates too
         old = [hasher.many("event", cols.event_ids, key) for key in hasher.keys.retired]
-        for k, h in enumerate(hasher.many("event", cols.event_ids)):
-            if any(hashes[k] in dedup for hashes in old):
-                continue
-            if not seen(h):
-                keep.append(k)
+        if old:
+            fresh = [k for k in range(len(cols)) if not any(h[k] in dedup for h in old)]
+            keep = [fresh[j] for j in dedup.filter_new([current[k] for k in fresh])]
+        else:
+            keep = dedup.filter_new(current)
         n_dup = len(cols) - len(keep)
         if n_dup:
             st.bump("duplicates", n_dup)

@@ -103,35 +103,49 @@ class Hasher:
 class DedupWindow:
     """The most recent ``capacity`` event-id hashes; older ones fall out first.
 
-    A set answers membership and a ring (a list) keeps the order of arrival, so writing the
-    window to a snapshot is one pass over plain ints (it was most of a receipt's snapshot
-    on ML-1M when the order lived in an OrderedDict).
+    Each hash maps to its arrival number, and a hash counts as seen while that number is
+    within the last ``capacity`` arrivals; a ring (a list) keeps the order for snapshots.
+    Entries that fell out are dropped from the map lazily, so a batch is checked with one
+    dict lookup per event (the same answers as evicting one by one).
     """
 
     def __init__(self, capacity: int, hashes: np.ndarray | None = None) -> None:
         self.capacity = capacity
         self._ring: list[int] = []
-        self._next = 0  # once the ring is full: the slot of the oldest hash
-        self._seen: set[int] = set()
+        self._arrival: dict[int, int] = {}
+        self._count = 0  # arrivals so far
         if hashes is not None:
-            for h in np.asarray(hashes, dtype=np.uint64)[-capacity:].tolist():
-                self.seen(h)
+            self.filter_new(np.asarray(hashes, dtype=np.uint64)[-capacity:].tolist())
 
     def seen(self, h: int) -> bool:
         """True if ``h`` was seen before; otherwise remember it."""
-        if h in self._seen:
-            return True
-        self._seen.add(h)
-        if len(self._ring) < self.capacity:
-            self._ring.append(h)
-        else:
-            self._seen.discard(self._ring[self._next])
-            self._ring[self._next] = h
-            self._next = (self._next + 1) % self.capacity
-        return False
+        return not self.filter_new([h])
+
+    def filter_new(self, hashes: list[int]) -> list[int]:
+        """Positions of the hashes not seen before (each then remembered), in order."""
+        arrival, ring, cap = self._arrival, self._ring, self.capacity
+        count = self._count
+        new = []
+        get = arrival.get
+        for k, h in enumerate(hashes):
+            at = get(h)
+            if at is not None and at > count - cap:
+                continue
+            count += 1
+            arrival[h] = count
+            new.append(k)
+            if len(ring) < cap:
+                ring.append(h)
+            else:
+                ring[(count - 1) % cap] = h  # arrival a lives in slot (a - 1) % capacity
+        self._count = count
+        if len(arrival) > 2 * cap:  # drop what fell out of the window
+            self._arrival = {h: at for h, at in arrival.items() if at > count - cap}
+        return new
 
     def __contains__(self, h: int) -> bool:
-        return h in self._seen
+        at = self._arrival.get(h)
+        return at is not None and at > self._count - self.capacity
 
     def __len__(self) -> int:
         return len(self._ring)
@@ -139,13 +153,18 @@ class DedupWindow:
     def seen_any(self, hashes: list[int]) -> bool:
         """:meth:`seen` for the first (current-key) hash, also True if any other is known:
         an event id remembered under a retired key is still a duplicate."""
-        if any(h in self._seen for h in hashes[1:]):
+        if any(h in self for h in hashes[1:]):
             return True
         return self.seen(hashes[0])
 
     def array(self) -> np.ndarray:
         """The remembered hashes, oldest first."""
-        ordered = self._ring[self._next :] + self._ring[: self._next]
+        ring = self._ring
+        if len(ring) < self.capacity:
+            ordered = ring
+        else:
+            start = self._count % self.capacity  # the slot of the oldest arrival kept
+            ordered = ring[start:] + ring[:start]
         return np.fromiter(ordered, dtype=np.uint64, count=len(ordered))
 
 

@@ -214,3 +214,28 @@ def test_a_second_worker_on_the_same_state_folder_exits_at_once(tmp_path, kind):
     held.release()
     assert second.returncode == 3, second.stderr[-2000:]
     assert "in use by pid" in second.stderr and time.monotonic() - started < 30
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(1, 6),
+    st.lists(st.lists(st.integers(0, 9), min_size=1, max_size=7), min_size=1, max_size=8),
+)
+def test_the_dedup_window_answers_like_one_evicting_one_by_one(capacity, chunks):
+    from collections import OrderedDict
+
+    from streams.state import DedupWindow
+
+    reference: OrderedDict[int, None] = OrderedDict()
+    window = DedupWindow(capacity)
+    for chunk in chunks:
+        expected = []
+        for k, h in enumerate(chunk):
+            if h not in reference:
+                expected.append(k)
+                reference[h] = None
+                if len(reference) > capacity:
+                    reference.popitem(last=False)
+        assert window.filter_new(chunk) == expected
+        assert window.array().tolist() == list(reference)
+        window = DedupWindow(capacity, window.array())  # a restart from the snapshot
