@@ -16,7 +16,9 @@ from confluent_kafka.admin import AdminClient
 from models.datasets import load
 from streams.config import LetheSettings
 from streams.contracts import DeletionReceipt, DeletionRequest, decode
+from streams.erasure import verify_erasure
 from streams.kafka_config import librdkafka_config
+from streams.keys import keyring_for
 from streams.localkafka import kafka_cluster
 from streams.replay import to_event
 from streams.topics import create_topics, topic_name
@@ -132,6 +134,10 @@ def test_a_lost_broker_loses_nothing_and_stops_no_worker(cluster, tmp_path):
     ]
     assert len(receipts) == 30 and len({r.request_id for r in receipts}) == 30
     assert all(r.status == "applied" for r in receipts)
+    keys = keyring_for(settings, create=False)
+    for receipt in receipts:
+        verdict = verify_erasure(settings.state_dir, receipt, keys)
+        assert verdict.passed, verdict.render()
     gone = set(forgotten)
     # a forgotten user's later events carry an older ts than the deletion: dropped
     retained = [(e.user_id, e.item_id) for e in events if e.user_id not in gone]
