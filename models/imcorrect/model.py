@@ -29,10 +29,11 @@ from models.imcorrect.base import Mapping
 from models.imcorrect.ease import EASE
 from models.imcorrect.gfcf import GFCF
 from models.imcorrect.itemknn import ItemKNN
+from models.imcorrect.itemknn_topk import ItemKNNTopK
 from models.imcorrect.lowrank import RowChange
 from models.imcorrect.serving import FrozenScores
 
-MappingName = Literal["ease", "itemknn", "gfcf"]
+MappingName = Literal["ease", "itemknn", "gfcf", "itemknn-topk"]
 FORMAT_VERSION = 1
 
 #: Documented drift tolerance: the largest absolute error allowed on the residual check
@@ -41,14 +42,26 @@ DEFAULT_DRIFT_TOLERANCE = 1e-9
 
 
 def make_mapping(name: MappingName, **params: float) -> Mapping:
-    """Factory for the supported mappings."""
+    """Factory for the supported mappings.
+
+    ``memory_budget_gb`` (dense mappings only) caps their n×n float64 arrays; a larger
+    catalogue raises :class:`~models.imcorrect.budget.DenseBudgetError` before allocating.
+    The default is half the machine's physical memory.
+    """
+    budget_gb = params.pop("memory_budget_gb", None)
+    if name == "itemknn-topk":
+        return ItemKNNTopK(k=int(params.get("k", 100)), shrink=params.get("shrink", 0.0))
     if name == "ease":
-        return EASE(l2=params.get("l2", 500.0))
-    if name == "itemknn":
-        return ItemKNN(shrink=params.get("shrink", 0.0))
-    if name == "gfcf":
-        return GFCF()
-    raise ValueError(f"unknown mapping {name!r}: choose ease, itemknn or gfcf")
+        mapping: Mapping = EASE(l2=params.get("l2", 500.0))
+    elif name == "itemknn":
+        mapping = ItemKNN(shrink=params.get("shrink", 0.0))
+    elif name == "gfcf":
+        mapping = GFCF()
+    else:
+        raise ValueError(f"unknown mapping {name!r}: choose ease, itemknn, gfcf or itemknn-topk")
+    if budget_gb is not None:
+        mapping.memory_budget_bytes = float(budget_gb) * 1e9
+    return mapping
 
 
 @dataclass
@@ -68,7 +81,8 @@ class IMCorrect:
     Parameters
     ----------
     mapping:
-        ``"ease"``, ``"itemknn"`` or ``"gfcf"`` (linear filter).
+        ``"ease"``, ``"itemknn"``, ``"gfcf"`` (linear filter) or ``"itemknn-topk"`` (sparse
+        top-k cosine neighbours, for catalogues too large for n×n arrays).
     correct_mapping:
         When False only X is corrected (the fast, incomplete "interaction-only" peer).
     drift_tolerance, check_every:
@@ -77,7 +91,8 @@ class IMCorrect:
         A row change whose rank bound (2 × changed users) reaches this share of the item
         count is applied by refitting from X instead of a low-rank correction.
     **params:
-        Mapping hyper-parameters (``l2`` for EASE, ``shrink`` for ItemKNN).
+        Mapping hyper-parameters (``l2`` for EASE, ``shrink`` for ItemKNN, ``k`` and
+        ``shrink`` for itemknn-topk; ``memory_budget_gb`` caps the dense mappings).
     """
 
     def __init__(
@@ -131,12 +146,12 @@ class IMCorrect:
         return self._x.copy()
 
     @property
-    def mapping(self) -> np.ndarray:
-        """Item×item mapping M, read-only."""
+    def mapping(self) -> np.ndarray | sp.csr_matrix:
+        """Item×item mapping M, read-only (sparse CSR for itemknn-topk)."""
         return self._mapping.mapping
 
     @property
-    def gram(self) -> np.ndarray:
+    def gram(self) -> np.ndarray | sp.csr_matrix:
         return self._mapping.gram
 
     # -- fitting ----------------------------------------------------------------------------

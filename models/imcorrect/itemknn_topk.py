@@ -1,0 +1,380 @@
+"""Sparse item-kNN (cosine, top-k neighbours) with exact learning and forgetting.
+
+The dense mappings keep n×n arrays; this one keeps only
+
+* the co-occurrence counts G = XᵀX of pairs some user shares (:mod:`.cooccurrence`),
+* the item degrees d_i = G_ii = Σ_u x_ui²,
+* for every item i its k best neighbours ``nbr_idx[i]``, ``nbr_val[i]`` by
+  s_ij = G_ij / (√d_i √d_j + shrink), j ≠ i, G_ij ≠ 0, ranked by the rule of
+  :mod:`.topk` (higher score first, then lower item index), and
+* ``bound[i]``: an upper bound on the scores of i's candidates outside its list.
+
+M is the sparse matrix whose row i holds i's neighbours, and S = X·M. With k ≥ n it is the
+dense cosine ItemKNN. Memory: O(stored pairs + n·k).
+
+Exactness under a change (learn or forget of users, items or interactions). Let ΔG be the
+change of G (it touches only pairs inside the changed users' rows) and D the items whose
+degree changed. Then:
+
+* i ∈ D: every score in row i moved, so its list is recomputed from its sparse row;
+* j ∉ D: only scores s_jc with ΔG_jc ≠ 0 or c ∈ D moved. Those pairs are listed (ΔG, plus
+  the rows of D, since G is symmetric) and folded into j's list: members get their new
+  score, non-members that now beat j's k-th entry are inserted, the rest only raise
+  ``bound[j]``. The merged list is exact when its k-th score is above every possible
+  outsider, i.e. above ``max(bound[j], best left-out score)``; otherwise (a member fell
+  below an outsider, or a tie at the boundary) row j is recomputed from scratch.
+
+Membership of c in j's list is decided by comparing c's *old* score with j's k-th entry:
+the stored list is the exact top-k, and the old score is recomputed bit for bit from the
+old count and degrees with the same expression that produced the list.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from models.imcorrect.base import Mapping
+from models.imcorrect.cooccurrence import Cooccurrence
+from models.imcorrect.lowrank import RowChange
+from models.imcorrect.topk import PAD, ranks_before, select, sort_rows
+
+#: entries gathered at once when recomputing many rows (bounds temporary memory)
+_CHUNK_ENTRIES = 4_000_000
+
+
+class ItemKNNTopK(Mapping):
+    """Cosine item-kNN over sparse co-occurrences, each item's ``k`` best neighbours kept.
+
+    Parameters
+    ----------
+    k:
+        Neighbours kept per item (``k ≥ n_items`` keeps every co-occurring item).
+    shrink:
+        Added to the cosine denominator; damps similarities built on few co-occurrences.
+    """
+
+    name = "itemknn-topk"
+
+    def __init__(self, k: int = 100, shrink: float = 0.0) -> None:
+        # Mapping.__init__ would allocate a dense Gram matrix: this class keeps none
+        if int(k) < 1:
+            raise ValueError("k must be at least 1")
+        if shrink < 0:
+            raise ValueError("shrink must be non-negative")
+        self.k = int(k)
+        self.shrink = float(shrink)
+        self.counts = Cooccurrence(0)
+        self.degree = np.zeros(0)
+        self.nbr_idx = np.full((0, self.k), -1, dtype=np.int32)
+        self.nbr_val = np.full((0, self.k), -np.inf)
+        self.bound = np.zeros(0)
+        self._mapping: sp.csr_matrix | None = None
+
+    def config(self) -> dict[str, Any]:
+        return {"k": self.k, "shrink": self.shrink}
+
+    @property
+    def n_items(self) -> int:
+        return len(self.degree)
+
+    @property
+    def gram(self) -> sp.csr_matrix:
+        """G = XᵀX as sparse CSR (the live matrix: edits reach the model)."""
+        return self.counts.matrix()
+
+    def memory_bytes(self) -> int:
+        """Bytes held by the counts and the neighbour lists."""
+        parts = [self.counts.base, self.counts.extra]
+        sparse = sum(m.data.nbytes + m.indices.nbytes + m.indptr.nbytes for m in parts)
+        lists = self.nbr_idx.nbytes + self.nbr_val.nbytes + self.bound.nbytes
+        return int(sparse + lists + self.degree.nbytes)
+
+    # -- scores -----------------------------------------------------------------------------
+    def _score(self, g: np.ndarray, d_row: np.ndarray, d_col: np.ndarray) -> np.ndarray:
+        # the one expression every score comes from, so that a score recomputed later from
+        # the same inputs is bit-identical to the stored one (membership tests rely on it)
+        denom = np.sqrt(np.maximum(d_row, 0.0)) * np.sqrt(np.maximum(d_col, 0.0)) + self.shrink
+        return np.divide(g, denom, out=np.zeros(len(g)), where=denom > 0)
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def fit(self, x: sp.csr_matrix) -> None:
+        """Count all pairs and select every item's neighbours from scratch."""
+        self.counts = Cooccurrence.from_x(x)
+        self._fit_derived(x)
+
+    def _fit_derived(self, x: sp.csr_matrix) -> None:
+        n = x.shape[1]
+        everything = np.arange(n, dtype=np.int64)
+        # degrees are read off G's diagonal so that they equal G_ii bit for bit
+        self.degree = self.counts.get(everything, everything)
+        self.nbr_idx = np.full((n, self.k), -1, dtype=np.int32)
+        self.nbr_val = np.full((n, self.k), -np.inf)
+        self.bound = np.full(n, -np.inf)
+        self._recompute(everything)
+        self._mapping = None
+
+    def apply(self, change: RowChange) -> None:
+        """Fold a change of some user rows (weight 1 each) into G and the lists."""
+        ones_old, ones_new = np.ones(change.old.shape[0]), np.ones(change.new.shape[0])
+        a, signs = RowChange(change.old, change.new, ones_old, ones_new).factor()
+        if a.shape[0] == 0:
+            return
+        self._correct(a, signs, np.unique(a.indices), change)
+
+    def _correct(
+        self, a: sp.csr_matrix, signs: np.ndarray, touched: np.ndarray, change: RowChange
+    ) -> None:
+        # ΔG = Aᵀ S A restricted to the touched columns (a small sparse product)
+        sub = a[:, touched]
+        delta = (sub.T @ sp.diags(signs) @ sub).tocoo()
+        nz = delta.data != 0
+        self._apply_delta(touched[delta.row[nz]], touched[delta.col[nz]], delta.data[nz])
+
+    def remove_items(self, items: np.ndarray, change: RowChange) -> None:
+        """Zero the items' rows and columns of G: ΔG is minus those entries."""
+        items = np.unique(np.asarray(items, dtype=np.int64))
+        items = items[items < self.n_items]
+        if len(items) == 0:
+            return
+        owner, cols, vals = self.counts.rows(items)
+        rows = np.concatenate([items[owner], cols])
+        cols_all = np.concatenate([cols, items[owner]])
+        vals_all = -np.concatenate([vals, vals])
+        _, first = np.unique(rows * self.n_items + cols_all, return_index=True)
+        self._apply_delta(rows[first], cols_all[first], vals_all[first])
+
+    def grow(self, n_items: int) -> None:
+        old_n = self.n_items
+        if n_items <= old_n:
+            return
+        self.counts.grow(n_items)
+        self._grow_derived(old_n, n_items)
+
+    def _grow_derived(self, old_n: int, new_n: int) -> None:
+        extra = new_n - old_n
+        self.degree = np.concatenate([self.degree, np.zeros(extra)])
+        self.nbr_idx = np.vstack([self.nbr_idx, np.full((extra, self.k), -1, dtype=np.int32)])
+        self.nbr_val = np.vstack([self.nbr_val, np.full((extra, self.k), -np.inf)])
+        self.bound = np.concatenate([self.bound, np.full(extra, -np.inf)])
+        self._mapping = None
+
+    # -- the incremental step ---------------------------------------------------------------
+    def _apply_delta(self, rows: np.ndarray, cols: np.ndarray, deltas: np.ndarray) -> None:
+        """G[rows, cols] += deltas (unique, symmetric entries), then repair the lists."""
+        if len(rows) == 0:
+            return
+        n = self.n_items
+        g_old = self.counts.get(rows, cols)
+        self.counts.add(rows, cols, deltas)
+        g_new = g_old + deltas  # the same addition the store performed
+        on_diag = rows == cols
+        diag_items = rows[on_diag]
+        degree_old = self.degree.copy()
+        self.degree[diag_items] = g_new[on_diag]
+        changed_degree = np.unique(diag_items[g_new[on_diag] != degree_old[diag_items]])
+        in_d = np.zeros(n, dtype=bool)
+        in_d[changed_degree] = True
+
+        # pairs (j, c), j ∉ D, whose score moved: ΔG entries ...
+        off = ~on_diag & ~in_d[rows]
+        pj, pc, go, gn = rows[off], cols[off], g_old[off], g_new[off]
+        # ... and every stored neighbour j of an item c ∈ D (G is symmetric)
+        if len(changed_degree):
+            owner, js, vals = self.counts.rows(changed_degree)
+            cs = changed_degree[owner]
+            keep = ~in_d[js] & (js != cs)
+            js, cs, vals = js[keep], cs[keep], vals[keep]
+            known = np.sort(pj * n + pc)
+            keys = js * n + cs
+            at = np.minimum(np.searchsorted(known, keys), max(len(known) - 1, 0))
+            fresh = ~(known[at] == keys) if len(known) else np.ones(len(keys), dtype=bool)
+            pj = np.concatenate([pj, js[fresh]])
+            pc = np.concatenate([pc, cs[fresh]])
+            go = np.concatenate([go, vals[fresh]])  # unchanged count
+            gn = np.concatenate([gn, vals[fresh]])
+        dirty = self._merge_pairs(pj, pc, go, gn, degree_old)
+        self._recompute(np.union1d(changed_degree, dirty))
+        self._mapping = None
+
+    def _merge_pairs(
+        self,
+        pj: np.ndarray,
+        pc: np.ndarray,
+        g_old: np.ndarray,
+        g_new: np.ndarray,
+        degree_old: np.ndarray,
+    ) -> np.ndarray:
+        """Fold moved scores s_jc into the lists of items j ∉ D; returns rows to recompute."""
+        if len(pj) == 0:
+            return np.zeros(0, dtype=np.int64)
+        k = self.k
+        d_j = self.degree[pj]  # unchanged: j ∉ D
+        s_old = self._score(g_old, d_j, degree_old[pc])
+        s_new = self._score(g_new, d_j, self.degree[pc])
+        kth_idx = self.nbr_idx[pj, k - 1].astype(np.int64)
+        kth_val = self.nbr_val[pj, k - 1]
+        full = kth_idx >= 0
+        # c was in j's (exact) list iff it was a candidate not ranked after the k-th entry
+        member = (g_old != 0) & (~full | ~ranks_before(kth_val, kth_idx, s_old, pc))
+        alive = g_new != 0
+        insert = ~member & alive & (~full | ranks_before(s_new, pc, kth_val, kth_idx))
+        outside = ~member & alive & ~insert
+        np.maximum.at(self.bound, pj[outside], s_new[outside])
+
+        touched = member | insert
+        if not touched.any():
+            return np.zeros(0, dtype=np.int64)
+        affected, loc = np.unique(pj[touched], return_inverse=True)
+        t_c, t_new, t_alive, t_member = pc[touched], s_new[touched], alive[touched], member[touched]
+        idx = self.nbr_idx[affected].astype(np.int64)
+        val = self.nbr_val[affected].copy()
+        idx[idx < 0] = PAD
+
+        dirty = [np.zeros(0, dtype=np.int64)]
+        m_rows, m_c = loc[t_member], t_c[t_member]
+        hits = idx[m_rows] == m_c[:, None]
+        found = hits.any(axis=1)
+        if not found.all():  # a list out of step with its counts: rebuild it from G
+            dirty.append(affected[m_rows[~found]])
+        pos = hits.argmax(axis=1)
+        m_rows, pos = m_rows[found], pos[found]
+        m_new, m_alive = t_new[t_member][found], t_alive[t_member][found]
+        val[m_rows, pos] = np.where(m_alive, m_new, -np.inf)
+        idx[m_rows, pos] = np.where(m_alive, idx[m_rows, pos], PAD)
+
+        ins = ~t_member
+        i_rows, i_c, i_val = loc[ins], t_c[ins], t_new[ins]
+        order = np.argsort(i_rows, kind="stable")
+        i_rows, i_c, i_val = i_rows[order], i_c[order], i_val[order]
+        width = int(np.bincount(i_rows, minlength=len(affected)).max()) if len(i_rows) else 0
+        if width:
+            first = np.searchsorted(i_rows, i_rows, side="left")
+            slot = np.arange(len(i_rows)) - first
+            extra_idx = np.full((len(affected), width), PAD, dtype=np.int64)
+            extra_val = np.full((len(affected), width), -np.inf)
+            extra_idx[i_rows, slot] = i_c
+            extra_val[i_rows, slot] = i_val
+            idx = np.hstack([idx, extra_idx])
+            val = np.hstack([val, extra_val])
+        idx, val = sort_rows(idx, val)
+        left_out = val[:, k] if width else np.full(len(affected), -np.inf)
+        bound = np.maximum(self.bound[affected], left_out)
+        kth = val[:, k - 1]
+        exact = (bound == -np.inf) | (kth > bound)
+        keep = affected[exact]
+        top_idx = idx[exact, :k]
+        self.nbr_idx[keep] = np.where(top_idx == PAD, -1, top_idx).astype(np.int32)
+        self.nbr_val[keep] = val[exact, :k]
+        self.bound[keep] = bound[exact]
+        dirty.append(affected[~exact])
+        return np.unique(np.concatenate(dirty))
+
+    # -- selection from scratch -------------------------------------------------------------
+    def _select_rows(self, items: np.ndarray):
+        """Yield ``(item, indices, scores, bound)`` selected from each item's sparse row."""
+        lengths = np.diff(self.counts.base.indptr)[items]
+        if self.counts.extra.nnz:
+            lengths = lengths + np.diff(self.counts.extra.indptr)[items]
+        chunk_of = np.cumsum(lengths) // _CHUNK_ENTRIES
+        for chunk in np.split(items, np.flatnonzero(np.diff(chunk_of)) + 1):
+            owner, cols, vals = self.counts.rows(chunk)
+            keep = cols != chunk[owner]
+            owner, cols, vals = owner[keep], cols[keep], vals[keep]
+            if self.counts.extra.nnz:
+                order = np.argsort(owner, kind="stable")
+                owner, cols, vals = owner[order], cols[order], vals[order]
+            scores = self._score(vals, self.degree[chunk[owner]], self.degree[cols])
+            bounds = np.searchsorted(owner, np.arange(len(chunk) + 1))
+            for r, item in enumerate(chunk.tolist()):
+                lo, hi = bounds[r], bounds[r + 1]
+                idx, val, bound = select(cols[lo:hi], scores[lo:hi], self.k)
+                yield item, idx, val, bound
+
+    def _recompute(self, items: np.ndarray) -> None:
+        items = np.unique(np.asarray(items, dtype=np.int64))
+        if len(items) == 0:
+            return
+        self.nbr_idx[items] = -1
+        self.nbr_val[items] = -np.inf
+        for item, idx, val, bound in self._select_rows(items):
+            self.nbr_idx[item, : len(idx)] = idx
+            self.nbr_val[item, : len(idx)] = val
+            self.bound[item] = bound
+
+    # -- the mapping M ----------------------------------------------------------------------
+    @property
+    def mapping(self) -> sp.csr_matrix:
+        """M as sparse CSR: row i holds i's neighbours and their cosine (cached)."""
+        if self._mapping is None:
+            self._mapping = self._materialise()
+        return self._mapping
+
+    def _materialise(self) -> sp.csr_matrix:
+        n = self.n_items
+        present = self.nbr_idx >= 0
+        indptr = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(present.sum(axis=1), out=indptr[1:])
+        m = sp.csr_matrix(
+            (self.nbr_val[present], self.nbr_idx[present], indptr), shape=(n, n), copy=False
+        )
+        m.sort_indices()
+        return m
+
+    def scores(self, rows: sp.csr_matrix) -> np.ndarray:
+        return (rows @ self.mapping).toarray()
+
+    def frozen(self, dtype: np.dtype | type = np.float32) -> sp.csr_matrix:
+        """A new sparse copy of M in ``dtype`` for serving."""
+        return self._materialise().astype(dtype)
+
+    # -- numerical health -------------------------------------------------------------------
+    def drift(self, x: sp.csr_matrix, rng: np.random.Generator, n_columns: int = 8) -> float:
+        """Largest error of degrees, of G on a few random columns and of their lists.
+
+        Degrees are checked against X and against G's diagonal everywhere (O(nnz X));
+        a list whose neighbour set differs from a fresh selection counts as an infinite error.
+        """
+        n = self.n_items
+        if n == 0:
+            return 0.0
+        everything = np.arange(n, dtype=np.int64)
+        fresh_degree = np.asarray(x.multiply(x).sum(axis=0)).ravel()
+        err = float(np.max(np.abs(self.degree - fresh_degree)))
+        err = max(err, float(np.max(np.abs(self.counts.get(everything, everything) - self.degree))))
+        cols = np.sort(rng.choice(n, size=min(n_columns, n), replace=False))
+        owner, cc, vv = self.counts.rows(cols)
+        stored = sp.csr_matrix((vv, (owner, cc)), shape=(len(cols), n))
+        fresh = (x[:, cols].T @ x).tocsr()
+        diff = abs(stored - fresh)
+        err = max(err, float(diff.max()) if diff.nnz else 0.0)
+        for item, idx, val, _ in self._select_rows(cols):
+            have = self.nbr_idx[item][self.nbr_idx[item] >= 0]
+            if not np.array_equal(have, idx):
+                return float("inf")
+            err = max(err, float(np.max(np.abs(self.nbr_val[item, : len(idx)] - val), initial=0)))
+        return err
+
+    # -- persistence ------------------------------------------------------------------------
+    def state(self) -> dict[str, np.ndarray]:
+        """Plain arrays in proportion to the stored pairs and n·k."""
+        return {
+            **self.counts.state(),
+            "degree": self.degree,
+            "nbr_idx": self.nbr_idx,
+            "nbr_val": self.nbr_val,
+            "bound": self.bound,
+        }
+
+    def load_state(self, arrays: dict[str, np.ndarray]) -> None:
+        self.degree = np.array(arrays["degree"], dtype=np.float64)
+        self.counts = Cooccurrence.from_state(arrays, len(self.degree))
+        self.nbr_idx = np.array(arrays["nbr_idx"], dtype=np.int32)
+        self.nbr_val = np.array(arrays["nbr_val"], dtype=np.float64)
+        self.bound = np.array(arrays["bound"], dtype=np.float64)
+        if self.nbr_idx.shape[1] != self.k:
+            kept = self.nbr_idx.shape[1]
+            raise ValueError(f"snapshot keeps {kept} neighbours per item, config says k={self.k}")
+        self._mapping = None
