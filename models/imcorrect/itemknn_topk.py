@@ -7,7 +7,8 @@ The dense mappings keep n×n arrays; this one keeps only
 * for every item i its k best neighbours ``nbr_idx[i]``, ``nbr_val[i]`` by
   s_ij = G_ij / (√d_i √d_j + shrink), j ≠ i, G_ij ≠ 0, ranked by the rule of
   :mod:`.topk` (higher score first, then lower item index), and
-* ``bound[i]``: an upper bound on the scores of i's candidates outside its list.
+* ``bound[i]``, ``bound_idx[i]``: a (score, index) that ranks at or before every candidate
+  of i outside its list (an upper bound in the tie order).
 
 M is the sparse matrix whose row i holds i's neighbours, and S = X·M. With k ≥ n it is the
 dense cosine ItemKNN. Memory: O(stored pairs + n·k).
@@ -19,10 +20,10 @@ degree changed. Then:
 * i ∈ D: every score in row i moved, so its list is recomputed from its sparse row;
 * j ∉ D: only scores s_jc with ΔG_jc ≠ 0 or c ∈ D moved. Those pairs are listed (ΔG, plus
   the rows of D, since G is symmetric) and folded into j's list: members get their new
-  score, non-members that now beat j's k-th entry are inserted, the rest only raise
-  ``bound[j]``. The merged list is exact when its k-th score is above every possible
-  outsider, i.e. above ``max(bound[j], best left-out score)``; otherwise (a member fell
-  below an outsider, or a tie at the boundary) row j is recomputed from scratch.
+  score, non-members that now beat j's k-th entry are inserted, the rest only raise j's
+  bound. The merged list is exact when its k-th entry ranks before every possible
+  outsider, i.e. before the better of j's bound and the best entry the merge left out;
+  otherwise (a member fell behind an outsider) row j is recomputed from its sparse row.
 
 Membership of c in j's list is decided by comparing c's *old* score with j's k-th entry:
 the stored list is the exact top-k, and the old score is recomputed bit for bit from the
@@ -71,6 +72,9 @@ class ItemKNNTopK(Mapping):
         self.nbr_idx = np.full((0, self.k), -1, dtype=np.int32)
         self.nbr_val = np.full((0, self.k), -np.inf)
         self.bound = np.zeros(0)
+        self.bound_idx = np.zeros(0, dtype=np.int64)
+        #: rows selected from scratch by the last change (the rest were merged in place)
+        self.last_recomputed = 0
         self._mapping: sp.csr_matrix | None = None
 
     def config(self) -> dict[str, Any]:
@@ -89,7 +93,8 @@ class ItemKNNTopK(Mapping):
         """Bytes held by the counts and the neighbour lists."""
         parts = [self.counts.base, self.counts.extra]
         sparse = sum(m.data.nbytes + m.indices.nbytes + m.indptr.nbytes for m in parts)
-        lists = self.nbr_idx.nbytes + self.nbr_val.nbytes + self.bound.nbytes
+        lists = self.nbr_idx.nbytes + self.nbr_val.nbytes
+        lists += self.bound.nbytes + self.bound_idx.nbytes
         return int(sparse + lists + self.degree.nbytes)
 
     # -- scores -----------------------------------------------------------------------------
@@ -113,6 +118,7 @@ class ItemKNNTopK(Mapping):
         self.nbr_idx = np.full((n, self.k), -1, dtype=np.int32)
         self.nbr_val = np.full((n, self.k), -np.inf)
         self.bound = np.full(n, -np.inf)
+        self.bound_idx = np.full(n, PAD, dtype=np.int64)
         self._recompute(everything)
         self._mapping = None
 
@@ -159,6 +165,7 @@ class ItemKNNTopK(Mapping):
         self.nbr_idx = np.vstack([self.nbr_idx, np.full((extra, self.k), -1, dtype=np.int32)])
         self.nbr_val = np.vstack([self.nbr_val, np.full((extra, self.k), -np.inf)])
         self.bound = np.concatenate([self.bound, np.full(extra, -np.inf)])
+        self.bound_idx = np.concatenate([self.bound_idx, np.full(extra, PAD, dtype=np.int64)])
         self._mapping = None
 
     # -- the incremental step ---------------------------------------------------------------
@@ -196,7 +203,9 @@ class ItemKNNTopK(Mapping):
             go = np.concatenate([go, vals[fresh]])  # unchanged count
             gn = np.concatenate([gn, vals[fresh]])
         dirty = self._merge_pairs(pj, pc, go, gn, degree_old)
-        self._recompute(np.union1d(changed_degree, dirty))
+        redo = np.union1d(changed_degree, dirty)
+        self.last_recomputed = len(redo)
+        self._recompute(redo)
         self._mapping = None
 
     def _merge_pairs(
@@ -222,7 +231,7 @@ class ItemKNNTopK(Mapping):
         alive = g_new != 0
         insert = ~member & alive & (~full | ranks_before(s_new, pc, kth_val, kth_idx))
         outside = ~member & alive & ~insert
-        np.maximum.at(self.bound, pj[outside], s_new[outside])
+        self._raise_bounds(pj[outside], s_new[outside], pc[outside])
 
         touched = member | insert
         if not touched.any():
@@ -260,21 +269,34 @@ class ItemKNNTopK(Mapping):
             idx = np.hstack([idx, extra_idx])
             val = np.hstack([val, extra_val])
         idx, val = sort_rows(idx, val)
-        left_out = val[:, k] if width else np.full(len(affected), -np.inf)
-        bound = np.maximum(self.bound[affected], left_out)
-        kth = val[:, k - 1]
-        exact = (bound == -np.inf) | (kth > bound)
+        if width:
+            self._raise_bounds(affected, val[:, k], idx[:, k])
+        bound, bound_idx = self.bound[affected], self.bound_idx[affected]
+        exact = (bound == -np.inf) | ranks_before(val[:, k - 1], idx[:, k - 1], bound, bound_idx)
         keep = affected[exact]
         top_idx = idx[exact, :k]
         self.nbr_idx[keep] = np.where(top_idx == PAD, -1, top_idx).astype(np.int32)
         self.nbr_val[keep] = val[exact, :k]
-        self.bound[keep] = bound[exact]
         dirty.append(affected[~exact])
         return np.unique(np.concatenate(dirty))
 
+    def _raise_bounds(self, rows: np.ndarray, vals: np.ndarray, cols: np.ndarray) -> None:
+        """Lift each row's bound to the best of itself and the given (score, index) pairs."""
+        real = cols != PAD
+        rows, vals, cols = rows[real], vals[real], cols[real]
+        if len(rows) == 0:
+            return
+        order = np.lexsort((cols, -vals, rows))
+        rows, vals, cols = rows[order], vals[order], cols[order]
+        first = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
+        rows, vals, cols = rows[first], vals[first], cols[first]
+        better = ranks_before(vals, cols, self.bound[rows], self.bound_idx[rows])
+        self.bound[rows[better]] = vals[better]
+        self.bound_idx[rows[better]] = cols[better]
+
     # -- selection from scratch -------------------------------------------------------------
     def _select_rows(self, items: np.ndarray):
-        """Yield ``(item, indices, scores, bound)`` selected from each item's sparse row."""
+        """Yield ``(item, indices, scores, bound, bound_idx)`` selected from each sparse row."""
         lengths = np.diff(self.counts.base.indptr)[items]
         if self.counts.extra.nnz:
             lengths = lengths + np.diff(self.counts.extra.indptr)[items]
@@ -290,8 +312,7 @@ class ItemKNNTopK(Mapping):
             bounds = np.searchsorted(owner, np.arange(len(chunk) + 1))
             for r, item in enumerate(chunk.tolist()):
                 lo, hi = bounds[r], bounds[r + 1]
-                idx, val, bound = select(cols[lo:hi], scores[lo:hi], self.k)
-                yield item, idx, val, bound
+                yield (item, *select(cols[lo:hi], scores[lo:hi], self.k))
 
     def _recompute(self, items: np.ndarray) -> None:
         items = np.unique(np.asarray(items, dtype=np.int64))
@@ -299,10 +320,11 @@ class ItemKNNTopK(Mapping):
             return
         self.nbr_idx[items] = -1
         self.nbr_val[items] = -np.inf
-        for item, idx, val, bound in self._select_rows(items):
+        for item, idx, val, bound, bound_idx in self._select_rows(items):
             self.nbr_idx[item, : len(idx)] = idx
             self.nbr_val[item, : len(idx)] = val
             self.bound[item] = bound
+            self.bound_idx[item] = bound_idx
 
     # -- the mapping M ----------------------------------------------------------------------
     @property
@@ -350,7 +372,7 @@ class ItemKNNTopK(Mapping):
         fresh = (x[:, cols].T @ x).tocsr()
         diff = abs(stored - fresh)
         err = max(err, float(diff.max()) if diff.nnz else 0.0)
-        for item, idx, val, _ in self._select_rows(cols):
+        for item, idx, val, _, _ in self._select_rows(cols):
             have = self.nbr_idx[item][self.nbr_idx[item] >= 0]
             if not np.array_equal(have, idx):
                 return float("inf")
@@ -366,6 +388,7 @@ class ItemKNNTopK(Mapping):
             "nbr_idx": self.nbr_idx,
             "nbr_val": self.nbr_val,
             "bound": self.bound,
+            "bound_idx": self.bound_idx,
         }
 
     def load_state(self, arrays: dict[str, np.ndarray]) -> None:
@@ -374,6 +397,7 @@ class ItemKNNTopK(Mapping):
         self.nbr_idx = np.array(arrays["nbr_idx"], dtype=np.int32)
         self.nbr_val = np.array(arrays["nbr_val"], dtype=np.float64)
         self.bound = np.array(arrays["bound"], dtype=np.float64)
+        self.bound_idx = np.array(arrays["bound_idx"], dtype=np.int64)
         if self.nbr_idx.shape[1] != self.k:
             kept = self.nbr_idx.shape[1]
             raise ValueError(f"snapshot keeps {kept} neighbours per item, config says k={self.k}")

@@ -4,9 +4,9 @@ Order: a higher score ranks first; equal scores rank by the lower item index. Un
 order the top-k of a candidate set is unique, so an incrementally maintained list can be
 compared with one selected from scratch entry by entry.
 
-Each selection also returns the *bound*: the best score among the candidates left out
-(−inf when none are). It lets an update decide without the whole candidate row whether a
-list is still exact (see :mod:`models.imcorrect.itemknn_topk`).
+Each selection also returns the *bound*: the best (score, index) among the candidates left
+out, in the same order ((−inf, PAD) when none are). It lets an update decide without the
+whole candidate row whether a list is still exact (see :mod:`models.imcorrect.itemknn_topk`).
 """
 
 from __future__ import annotations
@@ -17,11 +17,14 @@ import numpy as np
 PAD = np.iinfo(np.int64).max
 
 
-def select(cols: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, float]:
-    """Top-k of one candidate set: ``(indices, scores, bound)``, best first, ``len ≤ k``."""
+def select(
+    cols: np.ndarray, scores: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray, float, int]:
+    """Top-k of one candidate set: ``(indices, scores, bound_score, bound_index)``, best
+    first, ``len ≤ k``; the bound is the best candidate left out."""
     if len(cols) <= k:
         order = np.lexsort((cols, -scores))
-        return cols[order], scores[order], -np.inf
+        return cols[order], scores[order], -np.inf, PAD
     # the k-th largest score splits the candidates; ties at it are settled by index
     kth = -np.partition(-scores, k - 1)[k - 1]
     above = np.flatnonzero(scores > kth)
@@ -32,11 +35,13 @@ def select(cols: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np
     order = np.lexsort((cols[chosen], -scores[chosen]))
     chosen = chosen[order]
     if len(tied) > need:
-        bound = float(kth)
-    else:
-        below = scores[scores < kth]
-        bound = float(below.max()) if len(below) else -np.inf
-    return cols[chosen], scores[chosen], bound
+        return cols[chosen], scores[chosen], float(kth), int(cols[tied[need]])
+    below = np.flatnonzero(scores < kth)
+    if len(below) == 0:
+        return cols[chosen], scores[chosen], -np.inf, PAD
+    best = scores[below].max()
+    at_best = below[scores[below] == best]
+    return cols[chosen], scores[chosen], float(best), int(cols[at_best].min())
 
 
 def sort_rows(idx: np.ndarray, val: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
