@@ -244,11 +244,9 @@ class ItemKNNTopK(Mapping):
 
         dirty = [np.zeros(0, dtype=np.int64)]
         m_rows, m_c = loc[t_member], t_c[t_member]
-        hits = idx[m_rows] == m_c[:, None]
-        found = hits.any(axis=1)
+        pos, found = _positions(idx, m_rows, m_c)
         if not found.all():  # a list out of step with its counts: rebuild it from G
             dirty.append(affected[m_rows[~found]])
-        pos = hits.argmax(axis=1)
         m_rows, pos = m_rows[found], pos[found]
         m_new, m_alive = t_new[t_member][found], t_alive[t_member][found]
         val[m_rows, pos] = np.where(m_alive, m_new, -np.inf)
@@ -402,3 +400,27 @@ class ItemKNNTopK(Mapping):
             kept = self.nbr_idx.shape[1]
             raise ValueError(f"snapshot keeps {kept} neighbours per item, config says k={self.k}")
         self._mapping = None
+
+
+#: above this many comparisons a member's slot is found by sorting the rows instead
+_COMPARE_LIMIT = 20_000_000
+
+
+def _positions(
+    idx: np.ndarray, rows: np.ndarray, cols: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Slot of each ``cols[q]`` within block row ``idx[rows[q]]``, and whether it is there."""
+    if len(rows) * idx.shape[1] <= _COMPARE_LIMIT:
+        hits = idx[rows] == cols[:, None]
+        return hits.argmax(axis=1), hits.any(axis=1)
+    # long lists (k in the thousands): sort each row once and binary-search all queries in
+    # one flat array, made globally sorted by offsetting each row's values by row · span
+    order = np.argsort(idx, axis=1, kind="stable")
+    ordered = np.take_along_axis(idx, order, axis=1)
+    real = ordered[ordered != PAD]
+    span = max(int(cols.max(initial=0)), int(real.max(initial=0))) + 2
+    flat = np.where(ordered == PAD, span - 1, ordered)
+    flat = (flat + np.arange(len(idx), dtype=np.int64)[:, None] * span).ravel()
+    query = rows * span + cols
+    at = np.minimum(np.searchsorted(flat, query), len(flat) - 1)
+    return order.ravel()[at], flat[at] == query

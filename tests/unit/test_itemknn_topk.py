@@ -185,3 +185,20 @@ def test_forgetting_one_user_recomputes_only_a_few_rows():
     model.learn([victim] * 3, [1, 2, 3])
     assert model._mapping.last_recomputed <= 3 + 20
     assert_same_as_fresh_fit(model, 10, 1.0)
+
+
+@pytest.mark.slow
+def test_on_ml1m_k_equal_n_is_the_dense_itemknn():
+    datasets = pytest.importorskip("models.datasets")
+    try:
+        x = datasets.leave_one_out(datasets.load("ml-1m")).train_matrix()
+    except datasets.DatasetUnavailable as exc:
+        pytest.skip(str(exc))
+    n = x.shape[1]
+    sparse = IMCorrect("itemknn-topk", k=n, shrink=10.0).fit(x)
+    dense = IMCorrect("itemknn", shrink=10.0).fit(x)
+    assert np.abs(sparse.mapping.toarray() - dense.mapping).max() <= 1e-9
+    for model in (sparse, dense):
+        model.forget(users=[0, 1, 2])
+        model.forget(interactions=[(10, int(x[10].indices[0]))])
+    assert np.abs(sparse.mapping.toarray() - dense.mapping).max() <= 1e-9
