@@ -80,6 +80,9 @@ class ItemKNNTopK(Mapping):
     def config(self) -> dict[str, Any]:
         return {"k": self.k, "shrink": self.shrink}
 
+    def check_budget(self, n_items: int) -> None:
+        """Nothing to refuse: no array here grows with n² (the budget is for dense mappings)."""
+
     @property
     def n_items(self) -> int:
         return len(self.degree)

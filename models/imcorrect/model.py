@@ -414,6 +414,7 @@ class IMCorrect:
         nu, ni = max(n_users, self.n_users), max(n_items, self.n_items)
         if (nu, ni) == self._x.shape:
             return
+        self._mapping.check_budget(ni)  # refuse before X or anything else has grown
         self._x.resize((nu, ni))
         if ni > len(self.forgotten_items):
             self.forgotten_items = np.concatenate(
