@@ -69,9 +69,13 @@ class ProducerSettings(BaseModel):
 class IMCorrectWorkerSettings(BaseModel):
     """The streaming IMCorrect worker: model, micro-batching, snapshots."""
 
-    mapping: Literal["ease", "itemknn", "gfcf"] = "ease"
+    mapping: Literal["ease", "itemknn", "gfcf", "itemknn-topk"] = "ease"
     l2: float = Field(default=200.0, gt=0)
     shrink: float = Field(default=0.0, ge=0)
+    #: neighbours per item of the sparse ``itemknn-topk`` mapping (large catalogues)
+    k: int = Field(default=100, ge=1)
+    #: cap on the dense mappings' n×n arrays; None: half the machine's memory
+    memory_budget_gb: float | None = Field(default=None, gt=0)
     batch_max_events: int = Field(default=2000, ge=1)
     batch_max_wait_ms: int = Field(default=200, ge=1)
     snapshot_interval_s: float = Field(default=30.0, gt=0)
