@@ -199,7 +199,7 @@ class IMCorrect:
             (np.fromiter(last.values(), dtype=np.float64, count=len(last)), (rows, cols)),
             shape=(len(changed), self.n_items),
         )
-        old = self._x[changed]
+        old = self._rows(changed).copy()
         pattern = upd.copy()
         pattern.data[:] = 1.0
         new = (old - old.multiply(pattern) + upd).tocsr()
@@ -238,7 +238,7 @@ class IMCorrect:
                 drop.setdefault(u, set()).add(int(i))
         if drop:
             changed = np.array(sorted(drop), dtype=np.int64)
-            old = self._x[changed]
+            old = self._rows(changed).copy()
             keep = old.copy().tolil()
             for k, u in enumerate(changed.tolist()):
                 if drop[u] is None:
@@ -261,19 +261,18 @@ class IMCorrect:
         return report
 
     def _forget_items(self, items: np.ndarray) -> int:
-        col_mask = np.zeros(self.n_items, dtype=bool)
-        col_mask[items] = True
-        xc = self._x.tocsc()
-        users = np.unique(xc[:, items].indices)
-        if len(users) == 0:
+        x = self._x
+        # entries of the forgotten columns, found in one pass over X (no CSC copy)
+        hit = np.flatnonzero(np.isin(x.indices, items))
+        if len(hit) == 0:
             return 0
-        old = self._x[users]
-        keep_cols = sp.diags((~col_mask).astype(np.float64))
-        new = (old @ keep_cols).tocsr()
+        users = np.unique(np.searchsorted(x.indptr, hit, side="right") - 1)
+        old = self._rows(users).copy()
+        new = old.copy()
+        new.data[np.isin(new.indices, items)] = 0.0
         new.eliminate_zeros()
         n_removed = int(old.nnz - new.nnz)
-        self._x = (self._x @ keep_cols).tocsr()
-        self._x.eliminate_zeros()
+        self._x = _splice_rows(self._x, users, new)
         if self.correct_mapping:
             self._mapping.remove_items(items, RowChange(old, new, np.ones(0), np.ones(0)))
         self.version += 1
@@ -423,13 +422,10 @@ class IMCorrect:
         self._mapping.grow(ni)
 
     def _replace_rows(self, users: np.ndarray, old: sp.csr_matrix, new: sp.csr_matrix) -> None:
-        delta = sp.csr_matrix((new - old).tocoo(), shape=old.shape)
-        placed = sp.csr_matrix(
-            (delta.data, delta.indices, _expand_indptr(delta.indptr, users, self.n_users)),
-            shape=self._x.shape,
-        )
-        self._x = (self._x + placed).tocsr()
-        self._x.eliminate_zeros()
+        new = sp.csr_matrix(new)
+        new.eliminate_zeros()
+        new.sort_indices()
+        self._x = _splice_rows(self._x, users, new)
         if self.correct_mapping:
             if 2 * len(users) >= self.refit_rank_ratio * self.n_items:
                 # a correction of rank ≥ a sizeable share of n costs more than refitting
@@ -470,11 +466,36 @@ def _valid(values: Iterable[int] | None, bound: int) -> np.ndarray:
     return arr[(arr >= 0) & (arr < bound)]
 
 
-def _expand_indptr(indptr: np.ndarray, rows: np.ndarray, n_rows: int) -> np.ndarray:
-    """indptr of a k-row matrix re-placed at ``rows`` of an n_rows matrix (rows sorted)."""
-    counts = np.zeros(n_rows + 1, dtype=np.int64)
-    counts[rows + 1] = np.diff(indptr)
-    return np.cumsum(counts)
+def _splice_rows(x: sp.csr_matrix, rows: np.ndarray, new: sp.csr_matrix) -> sp.csr_matrix:
+    """X with ``rows`` (sorted, unique) replaced by the rows of ``new``.
+
+    Runs of unchanged rows are copied wholesale, so the cost is one memory copy of X
+    rather than a sparse addition plus a pass to drop zeros (which is what dominated a
+    one-user forget on a 20M-interaction X).
+    """
+    indptr = x.indptr.astype(np.int64)
+    lengths = np.diff(indptr)
+    lengths[rows] = np.diff(new.indptr)
+    out_indptr = np.zeros(len(indptr), dtype=np.int64)
+    np.cumsum(lengths, out=out_indptr[1:])
+    data, indices = [], []
+    done = 0  # first row of x not copied yet
+    for k, r in enumerate(rows.tolist()):
+        a, b = indptr[done], indptr[r]
+        data += [x.data[a:b], new.data[new.indptr[k] : new.indptr[k + 1]]]
+        indices += [x.indices[a:b], new.indices[new.indptr[k] : new.indptr[k + 1]]]
+        done = r + 1
+    data.append(x.data[indptr[done] :])
+    indices.append(x.indices[indptr[done] :])
+    index_type = np.int32 if max(out_indptr[-1], x.shape[1]) < 2**31 else np.int64
+    if index_type == np.int32:
+        out_indptr = out_indptr.astype(np.int32)
+    out = sp.csr_matrix(
+        (np.concatenate(data), np.concatenate(indices).astype(index_type), out_indptr),
+        shape=x.shape,
+    )
+    out.has_sorted_indices = True
+    return out
 
 
 def _atomic_write(path: Path, write) -> None:
