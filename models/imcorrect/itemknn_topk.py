@@ -4,7 +4,8 @@ The dense mappings keep n×n arrays; this one keeps only
 
 * the co-occurrence counts G = XᵀX of pairs some user shares (:mod:`.cooccurrence`),
 * the item degrees d_i = G_ii = Σ_u x_ui²,
-* for every item i its k best neighbours ``nbr_idx[i]``, ``nbr_val[i]`` by
+* for every item i its k best neighbours ``nbr_idx[i]``, ``nbr_val[i]`` (a set: slots in
+  no particular order; :meth:`ItemKNNTopK.neighbours` gives them ranked) by
   s_ij = G_ij / (√d_i √d_j + shrink), j ≠ i, G_ij ≠ 0, ranked by the rule of
   :mod:`.topk` (higher score first, then lower item index), and
 * ``bound[i]``, ``bound_idx[i]``: a (score, index) that ranks at or before every candidate
@@ -19,11 +20,14 @@ degree changed. Then:
 
 * i ∈ D: every score in row i moved, so its list is recomputed from its sparse row;
 * j ∉ D: only scores s_jc with ΔG_jc ≠ 0 or c ∈ D moved. Those pairs are listed (ΔG, plus
-  the rows of D, since G is symmetric) and folded into j's list: members get their new
-  score, non-members that now beat j's k-th entry are inserted, the rest only raise j's
-  bound. The merged list is exact when its k-th entry ranks before every possible
-  outsider, i.e. before the better of j's bound and the best entry the merge left out;
-  otherwise (a member fell behind an outsider) row j is recomputed from its sparse row.
+  the rows of D, since G is symmetric) and folded into j's list. Non-members that do not
+  beat j's worst entry only raise j's bound. If nothing enters or leaves, members take
+  their new score in place: a member whose score rose stays in, one whose score fell
+  stays in while it still ranks before the bound — the common case of a forget (degrees
+  fall, scores rise) costs no sorting at all. Rows where an entry enters or leaves are
+  merged by sorting list ∪ changed candidates; the result is exact when its k-th entry
+  ranks before the better of j's bound and the best entry left out. Otherwise (a member
+  fell behind an outsider) row j is recomputed from its sparse row.
 
 Membership of c in j's list is decided by comparing c's *old* score with j's k-th entry:
 the stored list is the exact top-k, and the old score is recomputed bit for bit from the
@@ -223,40 +227,80 @@ class ItemKNNTopK(Mapping):
         if len(pj) == 0:
             return np.zeros(0, dtype=np.int64)
         k = self.k
+        rows, inv = np.unique(pj, return_inverse=True)
+        worst_val, worst_idx, count = self._worst(rows)
+        full = count[inv] == k
+        kth_val, kth_idx = worst_val[inv], worst_idx[inv]
         d_j = self.degree[pj]  # unchanged: j ∉ D
         s_old = self._score(g_old, d_j, degree_old[pc])
         s_new = self._score(g_new, d_j, self.degree[pc])
-        kth_idx = self.nbr_idx[pj, k - 1].astype(np.int64)
-        kth_val = self.nbr_val[pj, k - 1]
-        full = kth_idx >= 0
-        # c was in j's (exact) list iff it was a candidate not ranked after the k-th entry
+        # c was in j's (exact) list iff it was a candidate not ranked after j's worst entry
         member = (g_old != 0) & (~full | ~ranks_before(kth_val, kth_idx, s_old, pc))
         alive = g_new != 0
         insert = ~member & alive & (~full | ranks_before(s_new, pc, kth_val, kth_idx))
         outside = ~member & alive & ~insert
         self._raise_bounds(pj[outside], s_new[outside], pc[outside])
 
-        touched = member | insert
-        if not touched.any():
-            return np.zeros(0, dtype=np.int64)
-        affected, loc = np.unique(pj[touched], return_inverse=True)
-        t_c, t_new, t_alive, t_member = pc[touched], s_new[touched], alive[touched], member[touched]
+        # rows that gain or lose an entry are merged by sorting (rare: a new pair, a pair
+        # that vanished, an outsider that overtook); the others keep their set of entries
+        grows = insert | (member & ~alive)
+        general = np.zeros(self.n_items, dtype=bool)
+        general[pj[grows]] = True
+        dirty = [np.zeros(0, dtype=np.int64)]
+
+        stay = member & ~general[pj]
+        if stay.any():
+            sj, sc, s_val = pj[stay], pc[stay], s_new[stay]
+            block_rows, local = np.unique(sj, return_inverse=True)
+            pos, found = _positions(self.nbr_idx[block_rows].astype(np.int64), local, sc)
+            dirty.append(sj[~found])  # a list out of step with its counts: rebuild it
+            sj, sc, s_val, pos = sj[found], sc[found], s_val[found], pos[found]
+            self.nbr_val[sj, pos] = s_val
+            # the set stays exact while every member still ranks before every outsider;
+            # a member whose score rose cannot fall behind one, so only falls are checked
+            fell = s_val < s_old[stay][found]
+            behind = ~ranks_before(s_val, sc, self.bound[sj], self.bound_idx[sj])
+            dirty.append(sj[fell & behind])
+
+        if grows.any():
+            sel = general[pj] & (member | insert)
+            dirty.append(self._merge_sorted(pj[sel], pc[sel], s_new[sel], alive[sel], member[sel]))
+        return np.unique(np.concatenate(dirty))
+
+    def _worst(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per row: its last entry in the tie order (score, index) and its entry count."""
+        idx = self.nbr_idx[rows].astype(np.int64)
+        val = self.nbr_val[rows]
+        real = idx >= 0
+        low = np.where(real, val, np.inf).min(axis=1)
+        at_low = real & (val == low[:, None])
+        return low, np.where(at_low, idx, -1).max(axis=1), real.sum(axis=1)
+
+    def _merge_sorted(
+        self,
+        pj: np.ndarray,
+        pc: np.ndarray,
+        s_new: np.ndarray,
+        alive: np.ndarray,
+        member: np.ndarray,
+    ) -> np.ndarray:
+        """General merge: list ∪ changed candidates, sorted by the tie rule, top k kept."""
+        k = self.k
+        affected, loc = np.unique(pj, return_inverse=True)
         idx = self.nbr_idx[affected].astype(np.int64)
         val = self.nbr_val[affected].copy()
         idx[idx < 0] = PAD
-
         dirty = [np.zeros(0, dtype=np.int64)]
-        m_rows, m_c = loc[t_member], t_c[t_member]
+        m_rows, m_c = loc[member], pc[member]
         pos, found = _positions(idx, m_rows, m_c)
-        if not found.all():  # a list out of step with its counts: rebuild it from G
-            dirty.append(affected[m_rows[~found]])
+        dirty.append(affected[m_rows[~found]])
         m_rows, pos = m_rows[found], pos[found]
-        m_new, m_alive = t_new[t_member][found], t_alive[t_member][found]
+        m_new, m_alive = s_new[member][found], alive[member][found]
         val[m_rows, pos] = np.where(m_alive, m_new, -np.inf)
         idx[m_rows, pos] = np.where(m_alive, idx[m_rows, pos], PAD)
 
-        ins = ~t_member
-        i_rows, i_c, i_val = loc[ins], t_c[ins], t_new[ins]
+        ins = ~member
+        i_rows, i_c, i_val = loc[ins], pc[ins], s_new[ins]
         order = np.argsort(i_rows, kind="stable")
         i_rows, i_c, i_val = i_rows[order], i_c[order], i_val[order]
         width = int(np.bincount(i_rows, minlength=len(affected)).max()) if len(i_rows) else 0
@@ -279,7 +323,7 @@ class ItemKNNTopK(Mapping):
         self.nbr_idx[keep] = np.where(top_idx == PAD, -1, top_idx).astype(np.int32)
         self.nbr_val[keep] = val[exact, :k]
         dirty.append(affected[~exact])
-        return np.unique(np.concatenate(dirty))
+        return np.concatenate(dirty)
 
     def _raise_bounds(self, rows: np.ndarray, vals: np.ndarray, cols: np.ndarray) -> None:
         """Lift each row's bound to the best of itself and the given (score, index) pairs."""
@@ -287,13 +331,16 @@ class ItemKNNTopK(Mapping):
         rows, vals, cols = rows[real], vals[real], cols[real]
         if len(rows) == 0:
             return
-        order = np.lexsort((cols, -vals, rows))
-        rows, vals, cols = rows[order], vals[order], cols[order]
-        first = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
-        rows, vals, cols = rows[first], vals[first], cols[first]
-        better = ranks_before(vals, cols, self.bound[rows], self.bound_idx[rows])
-        self.bound[rows[better]] = vals[better]
-        self.bound_idx[rows[better]] = cols[better]
+        # best per row without sorting: highest score, then the lowest index at it
+        uniq, inv = np.unique(rows, return_inverse=True)
+        best = np.full(len(uniq), -np.inf)
+        np.maximum.at(best, inv, vals)
+        at_best = vals == best[inv]
+        best_idx = np.full(len(uniq), PAD, dtype=np.int64)
+        np.minimum.at(best_idx, inv[at_best], cols[at_best])
+        better = ranks_before(best, best_idx, self.bound[uniq], self.bound_idx[uniq])
+        self.bound[uniq[better]] = best[better]
+        self.bound_idx[uniq[better]] = best_idx[better]
 
     # -- selection from scratch -------------------------------------------------------------
     def _select_rows(self, items: np.ndarray):
@@ -326,6 +373,13 @@ class ItemKNNTopK(Mapping):
             self.nbr_val[item, : len(idx)] = val
             self.bound[item] = bound
             self.bound_idx[item] = bound_idx
+
+    def neighbours(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every item's list in the tie order (stored lists are kept as unordered sets)."""
+        idx = self.nbr_idx.astype(np.int64)
+        idx[idx < 0] = PAD
+        idx, val = sort_rows(idx, self.nbr_val)
+        return np.where(idx == PAD, -1, idx), val
 
     # -- the mapping M ----------------------------------------------------------------------
     @property
@@ -374,10 +428,13 @@ class ItemKNNTopK(Mapping):
         diff = abs(stored - fresh)
         err = max(err, float(diff.max()) if diff.nnz else 0.0)
         for item, idx, val, _, _ in self._select_rows(cols):
-            have = self.nbr_idx[item][self.nbr_idx[item] >= 0]
-            if not np.array_equal(have, idx):
+            real = self.nbr_idx[item] >= 0
+            have, have_val = self.nbr_idx[item][real], self.nbr_val[item][real]
+            mine, theirs = np.argsort(have), np.argsort(idx)
+            if not np.array_equal(have[mine], idx[theirs]):
                 return float("inf")
-            err = max(err, float(np.max(np.abs(self.nbr_val[item, : len(idx)] - val), initial=0)))
+            gap = np.abs(have_val[mine] - val[theirs])
+            err = max(err, float(np.max(gap, initial=0.0)))
         return err
 
     # -- persistence ------------------------------------------------------------------------

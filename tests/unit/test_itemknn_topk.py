@@ -26,8 +26,7 @@ class TestItemKNNTopKNoShrink(MappingContract):
 
 
 def _lists(model: IMCorrect) -> tuple[np.ndarray, np.ndarray]:
-    m = model._mapping
-    return m.nbr_idx, m.nbr_val
+    return model._mapping.neighbours()
 
 
 def assert_same_as_fresh_fit(model: IMCorrect, k: int, shrink: float) -> None:
@@ -44,6 +43,9 @@ def assert_same_as_fresh_fit(model: IMCorrect, k: int, shrink: float) -> None:
     np.fill_diagonal(s, -np.inf)
     for i in range(s.shape[0]):
         s[i, idx[i][idx[i] >= 0]] = -np.inf
+        # the stored slots hold exactly the ranked list, as a set
+        stored = model._mapping.nbr_idx[i]
+        assert sorted(stored[stored >= 0]) == sorted(idx[i][idx[i] >= 0])
     assert np.all(s.max(axis=1, initial=-np.inf) <= model._mapping.bound + 1e-12)
 
 
