@@ -73,16 +73,24 @@ class ItemKNNTopK(Mapping):
         self.shrink = float(shrink)
         self.counts = Cooccurrence(0)
         self.degree = np.zeros(0)
-        self.nbr_idx = np.full((0, self.k), -1, dtype=np.int32)
-        self.nbr_val = np.full((0, self.k), -np.inf)
-        self.bound = np.zeros(0)
-        self.bound_idx = np.zeros(0, dtype=np.int64)
+        self._empty_lists(0)
         #: rows selected from scratch by the last change (the rest were merged in place)
         self.last_recomputed = 0
         self._mapping: sp.csr_matrix | None = None
 
     def config(self) -> dict[str, Any]:
         return {"k": self.k, "shrink": self.shrink}
+
+    def _empty_lists(self, n: int) -> None:
+        # slots of a row: its entries by ascending item index, then -1 padding
+        self.nbr_idx = np.full((n, self.k), -1, dtype=np.int32)
+        self.nbr_val = np.full((n, self.k), -np.inf)
+        self.fill = np.zeros(n, dtype=np.int64)
+        # the row's last entry in the tie order (what a newcomer must beat once it is full)
+        self.worst_val = np.full(n, np.inf)
+        self.worst_idx = np.full(n, -1, dtype=np.int64)
+        self.bound = np.full(n, -np.inf)
+        self.bound_idx = np.full(n, PAD, dtype=np.int64)
 
     def check_budget(self, n_items: int) -> None:
         """Nothing to refuse: no array here grows with n² (the budget is for dense mappings)."""
@@ -100,8 +108,9 @@ class ItemKNNTopK(Mapping):
         """Bytes held by the counts and the neighbour lists."""
         parts = [self.counts.base, self.counts.extra]
         sparse = sum(m.data.nbytes + m.indices.nbytes + m.indptr.nbytes for m in parts)
-        lists = self.nbr_idx.nbytes + self.nbr_val.nbytes
+        lists = self.nbr_idx.nbytes + self.nbr_val.nbytes + self.fill.nbytes
         lists += self.bound.nbytes + self.bound_idx.nbytes
+        lists += self.worst_val.nbytes + self.worst_idx.nbytes
         return int(sparse + lists + self.degree.nbytes)
 
     # -- scores -----------------------------------------------------------------------------
@@ -122,10 +131,7 @@ class ItemKNNTopK(Mapping):
         everything = np.arange(n, dtype=np.int64)
         # degrees are read off G's diagonal so that they equal G_ii bit for bit
         self.degree = self.counts.get(everything, everything)
-        self.nbr_idx = np.full((n, self.k), -1, dtype=np.int32)
-        self.nbr_val = np.full((n, self.k), -np.inf)
-        self.bound = np.full(n, -np.inf)
-        self.bound_idx = np.full(n, PAD, dtype=np.int64)
+        self._empty_lists(n)
         self._recompute(everything)
         self._mapping = None
 
@@ -167,12 +173,15 @@ class ItemKNNTopK(Mapping):
         self._grow_derived(old_n, n_items)
 
     def _grow_derived(self, old_n: int, new_n: int) -> None:
-        extra = new_n - old_n
-        self.degree = np.concatenate([self.degree, np.zeros(extra)])
-        self.nbr_idx = np.vstack([self.nbr_idx, np.full((extra, self.k), -1, dtype=np.int32)])
-        self.nbr_val = np.vstack([self.nbr_val, np.full((extra, self.k), -np.inf)])
-        self.bound = np.concatenate([self.bound, np.full(extra, -np.inf)])
-        self.bound_idx = np.concatenate([self.bound_idx, np.full(extra, PAD, dtype=np.int64)])
+        self.degree = np.concatenate([self.degree, np.zeros(new_n - old_n)])
+        kept = {
+            name: getattr(self, name)
+            for name in ("nbr_idx", "nbr_val", "fill", "worst_val", "worst_idx", "bound")
+        }
+        kept["bound_idx"] = self.bound_idx
+        self._empty_lists(new_n)
+        for name, old in kept.items():
+            getattr(self, name)[:old_n] = old
         self._mapping = None
 
     # -- the incremental step ---------------------------------------------------------------
@@ -227,10 +236,8 @@ class ItemKNNTopK(Mapping):
         if len(pj) == 0:
             return np.zeros(0, dtype=np.int64)
         k = self.k
-        rows, inv = np.unique(pj, return_inverse=True)
-        worst_val, worst_idx, count = self._worst(rows)
-        full = count[inv] == k
-        kth_val, kth_idx = worst_val[inv], worst_idx[inv]
+        full = self.fill[pj] == k
+        kth_val, kth_idx = self.worst_val[pj], self.worst_idx[pj]
         d_j = self.degree[pj]  # unchanged: j ∉ D
         s_old = self._score(g_old, d_j, degree_old[pc])
         s_new = self._score(g_new, d_j, self.degree[pc])
@@ -250,31 +257,69 @@ class ItemKNNTopK(Mapping):
 
         stay = member & ~general[pj]
         if stay.any():
-            sj, sc, s_val = pj[stay], pc[stay], s_new[stay]
-            block_rows, local = np.unique(sj, return_inverse=True)
-            pos, found = _positions(self.nbr_idx[block_rows].astype(np.int64), local, sc)
+            sj, sc, s_val, s_was = pj[stay], pc[stay], s_new[stay], s_old[stay]
+            pos, found = self._slots(sj, sc)
             dirty.append(sj[~found])  # a list out of step with its counts: rebuild it
-            sj, sc, s_val, pos = sj[found], sc[found], s_val[found], pos[found]
+            sj, sc, s_val, s_was, pos = sj[found], sc[found], s_val[found], s_was[found], pos[found]
             self.nbr_val[sj, pos] = s_val
             # the set stays exact while every member still ranks before every outsider;
             # a member whose score rose cannot fall behind one, so only falls are checked
-            fell = s_val < s_old[stay][found]
+            fell = s_val < s_was
             behind = ~ranks_before(s_val, sc, self.bound[sj], self.bound_idx[sj])
             dirty.append(sj[fell & behind])
+            # keep the worst entry current: a fallen member may become it; a row whose
+            # worst entry rose is rescanned
+            self._lower_worst(sj[fell], s_val[fell], sc[fell])
+            self._rescan_worst(np.unique(sj[~fell & (sc == self.worst_idx[sj])]))
 
         if grows.any():
             sel = general[pj] & (member | insert)
             dirty.append(self._merge_sorted(pj[sel], pc[sel], s_new[sel], alive[sel], member[sel]))
         return np.unique(np.concatenate(dirty))
 
-    def _worst(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Per row: its last entry in the tie order (score, index) and its entry count."""
+    def _rescan_worst(self, rows: np.ndarray) -> None:
+        """Recompute fill and worst entry of ``rows`` from their slots."""
+        if len(rows) == 0:
+            return
         idx = self.nbr_idx[rows].astype(np.int64)
         val = self.nbr_val[rows]
         real = idx >= 0
         low = np.where(real, val, np.inf).min(axis=1)
         at_low = real & (val == low[:, None])
-        return low, np.where(at_low, idx, -1).max(axis=1), real.sum(axis=1)
+        self.worst_val[rows] = low
+        self.worst_idx[rows] = np.where(at_low, idx, -1).max(axis=1)
+        self.fill[rows] = real.sum(axis=1)
+
+    def _lower_worst(self, rows: np.ndarray, vals: np.ndarray, cols: np.ndarray) -> None:
+        """Make (vals, cols) a row's worst entry where it ranks after the current one."""
+        if len(rows) == 0:
+            return
+        n = self.n_items
+        low = np.full(n, np.inf)
+        np.minimum.at(low, rows, vals)
+        at_low = vals == low[rows]
+        low_idx = np.full(n, -1, dtype=np.int64)
+        np.maximum.at(low_idx, rows[at_low], cols[at_low])
+        later = ranks_before(self.worst_val[rows], self.worst_idx[rows], low[rows], low_idx[rows])
+        self.worst_val[rows[later]] = low[rows[later]]
+        self.worst_idx[rows[later]] = low_idx[rows[later]]
+
+    def _slots(self, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Slot of item ``cols[q]`` in row ``rows[q]`` (binary search: slots are sorted by
+        item index, padding last), and whether it is there."""
+        k = self.k
+        lo = np.zeros(len(rows), dtype=np.int64)
+        hi = np.full(len(rows), k, dtype=np.int64)
+        active = np.arange(len(rows))
+        while len(active):
+            mid = (lo[active] + hi[active]) // 2
+            at = self.nbr_idx[rows[active], mid].astype(np.int64)
+            right = (at >= 0) & (at < cols[active])
+            lo[active[right]] = mid[right] + 1
+            hi[active[~right]] = mid[~right]
+            active = active[lo[active] < hi[active]]
+        at = np.minimum(lo, k - 1)
+        return at, (lo < k) & (self.nbr_idx[rows, at] == cols)
 
     def _merge_sorted(
         self,
@@ -319,11 +364,24 @@ class ItemKNNTopK(Mapping):
         bound, bound_idx = self.bound[affected], self.bound_idx[affected]
         exact = (bound == -np.inf) | ranks_before(val[:, k - 1], idx[:, k - 1], bound, bound_idx)
         keep = affected[exact]
-        top_idx = idx[exact, :k]
-        self.nbr_idx[keep] = np.where(top_idx == PAD, -1, top_idx).astype(np.int32)
-        self.nbr_val[keep] = val[exact, :k]
+        self._store_ranked(keep, idx[exact, :k], val[exact, :k])
         dirty.append(affected[~exact])
         return np.concatenate(dirty)
+
+    def _store_ranked(self, rows: np.ndarray, idx: np.ndarray, val: np.ndarray) -> None:
+        """Store rows given in the tie order (``PAD`` padding) in slot order."""
+        if len(rows) == 0:
+            return
+        fill = (idx != PAD).sum(axis=1)
+        last = np.maximum(fill - 1, 0)
+        here = np.arange(len(rows))
+        self.fill[rows] = fill
+        self.worst_val[rows] = np.where(fill > 0, val[here, last], np.inf)
+        self.worst_idx[rows] = np.where(fill > 0, idx[here, last], -1)
+        order = np.argsort(idx, axis=1, kind="stable")  # PAD sorts last
+        idx = np.take_along_axis(idx, order, axis=1)
+        self.nbr_idx[rows] = np.where(idx == PAD, -1, idx).astype(np.int32)
+        self.nbr_val[rows] = np.take_along_axis(val, order, axis=1)
 
     def _raise_bounds(self, rows: np.ndarray, vals: np.ndarray, cols: np.ndarray) -> None:
         """Lift each row's bound to the best of itself and the given (score, index) pairs."""
@@ -332,15 +390,16 @@ class ItemKNNTopK(Mapping):
         if len(rows) == 0:
             return
         # best per row without sorting: highest score, then the lowest index at it
-        uniq, inv = np.unique(rows, return_inverse=True)
-        best = np.full(len(uniq), -np.inf)
-        np.maximum.at(best, inv, vals)
-        at_best = vals == best[inv]
-        best_idx = np.full(len(uniq), PAD, dtype=np.int64)
-        np.minimum.at(best_idx, inv[at_best], cols[at_best])
-        better = ranks_before(best, best_idx, self.bound[uniq], self.bound_idx[uniq])
-        self.bound[uniq[better]] = best[better]
-        self.bound_idx[uniq[better]] = best_idx[better]
+        n = self.n_items
+        best = np.full(n, -np.inf)
+        np.maximum.at(best, rows, vals)
+        at_best = vals == best[rows]
+        best_idx = np.full(n, PAD, dtype=np.int64)
+        np.minimum.at(best_idx, rows[at_best], cols[at_best])
+        better = ranks_before(best[rows], best_idx[rows], self.bound[rows], self.bound_idx[rows])
+        lift = rows[better]
+        self.bound[lift] = best[lift]
+        self.bound_idx[lift] = best_idx[lift]
 
     # -- selection from scratch -------------------------------------------------------------
     def _select_rows(self, items: np.ndarray):
@@ -368,9 +427,17 @@ class ItemKNNTopK(Mapping):
             return
         self.nbr_idx[items] = -1
         self.nbr_val[items] = -np.inf
+        self.fill[items] = 0
+        self.worst_val[items] = np.inf
+        self.worst_idx[items] = -1
         for item, idx, val, bound, bound_idx in self._select_rows(items):
-            self.nbr_idx[item, : len(idx)] = idx
-            self.nbr_val[item, : len(idx)] = val
+            n_found = len(idx)
+            if n_found:
+                self.worst_val[item], self.worst_idx[item] = val[-1], idx[-1]
+                order = np.argsort(idx)
+                self.nbr_idx[item, :n_found] = idx[order]
+                self.nbr_val[item, :n_found] = val[order]
+            self.fill[item] = n_found
             self.bound[item] = bound
             self.bound_idx[item] = bound_idx
 
@@ -456,6 +523,11 @@ class ItemKNNTopK(Mapping):
         self.nbr_val = np.array(arrays["nbr_val"], dtype=np.float64)
         self.bound = np.array(arrays["bound"], dtype=np.float64)
         self.bound_idx = np.array(arrays["bound_idx"], dtype=np.int64)
+        n = len(self.degree)
+        self.fill = np.zeros(n, dtype=np.int64)
+        self.worst_val = np.full(n, np.inf)
+        self.worst_idx = np.full(n, -1, dtype=np.int64)
+        self._rescan_worst(np.arange(n))
         if self.nbr_idx.shape[1] != self.k:
             kept = self.nbr_idx.shape[1]
             raise ValueError(f"snapshot keeps {kept} neighbours per item, config says k={self.k}")

@@ -35,6 +35,12 @@ def assert_same_as_fresh_fit(model: IMCorrect, k: int, shrink: float) -> None:
     fidx, fval = _lists(fresh)
     np.testing.assert_array_equal(idx, fidx)
     np.testing.assert_allclose(val, fval, atol=1e-12, rtol=0)
+    mine, theirs = model._mapping, fresh._mapping
+    np.testing.assert_array_equal(mine.nbr_idx, theirs.nbr_idx)  # slots in item order
+    np.testing.assert_array_equal(mine.fill, theirs.fill)
+    full = mine.fill > 0
+    np.testing.assert_array_equal(mine.worst_idx[full], theirs.worst_idx[full])
+    np.testing.assert_array_equal(mine.worst_val[full], theirs.worst_val[full])
     # every bound is a true upper bound on the candidates left out of the list
     g = fresh.gram.toarray()
     d = np.sqrt(np.diag(g))
