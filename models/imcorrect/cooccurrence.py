@@ -11,6 +11,12 @@ pairs, never with n². The matrix lives in two CSR parts:
 
 A pair is in at most one part. Lookups are a vectorised binary search inside the CSR rows,
 so a micro-batch touching m pairs costs O(m log row-length), independent of n.
+
+Counts of integer-valued X (the implicit, binary case) are stored in float32, which holds
+every integer below 2²⁴ exactly: every |G_ij| ≤ max_i G_ii (G is a Gram matrix), so while
+the largest diagonal entry stays below that, float32 storage is exact and takes 8 bytes a
+pair instead of 12. A non-integer change, or a degree reaching 2²⁴, switches the store to
+float64 first.
 """
 
 from __future__ import annotations
@@ -21,10 +27,16 @@ import scipy.sparse as sp
 #: merge ``extra`` into ``base`` when it holds more than this share of ``base``'s pairs
 COMPACT_SHARE = 0.05
 COMPACT_MIN = 200_000
+#: float32 represents every integer of magnitude below this exactly
+EXACT_FLOAT32 = 2.0**24
 
 
-def _empty(n: int) -> sp.csr_matrix:
-    return sp.csr_matrix((n, n), dtype=np.float64)
+def _empty(n: int, dtype: type = np.float64) -> sp.csr_matrix:
+    return sp.csr_matrix((n, n), dtype=dtype)
+
+
+def _integral(values: np.ndarray) -> bool:
+    return bool(np.all(np.isfinite(values)) and np.all(values == np.round(values)))
 
 
 def find(m: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -67,20 +79,44 @@ def gather(m: sp.csr_matrix, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, 
 class Cooccurrence:
     """G = XᵀX for an interaction matrix X, diagonal included (G_ii = Σ_u x_ui²)."""
 
-    def __init__(self, n_items: int = 0) -> None:
-        self.base = _empty(n_items)
-        self.extra = _empty(n_items)
+    def __init__(self, n_items: int = 0, dtype: type = np.float64) -> None:
+        self.dtype = np.dtype(dtype)
+        self.base = _empty(n_items, dtype)
+        self.extra = _empty(n_items, dtype)
+        self.max_diag = 0.0  # upper bound on max_i |G_ii|
 
     @classmethod
     def from_x(cls, x: sp.csr_matrix) -> Cooccurrence:
         """Count every pair from scratch (the gold standard for the incremental path)."""
-        out = cls(x.shape[1])
-        xc = sp.csr_matrix(x, dtype=np.float64)
+        x = sp.csr_matrix(x)
+        squares = np.bincount(
+            x.indices, weights=np.asarray(x.data, float) ** 2, minlength=x.shape[1]
+        )
+        max_diag = float(squares.max(initial=0.0))
+        exact32 = _integral(x.data) and max_diag < EXACT_FLOAT32
+        out = cls(x.shape[1], np.float32 if exact32 else np.float64)
+        xc = sp.csr_matrix(x, dtype=out.dtype)
         g = (xc.T.tocsr() @ xc).tocsr()
         g.eliminate_zeros()
         g.sort_indices()
         out.base = g
+        out.max_diag = max_diag
         return out
+
+    def _to_float64(self) -> None:
+        self.dtype = np.dtype(np.float64)
+        self.base = self.base.astype(np.float64)
+        self.extra = self.extra.astype(np.float64)
+
+    def _keep_exact(self, rows: np.ndarray, cols: np.ndarray, deltas: np.ndarray) -> None:
+        """Switch float32 storage to float64 before a change it could not hold exactly."""
+        diag = rows == cols
+        peak = self.max_diag
+        if diag.any():
+            peak = max(peak, float(np.abs(self.get(rows[diag], cols[diag]) + deltas[diag]).max()))
+        self.max_diag = peak
+        if self.dtype == np.float32 and (peak >= EXACT_FLOAT32 or not _integral(deltas)):
+            self._to_float64()
 
     @property
     def n_items(self) -> int:
@@ -113,6 +149,7 @@ class Cooccurrence:
         """G[rows, cols] += deltas for unique (row, col) entries (the caller keeps symmetry)."""
         rows = np.asarray(rows, dtype=np.int64)
         cols = np.asarray(cols, dtype=np.int64)
+        self._keep_exact(rows, cols, deltas)
         pos = find(self.base, rows, cols)
         hit = pos >= 0
         self.base.data[pos[hit]] += deltas[hit]
@@ -127,7 +164,9 @@ class Cooccurrence:
         if len(rest) == 0:
             return
         n = self.n_items
-        new = sp.csr_matrix((deltas[rest], (rows[rest], cols[rest])), shape=(n, n))
+        new = sp.csr_matrix(
+            (deltas[rest].astype(self.dtype), (rows[rest], cols[rest])), shape=(n, n)
+        )
         self.extra = (self.extra + new).tocsr()
         self.extra.sort_indices()
         if self.extra.nnz > max(COMPACT_MIN, COMPACT_SHARE * self.base.nnz):
@@ -139,7 +178,7 @@ class Cooccurrence:
         merged.eliminate_zeros()
         merged.sort_indices()
         self.base = merged
-        self.extra = _empty(self.n_items)
+        self.extra = _empty(self.n_items, self.dtype)
 
     def rows(self, items: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Non-zero entries of the given rows: ``(owner, cols, vals)``, owner indexing items."""
@@ -163,14 +202,17 @@ class Cooccurrence:
 
     @classmethod
     def from_state(cls, arrays: dict[str, np.ndarray], n_items: int) -> Cooccurrence:
-        out = cls(n_items)
+        data = np.array(arrays["g_data"])
+        out = cls(n_items, np.float32 if data.dtype == np.float32 else np.float64)
         out.base = sp.csr_matrix(
             (
-                np.array(arrays["g_data"], dtype=np.float64),
+                data.astype(out.dtype),
                 np.array(arrays["g_indices"]),
                 np.array(arrays["g_indptr"]),
             ),
             shape=(n_items, n_items),
         )
         out.base.sort_indices()
+        everything = np.arange(n_items)
+        out.max_diag = float(np.abs(out.get(everything, everything)).max(initial=0.0))
         return out

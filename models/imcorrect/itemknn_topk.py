@@ -146,9 +146,18 @@ class ItemKNNTopK(Mapping):
     def _correct(
         self, a: sp.csr_matrix, signs: np.ndarray, touched: np.ndarray, change: RowChange
     ) -> None:
-        # ΔG = Aᵀ S A restricted to the touched columns (a small sparse product)
-        sub = a[:, touched]
-        delta = (sub.T @ sp.diags(signs) @ sub).tocoo()
+        old = sp.csr_matrix(change.old[:, touched])
+        diff = (sp.csr_matrix(change.new[:, touched]) - old).tocsr()
+        diff.eliminate_zeros()
+        if 2 * diff.nnz < old.nnz:
+            # a few entries of long rows changed (learning): ΔG = DᵀR + RᵀD + DᵀD with
+            # D = new − old, R = old has |D|·|R| terms instead of the |R|² of Aᵀ S A
+            cross = diff.T @ old
+            delta = (cross + cross.T + diff.T @ diff).tocoo()
+        else:
+            # whole rows appear or vanish: ΔG = Aᵀ S A on the touched columns
+            sub = a[:, touched]
+            delta = (sub.T @ sp.diags(signs) @ sub).tocoo()
         nz = delta.data != 0
         self._apply_delta(touched[delta.row[nz]], touched[delta.col[nz]], delta.data[nz])
 

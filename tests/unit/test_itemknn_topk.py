@@ -42,7 +42,7 @@ def assert_same_as_fresh_fit(model: IMCorrect, k: int, shrink: float) -> None:
     np.testing.assert_array_equal(mine.worst_idx[full], theirs.worst_idx[full])
     np.testing.assert_array_equal(mine.worst_val[full], theirs.worst_val[full])
     # every bound is a true upper bound on the candidates left out of the list
-    g = fresh.gram.toarray()
+    g = fresh.gram.toarray().astype(np.float64)
     d = np.sqrt(np.diag(g))
     with np.errstate(divide="ignore", invalid="ignore"):
         s = np.where(g != 0, g / (np.outer(d, d) + shrink), -np.inf)
@@ -210,3 +210,16 @@ def test_on_ml1m_k_equal_n_is_the_dense_itemknn():
         model.forget(users=[0, 1, 2])
         model.forget(interactions=[(10, int(x[10].indices[0]))])
     assert np.abs(sparse.mapping.toarray() - dense.mapping).max() <= 1e-9
+
+
+def test_binary_counts_are_float32_and_a_weighted_change_moves_them_to_float64():
+    rng = np.random.default_rng(10)
+    x = sp.csr_matrix((rng.random((40, 15)) < 0.3).astype(float))
+    model = IMCorrect("itemknn-topk", k=4, shrink=1.0).fit(x)
+    assert model.gram.dtype == np.float32  # integer counts < 2**24: exact in float32
+    model.learn([0, 1], [2, 3])
+    assert model.gram.dtype == np.float32
+    assert_same_as_fresh_fit(model, 4, 1.0)
+    model.learn([5], [7], [0.3])  # not an integer: the store switches before the change
+    assert model.gram.dtype == np.float64
+    assert_same_as_fresh_fit(model, 4, 1.0)
