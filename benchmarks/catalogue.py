@@ -107,9 +107,21 @@ def utility(model: IMCorrect, users: np.ndarray, targets: np.ndarray) -> dict[st
 
 
 def compare(model: IMCorrect, fresh: IMCorrect) -> dict[str, object]:
-    diff = abs(model.mapping - fresh.mapping)
+    diff = abs(model.mapping - fresh.mapping).tocoo()
+    mine, theirs = model._mapping, fresh._mapping
+    if diff.nnz and diff.data.max() > 1e-9:  # say where, to debug from the log
+        at = int(np.argmax(diff.data))
+        j, c = int(diff.row[at]), int(diff.col[at])
+        pair = (np.array([j]), np.array([c]))
+        log(
+            f"mismatch at ({j}, {c}): M {model.mapping[j, c]} vs {fresh.mapping[j, c]}, "
+            f"G {mine.counts.get(*pair)} vs {theirs.counts.get(*pair)}, "
+            f"d_j {mine.degree[j]} vs {theirs.degree[j]}, d_c {mine.degree[c]} vs "
+            f"{theirs.degree[c]}, rows differing {len(np.unique(diff.row[diff.data > 1e-9]))}"
+        )
     return {
-        "max_abs_diff": float(diff.max()) if diff.nnz else 0.0,
+        "max_abs_diff": float(diff.data.max()) if diff.nnz else 0.0,
+        "degree_max_diff": float(np.max(np.abs(mine.degree - theirs.degree), initial=0.0)),
         "same_topk": bool(
             np.array_equal(model._mapping.neighbours()[0], fresh._mapping.neighbours()[0])
         ),
@@ -176,7 +188,7 @@ def run_size(name: str, args: argparse.Namespace) -> None:
     x_fit = (sp.diags(mask) @ x_all).tocsr()
     x_fit.eliminate_zeros()
     stream = x_all[stream_users].tocoo()
-    del data
+    del data, x_all  # only the model's X and the independently tracked one stay alive
     gc.collect()
 
     model = IMCorrect("itemknn-topk", check_every=NO_CHECK, refit_rank_ratio=np.inf, **params)

@@ -180,6 +180,14 @@ class Cooccurrence:
         self.base = merged
         self.extra = _empty(self.n_items, self.dtype)
 
+    def row_lengths(self, items: np.ndarray) -> np.ndarray:
+        """Stored entries (zeros included) in each of the given rows."""
+        items = np.asarray(items, dtype=np.int64)
+        lengths = np.diff(self.base.indptr)[items].astype(np.int64)
+        if self.extra.nnz:
+            lengths += np.diff(self.extra.indptr)[items]
+        return lengths
+
     def rows(self, items: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Non-zero entries of the given rows: ``(owner, cols, vals)``, owner indexing items."""
         owner, cols, vals = gather(self.base, items)

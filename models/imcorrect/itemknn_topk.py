@@ -46,8 +46,10 @@ from models.imcorrect.cooccurrence import Cooccurrence
 from models.imcorrect.lowrank import RowChange
 from models.imcorrect.topk import PAD, ranks_before, select, sort_rows
 
-#: entries gathered at once when recomputing many rows (bounds temporary memory)
+#: entries gathered at once when recomputing or merging many rows (bounds temporary memory)
 _CHUNK_ENTRIES = 4_000_000
+#: a change whose degree-changed rows reach this share of all pairs reselects every row
+_RECOMPUTE_ALL_SHARE = 0.5
 
 
 class ItemKNNTopK(Mapping):
@@ -213,21 +215,34 @@ class ItemKNNTopK(Mapping):
         # pairs (j, c), j ∉ D, whose score moved: ΔG entries ...
         off = ~on_diag & ~in_d[rows]
         pj, pc, go, gn = rows[off], cols[off], g_old[off], g_new[off]
-        # ... and every stored neighbour j of an item c ∈ D (G is symmetric)
-        if len(changed_degree):
-            owner, js, vals = self.counts.rows(changed_degree)
-            cs = changed_degree[owner]
+        reach = self.counts.row_lengths(changed_degree)
+        if reach.sum() > _RECOMPUTE_ALL_SHARE * self.counts.nnz:
+            # D's rows reach most pairs: selecting every row again is cheaper than merging
+            # (and needs no pair arrays of that size)
+            self._recompute(np.arange(n))
+            self.last_recomputed = n
+            self._mapping = None
+            return
+        dirty = [self._merge_pairs(pj, pc, go, gn, degree_old)]
+        # ... and every stored neighbour j of an item c ∈ D (G is symmetric), in groups of
+        # D items whose rows fit one chunk: a row's pairs may be merged over several passes,
+        # since each pass leaves the list exact for the scores moved so far
+        known = np.sort(pj * n + pc)
+        groups = np.cumsum(reach) // _CHUNK_ENTRIES
+        for group in np.split(changed_degree, np.flatnonzero(np.diff(groups)) + 1):
+            if len(group) == 0:
+                continue
+            owner, js, vals = self.counts.rows(group)
+            cs = group[owner]
             keep = ~in_d[js] & (js != cs)
             js, cs, vals = js[keep], cs[keep], vals[keep]
-            known = np.sort(pj * n + pc)
             keys = js * n + cs
             at = np.minimum(np.searchsorted(known, keys), max(len(known) - 1, 0))
             fresh = ~(known[at] == keys) if len(known) else np.ones(len(keys), dtype=bool)
-            pj = np.concatenate([pj, js[fresh]])
-            pc = np.concatenate([pc, cs[fresh]])
-            go = np.concatenate([go, vals[fresh]])  # unchanged count
-            gn = np.concatenate([gn, vals[fresh]])
-        dirty = self._merge_pairs(pj, pc, go, gn, degree_old)
+            # the count of these pairs did not change, only c's degree
+            vals = vals[fresh]
+            dirty.append(self._merge_pairs(js[fresh], cs[fresh], vals, vals, degree_old))
+        dirty = np.concatenate(dirty)
         redo = np.union1d(changed_degree, dirty)
         self.last_recomputed = len(redo)
         self._recompute(redo)
