@@ -221,7 +221,7 @@ def run_size(name: str, args: argparse.Namespace) -> None:
             "scenario": "fit",
             "generate_s": round(gen_s, 2),
             "fit_s": round(fit_s, 2),
-            "pairs": int(model.gram.nnz),
+            "pairs": int(model._mapping.counts.nnz),  # .gram would compact (a second copy)
             "mapping_gb": round(mapping.memory_bytes() / 1e9, 3),
             "dense_n2_gb": round(8 * n_items**2 / 1e9, 1),
             "rss_gb": round(fit_rss, 3),
