@@ -143,7 +143,7 @@ class ItemKNNTopK(Mapping):
         a, signs = RowChange(change.old, change.new, ones_old, ones_new).factor()
         if a.shape[0] == 0:
             return
-        self._correct(a, signs, np.unique(a.indices), change)
+        self._correct(a, signs, np.unique(a.indices).astype(np.int64), change)
 
     def _correct(
         self, a: sp.csr_matrix, signs: np.ndarray, touched: np.ndarray, change: RowChange
@@ -201,6 +201,10 @@ class ItemKNNTopK(Mapping):
         if len(rows) == 0:
             return
         n = self.n_items
+        # int64 before any j·n + c key: CSR indices are int32, and n² passes 2³¹ at 46,341
+        # items (colliding keys silently dropped pairs from the merge)
+        rows = np.asarray(rows, dtype=np.int64)
+        cols = np.asarray(cols, dtype=np.int64)
         g_old = self.counts.get(rows, cols)
         self.counts.add(rows, cols, deltas)
         g_new = g_old + deltas  # the same addition the store performed

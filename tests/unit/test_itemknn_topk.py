@@ -223,3 +223,18 @@ def test_binary_counts_are_float32_and_a_weighted_change_moves_them_to_float64()
     model.learn([5], [7], [0.3])  # not an integer: the store switches before the change
     assert model.gram.dtype == np.float64
     assert_same_as_fresh_fit(model, 4, 1.0)
+
+
+def test_pair_keys_do_not_overflow_on_catalogues_past_46341_items():
+    # n = 70,000: keys j·n + c exceed 2³¹. With int32 arithmetic the ΔG pair (61366, 47396)
+    # wraps onto the key of (10, 100), whose score must move when item 100 is learned again
+    n = 70_000
+    users = [0, 1, 1]
+    items = [61_366, 10, 100]
+    x = sp.csr_matrix((np.ones(3), (users, items)), shape=(3, n))
+    model = IMCorrect("itemknn-topk", k=5, shrink=1.0, refit_rank_ratio=float("inf")).fit(x)
+    before = model.mapping[10, 100]
+    model.learn([0, 2], [47_396, 100])  # user 0 pairs 61366 with 47396; item 100's degree rises
+    assert model.mapping[10, 100] != before
+    fresh = IMCorrect("itemknn-topk", k=5, shrink=1.0).fit(model.interactions)
+    assert abs(model.mapping - fresh.mapping).max() <= 1e-12
