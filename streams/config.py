@@ -105,9 +105,13 @@ class ProducerSettings(BaseModel):
 class IMCorrectWorkerSettings(BaseModel):
     """The streaming IMCorrect worker: model, micro-batching, snapshots."""
 
-    mapping: Literal["ease", "itemknn", "gfcf"] = "ease"
+    mapping: Literal["ease", "itemknn", "gfcf", "itemknn-topk"] = "ease"
     l2: float = Field(default=200.0, gt=0)
     shrink: float = Field(default=0.0, ge=0)
+    #: neighbours per item of the sparse ``itemknn-topk`` mapping (large catalogues)
+    k: int = Field(default=100, ge=1)
+    #: cap on the dense mappings' n×n arrays; None: half the machine's memory
+    memory_budget_gb: float | None = Field(default=None, gt=0)
     #: a batch takes whatever is already fetched, up to this many events: small when the
     #: worker keeps up, large while it drains a backlog (one correction per batch)
     batch_max_events: int = Field(default=1_000_000, ge=1)

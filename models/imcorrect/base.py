@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import numpy as np
 import scipy.sparse as sp
 
+from models.imcorrect.budget import check_dense_budget, default_budget_bytes
 from models.imcorrect.lowrank import RowChange, add_gram_change
 
 
@@ -21,10 +22,17 @@ class Mapping(ABC):
     """Base class: keeps the weighted Gram matrix and derives the mapping from it."""
 
     name: ClassVar[str]
+    #: n×n float64 arrays alive at the peak (G, the derived matrix, a materialised M)
+    dense_arrays: ClassVar[int] = 3
 
     def __init__(self) -> None:
         self.gram = np.zeros((0, 0))
         self._mapping: np.ndarray | None = None
+        self.memory_budget_bytes: float = default_budget_bytes()
+
+    def check_budget(self, n_items: int) -> None:
+        """Refuse (before allocating) a catalogue whose dense arrays exceed the budget."""
+        check_dense_budget(self.name, n_items, self.dense_arrays, self.memory_budget_bytes)
 
     # -- weighting --------------------------------------------------------------------------
     def row_weights(self, rows: sp.csr_matrix) -> np.ndarray:
@@ -40,6 +48,7 @@ class Mapping(ABC):
     # -- lifecycle --------------------------------------------------------------------------
     def fit(self, x: sp.csr_matrix) -> None:
         """Build every matrix from scratch (the gold standard the corrections must equal)."""
+        self.check_budget(x.shape[1])
         self.gram = self.weighted_gram(x)
         self._fit_derived(x)
 
@@ -63,6 +72,7 @@ class Mapping(ABC):
         n = self.gram.shape[0]
         if n_items <= n:
             return
+        self.check_budget(n_items)
         gram = np.zeros((n_items, n_items))
         gram[:n, :n] = self.gram
         self.gram = gram

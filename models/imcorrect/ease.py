@@ -19,6 +19,7 @@ from models.imcorrect.lowrank import RowChange, symmetric_rank_update
 
 class EASE(Mapping):
     name = "ease"
+    dense_arrays = 4  # G, G + λI being factorised, the identity solved into P, P's symmetrisation
 
     def __init__(self, l2: float = 500.0) -> None:
         super().__init__()

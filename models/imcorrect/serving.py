@@ -8,6 +8,10 @@ traffic: a user's score row sums the M rows of their items), forgotten columns l
 
 float32 is enough to rank with: scores are standardised and fused downstream, and the
 relative error (~1e-7) is far below the gaps between ranked items that matter.
+
+A sparse M (the itemknn-topk mapping) stays sparse: a user's score row is the weighted sum
+of the sparse M rows of their items, accumulated into one dense output row, so nothing of
+size n×n is ever allocated.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ class FrozenScores:
     def __init__(
         self,
         x: sp.csr_matrix,
-        mapping: np.ndarray,
+        mapping: np.ndarray | sp.spmatrix,
         forgotten_items: np.ndarray,
         dtype: np.dtype | type = np.float32,
     ) -> None:
@@ -34,8 +38,12 @@ class FrozenScores:
         self._indptr = x.indptr.astype(np.int64)
         self._indices = x.indices.astype(np.int64)
         self._values = x.data.astype(self.dtype)
-        self._mapping = np.ascontiguousarray(mapping, dtype=self.dtype)
-        self._mapping.setflags(write=False)
+        self._sparse = sp.issparse(mapping)
+        if self._sparse:
+            self._mapping = sp.csr_matrix(mapping, dtype=self.dtype)
+        else:
+            self._mapping = np.ascontiguousarray(mapping, dtype=self.dtype)
+            self._mapping.setflags(write=False)
         self._forgotten = np.flatnonzero(forgotten_items)
 
     @property
@@ -54,7 +62,9 @@ class FrozenScores:
         out = np.zeros((len(users), self.n_items), dtype=self.dtype)
         for r, u in enumerate(users.tolist()):
             start, end = self._indptr[u], self._indptr[u + 1]
-            if end > start:
+            if end > start and self._sparse:
+                out[r] = self._sparse_row(self._indices[start:end], self._values[start:end])
+            elif end > start:
                 # the user's rows of M, weighted and summed. einsum's own loop, not BLAS:
                 # OpenBLAS threads this product and its idle workers spin, which took a
                 # third of a core from the scorer; building a scipy row per call cost more
@@ -68,3 +78,13 @@ class FrozenScores:
         if len(self._forgotten):
             out[:, self._forgotten] = -np.inf
         return out
+
+    def _sparse_row(self, items: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """Σ_i w_i · M[i, :] for a sparse M, gathered straight from its CSR arrays."""
+        m = self._mapping
+        starts = m.indptr[items].astype(np.int64)
+        lengths = m.indptr[items + 1].astype(np.int64) - starts
+        offsets = np.cumsum(lengths) - lengths
+        take = np.repeat(starts - offsets, lengths) + np.arange(int(lengths.sum()))
+        contrib = np.repeat(weights, lengths) * m.data[take]
+        return np.bincount(m.indices[take], weights=contrib, minlength=self.n_items)

@@ -33,7 +33,13 @@ from streams.state import DedupWindow, SnapshotStore, WorkerState
 
 def new_state(settings: LetheSettings) -> WorkerState:
     cfg = settings.imcorrect
-    params = {"ease": {"l2": cfg.l2}, "itemknn": {"shrink": cfg.shrink}}.get(cfg.mapping, {})
+    params: dict[str, float] = {
+        "ease": {"l2": cfg.l2},
+        "itemknn": {"shrink": cfg.shrink},
+        "itemknn-topk": {"k": cfg.k, "shrink": cfg.shrink},
+    }.get(cfg.mapping, {})
+    if cfg.memory_budget_gb is not None and cfg.mapping != "itemknn-topk":
+        params["memory_budget_gb"] = cfg.memory_budget_gb
     return WorkerState(model=IMCorrect(cfg.mapping, **params), dedup=DedupWindow(cfg.dedup_window))
 
 

@@ -1,0 +1,226 @@
+"""Sparse symmetric co-occurrence counts G = XᵀX, updated in place.
+
+Only pairs of items that some user shares are stored, so memory grows with the co-occurring
+pairs, never with n². The matrix lives in two CSR parts:
+
+* ``base`` — the bulk, built by :meth:`Cooccurrence.from_x`; updates to pairs it already holds
+  are written into its data array in place (a pair that drops to zero stays as an explicit
+  zero until the next compaction, and readers skip zeros);
+* ``extra`` — pairs that appeared after the last compaction. It is small, so adding to it is
+  cheap; once it grows past a share of ``base`` both are merged (amortised O(pairs)).
+
+A pair is in at most one part. Lookups are a vectorised binary search inside the CSR rows,
+so a micro-batch touching m pairs costs O(m log row-length), independent of n.
+
+Counts of integer-valued X (the implicit, binary case) are stored in float32, which holds
+every integer below 2²⁴ exactly: every |G_ij| ≤ max_i G_ii (G is a Gram matrix), so while
+the largest diagonal entry stays below that, float32 storage is exact and takes 8 bytes a
+pair instead of 12. A non-integer change, or a degree reaching 2²⁴, switches the store to
+float64 first.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+#: merge ``extra`` into ``base`` when it holds more than this share of ``base``'s pairs
+COMPACT_SHARE = 0.05
+COMPACT_MIN = 200_000
+#: float32 represents every integer of magnitude below this exactly
+EXACT_FLOAT32 = 2.0**24
+
+
+def _empty(n: int, dtype: type = np.float64) -> sp.csr_matrix:
+    return sp.csr_matrix((n, n), dtype=dtype)
+
+
+def _integral(values: np.ndarray) -> bool:
+    return bool(np.all(np.isfinite(values)) and np.all(values == np.round(values)))
+
+
+def find(m: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Position of each (row, col) in ``m.data``, or -1 where ``m`` stores no such entry.
+
+    ``m`` must have sorted indices; the search runs for all queries at once.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    cols = np.asarray(cols, dtype=np.int64)
+    lo = m.indptr[rows].astype(np.int64)
+    end = m.indptr[rows + 1].astype(np.int64)
+    hi = end.copy()
+    indices = m.indices
+    active = np.flatnonzero(lo < hi)
+    while len(active):
+        mid = (lo[active] + hi[active]) // 2
+        right = indices[mid] < cols[active]
+        lo[active[right]] = mid[right] + 1
+        hi[active[~right]] = mid[~right]
+        active = active[lo[active] < hi[active]]
+    found = lo < end
+    hit = np.zeros(len(rows), dtype=bool)
+    hit[found] = indices[lo[found]] == cols[found]
+    return np.where(hit, lo, -1)
+
+
+def gather(m: sp.csr_matrix, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(owner, cols, vals)`` of every stored entry in ``rows``; ``owner`` indexes ``rows``."""
+    rows = np.asarray(rows, dtype=np.int64)
+    starts = m.indptr[rows].astype(np.int64)
+    lengths = m.indptr[rows + 1].astype(np.int64) - starts
+    total = int(lengths.sum())
+    offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    take = np.repeat(starts - offsets[:-1], lengths) + np.arange(total, dtype=np.int64)
+    owner = np.repeat(np.arange(len(rows), dtype=np.int64), lengths)
+    return owner, m.indices[take].astype(np.int64), m.data[take]
+
+
+class Cooccurrence:
+    """G = XᵀX for an interaction matrix X, diagonal included (G_ii = Σ_u x_ui²)."""
+
+    def __init__(self, n_items: int = 0, dtype: type = np.float64) -> None:
+        self.dtype = np.dtype(dtype)
+        self.base = _empty(n_items, dtype)
+        self.extra = _empty(n_items, dtype)
+        self.max_diag = 0.0  # upper bound on max_i |G_ii|
+
+    @classmethod
+    def from_x(cls, x: sp.csr_matrix) -> Cooccurrence:
+        """Count every pair from scratch (the gold standard for the incremental path)."""
+        x = sp.csr_matrix(x)
+        squares = np.bincount(
+            x.indices, weights=np.asarray(x.data, float) ** 2, minlength=x.shape[1]
+        )
+        max_diag = float(squares.max(initial=0.0))
+        exact32 = _integral(x.data) and max_diag < EXACT_FLOAT32
+        out = cls(x.shape[1], np.float32 if exact32 else np.float64)
+        xc = sp.csr_matrix(x, dtype=out.dtype)
+        g = (xc.T.tocsr() @ xc).tocsr()
+        g.eliminate_zeros()
+        g.sort_indices()
+        out.base = g
+        out.max_diag = max_diag
+        return out
+
+    def _to_float64(self) -> None:
+        self.dtype = np.dtype(np.float64)
+        self.base = self.base.astype(np.float64)
+        self.extra = self.extra.astype(np.float64)
+
+    def _keep_exact(self, rows: np.ndarray, cols: np.ndarray, deltas: np.ndarray) -> None:
+        """Switch float32 storage to float64 before a change it could not hold exactly."""
+        diag = rows == cols
+        peak = self.max_diag
+        if diag.any():
+            peak = max(peak, float(np.abs(self.get(rows[diag], cols[diag]) + deltas[diag]).max()))
+        self.max_diag = peak
+        if self.dtype == np.float32 and (peak >= EXACT_FLOAT32 or not _integral(deltas)):
+            self._to_float64()
+
+    @property
+    def n_items(self) -> int:
+        return self.base.shape[0]
+
+    @property
+    def nnz(self) -> int:
+        """Stored entries (explicit zeros included until the next compaction)."""
+        return int(self.base.nnz + self.extra.nnz)
+
+    def grow(self, n_items: int) -> None:
+        if n_items > self.n_items:
+            self.base.resize((n_items, n_items))
+            self.extra.resize((n_items, n_items))
+
+    def get(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """Current values of the given entries (0 where no pair is stored)."""
+        out = np.zeros(len(rows))
+        pos = find(self.base, rows, cols)
+        hit = pos >= 0
+        out[hit] = self.base.data[pos[hit]]
+        rest = np.flatnonzero(~hit)
+        if len(rest) and self.extra.nnz:
+            pos2 = find(self.extra, rows[rest], cols[rest])
+            hit2 = pos2 >= 0
+            out[rest[hit2]] = self.extra.data[pos2[hit2]]
+        return out
+
+    def add(self, rows: np.ndarray, cols: np.ndarray, deltas: np.ndarray) -> None:
+        """G[rows, cols] += deltas for unique (row, col) entries (the caller keeps symmetry)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        cols = np.asarray(cols, dtype=np.int64)
+        self._keep_exact(rows, cols, deltas)
+        pos = find(self.base, rows, cols)
+        hit = pos >= 0
+        self.base.data[pos[hit]] += deltas[hit]
+        rest = np.flatnonzero(~hit)
+        if len(rest) == 0:
+            return
+        if self.extra.nnz:
+            pos2 = find(self.extra, rows[rest], cols[rest])
+            hit2 = pos2 >= 0
+            self.extra.data[pos2[hit2]] += deltas[rest[hit2]]
+            rest = rest[~hit2]
+        if len(rest) == 0:
+            return
+        n = self.n_items
+        new = sp.csr_matrix(
+            (deltas[rest].astype(self.dtype), (rows[rest], cols[rest])), shape=(n, n)
+        )
+        self.extra = (self.extra + new).tocsr()
+        self.extra.sort_indices()
+        if self.extra.nnz > max(COMPACT_MIN, COMPACT_SHARE * self.base.nnz):
+            self.compact()
+
+    def compact(self) -> None:
+        """Merge ``extra`` into ``base`` and drop pairs whose count reached zero."""
+        merged = (self.base + self.extra).tocsr() if self.extra.nnz else self.base
+        merged.eliminate_zeros()
+        merged.sort_indices()
+        self.base = merged
+        self.extra = _empty(self.n_items, self.dtype)
+
+    def row_lengths(self, items: np.ndarray) -> np.ndarray:
+        """Stored entries (zeros included) in each of the given rows."""
+        items = np.asarray(items, dtype=np.int64)
+        lengths = np.diff(self.base.indptr)[items].astype(np.int64)
+        if self.extra.nnz:
+            lengths += np.diff(self.extra.indptr)[items]
+        return lengths
+
+    def rows(self, items: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Non-zero entries of the given rows: ``(owner, cols, vals)``, owner indexing items."""
+        owner, cols, vals = gather(self.base, items)
+        if self.extra.nnz:
+            o2, c2, v2 = gather(self.extra, items)
+            owner = np.concatenate([owner, o2])
+            cols = np.concatenate([cols, c2])
+            vals = np.concatenate([vals, v2])
+        keep = vals != 0
+        return owner[keep], cols[keep], vals[keep]
+
+    def matrix(self) -> sp.csr_matrix:
+        """The whole of G as one canonical CSR matrix (compacts first)."""
+        self.compact()
+        return self.base
+
+    def state(self) -> dict[str, np.ndarray]:
+        g = self.matrix()
+        return {"g_data": g.data, "g_indices": g.indices, "g_indptr": g.indptr}
+
+    @classmethod
+    def from_state(cls, arrays: dict[str, np.ndarray], n_items: int) -> Cooccurrence:
+        data = np.array(arrays["g_data"])
+        out = cls(n_items, np.float32 if data.dtype == np.float32 else np.float64)
+        out.base = sp.csr_matrix(
+            (
+                data.astype(out.dtype),
+                np.array(arrays["g_indices"]),
+                np.array(arrays["g_indptr"]),
+            ),
+            shape=(n_items, n_items),
+        )
+        out.base.sort_indices()
+        everything = np.arange(n_items)
+        out.max_diag = float(np.abs(out.get(everything, everything)).max(initial=0.0))
+        return out

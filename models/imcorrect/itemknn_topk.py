@@ -1,0 +1,586 @@
+"""Sparse item-kNN (cosine, top-k neighbours) with exact learning and forgetting.
+
+The dense mappings keep n×n arrays; this one keeps only
+
+* the co-occurrence counts G = XᵀX of pairs some user shares (:mod:`.cooccurrence`),
+* the item degrees d_i = G_ii = Σ_u x_ui²,
+* for every item i its k best neighbours ``nbr_idx[i]``, ``nbr_val[i]`` (a set: slots in
+  no particular order; :meth:`ItemKNNTopK.neighbours` gives them ranked) by
+  s_ij = G_ij / (√d_i √d_j + shrink), j ≠ i, G_ij ≠ 0, ranked by the rule of
+  :mod:`.topk` (higher score first, then lower item index), and
+* ``bound[i]``, ``bound_idx[i]``: a (score, index) that ranks at or before every candidate
+  of i outside its list (an upper bound in the tie order).
+
+M is the sparse matrix whose row i holds i's neighbours, and S = X·M. With k ≥ n it is the
+dense cosine ItemKNN. Memory: O(stored pairs + n·k).
+
+Exactness under a change (learn or forget of users, items or interactions). Let ΔG be the
+change of G (it touches only pairs inside the changed users' rows) and D the items whose
+degree changed. Then:
+
+* i ∈ D: every score in row i moved, so its list is recomputed from its sparse row;
+* j ∉ D: only scores s_jc with ΔG_jc ≠ 0 or c ∈ D moved. Those pairs are listed (ΔG, plus
+  the rows of D, since G is symmetric) and folded into j's list. Non-members that do not
+  beat j's worst entry only raise j's bound. If nothing enters or leaves, members take
+  their new score in place: a member whose score rose stays in, one whose score fell
+  stays in while it still ranks before the bound — the common case of a forget (degrees
+  fall, scores rise) costs no sorting at all. Rows where an entry enters or leaves are
+  merged by sorting list ∪ changed candidates; the result is exact when its k-th entry
+  ranks before the better of j's bound and the best entry left out. Otherwise (a member
+  fell behind an outsider) row j is recomputed from its sparse row.
+
+Membership of c in j's list is decided by comparing c's *old* score with j's k-th entry:
+the stored list is the exact top-k, and the old score is recomputed bit for bit from the
+old count and degrees with the same expression that produced the list.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from models.imcorrect.base import Mapping
+from models.imcorrect.cooccurrence import Cooccurrence
+from models.imcorrect.lowrank import RowChange
+from models.imcorrect.topk import PAD, ranks_before, select, sort_rows
+
+#: entries gathered at once when recomputing or merging many rows (bounds temporary memory)
+_CHUNK_ENTRIES = 4_000_000
+#: a change whose degree-changed rows reach this share of all pairs reselects every row
+_RECOMPUTE_ALL_SHARE = 0.5
+
+
+class ItemKNNTopK(Mapping):
+    """Cosine item-kNN over sparse co-occurrences, each item's ``k`` best neighbours kept.
+
+    Parameters
+    ----------
+    k:
+        Neighbours kept per item (``k ≥ n_items`` keeps every co-occurring item).
+    shrink:
+        Added to the cosine denominator; damps similarities built on few co-occurrences.
+    """
+
+    name = "itemknn-topk"
+
+    def __init__(self, k: int = 100, shrink: float = 0.0) -> None:
+        # Mapping.__init__ would allocate a dense Gram matrix: this class keeps none
+        if int(k) < 1:
+            raise ValueError("k must be at least 1")
+        if shrink < 0:
+            raise ValueError("shrink must be non-negative")
+        self.k = int(k)
+        self.shrink = float(shrink)
+        self.counts = Cooccurrence(0)
+        self.degree = np.zeros(0)
+        self._empty_lists(0)
+        #: rows selected from scratch by the last change (the rest were merged in place)
+        self.last_recomputed = 0
+        self._mapping: sp.csr_matrix | None = None
+
+    def config(self) -> dict[str, Any]:
+        return {"k": self.k, "shrink": self.shrink}
+
+    def _empty_lists(self, n: int) -> None:
+        # slots of a row: its entries by ascending item index, then -1 padding
+        self.nbr_idx = np.full((n, self.k), -1, dtype=np.int32)
+        self.nbr_val = np.full((n, self.k), -np.inf)
+        self.fill = np.zeros(n, dtype=np.int64)
+        # the row's last entry in the tie order (what a newcomer must beat once it is full)
+        self.worst_val = np.full(n, np.inf)
+        self.worst_idx = np.full(n, -1, dtype=np.int64)
+        self.bound = np.full(n, -np.inf)
+        self.bound_idx = np.full(n, PAD, dtype=np.int64)
+
+    def check_budget(self, n_items: int) -> None:
+        """Nothing to refuse: no array here grows with n² (the budget is for dense mappings)."""
+
+    @property
+    def n_items(self) -> int:
+        return len(self.degree)
+
+    @property
+    def gram(self) -> sp.csr_matrix:
+        """G = XᵀX as sparse CSR (the live matrix: edits reach the model)."""
+        return self.counts.matrix()
+
+    def memory_bytes(self) -> int:
+        """Bytes held by the counts and the neighbour lists."""
+        parts = [self.counts.base, self.counts.extra]
+        sparse = sum(m.data.nbytes + m.indices.nbytes + m.indptr.nbytes for m in parts)
+        lists = self.nbr_idx.nbytes + self.nbr_val.nbytes + self.fill.nbytes
+        lists += self.bound.nbytes + self.bound_idx.nbytes
+        lists += self.worst_val.nbytes + self.worst_idx.nbytes
+        return int(sparse + lists + self.degree.nbytes)
+
+    # -- scores -----------------------------------------------------------------------------
+    def _score(self, g: np.ndarray, d_row: np.ndarray, d_col: np.ndarray) -> np.ndarray:
+        # the one expression every score comes from, so that a score recomputed later from
+        # the same inputs is bit-identical to the stored one (membership tests rely on it)
+        denom = np.sqrt(np.maximum(d_row, 0.0)) * np.sqrt(np.maximum(d_col, 0.0)) + self.shrink
+        return np.divide(g, denom, out=np.zeros(len(g)), where=denom > 0)
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def fit(self, x: sp.csr_matrix) -> None:
+        """Count all pairs and select every item's neighbours from scratch."""
+        self.counts = Cooccurrence.from_x(x)
+        self._fit_derived(x)
+
+    def _fit_derived(self, x: sp.csr_matrix) -> None:
+        n = x.shape[1]
+        everything = np.arange(n, dtype=np.int64)
+        # degrees are read off G's diagonal so that they equal G_ii bit for bit
+        self.degree = self.counts.get(everything, everything)
+        self._empty_lists(n)
+        self._recompute(everything)
+        self._mapping = None
+
+    def apply(self, change: RowChange) -> None:
+        """Fold a change of some user rows (weight 1 each) into G and the lists."""
+        ones_old, ones_new = np.ones(change.old.shape[0]), np.ones(change.new.shape[0])
+        a, signs = RowChange(change.old, change.new, ones_old, ones_new).factor()
+        if a.shape[0] == 0:
+            return
+        self._correct(a, signs, np.unique(a.indices).astype(np.int64), change)
+
+    def _correct(
+        self, a: sp.csr_matrix, signs: np.ndarray, touched: np.ndarray, change: RowChange
+    ) -> None:
+        old = sp.csr_matrix(change.old[:, touched])
+        diff = (sp.csr_matrix(change.new[:, touched]) - old).tocsr()
+        diff.eliminate_zeros()
+        if 2 * diff.nnz < old.nnz:
+            # a few entries of long rows changed (learning): ΔG = DᵀR + RᵀD + DᵀD with
+            # D = new − old, R = old has |D|·|R| terms instead of the |R|² of Aᵀ S A
+            cross = diff.T @ old
+            delta = (cross + cross.T + diff.T @ diff).tocoo()
+        else:
+            # whole rows appear or vanish: ΔG = Aᵀ S A on the touched columns
+            sub = a[:, touched]
+            delta = (sub.T @ sp.diags(signs) @ sub).tocoo()
+        nz = delta.data != 0
+        self._apply_delta(touched[delta.row[nz]], touched[delta.col[nz]], delta.data[nz])
+
+    def remove_items(self, items: np.ndarray, change: RowChange) -> None:
+        """Zero the items' rows and columns of G: ΔG is minus those entries."""
+        items = np.unique(np.asarray(items, dtype=np.int64))
+        items = items[items < self.n_items]
+        if len(items) == 0:
+            return
+        owner, cols, vals = self.counts.rows(items)
+        rows = np.concatenate([items[owner], cols])
+        cols_all = np.concatenate([cols, items[owner]])
+        vals_all = -np.concatenate([vals, vals])
+        _, first = np.unique(rows * self.n_items + cols_all, return_index=True)
+        self._apply_delta(rows[first], cols_all[first], vals_all[first])
+
+    def grow(self, n_items: int) -> None:
+        old_n = self.n_items
+        if n_items <= old_n:
+            return
+        self.counts.grow(n_items)
+        self._grow_derived(old_n, n_items)
+
+    def _grow_derived(self, old_n: int, new_n: int) -> None:
+        self.degree = np.concatenate([self.degree, np.zeros(new_n - old_n)])
+        kept = {
+            name: getattr(self, name)
+            for name in ("nbr_idx", "nbr_val", "fill", "worst_val", "worst_idx", "bound")
+        }
+        kept["bound_idx"] = self.bound_idx
+        self._empty_lists(new_n)
+        for name, old in kept.items():
+            getattr(self, name)[:old_n] = old
+        self._mapping = None
+
+    # -- the incremental step ---------------------------------------------------------------
+    def _apply_delta(self, rows: np.ndarray, cols: np.ndarray, deltas: np.ndarray) -> None:
+        """G[rows, cols] += deltas (unique, symmetric entries), then repair the lists."""
+        if len(rows) == 0:
+            return
+        n = self.n_items
+        # int64 before any j·n + c key: CSR indices are int32, and n² passes 2³¹ at 46,341
+        # items (colliding keys silently dropped pairs from the merge)
+        rows = np.asarray(rows, dtype=np.int64)
+        cols = np.asarray(cols, dtype=np.int64)
+        g_old = self.counts.get(rows, cols)
+        self.counts.add(rows, cols, deltas)
+        g_new = g_old + deltas  # the same addition the store performed
+        on_diag = rows == cols
+        diag_items = rows[on_diag]
+        degree_old = self.degree.copy()
+        self.degree[diag_items] = g_new[on_diag]
+        changed_degree = np.unique(diag_items[g_new[on_diag] != degree_old[diag_items]])
+        in_d = np.zeros(n, dtype=bool)
+        in_d[changed_degree] = True
+
+        # pairs (j, c), j ∉ D, whose score moved: ΔG entries ...
+        off = ~on_diag & ~in_d[rows]
+        pj, pc, go, gn = rows[off], cols[off], g_old[off], g_new[off]
+        reach = self.counts.row_lengths(changed_degree)
+        if reach.sum() > _RECOMPUTE_ALL_SHARE * self.counts.nnz:
+            # D's rows reach most pairs: selecting every row again is cheaper than merging
+            # (and needs no pair arrays of that size)
+            self._recompute(np.arange(n))
+            self.last_recomputed = n
+            self._mapping = None
+            return
+        dirty = [self._merge_pairs(pj, pc, go, gn, degree_old)]
+        # ... and every stored neighbour j of an item c ∈ D (G is symmetric), in groups of
+        # D items whose rows fit one chunk: a row's pairs may be merged over several passes,
+        # since each pass leaves the list exact for the scores moved so far
+        known = np.sort(pj * n + pc)
+        groups = np.cumsum(reach) // _CHUNK_ENTRIES
+        for group in np.split(changed_degree, np.flatnonzero(np.diff(groups)) + 1):
+            if len(group) == 0:
+                continue
+            owner, js, vals = self.counts.rows(group)
+            cs = group[owner]
+            keep = ~in_d[js] & (js != cs)
+            js, cs, vals = js[keep], cs[keep], vals[keep]
+            keys = js * n + cs
+            at = np.minimum(np.searchsorted(known, keys), max(len(known) - 1, 0))
+            fresh = ~(known[at] == keys) if len(known) else np.ones(len(keys), dtype=bool)
+            # the count of these pairs did not change, only c's degree
+            vals = vals[fresh]
+            dirty.append(self._merge_pairs(js[fresh], cs[fresh], vals, vals, degree_old))
+        dirty = np.concatenate(dirty)
+        redo = np.union1d(changed_degree, dirty)
+        self.last_recomputed = len(redo)
+        self._recompute(redo)
+        self._mapping = None
+
+    def _merge_pairs(
+        self,
+        pj: np.ndarray,
+        pc: np.ndarray,
+        g_old: np.ndarray,
+        g_new: np.ndarray,
+        degree_old: np.ndarray,
+    ) -> np.ndarray:
+        """Fold moved scores s_jc into the lists of items j ∉ D; returns rows to recompute."""
+        if len(pj) == 0:
+            return np.zeros(0, dtype=np.int64)
+        k = self.k
+        full = self.fill[pj] == k
+        kth_val, kth_idx = self.worst_val[pj], self.worst_idx[pj]
+        d_j = self.degree[pj]  # unchanged: j ∉ D
+        s_old = self._score(g_old, d_j, degree_old[pc])
+        s_new = self._score(g_new, d_j, self.degree[pc])
+        # c was in j's (exact) list iff it was a candidate not ranked after j's worst entry
+        member = (g_old != 0) & (~full | ~ranks_before(kth_val, kth_idx, s_old, pc))
+        alive = g_new != 0
+        insert = ~member & alive & (~full | ranks_before(s_new, pc, kth_val, kth_idx))
+        outside = ~member & alive & ~insert
+        self._raise_bounds(pj[outside], s_new[outside], pc[outside])
+
+        # rows that gain or lose an entry are merged by sorting (rare: a new pair, a pair
+        # that vanished, an outsider that overtook); the others keep their set of entries
+        grows = insert | (member & ~alive)
+        general = np.zeros(self.n_items, dtype=bool)
+        general[pj[grows]] = True
+        dirty = [np.zeros(0, dtype=np.int64)]
+
+        stay = member & ~general[pj]
+        if stay.any():
+            sj, sc, s_val, s_was = pj[stay], pc[stay], s_new[stay], s_old[stay]
+            pos, found = self._slots(sj, sc)
+            dirty.append(sj[~found])  # a list out of step with its counts: rebuild it
+            sj, sc, s_val, s_was, pos = sj[found], sc[found], s_val[found], s_was[found], pos[found]
+            self.nbr_val[sj, pos] = s_val
+            # the set stays exact while every member still ranks before every outsider;
+            # a member whose score rose cannot fall behind one, so only falls are checked
+            fell = s_val < s_was
+            behind = ~ranks_before(s_val, sc, self.bound[sj], self.bound_idx[sj])
+            dirty.append(sj[fell & behind])
+            # keep the worst entry current: a fallen member may become it; a row whose
+            # worst entry rose is rescanned
+            self._lower_worst(sj[fell], s_val[fell], sc[fell])
+            self._rescan_worst(np.unique(sj[~fell & (sc == self.worst_idx[sj])]))
+
+        if grows.any():
+            sel = general[pj] & (member | insert)
+            dirty.append(self._merge_sorted(pj[sel], pc[sel], s_new[sel], alive[sel], member[sel]))
+        return np.unique(np.concatenate(dirty))
+
+    def _rescan_worst(self, rows: np.ndarray) -> None:
+        """Recompute fill and worst entry of ``rows`` from their slots."""
+        if len(rows) == 0:
+            return
+        idx = self.nbr_idx[rows].astype(np.int64)
+        val = self.nbr_val[rows]
+        real = idx >= 0
+        low = np.where(real, val, np.inf).min(axis=1)
+        at_low = real & (val == low[:, None])
+        self.worst_val[rows] = low
+        self.worst_idx[rows] = np.where(at_low, idx, -1).max(axis=1)
+        self.fill[rows] = real.sum(axis=1)
+
+    def _lower_worst(self, rows: np.ndarray, vals: np.ndarray, cols: np.ndarray) -> None:
+        """Make (vals, cols) a row's worst entry where it ranks after the current one."""
+        if len(rows) == 0:
+            return
+        n = self.n_items
+        low = np.full(n, np.inf)
+        np.minimum.at(low, rows, vals)
+        at_low = vals == low[rows]
+        low_idx = np.full(n, -1, dtype=np.int64)
+        np.maximum.at(low_idx, rows[at_low], cols[at_low])
+        later = ranks_before(self.worst_val[rows], self.worst_idx[rows], low[rows], low_idx[rows])
+        self.worst_val[rows[later]] = low[rows[later]]
+        self.worst_idx[rows[later]] = low_idx[rows[later]]
+
+    def _slots(self, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Slot of item ``cols[q]`` in row ``rows[q]`` (binary search: slots are sorted by
+        item index, padding last), and whether it is there."""
+        k = self.k
+        lo = np.zeros(len(rows), dtype=np.int64)
+        hi = np.full(len(rows), k, dtype=np.int64)
+        active = np.arange(len(rows))
+        while len(active):
+            mid = (lo[active] + hi[active]) // 2
+            at = self.nbr_idx[rows[active], mid].astype(np.int64)
+            right = (at >= 0) & (at < cols[active])
+            lo[active[right]] = mid[right] + 1
+            hi[active[~right]] = mid[~right]
+            active = active[lo[active] < hi[active]]
+        at = np.minimum(lo, k - 1)
+        return at, (lo < k) & (self.nbr_idx[rows, at] == cols)
+
+    def _merge_sorted(
+        self,
+        pj: np.ndarray,
+        pc: np.ndarray,
+        s_new: np.ndarray,
+        alive: np.ndarray,
+        member: np.ndarray,
+    ) -> np.ndarray:
+        """General merge: list ∪ changed candidates, sorted by the tie rule, top k kept."""
+        k = self.k
+        affected, loc = np.unique(pj, return_inverse=True)
+        idx = self.nbr_idx[affected].astype(np.int64)
+        val = self.nbr_val[affected].copy()
+        idx[idx < 0] = PAD
+        dirty = [np.zeros(0, dtype=np.int64)]
+        m_rows, m_c = loc[member], pc[member]
+        pos, found = _positions(idx, m_rows, m_c)
+        dirty.append(affected[m_rows[~found]])
+        m_rows, pos = m_rows[found], pos[found]
+        m_new, m_alive = s_new[member][found], alive[member][found]
+        val[m_rows, pos] = np.where(m_alive, m_new, -np.inf)
+        idx[m_rows, pos] = np.where(m_alive, idx[m_rows, pos], PAD)
+
+        ins = ~member
+        i_rows, i_c, i_val = loc[ins], pc[ins], s_new[ins]
+        order = np.argsort(i_rows, kind="stable")
+        i_rows, i_c, i_val = i_rows[order], i_c[order], i_val[order]
+        width = int(np.bincount(i_rows, minlength=len(affected)).max()) if len(i_rows) else 0
+        if width:
+            first = np.searchsorted(i_rows, i_rows, side="left")
+            slot = np.arange(len(i_rows)) - first
+            extra_idx = np.full((len(affected), width), PAD, dtype=np.int64)
+            extra_val = np.full((len(affected), width), -np.inf)
+            extra_idx[i_rows, slot] = i_c
+            extra_val[i_rows, slot] = i_val
+            idx = np.hstack([idx, extra_idx])
+            val = np.hstack([val, extra_val])
+        idx, val = sort_rows(idx, val)
+        if width:
+            self._raise_bounds(affected, val[:, k], idx[:, k])
+        bound, bound_idx = self.bound[affected], self.bound_idx[affected]
+        exact = (bound == -np.inf) | ranks_before(val[:, k - 1], idx[:, k - 1], bound, bound_idx)
+        keep = affected[exact]
+        self._store_ranked(keep, idx[exact, :k], val[exact, :k])
+        dirty.append(affected[~exact])
+        return np.concatenate(dirty)
+
+    def _store_ranked(self, rows: np.ndarray, idx: np.ndarray, val: np.ndarray) -> None:
+        """Store rows given in the tie order (``PAD`` padding) in slot order."""
+        if len(rows) == 0:
+            return
+        fill = (idx != PAD).sum(axis=1)
+        last = np.maximum(fill - 1, 0)
+        here = np.arange(len(rows))
+        self.fill[rows] = fill
+        self.worst_val[rows] = np.where(fill > 0, val[here, last], np.inf)
+        self.worst_idx[rows] = np.where(fill > 0, idx[here, last], -1)
+        order = np.argsort(idx, axis=1, kind="stable")  # PAD sorts last
+        idx = np.take_along_axis(idx, order, axis=1)
+        self.nbr_idx[rows] = np.where(idx == PAD, -1, idx).astype(np.int32)
+        self.nbr_val[rows] = np.take_along_axis(val, order, axis=1)
+
+    def _raise_bounds(self, rows: np.ndarray, vals: np.ndarray, cols: np.ndarray) -> None:
+        """Lift each row's bound to the best of itself and the given (score, index) pairs."""
+        real = cols != PAD
+        rows, vals, cols = rows[real], vals[real], cols[real]
+        if len(rows) == 0:
+            return
+        # best per row without sorting: highest score, then the lowest index at it
+        n = self.n_items
+        best = np.full(n, -np.inf)
+        np.maximum.at(best, rows, vals)
+        at_best = vals == best[rows]
+        best_idx = np.full(n, PAD, dtype=np.int64)
+        np.minimum.at(best_idx, rows[at_best], cols[at_best])
+        better = ranks_before(best[rows], best_idx[rows], self.bound[rows], self.bound_idx[rows])
+        lift = rows[better]
+        self.bound[lift] = best[lift]
+        self.bound_idx[lift] = best_idx[lift]
+
+    # -- selection from scratch -------------------------------------------------------------
+    def _select_rows(self, items: np.ndarray):
+        """Yield ``(item, indices, scores, bound, bound_idx)`` selected from each sparse row."""
+        lengths = np.diff(self.counts.base.indptr)[items]
+        if self.counts.extra.nnz:
+            lengths = lengths + np.diff(self.counts.extra.indptr)[items]
+        chunk_of = np.cumsum(lengths) // _CHUNK_ENTRIES
+        for chunk in np.split(items, np.flatnonzero(np.diff(chunk_of)) + 1):
+            owner, cols, vals = self.counts.rows(chunk)
+            keep = cols != chunk[owner]
+            owner, cols, vals = owner[keep], cols[keep], vals[keep]
+            if self.counts.extra.nnz:
+                order = np.argsort(owner, kind="stable")
+                owner, cols, vals = owner[order], cols[order], vals[order]
+            scores = self._score(vals, self.degree[chunk[owner]], self.degree[cols])
+            bounds = np.searchsorted(owner, np.arange(len(chunk) + 1))
+            for r, item in enumerate(chunk.tolist()):
+                lo, hi = bounds[r], bounds[r + 1]
+                yield (item, *select(cols[lo:hi], scores[lo:hi], self.k))
+
+    def _recompute(self, items: np.ndarray) -> None:
+        items = np.unique(np.asarray(items, dtype=np.int64))
+        if len(items) == 0:
+            return
+        self.nbr_idx[items] = -1
+        self.nbr_val[items] = -np.inf
+        self.fill[items] = 0
+        self.worst_val[items] = np.inf
+        self.worst_idx[items] = -1
+        for item, idx, val, bound, bound_idx in self._select_rows(items):
+            n_found = len(idx)
+            if n_found:
+                self.worst_val[item], self.worst_idx[item] = val[-1], idx[-1]
+                order = np.argsort(idx)
+                self.nbr_idx[item, :n_found] = idx[order]
+                self.nbr_val[item, :n_found] = val[order]
+            self.fill[item] = n_found
+            self.bound[item] = bound
+            self.bound_idx[item] = bound_idx
+
+    def neighbours(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every item's list in the tie order (stored lists are kept as unordered sets)."""
+        idx = self.nbr_idx.astype(np.int64)
+        idx[idx < 0] = PAD
+        idx, val = sort_rows(idx, self.nbr_val)
+        return np.where(idx == PAD, -1, idx), val
+
+    # -- the mapping M ----------------------------------------------------------------------
+    @property
+    def mapping(self) -> sp.csr_matrix:
+        """M as sparse CSR: row i holds i's neighbours and their cosine (cached)."""
+        if self._mapping is None:
+            self._mapping = self._materialise()
+        return self._mapping
+
+    def _materialise(self) -> sp.csr_matrix:
+        n = self.n_items
+        present = self.nbr_idx >= 0
+        indptr = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(present.sum(axis=1), out=indptr[1:])
+        m = sp.csr_matrix(
+            (self.nbr_val[present], self.nbr_idx[present], indptr), shape=(n, n), copy=False
+        )
+        m.sort_indices()
+        return m
+
+    def scores(self, rows: sp.csr_matrix) -> np.ndarray:
+        return (rows @ self.mapping).toarray()
+
+    def frozen(self, dtype: np.dtype | type = np.float32) -> sp.csr_matrix:
+        """A new sparse copy of M in ``dtype`` for serving."""
+        return self._materialise().astype(dtype)
+
+    # -- numerical health -------------------------------------------------------------------
+    def drift(self, x: sp.csr_matrix, rng: np.random.Generator, n_columns: int = 8) -> float:
+        """Largest error of degrees, of G on a few random columns and of their lists.
+
+        Degrees are checked against X and against G's diagonal everywhere (O(nnz X));
+        a list whose neighbour set differs from a fresh selection counts as an infinite error.
+        """
+        n = self.n_items
+        if n == 0:
+            return 0.0
+        everything = np.arange(n, dtype=np.int64)
+        fresh_degree = np.asarray(x.multiply(x).sum(axis=0)).ravel()
+        err = float(np.max(np.abs(self.degree - fresh_degree)))
+        err = max(err, float(np.max(np.abs(self.counts.get(everything, everything) - self.degree))))
+        cols = np.sort(rng.choice(n, size=min(n_columns, n), replace=False))
+        owner, cc, vv = self.counts.rows(cols)
+        stored = sp.csr_matrix((vv, (owner, cc)), shape=(len(cols), n))
+        fresh = (x[:, cols].T @ x).tocsr()
+        diff = abs(stored - fresh)
+        err = max(err, float(diff.max()) if diff.nnz else 0.0)
+        for item, idx, val, _, _ in self._select_rows(cols):
+            real = self.nbr_idx[item] >= 0
+            have, have_val = self.nbr_idx[item][real], self.nbr_val[item][real]
+            mine, theirs = np.argsort(have), np.argsort(idx)
+            if not np.array_equal(have[mine], idx[theirs]):
+                return float("inf")
+            gap = np.abs(have_val[mine] - val[theirs])
+            err = max(err, float(np.max(gap, initial=0.0)))
+        return err
+
+    # -- persistence ------------------------------------------------------------------------
+    def state(self) -> dict[str, np.ndarray]:
+        """Plain arrays in proportion to the stored pairs and n·k."""
+        return {
+            **self.counts.state(),
+            "degree": self.degree,
+            "nbr_idx": self.nbr_idx,
+            "nbr_val": self.nbr_val,
+            "bound": self.bound,
+            "bound_idx": self.bound_idx,
+        }
+
+    def load_state(self, arrays: dict[str, np.ndarray]) -> None:
+        self.degree = np.array(arrays["degree"], dtype=np.float64)
+        self.counts = Cooccurrence.from_state(arrays, len(self.degree))
+        self.nbr_idx = np.array(arrays["nbr_idx"], dtype=np.int32)
+        self.nbr_val = np.array(arrays["nbr_val"], dtype=np.float64)
+        self.bound = np.array(arrays["bound"], dtype=np.float64)
+        self.bound_idx = np.array(arrays["bound_idx"], dtype=np.int64)
+        n = len(self.degree)
+        self.fill = np.zeros(n, dtype=np.int64)
+        self.worst_val = np.full(n, np.inf)
+        self.worst_idx = np.full(n, -1, dtype=np.int64)
+        self._rescan_worst(np.arange(n))
+        if self.nbr_idx.shape[1] != self.k:
+            kept = self.nbr_idx.shape[1]
+            raise ValueError(f"snapshot keeps {kept} neighbours per item, config says k={self.k}")
+        self._mapping = None
+
+
+#: above this many comparisons a member's slot is found by sorting the rows instead
+_COMPARE_LIMIT = 20_000_000
+
+
+def _positions(
+    idx: np.ndarray, rows: np.ndarray, cols: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Slot of each ``cols[q]`` within block row ``idx[rows[q]]``, and whether it is there."""
+    if len(rows) * idx.shape[1] <= _COMPARE_LIMIT:
+        hits = idx[rows] == cols[:, None]
+        return hits.argmax(axis=1), hits.any(axis=1)
+    # long lists (k in the thousands): sort each row once and binary-search all queries in
+    # one flat array, made globally sorted by offsetting each row's values by row · span
+    order = np.argsort(idx, axis=1, kind="stable")
+    ordered = np.take_along_axis(idx, order, axis=1)
+    real = ordered[ordered != PAD]
+    span = max(int(cols.max(initial=0)), int(real.max(initial=0))) + 2
+    flat = np.where(ordered == PAD, span - 1, ordered)
+    flat = (flat + np.arange(len(idx), dtype=np.int64)[:, None] * span).ravel()
+    query = rows * span + cols
+    at = np.minimum(np.searchsorted(flat, query), len(flat) - 1)
+    return order.ravel()[at], flat[at] == query

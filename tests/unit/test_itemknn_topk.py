@@ -1,0 +1,240 @@
+"""The sparse top-k mapping: shared contract, equality with a fresh fit, dense equivalence."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from models.imcorrect import IMCorrect
+from models.imcorrect.topk import select
+from tests.unit.imcorrect_contract import MappingContract
+
+
+class TestItemKNNTopK(MappingContract):
+    mapping = "itemknn-topk"
+    params = {"k": 3, "shrink": 1.0}
+
+
+class TestItemKNNTopKNoShrink(MappingContract):
+    """Binary data without shrinkage: many exactly tied scores, so the tie rule is exercised."""
+
+    mapping = "itemknn-topk"
+    params = {"k": 2}
+
+
+def _lists(model: IMCorrect) -> tuple[np.ndarray, np.ndarray]:
+    return model._mapping.neighbours()
+
+
+def assert_same_as_fresh_fit(model: IMCorrect, k: int, shrink: float) -> None:
+    fresh = IMCorrect("itemknn-topk", k=k, shrink=shrink).fit(model.interactions)
+    idx, val = _lists(model)
+    fidx, fval = _lists(fresh)
+    np.testing.assert_array_equal(idx, fidx)
+    np.testing.assert_allclose(val, fval, atol=1e-12, rtol=0)
+    mine, theirs = model._mapping, fresh._mapping
+    np.testing.assert_array_equal(mine.nbr_idx, theirs.nbr_idx)  # slots in item order
+    np.testing.assert_array_equal(mine.fill, theirs.fill)
+    full = mine.fill > 0
+    np.testing.assert_array_equal(mine.worst_idx[full], theirs.worst_idx[full])
+    np.testing.assert_array_equal(mine.worst_val[full], theirs.worst_val[full])
+    # every bound is a true upper bound on the candidates left out of the list
+    g = fresh.gram.toarray().astype(np.float64)
+    d = np.sqrt(np.diag(g))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        s = np.where(g != 0, g / (np.outer(d, d) + shrink), -np.inf)
+    np.fill_diagonal(s, -np.inf)
+    for i in range(s.shape[0]):
+        s[i, idx[i][idx[i] >= 0]] = -np.inf
+        # the stored slots hold exactly the ranked list, as a set
+        stored = model._mapping.nbr_idx[i]
+        assert sorted(stored[stored >= 0]) == sorted(idx[i][idx[i] >= 0])
+    assert np.all(s.max(axis=1, initial=-np.inf) <= model._mapping.bound + 1e-12)
+
+
+step = st.one_of(
+    st.tuples(
+        st.just("learn"),
+        st.lists(st.tuples(st.integers(0, 39), st.integers(0, 24)), min_size=1, max_size=30),
+    ),
+    st.tuples(st.just("users"), st.lists(st.integers(0, 39), min_size=1, max_size=4)),
+    st.tuples(st.just("items"), st.lists(st.integers(0, 24), min_size=1, max_size=2)),
+    st.tuples(
+        st.just("pairs"),
+        st.lists(st.tuples(st.integers(0, 39), st.integers(0, 24)), min_size=1, max_size=10),
+    ),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 2**16),
+    k=st.integers(1, 6),
+    shrink=st.sampled_from([0.0, 0.5, 3.0]),
+    ops=st.lists(step, min_size=1, max_size=10),
+)
+def test_random_learn_forget_sequences_keep_the_lists_of_a_fresh_fit(seed, k, shrink, ops):
+    rng = np.random.default_rng(seed)
+    x = sp.csr_matrix((rng.random((30, 20)) < 0.25).astype(float))
+    model = IMCorrect("itemknn-topk", k=k, shrink=shrink, refit_rank_ratio=float("inf")).fit(x)
+    for kind, arg in ops:
+        if kind == "learn":
+            users, items = zip(*arg, strict=True)
+            model.learn(users, items)
+        elif kind == "users":
+            model.forget(users=arg)
+        elif kind == "items":
+            model.forget(items=arg)
+        else:
+            model.forget(interactions=arg)
+        assert_same_as_fresh_fit(model, k, shrink)
+
+
+def test_k_at_least_n_is_the_dense_cosine_itemknn():
+    rng = np.random.default_rng(5)
+    x = sp.csr_matrix((rng.random((80, 30)) < 0.2).astype(float))
+    sparse = IMCorrect("itemknn-topk", k=30, shrink=2.0).fit(x)
+    dense = IMCorrect("itemknn", shrink=2.0).fit(x)
+    np.testing.assert_allclose(sparse.mapping.toarray(), dense.mapping, atol=1e-12, rtol=0)
+    sparse.forget(users=[1, 2, 3])
+    dense.forget(users=[1, 2, 3])
+    np.testing.assert_allclose(sparse.mapping.toarray(), dense.mapping, atol=1e-12, rtol=0)
+
+
+def test_tie_rule_prefers_the_lower_item_index():
+    cols = np.array([9, 4, 7, 2, 5])
+    scores = np.array([0.5, 0.5, 0.9, 0.5, 0.1])
+    idx, val, bound, bound_idx = select(cols, scores, 3)
+    np.testing.assert_array_equal(idx, [7, 2, 4])  # 0.9 first, then the tied 0.5s by index
+    assert (bound, bound_idx) == (0.5, 9)  # item 9 ties with the k-th and is left out
+    idx, _, bound, _ = select(cols, scores, 5)
+    np.testing.assert_array_equal(idx, [7, 2, 4, 9, 5])
+    assert bound == -np.inf
+    _, _, bound, bound_idx = select(cols, scores, 4)
+    assert (bound, bound_idx) == (0.1, 5)
+
+
+def test_each_item_keeps_at_most_k_neighbours_of_its_best_cosines():
+    # item 0 co-occurs with 1 (3 users), 2 (2 users) and 3 (1 user); k = 2 keeps 1 and 2
+    x = sp.csr_matrix(
+        np.array([[1, 1, 1, 1], [1, 1, 1, 0], [1, 1, 0, 0], [0, 0, 0, 1]], dtype=float)
+    )
+    model = IMCorrect("itemknn-topk", k=2).fit(x)
+    row = model.mapping.getrow(0)
+    assert set(row.indices) == {1, 2}
+    assert row[0, 1] == pytest.approx(3 / np.sqrt(3 * 3))
+    assert row[0, 2] == pytest.approx(2 / np.sqrt(3 * 2))
+    assert model.mapping.nnz <= 2 * 4
+
+
+def test_memory_and_snapshot_grow_with_pairs_not_n_squared(tmp_path):
+    n_items, n_users = 20_000, 3_000
+    rng = np.random.default_rng(7)
+    users = np.repeat(np.arange(n_users), 5)
+    items = rng.integers(0, n_items, len(users))
+    x = sp.csr_matrix((np.ones(len(users)), (users, items)), shape=(n_users, n_items))
+    x.data[:] = 1.0
+    model = IMCorrect("itemknn-topk", k=10).fit(x)
+    pairs = model.gram.nnz
+    assert pairs < 30 * n_users  # ≤ 25 pairs per user plus diagonal
+    mapping = model._mapping
+    assert mapping.memory_bytes() < 12 * pairs + 8 * n_items * (3 + 2 * 10) + 8 * (n_items + 1)
+    model.save(tmp_path / "snap")
+    size = (tmp_path / "snap.npz").stat().st_size
+    assert size < 2 * (mapping.memory_bytes() + 12 * x.nnz) < 8 * n_items**2 / 50
+    loaded = IMCorrect.load(tmp_path / "snap")
+    assert (loaded.mapping != model.mapping).nnz == 0
+    model.forget(users=[0, 1])
+    loaded.forget(users=[0, 1])
+    assert (loaded.mapping != model.mapping).nnz == 0
+
+
+def test_frozen_scores_keep_a_sparse_mapping_sparse():
+    rng = np.random.default_rng(8)
+    x = sp.csr_matrix((rng.random((50, 40)) < 0.2).astype(float))
+    model = IMCorrect("itemknn-topk", k=4).fit(x)
+    frozen = model.freeze()
+    assert sp.issparse(frozen._mapping)
+    users = np.arange(50)
+    np.testing.assert_allclose(
+        frozen.score(users), model.score(users, mask_seen=False), rtol=1e-6, atol=1e-6
+    )
+
+
+def test_rejects_bad_parameters_and_a_snapshot_of_another_k(tmp_path):
+    with pytest.raises(ValueError, match="k must"):
+        IMCorrect("itemknn-topk", k=0)
+    model = IMCorrect("itemknn-topk", k=3).fit(sp.csr_matrix(np.eye(4)))
+    model.save(tmp_path / "snap")
+    meta = (tmp_path / "snap.json").read_text().replace('"k": 3', '"k": 5')
+    (tmp_path / "snap.json").write_text(meta)
+    with pytest.raises(ValueError, match="neighbours"):
+        IMCorrect.load(tmp_path / "snap")
+
+
+def test_forgetting_one_user_recomputes_only_a_few_rows():
+    rng = np.random.default_rng(9)
+    n_users, n_items = 2_000, 600
+    users = np.repeat(np.arange(n_users), 8)
+    pop = 1.0 / np.arange(1, n_items + 1)
+    items = rng.choice(n_items, size=len(users), p=pop / pop.sum())
+    x = sp.csr_matrix((np.ones(len(users)), (users, items)), shape=(n_users, n_items))
+    x.data[:] = 1.0
+    model = IMCorrect("itemknn-topk", k=10, shrink=1.0).fit(x)
+    victim = 17
+    n_own = x[victim].nnz
+    model.forget(users=[victim])
+    # the user's items are re-selected; every other list is merged in place
+    assert n_own <= model._mapping.last_recomputed <= n_own + 20
+    assert_same_as_fresh_fit(model, 10, 1.0)
+    model.learn([victim] * 3, [1, 2, 3])
+    assert model._mapping.last_recomputed <= 3 + 20
+    assert_same_as_fresh_fit(model, 10, 1.0)
+
+
+@pytest.mark.slow
+def test_on_ml1m_k_equal_n_is_the_dense_itemknn():
+    datasets = pytest.importorskip("models.datasets")
+    try:
+        x = datasets.leave_one_out(datasets.load("ml-1m")).train_matrix()
+    except datasets.DatasetUnavailable as exc:
+        pytest.skip(str(exc))
+    n = x.shape[1]
+    sparse = IMCorrect("itemknn-topk", k=n, shrink=10.0).fit(x)
+    dense = IMCorrect("itemknn", shrink=10.0).fit(x)
+    assert np.abs(sparse.mapping.toarray() - dense.mapping).max() <= 1e-9
+    for model in (sparse, dense):
+        model.forget(users=[0, 1, 2])
+        model.forget(interactions=[(10, int(x[10].indices[0]))])
+    assert np.abs(sparse.mapping.toarray() - dense.mapping).max() <= 1e-9
+
+
+def test_binary_counts_are_float32_and_a_weighted_change_moves_them_to_float64():
+    rng = np.random.default_rng(10)
+    x = sp.csr_matrix((rng.random((40, 15)) < 0.3).astype(float))
+    model = IMCorrect("itemknn-topk", k=4, shrink=1.0).fit(x)
+    assert model.gram.dtype == np.float32  # integer counts < 2**24: exact in float32
+    model.learn([0, 1], [2, 3])
+    assert model.gram.dtype == np.float32
+    assert_same_as_fresh_fit(model, 4, 1.0)
+    model.learn([5], [7], [0.3])  # not an integer: the store switches before the change
+    assert model.gram.dtype == np.float64
+    assert_same_as_fresh_fit(model, 4, 1.0)
+
+
+def test_pair_keys_do_not_overflow_on_catalogues_past_46341_items():
+    # n = 70,000: keys j·n + c exceed 2³¹. With int32 arithmetic the ΔG pair (61366, 47396)
+    # wraps onto the key of (10, 100), whose score must move when item 100 is learned again
+    n = 70_000
+    users = [0, 1, 1]
+    items = [61_366, 10, 100]
+    x = sp.csr_matrix((np.ones(3), (users, items)), shape=(3, n))
+    model = IMCorrect("itemknn-topk", k=5, shrink=1.0, refit_rank_ratio=float("inf")).fit(x)
+    before = model.mapping[10, 100]
+    model.learn([0, 2], [47_396, 100])  # user 0 pairs 61366 with 47396; item 100's degree rises
+    assert model.mapping[10, 100] != before
+    fresh = IMCorrect("itemknn-topk", k=5, shrink=1.0).fit(model.interactions)
+    assert abs(model.mapping - fresh.mapping).max() <= 1e-12
