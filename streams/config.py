@@ -81,10 +81,11 @@ class TopicSettings(BaseModel):
     """
 
     partitions: int = Field(default=4, ge=1)
-    #: capped at the cluster's broker count when topics are created (1 on a single broker)
-    replication_factor: int = Field(default=3, ge=1)
-    #: capped at replication_factor - 1 (at least 1), so one broker may be lost
-    min_insync_replicas: int = Field(default=2, ge=1)
+    #: unset: 3 where the cluster has the brokers for it, else one per broker; a number is
+    #: asked for as it is (the broker refuses more replicas than it has)
+    replication_factor: int | None = Field(default=None, ge=1)
+    #: unset: 2 with three or more replicas, else 1, so one broker may be lost
+    min_insync_replicas: int | None = Field(default=None, ge=1)
     erasure_deadline_ms: int = Field(default=30 * DAY_MS, ge=60_000)
     interactions_retention_ms: int = Field(default=30 * DAY_MS, ge=-1)
     deletions_retention_ms: int = Field(default=30 * DAY_MS, ge=-1)

@@ -67,7 +67,7 @@ class TopicSpec:
     logical: str
     name: str
     partitions: int
-    replication_factor: int
+    replication_factor: int | None  # None: chosen from the cluster's size at creation
     configs: dict[str, str]
 
 
@@ -109,11 +109,14 @@ def topic_specs(settings: LetheSettings) -> list[TopicSpec]:
     return specs
 
 
-def replication_for(spec: TopicSpec, brokers: int, min_insync: int) -> tuple[int, dict[str, str]]:
-    """Replication factor and configs for a cluster of ``brokers``: the configured factor
-    where the cluster allows it, and ``min.insync.replicas`` that tolerates one lost broker."""
-    rf = max(1, min(spec.replication_factor, brokers))
-    isr = max(1, min(min_insync, rf - 1))
+def replication_for(
+    spec: TopicSpec, brokers: int, min_insync: int | None
+) -> tuple[int, dict[str, str]]:
+    """Replication factor and configs for a cluster of ``brokers``: the configured factor,
+    else 3 where the cluster allows it; ``min.insync.replicas`` as configured, else one less
+    than the factor (at most 2, at least 1) so that one broker may be lost."""
+    rf = spec.replication_factor or max(1, min(3, brokers))
+    isr = min_insync or max(1, min(2, rf - 1))
     return rf, {**spec.configs, "min.insync.replicas": str(isr)}
 
 
