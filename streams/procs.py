@@ -37,6 +37,8 @@ def settings_env(settings: LetheSettings) -> dict[str, str]:
     env["LETHE_CLIENT_ID"] = settings.client_id
     for section in ("imcorrect", "trainer", "scorer"):
         for key, value in getattr(settings, section).model_dump().items():
+            if value is None:
+                continue  # unset stays unset (the child's default), never the string "None"
             text = ("true" if value else "false") if isinstance(value, bool) else str(value)
             env[f"LETHE_{section.upper()}__{key.upper()}"] = text
     return env

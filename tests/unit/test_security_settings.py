@@ -113,3 +113,12 @@ def _a_ca_pem(tmp_path) -> str:
     ):
         subprocess.run(["keytool", *args, *common], check=True, capture_output=True)
     return cert.read_text()
+
+
+def test_a_worker_process_sees_unset_settings_as_unset():
+    from streams.config import LetheSettings
+    from streams.procs import settings_env
+
+    env = settings_env(LetheSettings(imcorrect={"memory_budget_gb": None, "k": 7}))
+    assert "LETHE_IMCORRECT__MEMORY_BUDGET_GB" not in env
+    assert env["LETHE_IMCORRECT__K"] == "7"
