@@ -207,6 +207,7 @@ def main() -> None:
             rng = np.random.default_rng(0)
             forget = [str(u) for u in rng.choice(users, size=args.deletions, replace=False)]
             latencies = _forget_latencies(settings, forget)
+            log(f"[ingest] forget latencies (ms, in order): {[round(x * 1000) for x in latencies]}")
             for line in worker.log_tail(400).splitlines():
                 if "receipt(s)" in line or "deletion(s)" in line:
                     log(f"[ingest] worker: {line}")

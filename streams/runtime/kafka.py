@@ -187,6 +187,15 @@ class KafkaIO:
         ends, self._admin = end_offsets_retrying(self.settings, topic, parts, self._admin)
         return ends
 
+    def fetched_end_offsets(self, client: Consumer, topic: str, parts: list[int]) -> dict[str, int]:
+        """The log ends the consumer's last fetches reported (no broker question: for the
+        lag gauge, which must not hold up the loop); -1 where nothing was fetched yet."""
+        out = {}
+        for p in parts:
+            _, high = client.get_watermark_offsets(TopicPartition(topic, p), cached=True)
+            out[tp_key(topic, p)] = high
+        return out
+
     def assign(
         self, client: Consumer, topic: str, parts: list[int], offsets: dict[str, int] | None
     ) -> None:

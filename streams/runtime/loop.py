@@ -40,6 +40,8 @@ log = logging.getLogger("lethe.imcorrect")
 
 #: records asked of librdkafka per consume call
 _CONSUME_CHUNK = 10_000
+#: a batch this large is followed by gc.freeze() (see _apply)
+_FREEZE_AFTER = 50_000
 
 
 @dataclass
@@ -119,6 +121,8 @@ class IMCorrectRuntime:
         self.parts = {name: self.io.partitions(self.topics[name]) for name in names}
         for name in ("interactions", "deletions"):
             self.io.assign(self.consumer, self.topics[name], self.parts[name], self.service.offsets)
+        topic = self.topics["deletion-receipts"]
+        self._receipt_ends = self.io.end_offsets(topic, self.parts["deletion-receipts"])
         if self.settings.imcorrect.answer_requests:  # else the scoring agent answers them
             # requests are ephemeral: answer what arrives from now on
             topic = self.topics["rec-requests"]
@@ -214,6 +218,12 @@ class IMCorrectRuntime:
                 deletions.append(held.request)
         if len(interactions) or deletions:
             outcome = self.service.apply(interactions, deletions, offsets)
+            if len(interactions) >= _FREEZE_AFTER:
+                # a large batch leaves a large long-lived state: move it out of the
+                # collector's sight, so a later full collection does not walk it (seconds
+                # on ML-1M, in the middle of a deletion's latency)
+                gc.collect(1)
+                gc.freeze()
             m.BATCH_SIZE.observe(len(interactions) + len(deletions))
             m.APPLIED.inc(outcome.learned)
             m.APPLY_SECONDS.observe(outcome.apply_seconds)
@@ -278,7 +288,7 @@ class IMCorrectRuntime:
                 self._undelivered += 1
                 log.error("could not publish to %s: %s", topic, err)
             if on_delivery is not None:
-                on_delivery(err)
+                on_delivery(err, _msg)
 
         while True:
             try:
@@ -290,8 +300,9 @@ class IMCorrectRuntime:
 
     def _deliver_receipts(self, receipts: list[DeletionReceipt]) -> None:
         t0 = time.perf_counter()
-        topic = self.topics["deletion-receipts"]
-        ends = self.io.end_offsets(topic, self.parts["deletion-receipts"])
+        # where the receipts topic ended at most (known from the last deliveries, no broker
+        # question on a deletion's path); a restart looks for staged receipts after it
+        ends = dict(self._receipt_ends)
         # applied_at is when the data is gone from memory *and* disk, i.e. after the snapshot
         now = int(time.time() * 1000)
         receipts = [r.model_copy(update={"applied_at": now}) for r in receipts]
@@ -311,13 +322,17 @@ class IMCorrectRuntime:
 
     def _publish_receipts(self, receipts: list[DeletionReceipt]) -> None:
         failed: list[object] = []
+        topic = self.topics["deletion-receipts"]
+
+        def delivered(err, msg) -> None:
+            if err is not None:
+                failed.append(err)
+            else:  # the topic now ends at least past this receipt
+                key = kafka.tp_key(topic, msg.partition())
+                self._receipt_ends[key] = max(self._receipt_ends.get(key, 0), msg.offset() + 1)
+
         for receipt in receipts:
-            self._produce(
-                self.topics["deletion-receipts"],
-                receipt.to_bytes(),
-                receipt.request_id.encode(),
-                on_delivery=lambda err: failed.append(err) if err is not None else None,
-            )
+            self._produce(topic, receipt.to_bytes(), receipt.request_id.encode(), delivered)
         self.producer.flush(60)
         if failed:
             # the outbox still holds them: a restart publishes what did not get out
@@ -375,7 +390,9 @@ class IMCorrectRuntime:
         m.REFACTORISATIONS.set(model.refactorisations)
         for name in ("interactions", "deletions"):
             topic, parts = self.topics[name], self.parts[name]
-            for key, end in self.io.end_offsets(topic, parts).items():
+            for key, end in self.io.fetched_end_offsets(self.consumer, topic, parts).items():
+                if end < 0:
+                    continue  # nothing fetched from this partition yet
                 lag = end - self.service.offsets.get(key, 0)
                 m.CONSUMER_LAG.labels(name, key.rsplit(":", 1)[1]).set(max(lag, 0))
 

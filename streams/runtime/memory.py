@@ -99,9 +99,9 @@ class MemoryProducer:
         self.log = log
 
     def produce(self, topic: str, value=None, key=None, on_delivery=None) -> None:
-        self.log.append(topic, value, key)
+        record = self.log.append(topic, value, key)
         if on_delivery is not None:
-            on_delivery(None, None)
+            on_delivery(None, record)
 
     def poll(self, _timeout: float = 0) -> int:
         return 0
@@ -130,6 +130,9 @@ class MemoryIO:
 
     def end_offsets(self, topic: str, parts: list[int]) -> dict[str, int]:
         return {f"{topic}:{p}": len(self.log.topic(topic)[p]) for p in parts}
+
+    def fetched_end_offsets(self, consumer: MemoryConsumer, topic: str, parts) -> dict[str, int]:
+        return self.end_offsets(topic, parts)
 
     def assign(self, consumer: MemoryConsumer, topic: str, parts, offsets) -> None:
         for p in parts:
