@@ -169,9 +169,13 @@ class Applier:
             keep = self._untombstoned(cols, keep)
         if not keep:
             return 0
-        user_index, item_index = st.users.index, st.items.index
-        users = np.fromiter((user_index(cols.user_ids[k]) for k in keep), np.int64, len(keep))
-        items = np.fromiter((item_index(cols.item_ids[k]) for k in keep), np.int64, len(keep))
+        if len(keep) == len(cols):
+            user_ids, item_ids = cols.user_ids, cols.item_ids
+        else:
+            user_ids = [cols.user_ids[k] for k in keep]
+            item_ids = [cols.item_ids[k] for k in keep]
+        users = np.array(st.users.indices(user_ids), dtype=np.int64)
+        items = np.array(st.items.indices(item_ids), dtype=np.int64)
         st.model.learn(users, items)
         st.bump("learned", len(keep))
         return len(keep)

@@ -48,6 +48,16 @@ class IdMap:
             self.by_id[external] = idx
         return idx
 
+    def indices(self, externals: list[str]) -> list[int]:
+        """``[self.index(e) for e in externals]``: new ids get indices in order of first
+        appearance, then one dict lookup per element (no method call per element)."""
+        by_id = self.by_id
+        for external in dict.fromkeys(externals):
+            if external not in by_id:
+                by_id[external] = len(self.by_index)
+                self.by_index.append(external)
+        return [by_id[e] for e in externals]
+
     def drop(self, external: str) -> int | None:
         idx = self.by_id.pop(external, None)
         if idx is not None:
@@ -92,12 +102,14 @@ class Hasher:
         (a third cheaper than keying a new hash each time); ``key`` defaults to the current."""
         key = self.keys.current if key is None else key
         prefix = hashlib.blake2b(f"{kind}\x1f".encode(), digest_size=8, key=key)
-        out = []
+        copy = prefix.copy
+        digests = []
         for v in values:
-            d = prefix.copy()
+            d = copy()
             d.update(v.encode())
-            out.append(int.from_bytes(d.digest(), "little", signed=False))
-        return out
+            digests.append(d.digest())
+        # the 8-byte digests read as little-endian unsigned ints, all at once
+        return np.frombuffer(b"".join(digests), dtype="<u8").tolist()
 
 
 class DedupWindow:
