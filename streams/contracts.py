@@ -49,12 +49,30 @@ def _limits(info: ValidationInfo) -> LimitSettings:
 _BAD_ID_CHARS = re.compile(r"[\x00-\x1f\ud800-\udfff]")
 
 
-def _bounded_id(value: str, info: ValidationInfo) -> str:
-    limit = _limits(info).max_id_length
+def id_problem(value: str, limit: int) -> str | None:
+    """Why ``value`` is not an acceptable id (None when it is); shared with the runtime's
+    fast decoder so both paths give the same reason."""
     if len(value) > limit:
-        raise ValueError(f"id is {len(value)} characters, longer than the limit of {limit}")
+        return f"id is {len(value)} characters, longer than the limit of {limit}"
     if value != value.strip() or _BAD_ID_CHARS.search(value):
-        raise ValueError("id must not contain control characters or surrounding whitespace")
+        return "id must not contain control characters or surrounding whitespace"
+    return None
+
+
+def newest_accepted_ts(limits: LimitSettings, now_ms: int | None = None) -> int:
+    """The latest event timestamp accepted now: the wall clock plus the configured skew."""
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    return now_ms + limits.max_future_skew_ms
+
+
+def future_ts_problem(ts: int) -> str:
+    return f"ts: {ts} is later than the wall clock plus the allowed skew"
+
+
+def _bounded_id(value: str, info: ValidationInfo) -> str:
+    problem = id_problem(value, _limits(info).max_id_length)
+    if problem:
+        raise ValueError(problem)
     return value
 
 
@@ -303,13 +321,8 @@ def decode(contract: type[C], raw: bytes | str, limits: LimitSettings = DEFAULT_
         raise ContractError(message, field) from None
     except RecursionError:
         raise ContractError("message: nested too deeply", "message") from None
-    if (
-        contract in _INPUT_CONTRACTS
-        and event.ts > int(time.time() * 1000) + limits.max_future_skew_ms
-    ):
-        raise ContractError(
-            f"ts: {event.ts} is later than the wall clock plus the allowed skew", "ts"
-        )
+    if contract in _INPUT_CONTRACTS and event.ts > newest_accepted_ts(limits):
+        raise ContractError(future_ts_problem(event.ts), "ts")
     return event
 
 

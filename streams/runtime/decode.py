@@ -12,19 +12,20 @@ Nothing here raises on input bytes: every defect becomes a :class:`Rejected` ent
 
 from __future__ import annotations
 
-import re
-import time
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import msgspec
 
 from streams.config import LimitSettings
-from streams.contracts import ContractError, decode
+from streams.contracts import (
+    ContractError,
+    decode,
+    future_ts_problem,
+    id_problem,
+    newest_accepted_ts,
+)
 from streams.services.batch import InteractionColumns
-
-#: control characters and lone surrogates (which cannot be encoded as UTF-8 again)
-_BAD_ID_CHARS = re.compile(r"[\x00-\x1f\ud800-\udfff]")
 
 
 class _Interaction(msgspec.Struct, frozen=True, gc=False):
@@ -50,20 +51,6 @@ class Rejected:
     error: ContractError
 
 
-def _id_problem(value: str, limit: int) -> str | None:
-    if len(value) > limit:
-        return f"id is {len(value)} characters, longer than the limit of {limit}"
-    if value != value.strip() or _BAD_ID_CHARS.search(value):
-        return "id must not contain control characters or surrounding whitespace"
-    return None
-
-
-def future_limit_ms(limits: LimitSettings, now_ms: int | None = None) -> int:
-    """The newest event timestamp accepted now (wall clock plus the configured skew)."""
-    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-    return now_ms + limits.max_future_skew_ms
-
-
 def decode_interactions(
     values: list[bytes | None], limits: LimitSettings, now_ms: int | None = None
 ) -> tuple[InteractionColumns, list[Rejected]]:
@@ -86,7 +73,7 @@ def decode_interactions(
             escaped = escaped or b"\\" in raw
         except (msgspec.DecodeError, ValueError, RecursionError):
             rejected.append(Rejected(pos, contract_error(raw or b"", limits)))
-    newest = future_limit_ms(limits, now_ms)
+    newest = newest_accepted_ts(limits, now_ms)
     cols = _columns(positions, decoded)
     if escaped or not _columns_valid(cols, limits.max_id_length, newest):
         cols = InteractionColumns()
@@ -125,11 +112,11 @@ def _columns_valid(cols: InteractionColumns, max_id: int, newest: int) -> bool:
 
 def _event_problem(ev: _Interaction, max_id: int, newest: int) -> str | None:
     for name in ("event_id", "user_id", "item_id"):
-        problem = _id_problem(getattr(ev, name), max_id)
+        problem = id_problem(getattr(ev, name), max_id)
         if problem:
             return f"{name}: {problem}"
     if ev.ts > newest:
-        return f"ts: {ev.ts} is later than the wall clock plus the allowed skew"
+        return future_ts_problem(ev.ts)
     return None
 
 
