@@ -220,8 +220,9 @@ class IMCorrectRuntime:
             outcome = self.service.apply(interactions, deletions, offsets)
             if len(interactions) >= _FREEZE_AFTER:
                 # a large batch leaves a large long-lived state: move it out of the
-                # collector's sight, so a later full collection does not walk it (seconds
-                # on ML-1M, in the middle of a deletion's latency)
+                # collector's sight, so a later full collection does not walk it. A
+                # precaution, not a measured gain: the multi-second forget stalls seen on
+                # ML-1M were the admin list_offsets, gone since (docs/measurements.md)
                 gc.collect(1)
                 gc.freeze()
             m.BATCH_SIZE.observe(len(interactions) + len(deletions))
