@@ -14,6 +14,8 @@ class InteractionColumns:
     user_ids: list[str] = field(default_factory=list)
     item_ids: list[str] = field(default_factory=list)
     ts: list[int] = field(default_factory=list)
+    #: ("topic:partition", offset) of each event, when the service asked for them
+    sources: list[tuple[str, int]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.event_ids)
@@ -25,3 +27,4 @@ class InteractionColumns:
         self.user_ids.extend(other.user_ids)
         self.item_ids.extend(other.item_ids)
         self.ts.extend(other.ts)
+        self.sources.extend(other.sources)

@@ -14,20 +14,21 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import ClassVar
 
 from models.imcorrect import IMCorrect
+from streams import metrics as m
 from streams.applier import Applier, BatchOutcome
 from streams.config import LetheSettings
 from streams.contracts import (
     DeletionReceipt,
-    DeletionRequest,
     Recommendation,
     RecRequest,
     ScoredItem,
 )
 from streams.keys import keyring_for
-from streams.retention import retention_from_settings
-from streams.services.batch import InteractionColumns
+from streams.retention import TopicRetention, retention_from_settings
+from streams.services.base import Effects, Inputs, Outbox
 from streams.state import DedupWindow, SnapshotStore, WorkerState
 
 
@@ -46,6 +47,13 @@ def new_state(settings: LetheSettings) -> WorkerState:
 class IMCorrectService:
     """Learn, forget and answer; snapshot and restore. No Kafka here."""
 
+    name: ClassVar[str] = "imcorrect"
+    reads: ClassVar[tuple[str, ...]] = ("interactions", "deletions")
+    replays: ClassVar[tuple[str, ...]] = ()
+    #: the IMCorrect worker owns the dead letters of the shared input topics
+    dead_letters_for: ClassVar[tuple[str, ...]] = ("interactions", "deletions", "rec-requests")
+    wants_sources: ClassVar[bool] = False
+
     def __init__(self, settings: LetheSettings, state_dir: Path | None = None) -> None:
         self.settings = settings
         # the hash key is kept apart from the snapshots (docs/privacy.md, "Keys")
@@ -62,43 +70,80 @@ class IMCorrectService:
         """ "topic:partition" → next offset, as of the state in memory."""
         return self.state.offsets
 
-    def apply(
-        self,
-        interactions: InteractionColumns,
-        deletions: list[DeletionRequest],
-        offsets: dict[str, int],
-    ) -> BatchOutcome:
+    @property
+    def snapshot_interval_s(self) -> float:
+        return self.settings.imcorrect.snapshot_interval_s
+
+    @property
+    def batch_max_events(self) -> int:
+        return self.settings.imcorrect.batch_max_events
+
+    @property
+    def batch_max_wait_ms(self) -> float:
+        return self.settings.imcorrect.batch_max_wait_ms
+
+    def use_retention(self, retention: dict[str, TopicRetention]) -> None:
+        self.applier.retention = retention
+
+    def apply(self, inputs: Inputs) -> Effects:
         """Apply one batch: its interactions first, then its deletions (which the runtime
         released after every interaction published before them)."""
         start = time.perf_counter()
+        interactions, deletions = inputs.interactions, inputs.deletions
         learned = self.applier.learn_columns(interactions) if len(interactions) else 0
         outcome = self.applier.apply(list(deletions)) if deletions else BatchOutcome()
-        outcome.learned += learned
-        self.state.offsets.update(offsets)
-        outcome.apply_seconds = time.perf_counter() - start
-        return outcome
+        self.state.offsets.update(inputs.offsets)
+        m.APPLIED.inc(outcome.learned + learned)
+        return Effects(
+            receipts=outcome.receipts,
+            learned=outcome.learned + learned,
+            apply_seconds=time.perf_counter() - start,
+        )
+
+    def tick(self) -> Effects:
+        return Effects()
 
     def note_dead_letters(self, n: int, offsets: dict[str, int]) -> None:
         """Records that only moved offsets (dead-lettered) still count as handled."""
         self.state.bump("dead_letters", n)
         self.state.offsets.update(offsets)
 
-    def answer(self, request: RecRequest) -> Recommendation:
-        return recommend_from_state(self.state, request)
+    def answer(self, requests: list[RecRequest]) -> list[bytes]:
+        out = []
+        for request in requests:
+            rec = recommend_from_state(self.state, request)
+            m.RECOMMENDATIONS.labels(rec.strategy).inc()
+            out.append(rec.to_bytes())
+        return out
 
     # -- outbox -------------------------------------------------------------------------------
     @property
-    def outbox(self) -> list[DeletionReceipt]:
+    def outbox(self) -> Outbox:
         """Receipts decided but maybe not yet published."""
-        return [DeletionReceipt.model_validate_json(r) for r in self.state.pending_receipts]
+        return Outbox(
+            receipts=[DeletionReceipt.model_validate_json(r) for r in self.state.pending_receipts],
+            receipts_end_offsets=dict(self.state.receipts_end_offsets),
+        )
 
-    def stage_receipts(self, receipts: list[DeletionReceipt], topic_ends: dict[str, int]) -> None:
+    def stage(self, effects: Effects, receipts_end_offsets: dict[str, int]) -> None:
         """Put receipts in the outbox, with where the receipts topic ended before them."""
-        self.state.pending_receipts = [r.model_dump_json() for r in receipts]
-        self.state.receipts_end_offsets = dict(topic_ends)
+        self.state.pending_receipts = [r.model_dump_json() for r in effects.receipts]
+        self.state.receipts_end_offsets = dict(receipts_end_offsets)
 
     def clear_outbox(self) -> None:
         self.state.pending_receipts = []
+
+    def gauges(self) -> None:
+        st = self.state
+        model = st.model
+        m.STATE_SIZE.labels("users").set(len(st.users))
+        m.STATE_SIZE.labels("items").set(len(st.items))
+        m.STATE_SIZE.labels("interactions").set(model.n_interactions)
+        m.MODEL_VERSION.labels("imcorrect").set(model.version)
+        m.REFACTORISATIONS.set(model.refactorisations)
+
+    def close(self) -> None:
+        return None
 
     # -- durability ---------------------------------------------------------------------------
     def save(self, *, for_receipt: bool = False) -> Path:

@@ -10,7 +10,7 @@ import numpy as np
 from models.datasets import load
 from streams.contracts import DeletionRequest
 from streams.replay import to_event
-from streams.runtime.loop import IMCorrectRuntime
+from streams.runtime.loop import imcorrect_runtime
 from streams.state import SnapshotStore
 from tests.unit.service_contract import ServiceContract
 
@@ -27,7 +27,7 @@ class TestIMCorrectService(ServiceContract):
     overrides = {"imcorrect": {"snapshot_interval_s": 0.001, "batch_max_events": 400}}
 
     def make_runtime(self, settings, io):
-        return IMCorrectRuntime(settings, io)
+        return imcorrect_runtime(settings, io)
 
     def stream(self):
         out, deleted = [], 0
