@@ -176,7 +176,7 @@ def _cmd_worker(args: argparse.Namespace, settings: LetheSettings) -> int:
     elif args.kind == "trainer":
         from streams.trainer_worker import run_worker
     elif args.kind == "scorer":
-        from streams.scorer_worker import run_worker
+        from streams.runtime.loop import run_scorer as run_worker
     else:
         print(f"lethe worker: unknown kind {args.kind!r}", file=sys.stderr)
         return 2

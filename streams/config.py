@@ -174,10 +174,9 @@ class ScorerSettings(BaseModel):
     #: the longest the broker holds an empty fetch of ``rec-requests``. A request that
     #: arrives ends the wait at once (fetch.min.bytes 1), so this only paces idle fetches
     fetch_max_wait_ms: int = Field(default=100, ge=0)
-    #: batches up to this size are scored on the event loop: handing a millisecond of work
-    #: to a thread costs more (wake-ups, and the GIL's 5 ms switch interval while the loop
-    #: runs) than the loop loses; larger batches go to a thread so fetches keep flowing
-    inline_max_batch: int = Field(default=8, ge=0)
+    #: the consumer group replicas share ``rec-requests`` through (default
+    #: ``<client_id>-scorer-<topic_prefix>``): a request is answered by its partition's owner
+    group_id: str | None = None
     #: librdkafka's linger for answers. A batch's answers are queued together and leave in
     #: one produce request at 0 too; more holds every answer back up to that long
     reply_linger_ms: float = Field(default=0.0, ge=0)

@@ -219,3 +219,46 @@ class KafkaIO:
         from streams.topics import topic_retention
 
         return asyncio.run(topic_retention(self.settings))
+
+
+def assign_at_end(consumer: Consumer, topic: str, timeout_s: float = 10.0) -> None:
+    """Assign every partition of ``topic`` at its end offset, read now: OFFSET_END would
+    resolve on a later fetch and could skip what is produced in between. A topic created a
+    moment ago may not have its leaders yet; that is retried until ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            consumer.assign(_ends_now(consumer, topic, max(0.5, deadline - time.monotonic())))
+            return
+        except KafkaException as exc:
+            error = exc.args[0]
+            transient = error.retriable() or error.code() in _NO_LEADER_YET
+            if not transient or time.monotonic() >= deadline:
+                raise RuntimeError(f"cannot read the end offsets of {topic}: {error}") from exc
+            time.sleep(0.2)
+
+
+#: what a topic's partitions answer until their leaders are known
+_NO_LEADER_YET = frozenset(
+    {
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError._UNKNOWN_PARTITION,
+    }
+)
+
+
+def _ends_now(consumer: Consumer, topic: str, timeout_s: float) -> list[TopicPartition]:
+    meta = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
+    if meta is not None and meta.error is not None:
+        raise KafkaException(meta.error)
+    if meta is None or not meta.partitions:  # not (yet) known to this broker
+        raise KafkaException(KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART))
+    ends = []
+    for partition in sorted(meta.partitions):
+        _, high = consumer.get_watermark_offsets(
+            TopicPartition(topic, partition), timeout=timeout_s
+        )
+        ends.append(TopicPartition(topic, partition, high))
+    return ends

@@ -76,11 +76,17 @@ class Runtime:
         *,
         name: str,
         answer_requests: bool = False,
+        serve_group: str | None = None,
     ) -> None:
         self.settings = settings
         self.make_service = make_service
         self.name = name
+        #: answer ``rec-requests`` read with the input (a worker that also learns)
         self.answer_requests = answer_requests
+        #: answer them through a request channel shared by this consumer group (a scorer)
+        self.serve_group = serve_group
+        self.server = None
+        self._busy = False
         self.io = io or kafka.KafkaIO(settings)
         self.topics = {logical: topic_name(settings, logical) for logical in _TOPICS}
         self.logical = {v: k for k, v in self.topics.items()}
@@ -111,6 +117,11 @@ class Runtime:
             try:
                 self._assign()
                 self.publisher.start()
+                if self.serve_group is not None:
+                    from streams.runtime.serve import RequestServer
+
+                    self.server = RequestServer(cfg, self.service, self.publisher, self.serve_group)
+                    self.server.open()
                 # receipts say how long the logs keep data; warns past the erasure deadline
                 # (a service starts from the settings' values; the broker's are the truth)
                 retention = self.io.retention()
@@ -122,6 +133,8 @@ class Runtime:
                     self._step()
                 self._snapshot()  # clean shutdown
             finally:
+                if self.server is not None:
+                    self.server.close()
                 self.publisher.flush(30)
                 self.consumer.close()
                 self.service.close()
@@ -155,11 +168,17 @@ class Runtime:
     def _step(self) -> None:
         svc = self.service
         step = _Step()
+        wait = svc.batch_max_wait_ms / 1000
+        if self.server is not None:
+            # requests first; the input is read without waiting while requests may come
+            self.server.serve(0.0 if self._busy else wait)
+            wait = 0.0
         # poll returns as soon as one record is there (a batch consume would wait out its
         # whole timeout for a full batch); what else is already fetched is taken at once,
         # decoded a chunk at a time, so a backlog makes one large batch without holding
         # all of its raw records
-        first = self.consumer.poll(svc.batch_max_wait_ms / 1000)
+        first = self.consumer.poll(wait)
+        self._busy = first is not None
         if first is not None:
             self._absorb(step, [first])
         backlog = None  # records behind the log end, asked once a chunk comes back full
@@ -173,7 +192,9 @@ class Runtime:
             if not more:
                 break
             self._absorb(step, more)
-            if backlog is None and len(more) == want and "interactions" in svc.reads:
+            # (a serving worker never waits on its input: requests would wait with it)
+            growing = self.server is None and "interactions" in svc.reads
+            if backlog is None and len(more) == want and growing:
                 backlog = step.size + self._input_lag()
         if step.size:
             self._apply(step)
@@ -269,6 +290,7 @@ class Runtime:
             inputs.offsets[held.key] = held.offset + 1
             if held.request is not None:
                 inputs.deletions.append(held.request)
+                inputs.deletion_sources.append((held.key, held.offset))
         n_interactions = len(inputs.interactions)
         if inputs:
             effects = self.service.apply(inputs)
@@ -393,3 +415,15 @@ def imcorrect_runtime(settings: LetheSettings, io: Any = None) -> Runtime:
 def run_worker(settings: LetheSettings) -> None:
     """The IMCorrect worker (``lethe worker imcorrect``)."""
     run_until_signalled(imcorrect_runtime(settings))
+
+
+def scorer_runtime(settings: LetheSettings, io: Any = None) -> Runtime:
+    from streams.runtime.requests import scorer_group
+    from streams.services.scorer import ScorerService
+
+    return Runtime(settings, ScorerService, io, name="scorer", serve_group=scorer_group(settings))
+
+
+def run_scorer(settings: LetheSettings) -> None:
+    """The scoring agent (``lethe worker scorer``); replicas share ``rec-requests``."""
+    run_until_signalled(scorer_runtime(settings))

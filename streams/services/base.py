@@ -35,6 +35,8 @@ class Inputs:
     interactions: InteractionColumns = field(default_factory=InteractionColumns)
     #: deletions released by the barrier: each after every interaction published before it
     deletions: list[DeletionRequest] = field(default_factory=list)
+    #: ("topic:partition", offset) of each deletion's record
+    deletion_sources: list[tuple[str, int]] = field(default_factory=list)
     #: model announcements read this step (``model-updates`` is replayed from its start)
     updates: list[ModelUpdate] = field(default_factory=list)
     #: "topic:partition" → next offset, once this step is applied

@@ -29,7 +29,7 @@ from streams.kafka_config import KafkaAccessError, check_access
 from streams.kafka_io import read_all
 from streams.procs import WorkerProcess, free_port, scrape
 from streams.replies import request_and_wait
-from streams.request_channel import RequestChannel
+from streams.runtime.requests import RequestChannel, scorer_group
 from streams.topics import create_topics, topic_name
 from tests.integration.secure_broker import SecureCluster, secure_broker
 
@@ -178,10 +178,11 @@ def test_scorer_request_channel_over_sasl_ssl(cluster: SecureCluster):
             scorer,
             topic_name(scorer, "rec-requests"),
             topic_name(scorer, "recommendations"),
+            group_id=scorer_group(scorer),
             fetch_max_wait_ms=100,
             poll_batch=8,
         )
-        await channel.open()
+        await asyncio.to_thread(channel.open)
         errors: list = []
         delivered = threading.Semaphore(0)
 
@@ -193,13 +194,14 @@ def test_scorer_request_channel_over_sasl_ssl(cluster: SecureCluster):
             async with LetheProducer(sdk, for_requests=True) as producer:
                 sent = [await producer.request_recommendations(f"u{k}", 3) for k in range(5)]
             got: list = []
-            while len(got) < len(sent):
-                got += await asyncio.wait_for(channel.next_batch(8, 0.0), 30)
-            channel.publish_batch([(r.value, r.key, on_delivery) for r in got])
+            deadline = time.monotonic() + 30
+            while len(got) < len(sent) and time.monotonic() < deadline:
+                got += await asyncio.to_thread(channel.next_batch, 8, 0.5)
+            channel.publish_batch(got, [(r.value, r.key, on_delivery) for r in got])
             for _ in got:
                 assert await asyncio.to_thread(delivered.acquire, True, 30)
         finally:
-            await channel.close()
+            await asyncio.to_thread(channel.close)
         return [r.value for r in got], errors, [s.request_id for s in sent]
 
     values, errors, request_ids = asyncio.run(scenario())
@@ -241,13 +243,18 @@ def test_principal_without_acls_is_refused_with_a_clear_error(cluster: SecureClu
     with _bounded(), pytest.raises(KafkaAccessError, match="TOPIC_AUTHORIZATION_FAILED"):
         check_access(nobody, [requests_topic])
     channel = RequestChannel(
-        nobody, requests_topic, topic_name(nobody, "recommendations"), 100, poll_batch=8
+        nobody,
+        requests_topic,
+        topic_name(nobody, "recommendations"),
+        group_id=scorer_group(nobody),
+        fetch_max_wait_ms=100,
+        poll_batch=8,
     )
     with (
         _bounded(),
         pytest.raises(KafkaAccessError, match=f"not authorised for topic {requests_topic}"),
     ):
-        asyncio.run(channel.open())
+        channel.open()
 
     # aiokafka, the SDK: an idempotent producer may not even start without a WRITE ACL …
     async def start_producer() -> None:
@@ -291,10 +298,15 @@ def test_wrong_password_fails_fast_with_a_clear_message(cluster: SecureCluster, 
         asyncio.run(start_producer())
 
     channel = RequestChannel(
-        wrong, topic_name(wrong, "rec-requests"), topic_name(wrong, "recommendations"), 100, 8
+        wrong,
+        topic_name(wrong, "rec-requests"),
+        topic_name(wrong, "recommendations"),
+        group_id=scorer_group(wrong),
+        fetch_max_wait_ms=100,
+        poll_batch=8,
     )
     with _bounded(), pytest.raises(KafkaAccessError, match="SASL authentication failed"):
-        asyncio.run(channel.open())
+        channel.open()
 
     # the worker process: exits with the reason in its log rather than retrying forever
     worker_settings = cluster.settings(

@@ -14,8 +14,6 @@ ALLOWED = {"streams/client.py", "streams/kafka_config.py"}
 NOT_YET_ON_THE_RUNTIME = {
     "streams/kafka_io.py",
     "streams/replies.py",
-    "streams/request_channel.py",
-    "streams/scorer_worker.py",
     "streams/topics.py",
     "streams/trainer_worker.py",
 }

@@ -60,11 +60,11 @@ def test_trainer_and_scorer_of_one_host_share_a_key_file_or_the_secret(tmp_path)
 
 
 def test_the_scorer_refuses_and_counts_unsigned_forged_and_escaping_updates(tmp_path):
-    from streams.scorer_worker import ScorerWorker
+    from streams.services.scorer import ScorerService
 
     settings = LetheSettings(state_dir=tmp_path / "state", model_dir=tmp_path / "models")
     settings.model_dir.mkdir()
-    worker = ScorerWorker(settings)
+    worker = ScorerService(settings)
     key = update_key(settings)
 
     def refused(reason: str) -> float:

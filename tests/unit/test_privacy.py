@@ -212,8 +212,8 @@ def test_sequence_store_forgets_positions_of_items_only_the_user_had():
 
 
 def test_scorer_and_trainer_state_files_hold_no_key_and_no_forgotten_item(tmp_path):
-    from streams.scorer_worker import ScorerState
     from streams.sequence_store import SequenceStore
+    from streams.services.scorer_state import ScorerState
     from streams.trainer_state import TrainerFiles, TrainerState
 
     keys = keyring(tmp_path / "hash.key")
@@ -267,7 +267,7 @@ def test_user_data_topics_are_created_within_the_erasure_deadline(caplog):
 
 
 def test_scorer_lookups_survive_a_key_rotation():
-    from streams.scorer_worker import ScorerState
+    from streams.services.scorer_state import ScorerState
 
     old = KeyRing.generate()
     scorer = ScorerState(old)

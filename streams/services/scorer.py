@@ -1,0 +1,315 @@
+"""The scoring service: answers from the ONNX SASRec the trainer announced last, fused with
+the newest IMCorrect snapshot; Kafka-free.
+
+Its state is fed by the runtime: ``interactions`` (recent sequences, seen items) and
+``deletions`` (ordered by the runtime's barrier), and ``model-updates`` (replayed from the
+topic's start at every start). An announced model is used only when its tag verifies and
+its file's sha256 matches; it is opened on a background thread and replaces the old one
+between batches, so no request in flight is dropped or fails. IMCorrect snapshots are
+reloaded the same way every ``imcorrect_reload_s``.
+
+Forgetting before the models catch up: a forgotten user's sequence is dropped at once and
+IMCorrect scores of that user are not used until an IMCorrect snapshot past the deletion is
+loaded; a forgotten item is never returned (until it is seen again in new interactions). A
+step with deletions asks for a snapshot at once, so the forgotten data leaves the scorer's
+file too.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from streams import metrics as m
+from streams.config import LetheSettings
+from streams.contracts import ModelUpdate, ModelVersions, RecRequest, recommendation_bytes
+from streams.keys import keyring_for
+from streams.model_auth import UpdateRefused, authenticate, update_key
+from streams.retention import TopicRetention
+from streams.scorer_models import (
+    Catalogue,
+    IMCorrectView,
+    ModelRejected,
+    ScoringJob,
+    ServedModel,
+    load_imcorrect,
+    load_served_model,
+    score_batch,
+)
+from streams.sequence_store import write_json_atomically
+from streams.services.base import Effects, Inputs, Outbox
+from streams.services.scorer_state import ScorerState
+
+log = logging.getLogger("lethe.scorer")
+
+#: state records applied between two looks at the requests (bounds a request's wait)
+_STATE_CHUNK = 500
+
+
+class ScorerService:
+    """Score requests; keep sequences and forgotten ids; swap models. No Kafka here."""
+
+    name: ClassVar[str] = "scorer"
+    reads: ClassVar[tuple[str, ...]] = ("interactions", "deletions")
+    replays: ClassVar[tuple[str, ...]] = ("model-updates",)
+    dead_letters_for: ClassVar[tuple[str, ...]] = ("rec-requests",)
+    wants_sources: ClassVar[bool] = True
+
+    def __init__(self, settings: LetheSettings) -> None:
+        self.settings = settings
+        self.cfg = settings.scorer
+        self.state_file = Path(settings.state_dir) / "scorer" / "state.json"
+        keys = keyring_for(settings)
+        self.state = ScorerState(keys)
+        if self.state_file.exists():
+            self.state = ScorerState.from_dict(json.loads(self.state_file.read_text()), keys)
+        self._update_key = update_key(settings)
+        self._banned_cache: tuple[Catalogue, frozenset[str], frozenset[int]] | None = None
+        self.model: ServedModel | None = None
+        self.imcorrect: IMCorrectView | None = None
+        self.catalogue = Catalogue(None, None)
+        self._popularity: np.ndarray | None = None
+        # model files are opened off the serving thread
+        self._loader = ThreadPoolExecutor(1, thread_name_prefix="lethe-scorer-load")
+        self._swap: tuple[ModelUpdate, Future] | None = None  # the model being opened
+        self._wanted: ModelUpdate | None = None
+        self._reload: Future | None = None
+        self._install_imcorrect(load_imcorrect(settings.state_dir, None))
+        self._imc_checked = time.monotonic()
+
+    # -- the runtime's protocol -----------------------------------------------------------
+    @property
+    def offsets(self) -> dict[str, int]:
+        return self.state.offsets
+
+    @property
+    def snapshot_interval_s(self) -> float:
+        return self.cfg.snapshot_interval_s
+
+    @property
+    def batch_max_events(self) -> int:
+        return _STATE_CHUNK
+
+    @property
+    def batch_max_wait_ms(self) -> float:
+        return 20.0
+
+    def use_retention(self, retention: dict[str, TopicRetention]) -> None:
+        return None  # the scorer writes no receipts
+
+    def note_dead_letters(self, n: int, offsets: dict[str, int]) -> None:
+        self.state.offsets.update(offsets)
+
+    @property
+    def outbox(self) -> Outbox:
+        return Outbox()
+
+    def stage(self, effects: Effects, receipts_end_offsets: dict[str, int]) -> None:
+        return None
+
+    def clear_outbox(self) -> None:
+        return None
+
+    def save(self, *, for_receipt: bool = False) -> None:
+        write_json_atomically(self.state_file, self.state.to_dict())
+
+    def gauges(self) -> None:
+        if self.imcorrect is not None:
+            m.MODEL_VERSION.labels("imcorrect").set(self.imcorrect.state.model.version)
+
+    def close(self) -> None:
+        self._loader.shutdown(wait=True, cancel_futures=True)
+
+    # -- input ----------------------------------------------------------------------------
+    def apply(self, inputs: Inputs) -> Effects:
+        start = time.perf_counter()
+        cols, st = inputs.interactions, self.state
+        events = zip(cols.user_ids, cols.item_ids, cols.sources, strict=True)
+        for user, item, (tp, offset) in events:
+            st.store.add(user, item, tp, offset)
+            if st.forbidden_items:  # seen again: a live item
+                st.unforbid(item)
+        for request, position in zip(inputs.deletions, inputs.deletion_sources, strict=True):
+            st.store.forget(request)
+            if request.scope == "item":
+                st.forbidden_items[st.item_hash(request.item_id)] = list(position)
+            else:
+                st.suppressed_users[st.user_hash(request.user_id)] = list(position)
+            m.SCORER_DELETIONS.inc()
+        if len(cols) or inputs.deletions:
+            self._popularity = None
+        st.offsets.update(inputs.offsets)
+        for update in inputs.updates:
+            self._consider(update)
+        return Effects(
+            snapshot=bool(inputs.deletions),
+            learned=len(cols),
+            apply_seconds=time.perf_counter() - start,
+        )
+
+    def tick(self) -> Effects:
+        """Install what the loader finished; start the next model or snapshot load."""
+        if self._swap is not None and self._swap[1].done():
+            self._install_model(*self._swap)
+            self._swap = None
+        if self._swap is None and self._wanted is not None:
+            update, self._wanted = self._wanted, None
+            load = self._loader.submit(
+                load_served_model, update, self.cfg.prefer_gpu, self.cfg.threads
+            )
+            self._swap = (update, load)
+        if self._reload is not None and self._reload.done():
+            self._install_imcorrect(self._reload.result())
+            self._reload = None
+        now = time.monotonic()
+        if self._reload is None and now - self._imc_checked >= self.cfg.imcorrect_reload_s:
+            self._imc_checked = now
+            self._reload = self._loader.submit(
+                load_imcorrect, self.settings.state_dir, self.imcorrect
+            )
+        return Effects()
+
+    def _consider(self, update: ModelUpdate) -> None:
+        """Queue a verified SASRec announcement newer than anything served or queued."""
+        if update.kind != "crm-onnx":
+            return
+        verified = self._authentic(update)
+        if verified is None:
+            return
+        known = [self.model, self._wanted, self._swap[0] if self._swap else None]
+        newest = max((int(u.version) for u in known if u is not None), default=-1)
+        if int(verified.version) > newest:
+            self._wanted = verified
+
+    def _authentic(self, update: ModelUpdate) -> ModelUpdate | None:
+        """``update`` with its path resolved inside the model folder when its tag verifies;
+        None (counted, logged) for an unsigned or forged one or a path outside the folder."""
+        try:
+            path = authenticate(update, self._update_key, Path(self.settings.model_dir))
+        except UpdateRefused as exc:
+            m.MODEL_UPDATES_REFUSED.labels(exc.reason).inc()
+            log.warning("model update refused (%s): %s", exc.reason, exc)
+            return None
+        return update.model_copy(update={"path": str(path)})
+
+    def _install_model(self, update: ModelUpdate, done: Future) -> None:
+        try:
+            model = done.result()
+        except ModelRejected as exc:
+            m.SCORER_SWAPS.labels("rejected").inc()
+            log.warning("model version %s rejected: %s", update.version, exc)
+            return
+        if self.model is not None and int(model.version) <= int(self.model.version):
+            return
+        old, self.model = self.model, model
+        self.catalogue = Catalogue(model, self.imcorrect)
+        _settle_heap()
+        self._popularity = None
+        m.SCORER_SWAPS.labels("swapped").inc()
+        m.MODEL_VERSION.labels("crm").set(int(model.version))
+        if old is not None:
+            m.SCORER_PROVIDER.labels(old.provider).set(0)
+        m.SCORER_PROVIDER.labels(model.provider).set(1)
+        log.info("serving SASRec version %s on %s", model.version, model.provider)
+
+    def _install_imcorrect(self, view: IMCorrectView | None) -> None:
+        if view is self.imcorrect or view is None:
+            return
+        unchanged = self.imcorrect is not None and view.state is self.imcorrect.state
+        self.imcorrect = view
+        if unchanged:  # a newer snapshot of the same data: nothing to rebuild or collect
+            return
+        self.catalogue = Catalogue(self.model, view)
+        _settle_heap()
+        self._popularity = None
+        offsets = view.state.offsets
+        for user, (tp, offset) in list(self.state.suppressed_users.items()):
+            if offsets.get(tp, 0) > offset:  # the snapshot has applied that deletion
+                del self.state.suppressed_users[user]
+        m.MODEL_VERSION.labels("imcorrect").set(view.state.model.version)
+
+    # -- requests -------------------------------------------------------------------------
+    def answer(self, requests: list[RecRequest]) -> list[bytes]:
+        catalogue = self.catalogue  # the references this batch keeps
+        if catalogue.model is None and catalogue.imcorrect is None:
+            catalogue = Catalogue(None, None, fallback_ids=list(self.state.store.item_counts))
+        jobs = [self._job(catalogue, r) for r in requests]
+        popularity = self._popularity_for(catalogue)
+        t0 = time.perf_counter()
+        results = score_batch(catalogue, jobs, self.cfg.fusion_weight, popularity)
+        m.SCORER_LATENCY.labels("model").observe(time.perf_counter() - t0)
+        m.SCORER_BATCH.observe(len(requests))
+        versions = ModelVersions.model_construct(
+            crm=catalogue.model.version if catalogue.model else None,
+            imcorrect=catalogue.imcorrect.version if catalogue.imcorrect else None,
+        )
+        now_ms = int(time.time() * 1000)
+        out = []
+        for request, (positions, scores, strategy) in zip(requests, results, strict=True):
+            # built without re-validation: ids come from the catalogue (validated on the way
+            # in) and fused scores are finite by construction; this is the per-request hot path
+            pairs = [
+                (catalogue.ids[p], s)
+                for p, s in zip(positions.tolist(), scores.tolist(), strict=True)
+            ]
+            out.append(
+                recommendation_bytes(
+                    request.request_id, request.user_id, pairs, versions, now_ms, strategy
+                )
+            )
+            m.RECOMMENDATIONS.labels(strategy).inc()
+        return out
+
+    def _job(self, catalogue: Catalogue, request: RecRequest) -> ScoringJob:
+        items = self.state.store.get(request.user_id)  # read only, and within this call
+        banned = set(self._forbidden_positions(catalogue))
+        if request.exclude_seen:
+            banned |= {catalogue.position[i] for i in items if i in catalogue.position}
+        history = None
+        if catalogue.model is not None and items:
+            row = catalogue.history_row(items)
+            history = row if row[-1] != 0 else None
+        imc_user = None
+        suppressed = bool(self.state.suppressed_users) and self.state.is_suppressed(request.user_id)
+        if catalogue.imcorrect is not None and not suppressed:
+            u = catalogue.imcorrect.state.users.get(request.user_id)
+            if u is not None and catalogue.imcorrect.state.model.history_size(u) > 0:
+                imc_user = u
+        return ScoringJob(request.k, history, imc_user, np.fromiter(banned, dtype=np.int64))
+
+    def _forbidden_positions(self, catalogue: Catalogue) -> frozenset[int]:
+        """Catalogue positions of forgotten items (kept by hash, so the catalogue is hashed
+        once per catalogue and change of the forgotten set, not per request)."""
+        forbidden = self.state.forbidden_items
+        if not forbidden:
+            return frozenset()
+        keys = frozenset(forbidden)
+        cached = self._banned_cache
+        # the catalogue itself is held (not its id): a freed one's address could be reused
+        if cached is None or cached[0] is not catalogue or cached[1] != keys:
+            is_forbidden = self.state.is_forbidden
+            banned = frozenset(k for k, i in enumerate(catalogue.ids) if is_forbidden(i))
+            self._banned_cache = cached = (catalogue, keys, banned)
+        return cached[2]
+
+    def _popularity_for(self, catalogue: Catalogue) -> np.ndarray:
+        """Interaction counts per catalogue item (the fallback for users nobody knows)."""
+        if self._popularity is None or len(self._popularity) != len(catalogue):
+            counts = self.state.store.item_counts
+            self._popularity = np.array([counts.get(i, 0) for i in catalogue.ids], dtype=np.float64)
+        return self._popularity
+
+
+def _settle_heap() -> None:
+    """Move the long-lived objects just loaded (snapshot, catalogue) out of the collector's
+    way: a full collection over them stalls serving for tens of milliseconds, which lands
+    on whichever requests are waiting."""
+    gc.collect()
+    gc.freeze()

@@ -1,0 +1,132 @@
+"""The scoring service under the shared service contract, on the in-memory log, plus the
+rules that used to be testable only through a broker (model announcements, forgetting)."""
+
+from __future__ import annotations
+
+import json
+import random
+from itertools import islice
+
+from models.datasets import load
+from streams.config import LetheSettings
+from streams.contracts import DeletionRequest, ModelUpdate, RecRequest
+from streams.keys import keyring_for
+from streams.model_auth import sign, update_key
+from streams.replay import to_event
+from streams.runtime.loop import Runtime
+from streams.services.base import Inputs
+from streams.services.batch import InteractionColumns
+from streams.services.scorer import ScorerService
+from streams.services.scorer_state import ScorerState
+from tests.unit.service_contract import ServiceContract
+
+_EVENTS = [
+    e.model_copy(update={"user_id": f"subject-{e.user_id}-x"})
+    for e in map(to_event, islice(load("ml-100k").replay(), 1200))
+]
+_USERS = sorted({e.user_id for e in _EVENTS})
+_FORGOTTEN = random.Random(11).sample(_USERS, 6)
+
+
+def _stream() -> list:
+    """Events with deletions of users seen so far; a forgotten user sends nothing after."""
+    out, gone = [], set()
+    for k, event in enumerate(_EVENTS):
+        if event.user_id in gone:
+            continue
+        out.append(event)
+        if k % 200 == 199:
+            seen = {e.user_id for e in out if not isinstance(e, DeletionRequest)}
+            for user in [u for u in _FORGOTTEN if u in seen and u not in gone][:2]:
+                out.append(
+                    DeletionRequest(
+                        request_id=f"req-{len(out)}",
+                        scope="user",
+                        user_id=user,
+                        reason="privacy",
+                        ts=event.ts + 1,
+                    )
+                )
+                gone.add(user)
+    return out
+
+
+class TestScorerService(ServiceContract):
+    overrides = {"scorer": {"snapshot_interval_s": 0.001, "imcorrect_reload_s": 3600}}
+    receipt_status = None  # the IMCorrect worker and the trainer write the receipts
+
+    def make_runtime(self, settings, io):
+        return Runtime(settings, ScorerService, io, name="scorer")
+
+    def stream(self):
+        return _stream()
+
+    def forgotten_ids(self):
+        ids = sorted({e.user_id for e in _stream() if isinstance(e, DeletionRequest)})
+        assert ids, "the stream forgets no one"
+        return ids
+
+    def _state(self, settings) -> ScorerState:
+        path = settings.state_dir / "scorer" / "state.json"
+        return ScorerState.from_dict(json.loads(path.read_text()), keyring_for(settings))
+
+    def holds_data_of(self, settings, user_id):
+        return bool(self._state(settings).store.get(user_id))
+
+    def fingerprint(self, settings):
+        state = self._state(settings)
+        # suppressed users are keyed hashes, and every state folder has its own key
+        suppressed = [state.is_suppressed(u) for u in self.forgotten_ids()]
+        return state.store.to_dict(), suppressed, state.offsets
+
+
+def _columns(events: list[tuple[str, str]], topic: str = "t.interactions:0") -> InteractionColumns:
+    cols = InteractionColumns()
+    for k, (user, item) in enumerate(events):
+        cols.positions.append(k)
+        cols.event_ids.append(f"e{k}")
+        cols.user_ids.append(user)
+        cols.item_ids.append(item)
+        cols.ts.append(1_000 + k)
+        cols.sources.append((topic, k))
+    return cols
+
+
+def _service(tmp_path) -> ScorerService:
+    settings = LetheSettings(state_dir=tmp_path / "state", model_dir=tmp_path / "models")
+    settings.model_dir.mkdir(parents=True, exist_ok=True)
+    return ScorerService(settings)
+
+
+def test_a_forgotten_item_is_never_answered_until_seen_again(tmp_path):
+    svc = _service(tmp_path)
+    svc.apply(Inputs(interactions=_columns([("u1", "a"), ("u2", "a"), ("u2", "b")])))
+    forget = DeletionRequest(request_id="r", scope="item", item_id="a", reason="privacy", ts=5)
+    effects = svc.apply(Inputs(deletions=[forget], deletion_sources=[("t.deletions:0", 0)]))
+    assert effects.snapshot  # the forgotten data leaves the file at once
+    request = RecRequest(request_id="q", user_id="u3", k=5, ts=6)
+    answer = json.loads(svc.answer([request])[0])
+    assert "a" not in [i["item_id"] for i in answer["items"]]
+    svc.apply(Inputs(interactions=_columns([("u4", "a")])))
+    answer = json.loads(svc.answer([request])[0])
+    assert "a" in [i["item_id"] for i in answer["items"]]
+    svc.close()
+
+
+def test_only_a_verified_newer_announcement_is_opened(tmp_path):
+    svc = _service(tmp_path)
+    key = update_key(svc.settings)
+    (svc.settings.model_dir / "m.onnx").write_bytes(b"not a model")
+
+    def update(version: str) -> ModelUpdate:
+        return ModelUpdate(kind="crm-onnx", version=version, path="m.onnx", sha256="0" * 64, ts=1)
+
+    svc.apply(Inputs(updates=[update("3")]))  # unsigned: refused
+    assert svc._wanted is None
+    svc.apply(Inputs(updates=[sign(update("3"), key), sign(update("2"), key)]))
+    assert svc._wanted is not None and svc._wanted.version == "3"
+    svc.tick()  # opened on the loader thread; a bad file is rejected, not served
+    svc._swap[1].exception(timeout=30)
+    svc.tick()
+    assert svc.model is None
+    svc.close()
