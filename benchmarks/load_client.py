@@ -17,6 +17,7 @@ import gc
 import json
 import threading
 import time
+from collections.abc import Callable
 
 import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -43,6 +44,7 @@ class _Schedule:
         self.sent_at: dict[str, float] = {}
         self.latencies: list[float] = []
         self.sends: list[float] = []
+        self.answers: dict[str, int] = {}
         self.start = 0.0
 
     def take(self) -> tuple[bytes, bytes]:
@@ -60,16 +62,40 @@ class _Schedule:
     def answered(self, value: bytes, now: float) -> None:
         rid = json.loads(value)["request_id"]
         sent = self.sent_at.get(rid)
-        if sent is not None:
+        self.answers[rid] = self.answers.get(rid, 0) + 1
+        if sent is not None and self.answers[rid] == 1:  # the first answer counts
             self.latencies.append(now - sent)
             self.sends.append(sent - self.start)
+
+    @property
+    def duplicates(self) -> int:
+        """Answers beyond the first, summed over requests."""
+        return sum(n - 1 for n in self.answers.values() if n > 1)
 
     def done(self) -> bool:
         return len(self.latencies) >= len(self.sent_at)
 
+    def on_send(self, n: int) -> None:
+        """Called after request ``n`` went out (a hook for scripted events mid-run)."""
+
     def result(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         all_sends = np.array(list(self.sent_at.values())) - self.start
         return np.array(self.latencies), np.array(self.sends), all_sends
+
+
+class Scripted(_Schedule):
+    """A schedule that runs ``actions[n]()`` right after request ``n`` was sent."""
+
+    def __init__(self, users, rate, seconds, actions: dict[int, Callable[[], None]]) -> None:
+        super().__init__(users, rate, seconds)
+        self.actions = actions
+        self.action_at: dict[int, float] = {}
+
+    def on_send(self, n: int) -> None:
+        action = self.actions.get(n)
+        if action is not None:
+            self.action_at[n] = time.perf_counter() - self.start
+            action()
 
 
 def open_loop(
@@ -79,14 +105,16 @@ def open_loop(
     seconds: float,
     fetch_wait_ms: int,
     client: str = "librdkafka",
+    schedule: _Schedule | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Send ``rate`` requests/s for ``seconds`` and time every answer.
+    """Send ``rate`` requests/s for ``seconds`` and time every answer (the first one per
+    request; ``schedule.duplicates`` counts the others).
 
     The caller's heap (dataset, trained model) is frozen first, as the scorer does after
     loading, so the collector's full passes over it do not stall the clock it measures."""
     gc.collect()
     gc.freeze()
-    schedule = _Schedule(users, rate, seconds)
+    schedule = schedule or _Schedule(users, rate, seconds)
     if client == "librdkafka":
         _librdkafka_loop(settings, schedule, fetch_wait_ms)
     elif client == "aiokafka":
@@ -137,6 +165,7 @@ def _librdkafka_loop(settings: LetheSettings, schedule: _Schedule, fetch_wait_ms
             body, key = schedule.take()
             producer.produce(topic, value=body, key=key)
             producer.poll(0)  # delivery callbacks (none registered) and queue housekeeping
+            schedule.on_send(n)
             delay = schedule.delay_after(n)
             if delay > 0:
                 time.sleep(delay)
