@@ -12,10 +12,7 @@ absent from the next file written.
 
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
-
+from models.durable import write_json_atomically  # noqa: F401  (its callers import it here)
 from streams.contracts import DeletionRequest
 
 
@@ -138,22 +135,6 @@ class SequenceStore:
             for item in seq:
                 store._count(item, +1)
         return store
-
-
-def write_json_atomically(path: Path, data: dict) -> None:
-    """Write, fsync, rename: a crash leaves the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def predates(trained_through: dict[str, int], earliest: dict[str, int]) -> bool:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any, Literal
 import numpy as np
 import scipy.sparse as sp
 
+from models.durable import atomic_write
 from models.imcorrect.base import Mapping
 from models.imcorrect.ease import EASE
 from models.imcorrect.gfcf import GFCF
@@ -32,6 +32,7 @@ from models.imcorrect.itemknn import ItemKNN
 from models.imcorrect.itemknn_topk import ItemKNNTopK
 from models.imcorrect.lowrank import RowChange
 from models.imcorrect.serving import FrozenScores
+from models.imcorrect.sparse_rows import as_csr, splice_rows, valid_indices
 
 MappingName = Literal["ease", "itemknn", "gfcf", "itemknn-topk"]
 FORMAT_VERSION = 1
@@ -157,7 +158,7 @@ class IMCorrect:
     # -- fitting ----------------------------------------------------------------------------
     def fit(self, x: sp.spmatrix | np.ndarray) -> IMCorrect:
         """Fit from scratch on X (users × items, implicit weights)."""
-        self._x = _as_csr(x)
+        self._x = as_csr(x)
         self._mapping.fit(self._x)
         self.forgotten_items = np.zeros(self.n_items, dtype=bool)
         self.version += 1
@@ -220,13 +221,13 @@ class IMCorrect:
         Returns counts of what was actually removed.
         """
         removed = {"users": 0, "items": 0, "interactions": 0}
-        item_arr = _valid(items, self.n_items)
+        item_arr = valid_indices(items, self.n_items)
         if len(item_arr):
             removed["interactions"] += self._forget_items(item_arr)
             removed["items"] = int((~self.forgotten_items[item_arr]).sum())
             self.forgotten_items[item_arr] = True
         drop: dict[int, set[int] | None] = {}
-        for u in _valid(users, self.n_users).tolist():
+        for u in valid_indices(users, self.n_users).tolist():
             drop[u] = None  # whole row
         for u, i in interactions or ():
             if 0 <= u < self.n_users and 0 <= i < self.n_items and drop.get(u, set()) is not None:
@@ -267,7 +268,7 @@ class IMCorrect:
         new.data[np.isin(new.indices, items)] = 0.0
         new.eliminate_zeros()
         n_removed = int(old.nnz - new.nnz)
-        self._x = _splice_rows(self._x, users, new)
+        self._x = splice_rows(self._x, users, new)
         if self.correct_mapping:
             self._mapping.remove_items(items, RowChange(old, new, np.ones(0), np.ones(0)))
         self.version += 1
@@ -376,9 +377,9 @@ class IMCorrect:
         base = Path(path)
         base.parent.mkdir(parents=True, exist_ok=True)
         arrays = self.state_arrays(with_mapping)
-        _atomic_write(base.with_suffix(".npz"), lambda f: np.savez(f, **arrays))
+        atomic_write(base.with_suffix(".npz"), lambda f: np.savez(f, **arrays))
         meta = json.dumps(self.state_meta(), indent=2).encode()
-        _atomic_write(base.with_suffix(".json"), lambda f: f.write(meta))
+        atomic_write(base.with_suffix(".json"), lambda f: f.write(meta))
         return base
 
     @classmethod
@@ -430,7 +431,7 @@ class IMCorrect:
         new = sp.csr_matrix(new)
         new.eliminate_zeros()
         new.sort_indices()
-        self._x = _splice_rows(self._x, users, new)
+        self._x = splice_rows(self._x, users, new)
         if self.correct_mapping:
             if 2 * len(users) >= self.refit_rank_ratio * self.n_items:
                 # a correction of rank ≥ a sizeable share of n costs more than refitting
@@ -455,69 +456,3 @@ class IMCorrect:
             self.refactorisations += 1
             return True
         return False
-
-
-def _as_csr(x: sp.spmatrix | np.ndarray) -> sp.csr_matrix:
-    m = sp.csr_matrix(x, dtype=np.float64)
-    m.sum_duplicates()
-    m.eliminate_zeros()
-    return m
-
-
-def _valid(values: Iterable[int] | None, bound: int) -> np.ndarray:
-    if values is None:
-        return np.zeros(0, dtype=np.int64)
-    arr = np.unique(np.asarray(list(values), dtype=np.int64))
-    return arr[(arr >= 0) & (arr < bound)]
-
-
-def _splice_rows(x: sp.csr_matrix, rows: np.ndarray, new: sp.csr_matrix) -> sp.csr_matrix:
-    """X with ``rows`` (sorted, unique) replaced by the rows of ``new``.
-
-    Runs of unchanged rows are copied wholesale, so the cost is one memory copy of X
-    rather than a sparse addition plus a pass to drop zeros (which is what dominated a
-    one-user forget on a 20M-interaction X).
-    """
-    indptr = x.indptr.astype(np.int64)
-    lengths = np.diff(indptr)
-    lengths[rows] = np.diff(new.indptr)
-    out_indptr = np.zeros(len(indptr), dtype=np.int64)
-    np.cumsum(lengths, out=out_indptr[1:])
-    data, indices = [], []
-    done = 0  # first row of x not copied yet
-    for k, r in enumerate(rows.tolist()):
-        a, b = indptr[done], indptr[r]
-        data += [x.data[a:b], new.data[new.indptr[k] : new.indptr[k + 1]]]
-        indices += [x.indices[a:b], new.indices[new.indptr[k] : new.indptr[k + 1]]]
-        done = r + 1
-    data.append(x.data[indptr[done] :])
-    indices.append(x.indices[indptr[done] :])
-    index_type = np.int32 if max(out_indptr[-1], x.shape[1]) < 2**31 else np.int64
-    if index_type == np.int32:
-        out_indptr = out_indptr.astype(np.int32)
-    out = sp.csr_matrix(
-        (np.concatenate(data), np.concatenate(indices).astype(index_type), out_indptr),
-        shape=x.shape,
-    )
-    out.has_sorted_indices = True
-    return out
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Write to a temp file in the same folder, fsync, then rename over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)

@@ -27,6 +27,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from models.durable import write_json_atomically
 from streams import metrics as m
 from streams.config import LetheSettings
 from streams.contracts import ModelUpdate, ModelVersions, RecRequest, recommendation_bytes
@@ -43,7 +44,6 @@ from streams.scorer_models import (
     load_served_model,
     score_batch,
 )
-from streams.sequence_store import write_json_atomically
 from streams.services.base import Effects, Inputs, Outbox
 from streams.services.scorer_state import ScorerState
 

@@ -1,0 +1,54 @@
+"""Sparse-row helpers of IMCorrect: input conversion, index validation, row splicing."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import scipy.sparse as sp
+
+
+def as_csr(x: sp.spmatrix | np.ndarray) -> sp.csr_matrix:
+    m = sp.csr_matrix(x, dtype=np.float64)
+    m.sum_duplicates()
+    m.eliminate_zeros()
+    return m
+
+
+def valid_indices(values: Iterable[int] | None, bound: int) -> np.ndarray:
+    if values is None:
+        return np.zeros(0, dtype=np.int64)
+    arr = np.unique(np.asarray(list(values), dtype=np.int64))
+    return arr[(arr >= 0) & (arr < bound)]
+
+
+def splice_rows(x: sp.csr_matrix, rows: np.ndarray, new: sp.csr_matrix) -> sp.csr_matrix:
+    """X with ``rows`` (sorted, unique) replaced by the rows of ``new``.
+
+    Runs of unchanged rows are copied wholesale, so the cost is one memory copy of X
+    rather than a sparse addition plus a pass to drop zeros (which is what dominated a
+    one-user forget on a 20M-interaction X).
+    """
+    indptr = x.indptr.astype(np.int64)
+    lengths = np.diff(indptr)
+    lengths[rows] = np.diff(new.indptr)
+    out_indptr = np.zeros(len(indptr), dtype=np.int64)
+    np.cumsum(lengths, out=out_indptr[1:])
+    data, indices = [], []
+    done = 0  # first row of x not copied yet
+    for k, r in enumerate(rows.tolist()):
+        a, b = indptr[done], indptr[r]
+        data += [x.data[a:b], new.data[new.indptr[k] : new.indptr[k + 1]]]
+        indices += [x.indices[a:b], new.indices[new.indptr[k] : new.indptr[k + 1]]]
+        done = r + 1
+    data.append(x.data[indptr[done] :])
+    indices.append(x.indices[indptr[done] :])
+    index_type = np.int32 if max(out_indptr[-1], x.shape[1]) < 2**31 else np.int64
+    if index_type == np.int32:
+        out_indptr = out_indptr.astype(np.int32)
+    out = sp.csr_matrix(
+        (np.concatenate(data), np.concatenate(indices).astype(index_type), out_indptr),
+        shape=x.shape,
+    )
+    out.has_sorted_indices = True
+    return out
