@@ -129,6 +129,9 @@ def run(args) -> None:
             model_dir=tmp / "models",
             metrics_port=-1,
             imcorrect={"answer_requests": False, "snapshot_interval_s": 5.0},
+            # replicas have state folders of their own but verify the same trainer's
+            # announcements: the signing key is shared, as it would be across machines
+            model_update_key=uuid.uuid4().hex,
         )
         asyncio.run(create_topics(settings))
         imc_port = free_port()

@@ -177,6 +177,9 @@ class ScorerSettings(BaseModel):
     #: the consumer group replicas share ``rec-requests`` through (default
     #: ``<client_id>-scorer-<topic_prefix>``): a request is answered by its partition's owner
     group_id: str | None = None
+    #: names this replica's own state folder (``scorer-<id>``; default ``scorer``): replicas
+    #: on one shared volume each keep their sequences and offsets apart
+    replica_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     #: librdkafka's linger for answers. A batch's answers are queued together and leave in
     #: one produce request at 0 too; more holds every answer back up to that long
     reply_linger_ms: float = Field(default=0.0, ge=0)

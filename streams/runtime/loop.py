@@ -419,9 +419,10 @@ def run_worker(settings: LetheSettings) -> None:
 
 def scorer_runtime(settings: LetheSettings, io: Any = None) -> Runtime:
     from streams.runtime.requests import scorer_group
-    from streams.services.scorer import ScorerService
+    from streams.services.scorer import ScorerService, scorer_folder
 
-    return Runtime(settings, ScorerService, io, name="scorer", serve_group=scorer_group(settings))
+    name = scorer_folder(settings)
+    return Runtime(settings, ScorerService, io, name=name, serve_group=scorer_group(settings))
 
 
 def run_scorer(settings: LetheSettings) -> None:

@@ -65,7 +65,7 @@ class ScorerService:
     def __init__(self, settings: LetheSettings) -> None:
         self.settings = settings
         self.cfg = settings.scorer
-        self.state_file = Path(settings.state_dir) / "scorer" / "state.json"
+        self.state_file = Path(settings.state_dir) / scorer_folder(settings) / "state.json"
         keys = keyring_for(settings)
         self.state = ScorerState(keys)
         if self.state_file.exists():
@@ -305,6 +305,12 @@ class ScorerService:
             counts = self.state.store.item_counts
             self._popularity = np.array([counts.get(i, 0) for i in catalogue.ids], dtype=np.float64)
         return self._popularity
+
+
+def scorer_folder(settings: LetheSettings) -> str:
+    """The replica's state folder (and lock) name under ``state_dir``."""
+    replica = settings.scorer.replica_id
+    return "scorer" if replica is None else f"scorer-{replica}"
 
 
 def _settle_heap() -> None:

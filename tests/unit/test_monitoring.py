@@ -121,3 +121,31 @@ def test_compose_structure():
             env = services[host].get("environment", {})
             assert str(env.get("LETHE_METRICS_PORT")) == port
     assert (ROOT / "Dockerfile").exists()
+
+
+def test_compose_scorer_replicas_keep_apart_state_and_share_the_group():
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    scorers = [s for s in services.values() if s.get("command") == ["worker", "scorer"]]
+    assert len(scorers) >= 2, "a second scorer replica"
+    ids = [s["environment"].get("LETHE_SCORER__REPLICA_ID") for s in scorers]
+    assert len(set(ids)) == len(ids), f"each replica needs its own state folder: {ids}"
+    assert len({s["environment"].get("LETHE_SCORER__GROUP_ID") for s in scorers}) == 1
+    prom = yaml.safe_load((MON / "prometheus.yml").read_text())
+    targets = {t for job in prom["scrape_configs"] for t in job["static_configs"][0]["targets"]}
+    names = [n for n, s in services.items() if s.get("command") == ["worker", "scorer"]]
+    assert {f"{n}:9464" for n in names} <= targets, "every replica is scraped"
+
+
+def test_compose_cluster_override_has_three_voters_and_every_worker_knows_them():
+    base = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    over = yaml.safe_load((ROOT / "docker-compose.cluster.yml").read_text())["services"]
+    brokers = [n for n in over if n.startswith("kafka")]
+    assert sorted(brokers) == ["kafka", "kafka-2", "kafka-3"]
+    voters = {over[b]["environment"]["KAFKA_CONTROLLER_QUORUM_VOTERS"] for b in brokers}
+    assert voters == {"1@kafka:9093,2@kafka-2:9093,3@kafka-3:9093"}
+    assert len({over[b]["environment"]["CLUSTER_ID"] for b in brokers}) == 1
+    assert sorted(over[b]["environment"]["KAFKA_NODE_ID"] for b in brokers) == ["1", "2", "3"]
+    workers = [n for n, s in base.items() if s.get("command", [""])[0] in ("worker", "topics")]
+    for name in workers:
+        bootstrap = over[name]["environment"]["KAFKA_BOOTSTRAP"]
+        assert bootstrap.split(",") == [f"{b}:9092" for b in ("kafka", "kafka-2", "kafka-3")]
