@@ -35,6 +35,14 @@ def settings_env(settings: LetheSettings) -> dict[str, str]:
             secret = value.get_secret_value() if isinstance(value, SecretStr) else value
             env[f"LETHE_SECURITY__{key.upper()}"] = str(secret)
     env["LETHE_CLIENT_ID"] = settings.client_id
+    # keys the child must share with its parent's other children (replicas with state
+    # folders of their own verify the same signatures and hash ids alike)
+    for name in ("model_update_key", "hash_key"):
+        secret = getattr(settings, name)
+        if secret is not None:
+            env[f"LETHE_{name.upper()}"] = secret.get_secret_value()
+    if settings.hash_key_file is not None:
+        env["LETHE_HASH_KEY_FILE"] = str(settings.hash_key_file)
     for section in ("imcorrect", "trainer", "scorer"):
         for key, value in getattr(settings, section).model_dump().items():
             if value is None:

@@ -122,3 +122,17 @@ def test_a_worker_process_sees_unset_settings_as_unset():
     env = settings_env(LetheSettings(imcorrect={"memory_budget_gb": None, "k": 7}))
     assert "LETHE_IMCORRECT__MEMORY_BUDGET_GB" not in env
     assert env["LETHE_IMCORRECT__K"] == "7"
+
+
+def test_a_worker_process_shares_its_parents_keys(tmp_path, monkeypatch):
+    from streams.config import LetheSettings
+    from streams.model_auth import update_key
+    from streams.procs import settings_env
+
+    parent = LetheSettings(state_dir=tmp_path / "a", model_update_key="m-secret", hash_key="h")
+    env = settings_env(parent)
+    assert env["LETHE_MODEL_UPDATE_KEY"] == "m-secret" and env["LETHE_HASH_KEY"] == "h"
+    # as a replica would read it: a state folder of its own, the parent's signing key
+    for name, value in {**env, "LETHE_STATE_DIR": str(tmp_path / "b")}.items():
+        monkeypatch.setenv(name, value)
+    assert update_key(LetheSettings()) == update_key(parent) == b"m-secret"
