@@ -248,6 +248,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", help="run a Lethe worker until SIGINT/SIGTERM")
     p.add_argument("kind", choices=["imcorrect", "trainer", "scorer"])
     p.add_argument("--state-dir", type=Path, help="state folder (default: LETHE_STATE_DIR)")
+    p.add_argument(
+        "--standby",
+        action="store_true",
+        help="wait while another process holds the state folder, then take over (LETHE_STANDBY)",
+    )
     p.set_defaults(func=_cmd_worker)
 
     p = sub.add_parser(
@@ -285,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides["topic_prefix"] = args.topic_prefix
     if getattr(args, "state_dir", None):
         overrides["state_dir"] = args.state_dir
+    if getattr(args, "standby", False):
+        overrides["standby"] = True
     settings = load_settings(**overrides)
     return int(args.func(args, settings) or 0)
 

@@ -202,6 +202,9 @@ class LetheSettings(BaseSettings):
         ),
     )
     client_id: str = "lethe"
+    #: a worker whose state folder is in use waits for it (a standby on a shared volume)
+    #: instead of exiting; it takes over from the newest snapshot when the holder dies
+    standby: bool = False
     topic_prefix: str = "lethe."
     state_dir: Path = Path("./var/state")
     metrics_port: int = Field(default=9464, ge=-1, le=65535)  # 0: any free port, -1: off

@@ -35,6 +35,7 @@ def settings_env(settings: LetheSettings) -> dict[str, str]:
             secret = value.get_secret_value() if isinstance(value, SecretStr) else value
             env[f"LETHE_SECURITY__{key.upper()}"] = str(secret)
     env["LETHE_CLIENT_ID"] = settings.client_id
+    env["LETHE_STANDBY"] = "true" if settings.standby else "false"
     # keys the child must share with its parent's other children (replicas with state
     # folders of their own verify the same signatures and hash ids alike)
     for name in ("model_update_key", "hash_key"):

@@ -102,7 +102,10 @@ class Runtime:
     # -- lifecycle ----------------------------------------------------------------------------
     def run(self) -> None:
         cfg = self.settings
-        lock = StateLock(cfg.state_dir, self.name)  # exits with a message if held
+        # exits with a message if held; a standby waits for the holder to go
+        lock = StateLock(cfg.state_dir, self.name, wait=cfg.standby, stopped=lambda: self._stop)
+        if not lock.held:
+            return  # a standby stopped before it took over
         try:
             self.service = self.make_service(cfg)
             # the state is long-lived: keep the collector off it, and let batches of 10⁵

@@ -265,3 +265,39 @@ def test_receipts_pending_at_a_crash_are_published_exactly_once(settings, tmp_pa
     )
     assert ids == ["req-lost", "req-sent"]
     assert load_state(settings.state_dir).pending_receipts == []
+
+
+def test_a_standby_takes_over_when_the_worker_is_killed(settings, ml100k, tmp_path):
+    """Two processes on one state folder: the second waits (``--standby``), takes the folder
+    over when the first is SIGKILLed, and ends exact, with one receipt per request."""
+    asyncio.run(create_topics(settings))
+    events = [to_event(r) for r in ml100k.replay()][:20_000]
+    forgotten = random.Random(5).sample(sorted({e.user_id for e in events}), 40)
+    log_path = tmp_path / "workers.log"
+    active = WorkerProcess(settings, log_path).start()
+    _wait_ready_count(log_path, 1)
+    standby = WorkerProcess(settings.model_copy(update={"standby": True}), log_path).start()
+    try:
+        deadline = time.monotonic() + 60
+        while "standby: waiting" not in log_path.read_text():
+            assert time.monotonic() < deadline and standby.alive(), standby.log_tail()
+            time.sleep(0.2)
+        _publish(settings, events[:10_000], forgotten[:20])
+        time.sleep(1.0)
+        active.kill()
+        _publish(settings, events[10_000:], forgotten[20:])
+        _wait_ready_count(log_path, 2)  # the standby is the worker now
+        wait_caught_up(settings, standby, n_receipts=40, timeout_s=240)
+        assert standby.stop() == 0
+    finally:
+        active.kill()
+        standby.kill()
+    assert "standby: took over" in log_path.read_text()
+    state = load_state(settings.state_dir)
+    gone = set(forgotten)
+    retained = [(e.user_id, e.item_id) for e in events if e.user_id not in gone]
+    assert_equals_batch_fit(state, retained, settings.imcorrect.l2)
+    assert state.counters["events_accepted"] == len(events), "an event was lost or applied twice"
+    receipts = asyncio.run(read_all(settings, "deletion-receipts"))
+    ids = [decode(DeletionReceipt, r.value).request_id for r in receipts]
+    assert len(ids) == len(set(ids)) == 40

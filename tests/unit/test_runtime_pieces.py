@@ -165,6 +165,32 @@ def test_a_state_folder_is_owned_by_one_process(tmp_path):
     StateLock(tmp_path, "imcorrect", exit_on_conflict=False).release()
 
 
+def test_a_standby_waits_for_the_folder_and_takes_it_over_when_the_holder_dies(tmp_path):
+    code = (
+        "import sys, time; from streams.runtime.lock import StateLock;"
+        f"StateLock({str(tmp_path)!r}, 'trainer'); print('held', flush=True); time.sleep(60)"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        asked = []
+
+        def stop_after_three() -> bool:  # the standby checks while it waits
+            asked.append(1)
+            return len(asked) >= 3
+
+        gave_up = StateLock(tmp_path, "trainer", wait=True, stopped=stop_after_three)
+        assert not gave_up.held and len(asked) == 3
+        holder.kill()  # SIGKILL: the OS frees the lock
+        holder.wait()
+        took = StateLock(tmp_path, "trainer", wait=True)
+        assert took.held
+        assert (tmp_path / "trainer" / ".lock").read_text() == str(os.getpid())
+        took.release()
+    finally:
+        holder.kill()
+
+
 @pytest.mark.parametrize("mapping", ["ease", "itemknn", "gfcf"])
 def test_a_snapshot_without_the_mapping_reloads_to_the_same_model(tmp_path, mapping):
     rng = np.random.default_rng(3)
