@@ -30,7 +30,7 @@ from streams.config import LetheSettings
 from streams.contracts import DeletionReceipt, DeletionRequest, InteractionEvent
 from streams.retention import TopicRetention, retained_elsewhere, retention_from_settings
 from streams.services.batch import InteractionColumns
-from streams.state import WorkerState, model_digest
+from streams.state import WorkerState, model_digest, new_event_positions
 
 
 @dataclass
@@ -152,15 +152,7 @@ class Applier:
         columns: hashing and id mapping are single passes, the model sees one ``learn``.
         """
         st = self.state
-        dedup, hasher = st.dedup, st.hasher
-        current = hasher.many("event", cols.event_ids)
-        # ids remembered under a retired key (before a rotation) are duplicates too
-        old = [hasher.many("event", cols.event_ids, key) for key in hasher.keys.retired]
-        if old:
-            fresh = [k for k in range(len(cols)) if not any(h[k] in dedup for h in old)]
-            keep = [fresh[j] for j in dedup.filter_new([current[k] for k in fresh])]
-        else:
-            keep = dedup.filter_new(current)
+        keep = new_event_positions(st.dedup, st.hasher, cols.event_ids)
         n_dup = len(cols) - len(keep)
         if n_dup:
             st.bump("duplicates", n_dup)

@@ -180,6 +180,17 @@ class DedupWindow:
         return np.fromiter(ordered, dtype=np.uint64, count=len(ordered))
 
 
+def new_event_positions(dedup: DedupWindow, hasher: Hasher, event_ids: list[str]) -> list[int]:
+    """Positions of the event ids ``dedup`` has not seen (each then remembered), in order.
+    An id remembered under a retired key (before a rotation) is a duplicate too."""
+    current = hasher.many("event", event_ids)
+    old = [hasher.many("event", event_ids, key) for key in hasher.keys.retired]
+    if not old:
+        return dedup.filter_new(current)
+    fresh = [k for k in range(len(event_ids)) if not any(h[k] in dedup for h in old)]
+    return [fresh[j] for j in dedup.filter_new([current[k] for k in fresh])]
+
+
 @dataclass
 class WorkerState:
     """The IMCorrect worker's whole state."""
