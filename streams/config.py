@@ -153,6 +153,12 @@ class TrainerSettings(BaseModel):
     seed: int = 0
     threads: int = Field(default=0, ge=0)  # torch CPU threads, 0 = torch's default
     dedup_window: int = Field(default=2_000_000, ge=1)
+    #: records one runtime step reads at most, and how long it waits for the first one
+    #: (a round due by time waits at most this long for the step to end)
+    batch_max_events: int = Field(default=5000, ge=1)
+    batch_max_wait_ms: float = Field(default=500.0, ge=0)
+    #: an idle trainer rewrites nothing; rounds and forgets snapshot when they announce
+    snapshot_interval_s: float = Field(default=30.0, gt=0)
 
 
 class ScorerSettings(BaseModel):

@@ -1,0 +1,354 @@
+"""The trainer service: sequences in; checkpoints, ONNX models and ``neural-retrained``
+receipts out. Kafka-free: the runtime (:mod:`streams.runtime.loop`) reads ``interactions``
+and ``deletions`` from the offsets the state reflects and publishes what comes back.
+
+Micro-batches: a round runs once ``batch_events`` new interactions arrived, or
+``batch_wait_s`` after the first new one (:meth:`TrainerService.tick`). The count closes a
+batch at the event that completes it, inside :meth:`~TrainerService.apply`, so rounds fall
+at the same places in the log however the runtime cut it into steps (and after a restart).
+Each round is one LLMD4Rec round (:class:`models.online.OnlineLLMD4Rec`), then a checkpoint
+that records the offsets it was trained through, then the rolling validation of the new
+SASRec *and of the published one on the same users*; the new one is exported and announced
+unless it is worse by more than ``regression_tolerance`` NDCG@10.
+
+Forgetting is :mod:`streams.services.trainer_forget`; what a crash can leave on disk and how
+a start puts it right is :mod:`streams.services.trainer_recovery`.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from models.distill import DistillConfig, load_checkpoint
+from models.online import OnlineConfig, OnlineLLMD4Rec
+from models.sasrec import SASRec
+from streams import metrics as m
+from streams.config import LetheSettings
+from streams.contracts import ModelUpdate
+from streams.keys import keyring_for
+from streams.model_auth import update_key
+from streams.retention import TopicRetention, retention_from_settings
+from streams.sequence_store import SequenceStore
+from streams.services.base import Effects, Inputs, Outbox
+from streams.services.batch import InteractionColumns
+from streams.services.trainer_export import export_version
+from streams.services.trainer_forget import forget
+from streams.services.trainer_recovery import recover
+from streams.services.trainer_state import CheckpointRecord, TrainerFiles, TrainerState
+from streams.state import DedupWindow, new_event_positions
+
+log = logging.getLogger("lethe.trainer")
+
+
+def online_config(settings: LetheSettings) -> OnlineConfig:
+    t = settings.trainer
+    return OnlineConfig(
+        max_items=t.max_items,
+        max_len=t.max_len,
+        hidden=t.hidden,
+        llm=t.llm,
+        replay_users=t.replay_users,
+        steps_per_round=t.steps_per_round,
+        pretrain_steps=t.pretrain_steps,
+        valid_users=t.valid_users,
+        seed=t.seed,
+        distill=DistillConfig(t1=t.t1, t2=t.t2, w1=t.w1, w2=t.w2),
+    )
+
+
+class TrainerService:
+    """Learn sequences, train in rounds, export, forget; snapshot and restore. No Kafka."""
+
+    name: ClassVar[str] = "trainer"
+    reads: ClassVar[tuple[str, ...]] = ("interactions", "deletions")
+    replays: ClassVar[tuple[str, ...]] = ()
+    #: the IMCorrect worker dead-letters the shared input; the trainer only counts
+    dead_letters_for: ClassVar[tuple[str, ...]] = ()
+    #: the sequence store records where each event is in the log (for the lineage)
+    wants_sources: ClassVar[bool] = True
+
+    def __init__(self, settings: LetheSettings) -> None:
+        self.settings = settings
+        self.cfg = settings.trainer
+        if self.cfg.threads:
+            torch.set_num_threads(self.cfg.threads)
+        self.model_dir = Path(settings.model_dir)
+        self.files = TrainerFiles(settings.state_dir, keyring_for(settings))
+        self.state = self.files.load() or TrainerState(
+            store=SequenceStore(max_per_user=self.cfg.max_len + 2),
+            dedup=DedupWindow(self.cfg.dedup_window),
+            keys=self.files.keys,
+        )
+        self.recovered = recover(self.state, self.files, self.model_dir)
+        self.update_key = update_key(settings)  # signs model-updates (docs/privacy.md)
+        self.retention = retention_from_settings(settings)  # for the receipts
+        self.model = OnlineLLMD4Rec(online_config(settings))
+        if self.state.current is not None:
+            self.model.load(self.files.checkpoint_dir(self.state.current))
+        self.published_crm: dict | None = self._published_weights()
+        # a restart waits batch_wait_s again for the events it found pending
+        self.first_new_at: float | None = time.monotonic() if self.state.new_events else None
+
+    def _published_weights(self) -> dict | None:
+        """The published SASRec, to compare new rounds against on the same validation users."""
+        if self.state.published is None:
+            return None
+        crm = SASRec(self.model.crm.config)
+        load_checkpoint(self.files.checkpoint_dir(self.state.published["checkpoint"]), crm, None)
+        return crm.state_dict()
+
+    # -- the runtime's surface ----------------------------------------------------------------
+    @property
+    def offsets(self) -> dict[str, int]:
+        return self.state.offsets
+
+    @property
+    def snapshot_interval_s(self) -> float:
+        return self.cfg.snapshot_interval_s
+
+    @property
+    def batch_max_events(self) -> int:
+        return self.cfg.batch_max_events
+
+    @property
+    def batch_max_wait_ms(self) -> float:
+        return self.cfg.batch_max_wait_ms
+
+    def use_retention(self, retention: dict[str, TopicRetention]) -> None:
+        self.retention = retention
+
+    def apply(self, inputs: Inputs) -> Effects:
+        """Learn the step's interactions (closing micro-batches as they fill), then forget
+        what its deletions name (the runtime released them after every interaction
+        published before them)."""
+        start = time.perf_counter()
+        effects = Effects()
+        if len(inputs.interactions):
+            effects.merge(self._learn(inputs.interactions))
+        self.state.offsets.update(inputs.offsets)
+        if inputs.deletions:
+            effects.merge(forget(self, list(inputs.deletions)))
+        # the scorer serves the newest version: one announcement per step is enough (the
+        # files of the others stay with their checkpoints until pruned)
+        effects.announcements = effects.announcements[-1:]
+        effects.apply_seconds = time.perf_counter() - start
+        return effects
+
+    def tick(self) -> Effects:
+        """A round ``batch_wait_s`` after the first event not trained on yet."""
+        st = self.state
+        if not st.new_events or len(st.store) < self.cfg.min_users:
+            return Effects()
+        if time.monotonic() - (self.first_new_at or 0.0) < self.cfg.batch_wait_s:
+            return Effects()
+        return self._round()
+
+    def note_dead_letters(self, n: int, offsets: dict[str, int]) -> None:
+        """Malformed records (dead-lettered by the IMCorrect worker) still move the offsets."""
+        self.state.bump("invalid", n)
+        self.state.offsets.update(offsets)
+
+    def answer(self, requests: list) -> list[bytes]:
+        return []  # the trainer answers no requests
+
+    @property
+    def outbox(self) -> Outbox:
+        return self.state.outbox
+
+    def stage(self, effects: Effects, receipts_end_offsets: dict[str, int]) -> None:
+        self.state.outbox = Outbox(
+            receipts=list(effects.receipts),
+            announcements=list(effects.announcements),
+            receipts_end_offsets=dict(receipts_end_offsets),
+        )
+
+    def clear_outbox(self) -> None:
+        self.state.outbox = Outbox()
+
+    def save(self, *, for_receipt: bool = False) -> None:
+        """state.json, atomically; the files a forget made stale are already deleted."""
+        self.files.save(self.state)
+
+    def gauges(self) -> None:
+        m.TRAINER_SEQUENCES.set(len(self.state.store))
+        m.TRAINER_PENDING.set(self.state.new_events)
+        if self.state.published is not None:
+            m.MODEL_VERSION.labels("crm").set(self.state.published["version"])
+
+    def close(self) -> None:
+        return None
+
+    # -- learning -----------------------------------------------------------------------------
+    def _learn(self, cols: InteractionColumns) -> Effects:
+        st, cfg = self.state, self.cfg
+        if len(cols.sources) != len(cols):
+            raise ValueError("the trainer needs each event's log position (wants_sources)")
+        keep = set(new_event_positions(st.dedup, st.hasher, cols.event_ids))
+        if len(keep) < len(cols):
+            st.bump("duplicates", len(cols) - len(keep))
+            m.EVENTS.labels("interactions", "duplicate").inc(len(cols) - len(keep))
+        effects = Effects(learned=len(keep))
+        offsets, store, fresh = st.offsets, st.store, st.fresh_users
+        for k, (tp, offset) in enumerate(cols.sources):
+            offsets[tp] = offset + 1
+            if k not in keep:
+                continue
+            user = cols.user_ids[k]
+            store.add(user, cols.item_ids[k], tp, offset)
+            fresh.add(user)
+            st.new_events += 1
+            if self.first_new_at is None:
+                self.first_new_at = time.monotonic()
+            if st.new_events >= cfg.batch_events and len(store) >= cfg.min_users:
+                effects.merge(self._round())  # trained through this very event
+        m.TRAINER_PENDING.set(st.new_events)
+        return effects
+
+    def dense_sequences(self) -> dict[str, np.ndarray]:
+        """Sequences as dense item indices; items past the vocabulary capacity are left out."""
+        items, capacity = self.state.items, self.cfg.max_items
+        out = {}
+        for user, seq in self.state.store.sequences.items():
+            dense = []
+            for item in seq:
+                idx = items.get(item)
+                if idx is None and len(items.by_index) < capacity:
+                    idx = items.index(item)
+                if idx is not None:
+                    dense.append(idx)
+            if dense:
+                out[user] = np.asarray(dense, dtype=np.int64)
+        return out
+
+    def trained_on_everything(self) -> None:
+        """Nothing is waiting for a round any more."""
+        self.state.fresh_users.clear()
+        self.state.new_events, self.first_new_at = 0, None
+        m.TRAINER_PENDING.set(0)
+        m.TRAINER_LAST_ROUND.set_to_current_time()
+
+    # -- rounds -------------------------------------------------------------------------------
+    def _round(self) -> Effects:
+        sequences = self.dense_sequences()
+        info = self.model.train_round(sequences, sorted(self.state.fresh_users))
+        self.trained_on_everything()
+        m.TRAINER_ROUND_SECONDS.labels(info["kind"]).observe(info["seconds"])
+        for part in ("crm", "llm"):
+            if info.get(f"{part}_loss") is not None:
+                m.TRAINER_LOSS.labels(part, "total").set(info[f"{part}_loss"])
+        m.TRAINER_SEQUENCES.set(len(sequences))
+        record = self.checkpoint({"round": info}, parent=self.state.current)
+        metrics, baseline = self.validate(sequences)
+        new, old = metrics.get("ndcg@10", 0.0), (baseline or {}).get("ndcg@10", 0.0)
+        if baseline is not None and new < old - self.cfg.regression_tolerance:
+            m.EXPORTS_SKIPPED.labels("regressed").inc()
+            log.info(
+                "version %d not exported: NDCG@10 %.4f < published %.4f on the same users",
+                record.version,
+                new,
+                old,
+            )
+            return Effects()
+        reason = "first" if baseline is None else "improved" if new >= old else "within-tolerance"
+        effects = Effects(announcements=[self.export(record, metrics, reason)])
+        self.prune_checkpoints()
+        return effects
+
+    def validate(self, sequences: dict[str, np.ndarray]) -> tuple[dict, dict | None]:
+        """The live SASRec's validation metrics, and the published one's on the same users."""
+        metrics = self.model.validate(sequences)
+        baseline = None
+        if self.published_crm is not None:
+            baseline = self.model.validate(sequences, self.published_crm)
+        for name, value in metrics.items():
+            m.TRAINER_VALIDATION.labels(name).set(value)
+        return metrics, baseline
+
+    def checkpoint(
+        self, extra: dict, parent: str | None, lineage: dict | None = None
+    ) -> CheckpointRecord:
+        """Save the live models with their lineage: the parent checkpoint, the offsets trained
+        through and every deletion request whose data the line of checkpoints excludes."""
+        st, files = self.state, self.files
+        lineage = dict(lineage or {})
+        st.version += 1
+        name = f"ckpt-{st.version:06d}"
+        parent_meta = (
+            files.checkpoint_meta(parent) if parent and files.has_checkpoint(parent) else {}
+        )
+        excludes = list(parent_meta.get("excludes_requests", [])) + lineage.pop("excludes", [])
+        meta = {
+            "version": st.version,
+            "parent": parent,
+            "trained_through": dict(st.offsets),
+            "excludes_requests": excludes,
+            "users": len(st.store),
+            **lineage,
+            **extra,
+        }
+        staging = files.staging_dir(name)
+        shutil.rmtree(staging, ignore_errors=True)
+        self.model.save(staging, meta)
+        files.commit_checkpoint(name)  # complete under its name, or not there at all
+        record = CheckpointRecord(name, st.version, dict(st.offsets))
+        st.checkpoints.append(record)
+        st.current = name
+        return record
+
+    def export(self, record: CheckpointRecord, metrics: dict, reason: str) -> ModelUpdate:
+        """Export ``record``'s SASRec and make it the published model; its announcement."""
+        exported = export_version(
+            self.model.crm,
+            version=record.version,
+            items=self.state.items.by_index,
+            max_len=self.cfg.max_len,
+            trained_through=record.trained_through,
+            metrics=metrics,
+            model_dir=self.model_dir,
+            key=self.update_key,
+        )
+        record.onnx_path = exported.path
+        self.state.published = {
+            "version": record.version,
+            "path": exported.path,
+            "sha256": exported.sha256,
+            "checkpoint": record.name,
+            "metrics": metrics,
+        }
+        self.published_crm = self.model.crm_state()
+        m.MODELS_EXPORTED.labels(reason).inc()
+        m.MODEL_VERSION.labels("crm").set(record.version)
+        log.info(
+            "published SASRec version %d (%s): validation NDCG@10 %.4f, parity %.2g",
+            record.version,
+            reason,
+            metrics.get("ndcg@10", float("nan")),
+            exported.max_abs_diff,
+        )
+        return exported.update
+
+    def delete_checkpoints(self, doomed: list[CheckpointRecord], spare: str | None) -> None:
+        """Delete checkpoints and their model files (but ``spare``) and drop their records."""
+        for c in doomed:
+            self.files.delete_checkpoint(c.name)
+            if c.onnx_path and c.onnx_path != spare:
+                Path(c.onnx_path).unlink(missing_ok=True)
+        names = {c.name for c in doomed}
+        self.state.checkpoints = [c for c in self.state.checkpoints if c.name not in names]
+
+    def prune_checkpoints(self) -> None:
+        """Keep the newest ``keep_checkpoints`` and the published one."""
+        st = self.state
+        keep = {c.name for c in st.checkpoints[-self.cfg.keep_checkpoints :]}
+        if st.published:
+            keep.add(st.published["checkpoint"])
+        # an old model file would keep data that may be forgotten later: it goes too
+        spare = (st.published or {}).get("path")
+        self.delete_checkpoints([c for c in st.checkpoints if c.name not in keep], spare)
