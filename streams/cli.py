@@ -174,7 +174,7 @@ def _cmd_worker(args: argparse.Namespace, settings: LetheSettings) -> int:
     if args.kind == "imcorrect":
         from streams.runtime.loop import run_worker
     elif args.kind == "trainer":
-        from streams.trainer_worker import run_worker
+        from streams.runtime.workers import run_trainer as run_worker
     elif args.kind == "scorer":
         from streams.runtime.loop import run_scorer as run_worker
     else:

@@ -29,7 +29,8 @@ ACCESS: dict[str, dict[str, tuple[str, ...]]] = {
         "write": ("recommendations", "dead-letters"),
     },
     "trainer": {
-        "read": ("interactions", "deletions"),
+        # deletion-receipts is read back after a crash, as for the IMCorrect worker
+        "read": ("interactions", "deletions", "deletion-receipts"),
         "write": ("model-updates", "deletion-receipts"),
     },
     "sdk": {

@@ -15,7 +15,6 @@ NOT_YET_ON_THE_RUNTIME = {
     "streams/kafka_io.py",
     "streams/replies.py",
     "streams/topics.py",
-    "streams/trainer_worker.py",
 }
 
 

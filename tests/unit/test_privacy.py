@@ -214,7 +214,7 @@ def test_sequence_store_forgets_positions_of_items_only_the_user_had():
 def test_scorer_and_trainer_state_files_hold_no_key_and_no_forgotten_item(tmp_path):
     from streams.sequence_store import SequenceStore
     from streams.services.scorer_state import ScorerState
-    from streams.trainer_state import TrainerFiles, TrainerState
+    from streams.services.trainer_state import TrainerFiles, TrainerState
 
     keys = keyring(tmp_path / "hash.key")
     scorer = ScorerState(keys)
