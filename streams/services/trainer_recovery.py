@@ -67,18 +67,20 @@ def recover(state: TrainerState, files: TrainerFiles, model_dir: Path) -> Recove
     keep = {c.onnx_path for c in state.checkpoints if c.name in there and c.onnx_path}
     if state.published is not None:
         keep.add(state.published["path"])
+    # by file name (a content hash): a path spelled another way is still the same model
+    kept_names = {Path(p).name for p in keep}
     # an announcement staged before the crash is published again only if its file is kept
     box = state.outbox
-    box.announcements = [u for u in box.announcements if u.path in keep]
+    box.announcements = [u for u in box.announcements if Path(u.path).name in kept_names]
 
     for name in folders:
         if name not in there:
             files.remove_folder(name)
             out.removed_folders.append(name)
-    for path in [*models, *map(str, unfinished_exports(model_dir))]:
-        if path not in keep:
-            Path(path).unlink(missing_ok=True)
-            out.removed_models.append(Path(path).name)
+    for path in [*map(Path, models), *unfinished_exports(model_dir)]:
+        if path.name not in kept_names:
+            path.unlink(missing_ok=True)
+            out.removed_models.append(path.name)
     if out:
         log.warning(
             "recovered from a crash: %d lost checkpoint(s) (%s), %d orphan folder(s) and "
