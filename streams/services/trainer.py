@@ -31,7 +31,7 @@ from models.online import OnlineConfig, OnlineLLMD4Rec
 from models.sasrec import SASRec
 from streams import metrics as m
 from streams.config import LetheSettings
-from streams.contracts import ModelUpdate
+from streams.contracts import ModelUpdate, RecRequest
 from streams.keys import keyring_for
 from streams.model_auth import update_key
 from streams.retention import TopicRetention, retention_from_settings
@@ -155,7 +155,7 @@ class TrainerService:
         self.state.bump("invalid", n)
         self.state.offsets.update(offsets)
 
-    def answer(self, requests: list) -> list[bytes]:
+    def answer(self, requests: list[RecRequest]) -> list[bytes]:
         return []  # the trainer answers no requests
 
     @property
