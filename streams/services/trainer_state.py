@@ -23,9 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
+from models.durable import write_json_atomically
 from streams.contracts import DeletionReceipt, ModelUpdate
 from streams.keys import KeyRing
-from streams.sequence_store import SequenceStore, write_json_atomically
+from streams.sequence_store import SequenceStore
 from streams.services.base import Outbox
 from streams.state import DedupWindow, Hasher, IdMap
 
