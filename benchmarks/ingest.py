@@ -38,8 +38,9 @@ from streams.kafka_config import librdkafka_config
 from streams.localkafka import kafka_broker
 from streams.procs import WorkerProcess, free_port, scrape
 from streams.runtime import kafka
+from streams.runtime.admin import create_topics
 from streams.state import SnapshotStore
-from streams.topics import create_topics, topic_name
+from streams.topics import topic_name
 
 
 def _values(dataset, limit: int | None) -> tuple[list[bytes], list[bytes]]:

@@ -25,7 +25,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from streams.client import new_id, now_ms
 from streams.config import LetheSettings
 from streams.kafka_config import client_kwargs, reply_producer_kwargs
-from streams.kafka_io import read_from_end
+from streams.reader import read_from_end
 from streams.runtime.kafka import assign_at_end
 from streams.topics import topic_name
 

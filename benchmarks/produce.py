@@ -23,7 +23,8 @@ from streams.config import LetheSettings
 from streams.contracts import InteractionEvent
 from streams.kafka_config import producer_kwargs
 from streams.localkafka import kafka_broker
-from streams.topics import create_topics, topic_name
+from streams.runtime.admin import create_topics
+from streams.topics import topic_name
 
 
 def _events(n: int, users: int) -> list[InteractionEvent]:

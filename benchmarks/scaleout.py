@@ -39,7 +39,7 @@ from streams.config import LetheSettings
 from streams.localkafka import kafka_broker
 from streams.procs import WorkerProcess, free_port, scrape
 from streams.replay import replay_dataset
-from streams.topics import create_topics
+from streams.runtime.admin import create_topics
 
 #: a SIGKILLed member is noticed after its session timeout (6 s), then its partitions move
 REBALANCE_S = 8.0

@@ -49,7 +49,7 @@ from streams.localkafka import kafka_broker
 from streams.model_auth import sign, update_key
 from streams.procs import WorkerProcess, free_port, scrape
 from streams.replay import replay_dataset
-from streams.topics import create_topics
+from streams.runtime.admin import create_topics
 
 
 def train_and_export(model_dir: Path, epochs: int, seed: int) -> tuple[Path, str, int]:

@@ -31,11 +31,12 @@ from streams.client import LetheProducer
 from streams.config import LetheSettings
 from streams.contracts import DeletionReceipt, decode
 from streams.kafka_config import client_kwargs
-from streams.kafka_io import read_from_end
 from streams.localkafka import kafka_broker
 from streams.procs import WorkerProcess, free_port, scrape
+from streams.reader import read_from_end
 from streams.replay import to_event
-from streams.topics import create_topics, topic_name
+from streams.runtime.admin import create_topics
+from streams.topics import topic_name
 
 
 async def _ingest(settings: LetheSettings, events, port: int) -> tuple[float, float]:

@@ -12,13 +12,8 @@ from streams.config import LetheSettings, load_settings
 
 
 def _cmd_topics(args: argparse.Namespace, settings: LetheSettings) -> int:
-    from streams.topics import (
-        TopicError,
-        check_topic_retention,
-        create_topics,
-        describe_topic_configs,
-        topic_specs,
-    )
+    from streams.runtime.admin import check_topic_retention, create_topics, describe_topic_configs
+    from streams.topics import TopicError, topic_specs
 
     if args.action == "create":
         try:
@@ -107,7 +102,7 @@ def _cmd_forget(args: argparse.Namespace, settings: LetheSettings) -> int:
 
 
 def _cmd_recommend(args: argparse.Namespace, settings: LetheSettings) -> int:
-    from streams.replies import request_and_wait
+    from streams.reader import request_and_wait
 
     try:
         rec = asyncio.run(request_and_wait(settings, args.user, args.k, timeout_s=args.timeout))
@@ -171,13 +166,9 @@ def _cmd_worker(args: argparse.Namespace, settings: LetheSettings) -> int:
     from streams.logs import configure_logging
 
     configure_logging(settings.log_json)
-    if args.kind == "imcorrect":
-        from streams.runtime.loop import run_worker
-    elif args.kind == "trainer":
-        from streams.runtime.workers import run_trainer as run_worker
-    elif args.kind == "scorer":
-        from streams.runtime.loop import run_scorer as run_worker
-    else:
+    from streams.runtime.workers import WORKERS, run_worker
+
+    if args.kind not in WORKERS:
         print(f"lethe worker: unknown kind {args.kind!r}", file=sys.stderr)
         return 2
     if settings.security.protocol != "PLAINTEXT":
@@ -191,7 +182,7 @@ def _cmd_worker(args: argparse.Namespace, settings: LetheSettings) -> int:
         except KafkaAccessError as exc:
             logging.getLogger("lethe.worker").error("%s worker cannot start: %s", args.kind, exc)
             return 3
-    run_worker(settings)
+    run_worker(args.kind, settings)
     return 0
 
 

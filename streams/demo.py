@@ -37,9 +37,9 @@ from streams.demo_stack import (
 )
 from streams.localkafka import kafka_broker
 from streams.procs import WorkerProcess
+from streams.reader import request_and_wait
 from streams.replay import replay_dataset
-from streams.replies import request_and_wait
-from streams.topics import create_topics
+from streams.runtime.admin import create_topics
 
 ROOT = Path("var") / "demo"
 SWAPPED = 'lethe_scorer_model_swaps_total{outcome="swapped"}'

@@ -13,8 +13,8 @@ from tqdm import tqdm
 from models.datasets import Dataset
 from streams.config import LetheSettings
 from streams.contracts import DeletionReceipt, ModelUpdate, Recommendation, decode
-from streams.kafka_io import read_all
 from streams.procs import WorkerProcess, free_port, scrape
+from streams.reader import read_all
 
 KINDS = ("imcorrect", "trainer", "scorer")
 T = TypeVar("T")

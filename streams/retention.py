@@ -1,6 +1,6 @@
 """Where a subject's data still lives after a deletion, and until when (docs/privacy.md,
 "Retention"). Kafka-free: the retention figures come from the broker at start (see
-:func:`streams.topics.topic_retention`) or from settings.
+:func:`streams.runtime.admin.topic_retention`) or from settings.
 
 Kafka removes a log segment only once its newest record is older than ``retention.ms``, and
 the active segment is closed after ``segment.ms``; so a record appended now is gone at the

@@ -166,7 +166,7 @@ class KafkaIO:
     def create_topics(self) -> None:
         import asyncio
 
-        from streams.topics import create_topics
+        from streams.runtime.admin import create_topics
 
         asyncio.run(create_topics(self.settings))
 
@@ -216,7 +216,7 @@ class KafkaIO:
     def retention(self) -> Any:
         import asyncio
 
-        from streams.topics import topic_retention
+        from streams.runtime.admin import topic_retention
 
         return asyncio.run(topic_retention(self.settings))
 

@@ -401,33 +401,3 @@ def run_until_signalled(runtime: Runtime) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: runtime.stop())
     runtime.run()
-
-
-def imcorrect_runtime(settings: LetheSettings, io: Any = None) -> Runtime:
-    from streams.services.imcorrect import IMCorrectService
-
-    return Runtime(
-        settings,
-        IMCorrectService,
-        io,
-        name="imcorrect",
-        answer_requests=settings.imcorrect.answer_requests,
-    )
-
-
-def run_worker(settings: LetheSettings) -> None:
-    """The IMCorrect worker (``lethe worker imcorrect``)."""
-    run_until_signalled(imcorrect_runtime(settings))
-
-
-def scorer_runtime(settings: LetheSettings, io: Any = None) -> Runtime:
-    from streams.runtime.requests import scorer_group
-    from streams.services.scorer import ScorerService, scorer_folder
-
-    name = scorer_folder(settings)
-    return Runtime(settings, ScorerService, io, name=name, serve_group=scorer_group(settings))
-
-
-def run_scorer(settings: LetheSettings) -> None:
-    """The scoring agent (``lethe worker scorer``); replicas share ``rec-requests``."""
-    run_until_signalled(scorer_runtime(settings))

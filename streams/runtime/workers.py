@@ -1,4 +1,4 @@
-"""The runtimes of the workers that run a service beside the IMCorrect one."""
+"""The three workers: ``lethe worker <kind>`` = the runtime + a service + settings."""
 
 from __future__ import annotations
 
@@ -7,14 +7,42 @@ from streams.runtime.kafka import KafkaIO
 from streams.runtime.loop import Runtime, run_until_signalled
 from streams.runtime.memory import MemoryIO
 
+IO = KafkaIO | MemoryIO | None
 
-def trainer_runtime(settings: LetheSettings, io: KafkaIO | MemoryIO | None = None) -> Runtime:
+
+def imcorrect_runtime(settings: LetheSettings, io: IO = None) -> Runtime:
+    """The IMCorrect worker (:class:`streams.services.imcorrect.IMCorrectService`) on ``io``."""
+    from streams.services.imcorrect import IMCorrectService
+
+    return Runtime(
+        settings,
+        IMCorrectService,
+        io,
+        name="imcorrect",
+        answer_requests=settings.imcorrect.answer_requests,
+    )
+
+
+def trainer_runtime(settings: LetheSettings, io: IO = None) -> Runtime:
     """The trainer (:class:`streams.services.trainer.TrainerService`) on ``io``."""
     from streams.services.trainer import TrainerService  # torch loads with the service only
 
     return Runtime(settings, TrainerService, io, name="trainer")
 
 
-def run_trainer(settings: LetheSettings) -> None:
-    """The trainer worker (``lethe worker trainer``) until SIGINT/SIGTERM."""
-    run_until_signalled(trainer_runtime(settings))
+def scorer_runtime(settings: LetheSettings, io: IO = None) -> Runtime:
+    """A scorer replica (:class:`streams.services.scorer.ScorerService`): it answers through
+    a request channel shared by the replicas' consumer group."""
+    from streams.runtime.requests import scorer_group
+    from streams.services.scorer import ScorerService, scorer_folder
+
+    name = scorer_folder(settings)
+    return Runtime(settings, ScorerService, io, name=name, serve_group=scorer_group(settings))
+
+
+WORKERS = {"imcorrect": imcorrect_runtime, "trainer": trainer_runtime, "scorer": scorer_runtime}
+
+
+def run_worker(kind: str, settings: LetheSettings) -> None:
+    """``lethe worker <kind>`` until SIGINT/SIGTERM (then a snapshot and a clean exit)."""
+    run_until_signalled(WORKERS[kind](settings))

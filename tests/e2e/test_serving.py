@@ -21,11 +21,11 @@ from models.datasets import load
 from streams.client import LetheProducer, new_id, now_ms
 from streams.config import LetheSettings
 from streams.contracts import DeletionReceipt, ModelUpdate, Recommendation, RecRequest, decode
-from streams.kafka_io import read_all
 from streams.procs import WorkerProcess, free_port, scrape
+from streams.reader import read_all
 from streams.replay import replay_dataset
+from streams.runtime.admin import create_topics
 from streams.sequence_store import predates
-from streams.topics import create_topics
 
 pytestmark = pytest.mark.kafka
 

@@ -21,7 +21,8 @@ from streams.kafka_config import librdkafka_config
 from streams.keys import keyring_for
 from streams.localkafka import kafka_cluster
 from streams.replay import to_event
-from streams.topics import create_topics, topic_name
+from streams.runtime.admin import create_topics
+from streams.topics import topic_name
 from tests.integration.worker_harness import (
     WorkerProcess,
     assert_equals_batch_fit,

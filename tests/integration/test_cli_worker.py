@@ -12,9 +12,9 @@ import pytest
 
 from streams.client import LetheProducer
 from streams.contracts import DeletionReceipt, InteractionEvent, decode
-from streams.kafka_io import read_all
 from streams.procs import WorkerProcess
-from streams.topics import create_topics
+from streams.reader import read_all
+from streams.runtime.admin import create_topics
 from tests.integration.worker_harness import wait_caught_up
 
 pytestmark = pytest.mark.kafka

@@ -16,7 +16,7 @@ from models.datasets import load
 from streams.client import LetheProducer
 from streams.procs import WorkerProcess, free_port
 from streams.replay import to_event
-from streams.topics import create_topics
+from streams.runtime.admin import create_topics
 
 pytestmark = pytest.mark.kafka
 PROMETHEUS = shutil.which("prometheus")

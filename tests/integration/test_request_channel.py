@@ -15,10 +15,11 @@ from aiokafka import AIOKafkaProducer
 from confluent_kafka import Consumer
 
 from streams.kafka_config import client_kwargs, librdkafka_config
-from streams.kafka_io import read_all
+from streams.reader import read_all
+from streams.runtime.admin import create_topics
 from streams.runtime.kafka import assign_at_end
 from streams.runtime.requests import RequestChannel, scorer_group
-from streams.topics import create_topics, topic_name
+from streams.topics import topic_name
 
 pytestmark = pytest.mark.kafka
 

@@ -15,7 +15,8 @@ from models.datasets import load
 from streams.contracts import DeadLetter, decode
 from streams.kafka_config import librdkafka_config
 from streams.replay import to_event
-from streams.topics import create_topics, topic_name
+from streams.runtime.admin import create_topics
+from streams.topics import topic_name
 from tests.integration.worker_harness import (
     WorkerProcess,
     assert_equals_batch_fit,

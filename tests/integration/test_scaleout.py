@@ -14,7 +14,7 @@ from benchmarks.load_client import Scripted, open_loop
 from streams.client import LetheProducer, now_ms
 from streams.contracts import InteractionEvent
 from streams.procs import WorkerProcess
-from streams.topics import create_topics
+from streams.runtime.admin import create_topics
 
 pytestmark = pytest.mark.kafka
 

@@ -13,9 +13,10 @@ from aiokafka import AIOKafkaProducer
 from streams.client import LetheProducer, new_id, now_ms
 from streams.contracts import DeadLetter, InteractionEvent, Recommendation, RecRequest, decode
 from streams.kafka_config import client_kwargs
-from streams.kafka_io import read_all
 from streams.procs import WorkerProcess
-from streams.topics import create_topics, topic_name
+from streams.reader import read_all
+from streams.runtime.admin import create_topics
+from streams.topics import topic_name
 
 pytestmark = pytest.mark.kafka
 

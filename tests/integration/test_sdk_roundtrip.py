@@ -13,7 +13,8 @@ from streams.client import DeliveryError, LetheProducer, SyncLetheProducer
 from streams.config import LetheSettings
 from streams.contracts import InteractionEvent, decode
 from streams.kafka_config import client_kwargs
-from streams.topics import create_topics, topic_name
+from streams.runtime.admin import create_topics
+from streams.topics import topic_name
 
 pytestmark = pytest.mark.kafka
 

@@ -26,11 +26,11 @@ from prometheus_client import REGISTRY, generate_latest
 from streams.client import DeliveryError, LetheProducer
 from streams.contracts import DeletionReceipt, InteractionEvent, Recommendation, decode
 from streams.kafka_config import KafkaAccessError, check_access
-from streams.kafka_io import read_all
 from streams.procs import WorkerProcess, free_port, scrape
-from streams.replies import request_and_wait
+from streams.reader import read_all, request_and_wait
+from streams.runtime.admin import create_topics
 from streams.runtime.requests import RequestChannel, scorer_group
-from streams.topics import create_topics, topic_name
+from streams.topics import topic_name
 from tests.integration.secure_broker import SecureCluster, secure_broker
 
 pytestmark = pytest.mark.kafka

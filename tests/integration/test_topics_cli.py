@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from streams.topics import describe_topic_configs, topic_specs
+from streams.runtime.admin import describe_topic_configs
+from streams.topics import topic_specs
 
 pytestmark = pytest.mark.kafka
 

@@ -13,8 +13,8 @@ import scipy.sparse as sp
 
 from models.imcorrect import IMCorrect
 from streams.config import LetheSettings
-from streams.kafka_io import end_offsets, read_all
 from streams.procs import WorkerProcess
+from streams.reader import end_offsets, read_all
 from streams.state import SnapshotStore, WorkerState
 
 __all__ = ["WorkerProcess", "assert_equals_batch_fit", "load_state", "read_all", "wait_caught_up"]

@@ -10,7 +10,7 @@ import numpy as np
 from models.datasets import load
 from streams.contracts import DeletionRequest
 from streams.replay import to_event
-from streams.runtime.loop import imcorrect_runtime
+from streams.runtime.workers import imcorrect_runtime
 from streams.state import SnapshotStore
 from tests.unit.service_contract import ServiceContract
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from streams.barrier import DeletionBarrier
 from streams.contracts import DeletionRequest
 from streams.sequence_store import SequenceStore, predates
 
@@ -88,15 +87,3 @@ def test_round_trip(store):
 )
 def test_predates(trained, earliest, expected):
     assert predates(trained, earliest) is expected
-
-
-def test_barrier_releases_only_after_interactions_reach_their_end():
-    barrier = DeletionBarrier()
-    with pytest.raises(ValueError):
-        barrier.hold("rec", "req")
-    barrier.hold("rec1", "req1", {P0: 10, P1: 4})
-    barrier.hold("rec2", None)
-    assert barrier.active
-    assert barrier.release({P0: 10, P1: 3}) == []
-    assert barrier.release({P0: 10, P1: 4}) == [("rec1", "req1"), ("rec2", None)]
-    assert not barrier.active

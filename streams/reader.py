@@ -1,26 +1,23 @@
-"""Small aiokafka helpers shared by the workers: partitions, end offsets, dead letters."""
+"""The SDK's reading side: a client of Lethe reads its topics (answers to its requests,
+receipts, any topic's records) with aiokafka, for asyncio callers."""
 
 from __future__ import annotations
 
-import logging
+import asyncio
 import time
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.structs import ConsumerRecord
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from streams.client import LetheProducer
 from streams.config import LetheSettings
-from streams.contracts import ContractError
+from streams.contracts import ContractError, Recommendation, decode
 from streams.kafka_config import client_kwargs
-from streams.metrics import DEAD_LETTERS, EVENTS
-from streams.runtime.deadletter import bounded_key, dead_letter_bytes
 from streams.topics import topic_name
 
 
 async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
     """All partitions of ``topic``, whether or not the consumer reads it (waits briefly for
     the metadata of a freshly created topic)."""
-    import asyncio
-
     for _ in range(50):
         parts = consumer.partitions_for_topic(topic)
         if not parts:
@@ -44,42 +41,6 @@ async def read_from_end(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPar
     return tps
 
 
-def tp_key(tp: TopicPartition) -> str:
-    return f"{tp.topic}:{tp.partition}"
-
-
-async def send_dead_letter(
-    producer: AIOKafkaProducer,
-    topic: str,
-    record: ConsumerRecord,
-    error: ContractError | str,
-    logical_source: str,
-    max_message_bytes: int = 1_048_576,
-):
-    """Publish a malformed record to dead-letters with its origin and reason (the raw value
-    cut to what fits, see :mod:`streams.runtime.deadletter`)."""
-    value = dead_letter_bytes(
-        topic=record.topic,
-        partition=record.partition,
-        offset=record.offset,
-        key=record.key,
-        value=record.value,
-        error=error,
-        max_message_bytes=max_message_bytes,
-    )
-    field = getattr(error, "field", None) or "message"
-    logging.getLogger("lethe.deadletters").warning(
-        "dead letter from %s[%d]@%d: %s",
-        record.topic,
-        record.partition,
-        record.offset,
-        str(error)[:200],
-    )
-    DEAD_LETTERS.labels(logical_source, field).inc()
-    EVENTS.labels(logical_source, "dead_letter").inc()
-    return await producer.send(topic, value=value, key=bounded_key(record.key))
-
-
 async def end_offsets(settings: LetheSettings, logical: list[str]) -> dict[str, int]:
     consumer = AIOKafkaConsumer(**client_kwargs(settings), group_id=None)
     await consumer.start()
@@ -88,7 +49,7 @@ async def end_offsets(settings: LetheSettings, logical: list[str]) -> dict[str, 
         for name in logical:
             tps += await topic_partitions(consumer, topic_name(settings, name))
         ends = await consumer.end_offsets(tps)
-        return {tp_key(tp): off for tp, off in ends.items()}
+        return {f"{tp.topic}:{tp.partition}": off for tp, off in ends.items()}
     finally:
         await consumer.stop()
 
@@ -110,5 +71,36 @@ async def read_all(settings: LetheSettings, logical: str, timeout_s: float = 10)
             for records in (await consumer.getmany(timeout_ms=300)).values():
                 out.extend(records)
         return out
+    finally:
+        await consumer.stop()
+
+
+async def request_and_wait(
+    settings: LetheSettings, user_id: str, k: int = 10, *, timeout_s: float = 10.0
+) -> Recommendation:
+    """Send a rec-request for ``user_id`` and return the reply carrying its request_id.
+
+    The consumer is positioned at the end of every partition *before* the request is sent, so
+    the reply cannot be missed. Raises :class:`TimeoutError` when no reply comes in time.
+    """
+    topic = topic_name(settings, "recommendations")
+    consumer = AIOKafkaConsumer(**client_kwargs(settings), enable_auto_commit=False)
+    await consumer.start()
+    try:
+        await read_from_end(consumer, topic)
+        async with LetheProducer(settings, for_requests=True) as producer:
+            request = await producer.request_recommendations(user_id, k)
+        deadline = time.monotonic() + timeout_s
+        while (left := deadline - time.monotonic()) > 0:
+            batches = await consumer.getmany(timeout_ms=int(min(left, 0.5) * 1000))
+            for records in batches.values():
+                for record in records:
+                    try:
+                        rec = decode(Recommendation, record.value, settings.limits)
+                    except ContractError:
+                        continue
+                    if rec.request_id == request.request_id:
+                        return rec
+        raise TimeoutError(f"no recommendation for request {request.request_id}")
     finally:
         await consumer.stop()
