@@ -219,60 +219,88 @@ class ItemKNNTopK(ListMerge, Mapping):
             self._mapping = None
             return
         dirty = [self._merge_pairs(pj, pc, go, gn, degree_old)]
-        # ... and every stored neighbour j of an item c ∈ D (G is symmetric), in groups of
-        # D items whose rows fit one chunk: a row's pairs may be merged over several passes,
-        # since each pass leaves the list exact for the scores moved so far
+        # ... and every stored neighbour j of an item c ∈ D (G is symmetric). Each row of D
+        # is read once: the same scores select that row from scratch and, read as column c,
+        # are the moved s_jc of its neighbours (the product of the two square roots is
+        # commutative, so s_cj and s_jc are the same bits). Rows are taken in groups that
+        # fit one chunk: a row's pairs may be merged over several passes, since each pass
+        # leaves the list exact for the scores moved so far.
         known = np.sort(pj * n + pc)
-        groups = np.cumsum(reach) // _CHUNK_ENTRIES
-        for group in np.split(changed_degree, np.flatnonzero(np.diff(groups)) + 1):
-            if len(group) == 0:
-                continue
-            owner, js, vals = self.counts.rows(group)
+        root = np.sqrt(np.maximum(self.degree, 0.0))
+        root_old = np.sqrt(np.maximum(degree_old, 0.0))
+        for group, owner, js, vals in self._chunk_rows(changed_degree):
             cs = group[owner]
-            keep = ~in_d[js] & (js != cs)
-            js, cs, vals = js[keep], cs[keep], vals[keep]
-            keys = js * n + cs
-            at = np.minimum(np.searchsorted(known, keys), max(len(known) - 1, 0))
-            fresh = ~(known[at] == keys) if len(known) else np.ones(len(keys), dtype=bool)
-            # the count of these pairs did not change, only c's degree
-            vals = vals[fresh]
-            dirty.append(self._merge_pairs(js[fresh], cs[fresh], vals, vals, degree_old))
-        dirty = np.concatenate(dirty)
-        redo = np.union1d(changed_degree, dirty)
-        self.last_recomputed = len(redo)
-        self._recompute(redo)
+            s_new = self._score_roots(vals, root[cs], root[js])
+            self._store_selected(group, self._select_chunk(group, owner, js, s_new))
+            # the count of these pairs did not change, only c's degree; a moved s_jc matters
+            # to j only if it reaches j's bound (or j's list holds every candidate): below
+            # it, c was no member, does not enter and leaves the bound as it is
+            s_old = self._score_roots(vals, root_old[cs], root[js])
+            floor = np.where(self.fill == self.k, self.bound, -np.inf)
+            near = np.flatnonzero(~in_d[js] & (np.maximum(s_old, s_new) >= floor[js]))
+            js, cs, vals = js[near], cs[near], vals[near]
+            if len(known):
+                keys = js * n + cs
+                at = np.minimum(np.searchsorted(known, keys), len(known) - 1)
+                fresh = known[at] != keys
+                js, cs, vals = js[fresh], cs[fresh], vals[fresh]
+            dirty.append(self._merge_pairs(js, cs, vals, vals, degree_old))
+        dirty = np.setdiff1d(np.concatenate(dirty), changed_degree)
+        self.last_recomputed = len(changed_degree) + len(dirty)
+        self._recompute(dirty)
         self._mapping = None
 
+    def _score_roots(self, g: np.ndarray, root_row: np.ndarray, root_col: np.ndarray) -> np.ndarray:
+        """:meth:`_score` from the square roots of the degrees (the same bits)."""
+        denom = root_row * root_col + self.shrink
+        return np.divide(g, denom, out=np.zeros(len(g)), where=denom > 0)
+
     # -- selection from scratch -------------------------------------------------------------
-    def _select_rows(self, items: np.ndarray):
-        """Yield ``(item, indices, scores, bound, bound_idx)`` selected from each sparse row."""
-        lengths = np.diff(self.counts.base.indptr)[items]
-        if self.counts.extra.nnz:
-            lengths = lengths + np.diff(self.counts.extra.indptr)[items]
+    def _chunk_rows(self, items: np.ndarray):
+        """Yield ``(chunk, owner, cols, vals)``: the off-diagonal entries of ``items``' rows in
+        chunks of about ``_CHUNK_ENTRIES``, grouped by owner (an index into ``chunk``)."""
+        lengths = self.counts.row_lengths(items)
         chunk_of = np.cumsum(lengths) // _CHUNK_ENTRIES
         for chunk in np.split(items, np.flatnonzero(np.diff(chunk_of)) + 1):
+            if len(chunk) == 0:
+                continue
             owner, cols, vals = self.counts.rows(chunk)
             keep = cols != chunk[owner]
             owner, cols, vals = owner[keep], cols[keep], vals[keep]
             if self.counts.extra.nnz:
                 order = np.argsort(owner, kind="stable")
                 owner, cols, vals = owner[order], cols[order], vals[order]
+            yield chunk, owner, cols, vals
+
+    def _select_chunk(
+        self, chunk: np.ndarray, owner: np.ndarray, cols: np.ndarray, scores: np.ndarray
+    ):
+        """Yield ``(item, indices, scores, bound, bound_idx)`` for each row of a chunk."""
+        bounds = np.searchsorted(owner, np.arange(len(chunk) + 1))
+        for r, item in enumerate(chunk.tolist()):
+            lo, hi = bounds[r], bounds[r + 1]
+            yield (item, *select(cols[lo:hi], scores[lo:hi], self.k))
+
+    def _select_rows(self, items: np.ndarray):
+        """Yield ``(item, indices, scores, bound, bound_idx)`` selected from each sparse row."""
+        for chunk, owner, cols, vals in self._chunk_rows(items):
             scores = self._score(vals, self.degree[chunk[owner]], self.degree[cols])
-            bounds = np.searchsorted(owner, np.arange(len(chunk) + 1))
-            for r, item in enumerate(chunk.tolist()):
-                lo, hi = bounds[r], bounds[r + 1]
-                yield (item, *select(cols[lo:hi], scores[lo:hi], self.k))
+            yield from self._select_chunk(chunk, owner, cols, scores)
 
     def _recompute(self, items: np.ndarray) -> None:
         items = np.unique(np.asarray(items, dtype=np.int64))
         if len(items) == 0:
             return
+        self._store_selected(items, self._select_rows(items))
+
+    def _store_selected(self, items: np.ndarray, selections) -> None:
+        """Empty the lists of ``items``, then store the selections made for them."""
         self.nbr_idx[items] = -1
         self.nbr_val[items] = -np.inf
         self.fill[items] = 0
         self.worst_val[items] = np.inf
         self.worst_idx[items] = -1
-        for item, idx, val, bound, bound_idx in self._select_rows(items):
+        for item, idx, val, bound, bound_idx in selections:
             n_found = len(idx)
             if n_found:
                 self.worst_val[item], self.worst_idx[item] = val[-1], idx[-1]
