@@ -34,7 +34,7 @@ import scipy.sparse as sp
 from models.imcorrect.base import Mapping
 from models.imcorrect.cooccurrence import Cooccurrence
 from models.imcorrect.lowrank import RowChange
-from models.imcorrect.topk import PAD, select, sort_rows
+from models.imcorrect.topk import PAD, select, select_segments, sort_rows
 from models.imcorrect.topk_merge import ListMerge
 
 #: entries gathered at once when recomputing or merging many rows (bounds temporary memory)
@@ -228,16 +228,21 @@ class ItemKNNTopK(ListMerge, Mapping):
         known = np.sort(pj * n + pc)
         root = np.sqrt(np.maximum(self.degree, 0.0))
         root_old = np.sqrt(np.maximum(degree_old, 0.0))
+        fell = bool(np.all(self.degree[changed_degree] <= degree_old[changed_degree]))
         for group, owner, js, vals in self._chunk_rows(changed_degree):
             cs = group[owner]
             s_new = self._score_roots(vals, root[cs], root[js])
-            self._store_selected(group, self._select_chunk(group, owner, js, s_new))
+            self._store_chunk(group, owner, js, s_new)
             # the count of these pairs did not change, only c's degree; a moved s_jc matters
             # to j only if it reaches j's bound (or j's list holds every candidate): below
             # it, c was no member, does not enter and leaves the bound as it is
-            s_old = self._score_roots(vals, root_old[cs], root[js])
+            if fell and vals.min(initial=0.0) >= 0:
+                high = s_new  # degrees only fell and counts are ≥ 0: no score fell
+            else:
+                high = np.maximum(s_new, self._score_roots(vals, root_old[cs], root[js]))
             floor = np.where(self.fill == self.k, self.bound, -np.inf)
-            near = np.flatnonzero(~in_d[js] & (np.maximum(s_old, s_new) >= floor[js]))
+            floor[changed_degree] = np.inf  # rows of D are selected above
+            near = np.flatnonzero(high >= floor[js])
             js, cs, vals = js[near], cs[near], vals[near]
             if len(known):
                 keys = js * n + cs
@@ -289,27 +294,39 @@ class ItemKNNTopK(ListMerge, Mapping):
 
     def _recompute(self, items: np.ndarray) -> None:
         items = np.unique(np.asarray(items, dtype=np.int64))
-        if len(items) == 0:
-            return
-        self._store_selected(items, self._select_rows(items))
+        root = np.sqrt(np.maximum(self.degree, 0.0))
+        for chunk, owner, cols, vals in self._chunk_rows(items):
+            scores = self._score_roots(vals, root[chunk[owner]], root[cols])
+            self._store_chunk(chunk, owner, cols, scores)
 
-    def _store_selected(self, items: np.ndarray, selections) -> None:
-        """Empty the lists of ``items``, then store the selections made for them."""
-        self.nbr_idx[items] = -1
-        self.nbr_val[items] = -np.inf
-        self.fill[items] = 0
-        self.worst_val[items] = np.inf
-        self.worst_idx[items] = -1
-        for item, idx, val, bound, bound_idx in selections:
-            n_found = len(idx)
-            if n_found:
-                self.worst_val[item], self.worst_idx[item] = val[-1], idx[-1]
-                order = np.argsort(idx)
-                self.nbr_idx[item, :n_found] = idx[order]
-                self.nbr_val[item, :n_found] = val[order]
-            self.fill[item] = n_found
-            self.bound[item] = bound
-            self.bound_idx[item] = bound_idx
+    def _store_chunk(
+        self, chunk: np.ndarray, owner: np.ndarray, cols: np.ndarray, scores: np.ndarray
+    ) -> None:
+        """Select the lists of the rows ``chunk`` from all their candidates and store them."""
+        chosen, bound, bound_idx = select_segments(owner, cols, scores, len(chunk), self.k)
+        own, idx, val = owner[chosen], cols[chosen], scores[chosen]
+        if self.counts.extra.nnz:  # a row is its base entries, then its extra ones
+            order = np.lexsort((idx, own))
+            own, idx, val = own[order], idx[order], val[order]
+        fill = np.bincount(own, minlength=len(chunk))
+        starts = np.zeros(len(chunk) + 1, dtype=np.int64)
+        np.cumsum(fill, out=starts[1:])
+        slot = np.arange(len(own)) - starts[own]
+        self.nbr_idx[chunk] = -1
+        self.nbr_val[chunk] = -np.inf
+        self.nbr_idx[chunk[own], slot] = idx
+        self.nbr_val[chunk[own], slot] = val
+        self.fill[chunk] = fill
+        # the worst entry: lowest score, then the highest index at it
+        full = fill > 0
+        heads = starts[:-1][full]
+        worst = np.full(len(chunk), np.inf)
+        worst_idx = np.full(len(chunk), -1, dtype=np.int64)
+        if len(heads):
+            worst[full] = np.minimum.reduceat(val, heads)
+            worst_idx[full] = np.maximum.reduceat(np.where(val == worst[own], idx, -1), heads)
+        self.worst_val[chunk], self.worst_idx[chunk] = worst, worst_idx
+        self.bound[chunk], self.bound_idx[chunk] = bound, bound_idx
 
     def neighbours(self) -> tuple[np.ndarray, np.ndarray]:
         """Every item's list in the tie order (stored lists are kept as unordered sets)."""

@@ -124,18 +124,22 @@ class ListMerge:
         """Slot of item ``cols[q]`` in row ``rows[q]`` (binary search: slots are sorted by
         item index, padding last), and whether it is there."""
         k = self.k
+        # a fixed number of halvings over the flat slot array, every query at once: cheaper
+        # than fancy-indexing the 2-D array and compacting the active queries each step
+        flat = self.nbr_idx.reshape(-1)
+        base = np.asarray(rows, dtype=np.int64) * k
+        cols = np.asarray(cols, dtype=np.int64)
         lo = np.zeros(len(rows), dtype=np.int64)
         hi = np.full(len(rows), k, dtype=np.int64)
-        active = np.arange(len(rows))
-        while len(active):
-            mid = (lo[active] + hi[active]) // 2
-            at = self.nbr_idx[rows[active], mid].astype(np.int64)
-            right = (at >= 0) & (at < cols[active])
-            lo[active[right]] = mid[right] + 1
-            hi[active[~right]] = mid[~right]
-            active = active[lo[active] < hi[active]]
+        for _ in range(k.bit_length()):
+            active = lo < hi
+            mid = (lo + hi) >> 1
+            at = flat[base + np.minimum(mid, k - 1)]
+            right = active & (at >= 0) & (at < cols)
+            lo = np.where(right, mid + 1, lo)
+            hi = np.where(active & ~right, mid, hi)
         at = np.minimum(lo, k - 1)
-        return at, (lo < k) & (self.nbr_idx[rows, at] == cols)
+        return at, (lo < k) & (flat[base + at] == cols)
 
     def _merge_sorted(
         self,
