@@ -34,7 +34,7 @@ import scipy.sparse as sp
 from models.imcorrect.base import Mapping
 from models.imcorrect.cooccurrence import Cooccurrence
 from models.imcorrect.lowrank import RowChange
-from models.imcorrect.topk import PAD, select, select_segments, sort_rows
+from models.imcorrect.topk import PAD, select, sort_rows
 from models.imcorrect.topk_merge import ListMerge
 
 #: entries gathered at once when recomputing or merging many rows (bounds temporary memory)
@@ -298,35 +298,6 @@ class ItemKNNTopK(ListMerge, Mapping):
         for chunk, owner, cols, vals in self._chunk_rows(items):
             scores = self._score_roots(vals, root[chunk[owner]], root[cols])
             self._store_chunk(chunk, owner, cols, scores)
-
-    def _store_chunk(
-        self, chunk: np.ndarray, owner: np.ndarray, cols: np.ndarray, scores: np.ndarray
-    ) -> None:
-        """Select the lists of the rows ``chunk`` from all their candidates and store them."""
-        chosen, bound, bound_idx = select_segments(owner, cols, scores, len(chunk), self.k)
-        own, idx, val = owner[chosen], cols[chosen], scores[chosen]
-        if self.counts.extra.nnz:  # a row is its base entries, then its extra ones
-            order = np.lexsort((idx, own))
-            own, idx, val = own[order], idx[order], val[order]
-        fill = np.bincount(own, minlength=len(chunk))
-        starts = np.zeros(len(chunk) + 1, dtype=np.int64)
-        np.cumsum(fill, out=starts[1:])
-        slot = np.arange(len(own)) - starts[own]
-        self.nbr_idx[chunk] = -1
-        self.nbr_val[chunk] = -np.inf
-        self.nbr_idx[chunk[own], slot] = idx
-        self.nbr_val[chunk[own], slot] = val
-        self.fill[chunk] = fill
-        # the worst entry: lowest score, then the highest index at it
-        full = fill > 0
-        heads = starts[:-1][full]
-        worst = np.full(len(chunk), np.inf)
-        worst_idx = np.full(len(chunk), -1, dtype=np.int64)
-        if len(heads):
-            worst[full] = np.minimum.reduceat(val, heads)
-            worst_idx[full] = np.maximum.reduceat(np.where(val == worst[own], idx, -1), heads)
-        self.worst_val[chunk], self.worst_idx[chunk] = worst, worst_idx
-        self.bound[chunk], self.bound_idx[chunk] = bound, bound_idx
 
     def neighbours(self) -> tuple[np.ndarray, np.ndarray]:
         """Every item's list in the tie order (stored lists are kept as unordered sets)."""

@@ -1,4 +1,7 @@
-"""Folding moved scores into stored top-k lists in place (the merge step of :mod:`.itemknn_topk`).
+"""Storing and repairing the top-k lists of :mod:`.itemknn_topk` in place.
+
+A list selected from scratch is stored by :meth:`ListMerge._store_chunk` (slots by item
+index, its worst entry, its bound).
 
 Row j (an item whose degree did not change) holds a set of neighbours with exact scores,
 its worst entry and a bound: a (score, index) ranking at or before every candidate left out.
@@ -22,12 +25,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.imcorrect.topk import PAD, ranks_before, sort_rows
+from models.imcorrect.topk import PAD, ranks_before, select_segments, sort_rows
 
 
 class ListMerge:
-    """In-place repair of the neighbour lists; mixed into :class:`.ItemKNNTopK`, whose arrays
-    (``nbr_idx``, ``nbr_val``, ``fill``, ``worst_*``, ``bound*``, ``degree``) it edits."""
+    """Storing freshly selected lists and repairing them in place; mixed into
+    :class:`.ItemKNNTopK`, whose arrays (``nbr_idx``, ``nbr_val``, ``fill``, ``worst_*``,
+    ``bound*``, ``degree``) it edits."""
 
     k: int
     degree: np.ndarray
@@ -38,7 +42,37 @@ class ListMerge:
     worst_idx: np.ndarray
     bound: np.ndarray
     bound_idx: np.ndarray
-    # and from the class: ``n_items`` and ``_score`` (the one expression every score uses)
+    # and from the class: ``n_items``, ``counts`` and ``_score`` (the one expression every
+    # score uses)
+
+    def _store_chunk(
+        self, chunk: np.ndarray, owner: np.ndarray, cols: np.ndarray, scores: np.ndarray
+    ) -> None:
+        """Select the lists of the rows ``chunk`` from all their candidates and store them."""
+        chosen, bound, bound_idx = select_segments(owner, cols, scores, len(chunk), self.k)
+        own, idx, val = owner[chosen], cols[chosen], scores[chosen]
+        if self.counts.extra.nnz:  # a row is its base entries, then its extra ones
+            order = np.lexsort((idx, own))
+            own, idx, val = own[order], idx[order], val[order]
+        fill = np.bincount(own, minlength=len(chunk))
+        starts = np.zeros(len(chunk) + 1, dtype=np.int64)
+        np.cumsum(fill, out=starts[1:])
+        slot = np.arange(len(own)) - starts[own]
+        self.nbr_idx[chunk] = -1
+        self.nbr_val[chunk] = -np.inf
+        self.nbr_idx[chunk[own], slot] = idx
+        self.nbr_val[chunk[own], slot] = val
+        self.fill[chunk] = fill
+        # the worst entry: lowest score, then the highest index at it
+        full = fill > 0
+        heads = starts[:-1][full]
+        worst = np.full(len(chunk), np.inf)
+        worst_idx = np.full(len(chunk), -1, dtype=np.int64)
+        if len(heads):
+            worst[full] = np.minimum.reduceat(val, heads)
+            worst_idx[full] = np.maximum.reduceat(np.where(val == worst[own], idx, -1), heads)
+        self.worst_val[chunk], self.worst_idx[chunk] = worst, worst_idx
+        self.bound[chunk], self.bound_idx[chunk] = bound, bound_idx
 
     def _merge_pairs(
         self,
