@@ -20,18 +20,8 @@ degree changed. Then:
 
 * i ∈ D: every score in row i moved, so its list is recomputed from its sparse row;
 * j ∉ D: only scores s_jc with ΔG_jc ≠ 0 or c ∈ D moved. Those pairs are listed (ΔG, plus
-  the rows of D, since G is symmetric) and folded into j's list. Non-members that do not
-  beat j's worst entry only raise j's bound. If nothing enters or leaves, members take
-  their new score in place: a member whose score rose stays in, one whose score fell
-  stays in while it still ranks before the bound — the common case of a forget (degrees
-  fall, scores rise) costs no sorting at all. Rows where an entry enters or leaves are
-  merged by sorting list ∪ changed candidates; the result is exact when its k-th entry
-  ranks before the better of j's bound and the best entry left out. Otherwise (a member
-  fell behind an outsider) row j is recomputed from its sparse row.
-
-Membership of c in j's list is decided by comparing c's *old* score with j's k-th entry:
-the stored list is the exact top-k, and the old score is recomputed bit for bit from the
-old count and degrees with the same expression that produced the list.
+  the rows of D, since G is symmetric) and folded into j's list in place
+  (:mod:`.topk_merge`); a row whose list cannot be proven exact that way is recomputed.
 """
 
 from __future__ import annotations
@@ -44,7 +34,8 @@ import scipy.sparse as sp
 from models.imcorrect.base import Mapping
 from models.imcorrect.cooccurrence import Cooccurrence
 from models.imcorrect.lowrank import RowChange
-from models.imcorrect.topk import PAD, ranks_before, select, sort_rows
+from models.imcorrect.topk import PAD, select, sort_rows
+from models.imcorrect.topk_merge import ListMerge
 
 #: entries gathered at once when recomputing or merging many rows (bounds temporary memory)
 _CHUNK_ENTRIES = 4_000_000
@@ -52,7 +43,7 @@ _CHUNK_ENTRIES = 4_000_000
 _RECOMPUTE_ALL_SHARE = 0.5
 
 
-class ItemKNNTopK(Mapping):
+class ItemKNNTopK(ListMerge, Mapping):
     """Cosine item-kNN over sparse co-occurrences, each item's ``k`` best neighbours kept.
 
     Parameters
@@ -228,246 +219,85 @@ class ItemKNNTopK(Mapping):
             self._mapping = None
             return
         dirty = [self._merge_pairs(pj, pc, go, gn, degree_old)]
-        # ... and every stored neighbour j of an item c ∈ D (G is symmetric), in groups of
-        # D items whose rows fit one chunk: a row's pairs may be merged over several passes,
-        # since each pass leaves the list exact for the scores moved so far
+        # ... and every stored neighbour j of an item c ∈ D (G is symmetric). Each row of D
+        # is read once: the same scores select that row from scratch and, read as column c,
+        # are the moved s_jc of its neighbours (the product of the two square roots is
+        # commutative, so s_cj and s_jc are the same bits). Rows are taken in groups that
+        # fit one chunk: a row's pairs may be merged over several passes, since each pass
+        # leaves the list exact for the scores moved so far.
         known = np.sort(pj * n + pc)
-        groups = np.cumsum(reach) // _CHUNK_ENTRIES
-        for group in np.split(changed_degree, np.flatnonzero(np.diff(groups)) + 1):
-            if len(group) == 0:
-                continue
-            owner, js, vals = self.counts.rows(group)
+        root = np.sqrt(np.maximum(self.degree, 0.0))
+        root_old = np.sqrt(np.maximum(degree_old, 0.0))
+        fell = bool(np.all(self.degree[changed_degree] <= degree_old[changed_degree]))
+        for group, owner, js, vals in self._chunk_rows(changed_degree):
             cs = group[owner]
-            keep = ~in_d[js] & (js != cs)
-            js, cs, vals = js[keep], cs[keep], vals[keep]
-            keys = js * n + cs
-            at = np.minimum(np.searchsorted(known, keys), max(len(known) - 1, 0))
-            fresh = ~(known[at] == keys) if len(known) else np.ones(len(keys), dtype=bool)
-            # the count of these pairs did not change, only c's degree
-            vals = vals[fresh]
-            dirty.append(self._merge_pairs(js[fresh], cs[fresh], vals, vals, degree_old))
-        dirty = np.concatenate(dirty)
-        redo = np.union1d(changed_degree, dirty)
-        self.last_recomputed = len(redo)
-        self._recompute(redo)
+            s_new = self._score_roots(vals, root[cs], root[js])
+            self._store_chunk(group, owner, js, s_new)
+            # the count of these pairs did not change, only c's degree; a moved s_jc matters
+            # to j only if it reaches j's bound (or j's list holds every candidate): below
+            # it, c was no member, does not enter and leaves the bound as it is
+            if fell and vals.min(initial=0.0) >= 0:
+                high = s_new  # degrees only fell and counts are ≥ 0: no score fell
+            else:
+                high = np.maximum(s_new, self._score_roots(vals, root_old[cs], root[js]))
+            floor = np.where(self.fill == self.k, self.bound, -np.inf)
+            floor[changed_degree] = np.inf  # rows of D are selected above
+            near = np.flatnonzero(high >= floor[js])
+            js, cs, vals = js[near], cs[near], vals[near]
+            if len(known):
+                keys = js * n + cs
+                at = np.minimum(np.searchsorted(known, keys), len(known) - 1)
+                fresh = known[at] != keys
+                js, cs, vals = js[fresh], cs[fresh], vals[fresh]
+            dirty.append(self._merge_pairs(js, cs, vals, vals, degree_old))
+        dirty = np.setdiff1d(np.concatenate(dirty), changed_degree)
+        self.last_recomputed = len(changed_degree) + len(dirty)
+        self._recompute(dirty)
         self._mapping = None
 
-    def _merge_pairs(
-        self,
-        pj: np.ndarray,
-        pc: np.ndarray,
-        g_old: np.ndarray,
-        g_new: np.ndarray,
-        degree_old: np.ndarray,
-    ) -> np.ndarray:
-        """Fold moved scores s_jc into the lists of items j ∉ D; returns rows to recompute."""
-        if len(pj) == 0:
-            return np.zeros(0, dtype=np.int64)
-        k = self.k
-        full = self.fill[pj] == k
-        kth_val, kth_idx = self.worst_val[pj], self.worst_idx[pj]
-        d_j = self.degree[pj]  # unchanged: j ∉ D
-        s_old = self._score(g_old, d_j, degree_old[pc])
-        s_new = self._score(g_new, d_j, self.degree[pc])
-        # c was in j's (exact) list iff it was a candidate not ranked after j's worst entry
-        member = (g_old != 0) & (~full | ~ranks_before(kth_val, kth_idx, s_old, pc))
-        alive = g_new != 0
-        insert = ~member & alive & (~full | ranks_before(s_new, pc, kth_val, kth_idx))
-        outside = ~member & alive & ~insert
-        self._raise_bounds(pj[outside], s_new[outside], pc[outside])
-
-        # rows that gain or lose an entry are merged by sorting (rare: a new pair, a pair
-        # that vanished, an outsider that overtook); the others keep their set of entries
-        grows = insert | (member & ~alive)
-        general = np.zeros(self.n_items, dtype=bool)
-        general[pj[grows]] = True
-        dirty = [np.zeros(0, dtype=np.int64)]
-
-        stay = member & ~general[pj]
-        if stay.any():
-            sj, sc, s_val, s_was = pj[stay], pc[stay], s_new[stay], s_old[stay]
-            pos, found = self._slots(sj, sc)
-            dirty.append(sj[~found])  # a list out of step with its counts: rebuild it
-            sj, sc, s_val, s_was, pos = sj[found], sc[found], s_val[found], s_was[found], pos[found]
-            self.nbr_val[sj, pos] = s_val
-            # the set stays exact while every member still ranks before every outsider;
-            # a member whose score rose cannot fall behind one, so only falls are checked
-            fell = s_val < s_was
-            behind = ~ranks_before(s_val, sc, self.bound[sj], self.bound_idx[sj])
-            dirty.append(sj[fell & behind])
-            # keep the worst entry current: a fallen member may become it; a row whose
-            # worst entry rose is rescanned
-            self._lower_worst(sj[fell], s_val[fell], sc[fell])
-            self._rescan_worst(np.unique(sj[~fell & (sc == self.worst_idx[sj])]))
-
-        if grows.any():
-            sel = general[pj] & (member | insert)
-            dirty.append(self._merge_sorted(pj[sel], pc[sel], s_new[sel], alive[sel], member[sel]))
-        return np.unique(np.concatenate(dirty))
-
-    def _rescan_worst(self, rows: np.ndarray) -> None:
-        """Recompute fill and worst entry of ``rows`` from their slots."""
-        if len(rows) == 0:
-            return
-        idx = self.nbr_idx[rows].astype(np.int64)
-        val = self.nbr_val[rows]
-        real = idx >= 0
-        low = np.where(real, val, np.inf).min(axis=1)
-        at_low = real & (val == low[:, None])
-        self.worst_val[rows] = low
-        self.worst_idx[rows] = np.where(at_low, idx, -1).max(axis=1)
-        self.fill[rows] = real.sum(axis=1)
-
-    def _lower_worst(self, rows: np.ndarray, vals: np.ndarray, cols: np.ndarray) -> None:
-        """Make (vals, cols) a row's worst entry where it ranks after the current one."""
-        if len(rows) == 0:
-            return
-        n = self.n_items
-        low = np.full(n, np.inf)
-        np.minimum.at(low, rows, vals)
-        at_low = vals == low[rows]
-        low_idx = np.full(n, -1, dtype=np.int64)
-        np.maximum.at(low_idx, rows[at_low], cols[at_low])
-        later = ranks_before(self.worst_val[rows], self.worst_idx[rows], low[rows], low_idx[rows])
-        self.worst_val[rows[later]] = low[rows[later]]
-        self.worst_idx[rows[later]] = low_idx[rows[later]]
-
-    def _slots(self, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Slot of item ``cols[q]`` in row ``rows[q]`` (binary search: slots are sorted by
-        item index, padding last), and whether it is there."""
-        k = self.k
-        lo = np.zeros(len(rows), dtype=np.int64)
-        hi = np.full(len(rows), k, dtype=np.int64)
-        active = np.arange(len(rows))
-        while len(active):
-            mid = (lo[active] + hi[active]) // 2
-            at = self.nbr_idx[rows[active], mid].astype(np.int64)
-            right = (at >= 0) & (at < cols[active])
-            lo[active[right]] = mid[right] + 1
-            hi[active[~right]] = mid[~right]
-            active = active[lo[active] < hi[active]]
-        at = np.minimum(lo, k - 1)
-        return at, (lo < k) & (self.nbr_idx[rows, at] == cols)
-
-    def _merge_sorted(
-        self,
-        pj: np.ndarray,
-        pc: np.ndarray,
-        s_new: np.ndarray,
-        alive: np.ndarray,
-        member: np.ndarray,
-    ) -> np.ndarray:
-        """General merge: list ∪ changed candidates, sorted by the tie rule, top k kept."""
-        k = self.k
-        affected, loc = np.unique(pj, return_inverse=True)
-        idx = self.nbr_idx[affected].astype(np.int64)
-        val = self.nbr_val[affected].copy()
-        idx[idx < 0] = PAD
-        dirty = [np.zeros(0, dtype=np.int64)]
-        m_rows, m_c = loc[member], pc[member]
-        pos, found = _positions(idx, m_rows, m_c)
-        dirty.append(affected[m_rows[~found]])
-        m_rows, pos = m_rows[found], pos[found]
-        m_new, m_alive = s_new[member][found], alive[member][found]
-        val[m_rows, pos] = np.where(m_alive, m_new, -np.inf)
-        idx[m_rows, pos] = np.where(m_alive, idx[m_rows, pos], PAD)
-
-        ins = ~member
-        i_rows, i_c, i_val = loc[ins], pc[ins], s_new[ins]
-        order = np.argsort(i_rows, kind="stable")
-        i_rows, i_c, i_val = i_rows[order], i_c[order], i_val[order]
-        width = int(np.bincount(i_rows, minlength=len(affected)).max()) if len(i_rows) else 0
-        if width:
-            first = np.searchsorted(i_rows, i_rows, side="left")
-            slot = np.arange(len(i_rows)) - first
-            extra_idx = np.full((len(affected), width), PAD, dtype=np.int64)
-            extra_val = np.full((len(affected), width), -np.inf)
-            extra_idx[i_rows, slot] = i_c
-            extra_val[i_rows, slot] = i_val
-            idx = np.hstack([idx, extra_idx])
-            val = np.hstack([val, extra_val])
-        idx, val = sort_rows(idx, val)
-        if width:
-            self._raise_bounds(affected, val[:, k], idx[:, k])
-        bound, bound_idx = self.bound[affected], self.bound_idx[affected]
-        exact = (bound == -np.inf) | ranks_before(val[:, k - 1], idx[:, k - 1], bound, bound_idx)
-        keep = affected[exact]
-        self._store_ranked(keep, idx[exact, :k], val[exact, :k])
-        dirty.append(affected[~exact])
-        return np.concatenate(dirty)
-
-    def _store_ranked(self, rows: np.ndarray, idx: np.ndarray, val: np.ndarray) -> None:
-        """Store rows given in the tie order (``PAD`` padding) in slot order."""
-        if len(rows) == 0:
-            return
-        fill = (idx != PAD).sum(axis=1)
-        last = np.maximum(fill - 1, 0)
-        here = np.arange(len(rows))
-        self.fill[rows] = fill
-        self.worst_val[rows] = np.where(fill > 0, val[here, last], np.inf)
-        self.worst_idx[rows] = np.where(fill > 0, idx[here, last], -1)
-        order = np.argsort(idx, axis=1, kind="stable")  # PAD sorts last
-        idx = np.take_along_axis(idx, order, axis=1)
-        self.nbr_idx[rows] = np.where(idx == PAD, -1, idx).astype(np.int32)
-        self.nbr_val[rows] = np.take_along_axis(val, order, axis=1)
-
-    def _raise_bounds(self, rows: np.ndarray, vals: np.ndarray, cols: np.ndarray) -> None:
-        """Lift each row's bound to the best of itself and the given (score, index) pairs."""
-        real = cols != PAD
-        rows, vals, cols = rows[real], vals[real], cols[real]
-        if len(rows) == 0:
-            return
-        # best per row without sorting: highest score, then the lowest index at it
-        n = self.n_items
-        best = np.full(n, -np.inf)
-        np.maximum.at(best, rows, vals)
-        at_best = vals == best[rows]
-        best_idx = np.full(n, PAD, dtype=np.int64)
-        np.minimum.at(best_idx, rows[at_best], cols[at_best])
-        better = ranks_before(best[rows], best_idx[rows], self.bound[rows], self.bound_idx[rows])
-        lift = rows[better]
-        self.bound[lift] = best[lift]
-        self.bound_idx[lift] = best_idx[lift]
+    def _score_roots(self, g: np.ndarray, root_row: np.ndarray, root_col: np.ndarray) -> np.ndarray:
+        """:meth:`_score` from the square roots of the degrees (the same bits)."""
+        denom = root_row * root_col + self.shrink
+        return np.divide(g, denom, out=np.zeros(len(g)), where=denom > 0)
 
     # -- selection from scratch -------------------------------------------------------------
-    def _select_rows(self, items: np.ndarray):
-        """Yield ``(item, indices, scores, bound, bound_idx)`` selected from each sparse row."""
-        lengths = np.diff(self.counts.base.indptr)[items]
-        if self.counts.extra.nnz:
-            lengths = lengths + np.diff(self.counts.extra.indptr)[items]
+    def _chunk_rows(self, items: np.ndarray):
+        """Yield ``(chunk, owner, cols, vals)``: the off-diagonal entries of ``items``' rows in
+        chunks of about ``_CHUNK_ENTRIES``, grouped by owner (an index into ``chunk``)."""
+        lengths = self.counts.row_lengths(items)
         chunk_of = np.cumsum(lengths) // _CHUNK_ENTRIES
         for chunk in np.split(items, np.flatnonzero(np.diff(chunk_of)) + 1):
+            if len(chunk) == 0:
+                continue
             owner, cols, vals = self.counts.rows(chunk)
             keep = cols != chunk[owner]
             owner, cols, vals = owner[keep], cols[keep], vals[keep]
             if self.counts.extra.nnz:
                 order = np.argsort(owner, kind="stable")
                 owner, cols, vals = owner[order], cols[order], vals[order]
+            yield chunk, owner, cols, vals
+
+    def _select_chunk(
+        self, chunk: np.ndarray, owner: np.ndarray, cols: np.ndarray, scores: np.ndarray
+    ):
+        """Yield ``(item, indices, scores, bound, bound_idx)`` for each row of a chunk."""
+        bounds = np.searchsorted(owner, np.arange(len(chunk) + 1))
+        for r, item in enumerate(chunk.tolist()):
+            lo, hi = bounds[r], bounds[r + 1]
+            yield (item, *select(cols[lo:hi], scores[lo:hi], self.k))
+
+    def _select_rows(self, items: np.ndarray):
+        """Yield ``(item, indices, scores, bound, bound_idx)`` selected from each sparse row."""
+        for chunk, owner, cols, vals in self._chunk_rows(items):
             scores = self._score(vals, self.degree[chunk[owner]], self.degree[cols])
-            bounds = np.searchsorted(owner, np.arange(len(chunk) + 1))
-            for r, item in enumerate(chunk.tolist()):
-                lo, hi = bounds[r], bounds[r + 1]
-                yield (item, *select(cols[lo:hi], scores[lo:hi], self.k))
+            yield from self._select_chunk(chunk, owner, cols, scores)
 
     def _recompute(self, items: np.ndarray) -> None:
         items = np.unique(np.asarray(items, dtype=np.int64))
-        if len(items) == 0:
-            return
-        self.nbr_idx[items] = -1
-        self.nbr_val[items] = -np.inf
-        self.fill[items] = 0
-        self.worst_val[items] = np.inf
-        self.worst_idx[items] = -1
-        for item, idx, val, bound, bound_idx in self._select_rows(items):
-            n_found = len(idx)
-            if n_found:
-                self.worst_val[item], self.worst_idx[item] = val[-1], idx[-1]
-                order = np.argsort(idx)
-                self.nbr_idx[item, :n_found] = idx[order]
-                self.nbr_val[item, :n_found] = val[order]
-            self.fill[item] = n_found
-            self.bound[item] = bound
-            self.bound_idx[item] = bound_idx
+        root = np.sqrt(np.maximum(self.degree, 0.0))
+        for chunk, owner, cols, vals in self._chunk_rows(items):
+            scores = self._score_roots(vals, root[chunk[owner]], root[cols])
+            self._store_chunk(chunk, owner, cols, scores)
 
     def neighbours(self) -> tuple[np.ndarray, np.ndarray]:
         """Every item's list in the tie order (stored lists are kept as unordered sets)."""
@@ -560,27 +390,3 @@ class ItemKNNTopK(Mapping):
             kept = self.nbr_idx.shape[1]
             raise ValueError(f"snapshot keeps {kept} neighbours per item, config says k={self.k}")
         self._mapping = None
-
-
-#: above this many comparisons a member's slot is found by sorting the rows instead
-_COMPARE_LIMIT = 20_000_000
-
-
-def _positions(
-    idx: np.ndarray, rows: np.ndarray, cols: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Slot of each ``cols[q]`` within block row ``idx[rows[q]]``, and whether it is there."""
-    if len(rows) * idx.shape[1] <= _COMPARE_LIMIT:
-        hits = idx[rows] == cols[:, None]
-        return hits.argmax(axis=1), hits.any(axis=1)
-    # long lists (k in the thousands): sort each row once and binary-search all queries in
-    # one flat array, made globally sorted by offsetting each row's values by row · span
-    order = np.argsort(idx, axis=1, kind="stable")
-    ordered = np.take_along_axis(idx, order, axis=1)
-    real = ordered[ordered != PAD]
-    span = max(int(cols.max(initial=0)), int(real.max(initial=0))) + 2
-    flat = np.where(ordered == PAD, span - 1, ordered)
-    flat = (flat + np.arange(len(idx), dtype=np.int64)[:, None] * span).ravel()
-    query = rows * span + cols
-    at = np.minimum(np.searchsorted(flat, query), len(flat) - 1)
-    return order.ravel()[at], flat[at] == query

@@ -32,7 +32,12 @@ from models.imcorrect.itemknn import ItemKNN
 from models.imcorrect.itemknn_topk import ItemKNNTopK
 from models.imcorrect.lowrank import RowChange
 from models.imcorrect.serving import FrozenScores
-from models.imcorrect.sparse_rows import as_csr, splice_rows, valid_indices
+from models.imcorrect.sparse_rows import (
+    as_csr,
+    shrink_rows_in_place,
+    splice_rows,
+    valid_indices,
+)
 
 MappingName = Literal["ease", "itemknn", "gfcf", "itemknn-topk"]
 FORMAT_VERSION = 1
@@ -116,6 +121,9 @@ class IMCorrect:
         self.refit_rank_ratio = refit_rank_ratio
         self._rng = np.random.default_rng(seed)
         self._x = sp.csr_matrix((0, 0), dtype=np.float64)
+        #: X's arrays are the model's alone (not shared with a caller's matrix): rows may
+        #: then be shrunk in place
+        self._owns_x = True
         self.forgotten_items = np.zeros(0, dtype=bool)
         self.version = 0
         self.updates_since_check = 0
@@ -159,6 +167,7 @@ class IMCorrect:
     def fit(self, x: sp.spmatrix | np.ndarray) -> IMCorrect:
         """Fit from scratch on X (users × items, implicit weights)."""
         self._x = as_csr(x)
+        self._owns_x = False  # csr_matrix(x) of a CSR float64 matrix shares its arrays
         self._mapping.fit(self._x)
         self.forgotten_items = np.zeros(self.n_items, dtype=bool)
         self.version += 1
@@ -268,7 +277,7 @@ class IMCorrect:
         new.data[np.isin(new.indices, items)] = 0.0
         new.eliminate_zeros()
         n_removed = int(old.nnz - new.nnz)
-        self._x = splice_rows(self._x, users, new)
+        self._splice(users, new)
         if self.correct_mapping:
             self._mapping.remove_items(items, RowChange(old, new, np.ones(0), np.ones(0)))
         self.version += 1
@@ -405,6 +414,7 @@ class IMCorrect:
         self._x = sp.csr_matrix(
             (arrays["x_data"], arrays["x_indices"], arrays["x_indptr"]), shape=shape
         )
+        self._owns_x = False
         self.forgotten_items = np.array(arrays["forgotten_items"], dtype=bool)
         mapping = {k[4:]: v for k, v in arrays.items() if k.startswith("map_")}
         if mapping:
@@ -427,11 +437,19 @@ class IMCorrect:
             )
         self._mapping.grow(ni)
 
+    def _splice(self, users: np.ndarray, new: sp.csr_matrix) -> None:
+        """Replace the rows ``users`` of X by those of ``new``: in place when X is the model's
+        own and no row grows (every forget), by a copy otherwise."""
+        if self._owns_x and shrink_rows_in_place(self._x, users, new):
+            return
+        self._x = splice_rows(self._x, users, new)
+        self._owns_x = True
+
     def _replace_rows(self, users: np.ndarray, old: sp.csr_matrix, new: sp.csr_matrix) -> None:
         new = sp.csr_matrix(new)
         new.eliminate_zeros()
         new.sort_indices()
-        self._x = splice_rows(self._x, users, new)
+        self._splice(users, new)
         if self.correct_mapping:
             if 2 * len(users) >= self.refit_rank_ratio * self.n_items:
                 # a correction of rank ≥ a sizeable share of n costs more than refitting

@@ -1,4 +1,5 @@
-"""Sparse-row helpers of IMCorrect: input conversion, index validation, row splicing."""
+"""Sparse-row helpers of IMCorrect: input conversion, index validation, row splicing
+(by a copy, or in place when rows only shrink)."""
 
 from __future__ import annotations
 
@@ -52,3 +53,37 @@ def splice_rows(x: sp.csr_matrix, rows: np.ndarray, new: sp.csr_matrix) -> sp.cs
     )
     out.has_sorted_indices = True
     return out
+
+
+def shrink_rows_in_place(x: sp.csr_matrix, rows: np.ndarray, new: sp.csr_matrix) -> bool:
+    """Replace ``rows`` (sorted, unique) of ``x`` by the rows of ``new`` inside x's own arrays;
+    False (and nothing done) if a row would grow.
+
+    Each run of unchanged rows moves left once by what the rows before it lost, so the cost
+    is a move of X's tail, with no new array of X's size (on a 20M-interaction X, allocating
+    and faulting in that copy took ~40 ms of a ~75 ms one-user forget).
+    """
+    old_ptr = x.indptr.astype(np.int64)
+    lengths = np.diff(old_ptr)
+    new_lengths = np.diff(new.indptr)
+    if len(rows) == 0 or np.any(new_lengths > lengths[rows]):
+        return False
+    data, indices = x.data, x.indices
+    bounds = new.indptr.tolist()
+    nexts = rows[1:].tolist() + [x.shape[0]]
+    write = int(old_ptr[rows[0]])
+    for q, r in enumerate(rows.tolist()):
+        size = bounds[q + 1] - bounds[q]
+        data[write : write + size] = new.data[bounds[q] : bounds[q + 1]]
+        indices[write : write + size] = new.indices[bounds[q] : bounds[q + 1]]
+        write += size
+        start, end = int(old_ptr[r + 1]), int(old_ptr[nexts[q]])
+        if write != start:  # numpy copies overlapping slices as if through a buffer
+            data[write : write + end - start] = data[start:end]
+            indices[write : write + end - start] = indices[start:end]
+        write += end - start
+    lengths[rows] = new_lengths
+    np.cumsum(lengths, out=old_ptr[1:])
+    x.indptr[:] = old_ptr
+    x.data, x.indices = data[:write], indices[:write]
+    return True

@@ -58,3 +58,57 @@ def ranks_before(
 ) -> np.ndarray:
     """True where (score_a, index_a) ranks strictly before (score_b, index_b)."""
     return (score_a > score_b) | ((score_a == score_b) & (index_a < index_b))
+
+
+def select_segments(
+    owner: np.ndarray, cols: np.ndarray, scores: np.ndarray, n_rows: int, k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`select` for many rows at once, without a Python loop over them.
+
+    ``owner`` (sorted) says which row each candidate belongs to. Returns ``(chosen, bound,
+    bound_idx)``: a mask of the top-k candidates of every row and each row's best candidate
+    left out ((−inf, PAD) when none is). The choice and bound are those of :func:`select`.
+    """
+    lengths = np.bincount(owner, minlength=n_rows)
+    starts = np.zeros(n_rows + 1, dtype=np.int64)
+    np.cumsum(lengths, out=starts[1:])
+    chosen = np.ones(len(owner), dtype=bool)
+    long_rows = np.flatnonzero(lengths > k)
+    if len(long_rows):
+        kth = np.full(n_rows, -np.inf)
+        kth[long_rows] = _kth_largest(scores, starts, lengths, long_rows, k)
+        at_kth = kth[owner]
+        above = scores > at_kth
+        tied = np.flatnonzero(scores == at_kth)
+        # ties at the k-th score are settled by the lower index: rank them inside each row
+        tied = tied[np.lexsort((cols[tied], owner[tied]))]
+        t_owner = owner[tied]
+        rank = np.arange(len(tied)) - np.searchsorted(t_owner, t_owner)
+        need = k - np.bincount(owner[above], minlength=n_rows)
+        chosen = above
+        chosen[tied[rank < need[t_owner]]] = True  # short rows: every score is above −inf
+    bound = np.full(n_rows, -np.inf)
+    bound_idx = np.full(n_rows, PAD, dtype=np.int64)
+    if len(long_rows):
+        left = ~chosen
+        nonempty = lengths > 0
+        heads = starts[:-1][nonempty]
+        bound[nonempty] = np.maximum.reduceat(np.where(left, scores, -np.inf), heads)
+        is_best = left & (scores == bound[owner])
+        bound_idx[nonempty] = np.minimum.reduceat(np.where(is_best, cols, PAD), heads)
+    return chosen, bound, bound_idx
+
+
+def _kth_largest(
+    scores: np.ndarray, starts: np.ndarray, lengths: np.ndarray, rows: np.ndarray, k: int
+) -> np.ndarray:
+    """k-th largest score of each of ``rows`` (all longer than k).
+
+    One partition per row on a slice: padding rows into blocks for a row-wise partition
+    cost more in scattering than the loop costs in calls.
+    """
+    out = np.empty(len(rows))
+    heads, sizes = starts[rows].tolist(), lengths[rows].tolist()
+    for q, (lo, length) in enumerate(zip(heads, sizes, strict=True)):
+        out[q] = np.partition(scores[lo : lo + length], length - k)[length - k]
+    return out

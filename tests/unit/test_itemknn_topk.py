@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from models.imcorrect import IMCorrect
-from models.imcorrect.topk import select
+from models.imcorrect.topk import select, select_segments
 from tests.unit.imcorrect_contract import MappingContract
 
 
@@ -115,6 +115,27 @@ def test_tie_rule_prefers_the_lower_item_index():
     assert bound == -np.inf
     _, _, bound, bound_idx = select(cols, scores, 4)
     assert (bound, bound_idx) == (0.1, 5)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    rows=st.lists(
+        st.lists(st.tuples(st.integers(0, 40), st.integers(0, 3)), max_size=15), max_size=8
+    ),
+    k=st.integers(1, 6),
+)
+def test_selecting_many_rows_at_once_matches_one_row_at_a_time(rows, k):
+    # scores from four levels: many exact ties, settled by the lower index
+    rows = [dict(r) for r in rows]  # one score per (row, column)
+    owner = np.repeat(np.arange(len(rows)), [len(r) for r in rows]).astype(np.int64)
+    cols = np.array([c for r in rows for c in r], dtype=np.int64)
+    scores = np.array([v / 4 for r in rows for v in r.values()], dtype=float)
+    chosen, bound, bound_idx = select_segments(owner, cols, scores, len(rows), k)
+    for q in range(len(rows)):
+        mine = owner == q
+        idx, _, b, b_idx = select(cols[mine], scores[mine], k)
+        assert sorted(cols[mine & chosen]) == sorted(idx)
+        assert (bound[q], bound_idx[q]) == (b, b_idx)
 
 
 def test_each_item_keeps_at_most_k_neighbours_of_its_best_cosines():

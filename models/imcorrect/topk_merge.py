@@ -1,0 +1,280 @@
+"""Storing and repairing the top-k lists of :mod:`.itemknn_topk` in place.
+
+A list selected from scratch is stored by :meth:`ListMerge._store_chunk` (slots by item
+index, its worst entry, its bound).
+
+Row j (an item whose degree did not change) holds a set of neighbours with exact scores,
+its worst entry and a bound: a (score, index) ranking at or before every candidate left out.
+A change moves some scores s_jc; :meth:`ListMerge._merge_pairs` folds them in:
+
+* non-members that do not beat j's worst entry only raise j's bound;
+* if nothing enters or leaves, members take their new score in place: a member whose score
+  rose stays in, one whose score fell stays in while it still ranks before the bound (the
+  common case of a forget, where degrees fall and scores rise, costs no sorting at all);
+* rows where an entry enters or leaves are merged by sorting list ∪ changed candidates; the
+  result is exact when its k-th entry ranks before the better of j's bound and the best
+  entry left out;
+* otherwise (a member fell behind an outsider) the row is returned to be reselected.
+
+Membership of c in j's list is decided by comparing c's *old* score with j's worst entry:
+the stored list is the exact top-k, and the old score is recomputed bit for bit from the old
+count and degrees with the same expression that produced the list.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from models.imcorrect.topk import PAD, ranks_before, select_segments, sort_rows
+
+
+class ListMerge:
+    """Storing freshly selected lists and repairing them in place; mixed into
+    :class:`.ItemKNNTopK`, whose arrays (``nbr_idx``, ``nbr_val``, ``fill``, ``worst_*``,
+    ``bound*``, ``degree``) it edits."""
+
+    k: int
+    degree: np.ndarray
+    nbr_idx: np.ndarray
+    nbr_val: np.ndarray
+    fill: np.ndarray
+    worst_val: np.ndarray
+    worst_idx: np.ndarray
+    bound: np.ndarray
+    bound_idx: np.ndarray
+    # and from the class: ``n_items``, ``counts`` and ``_score`` (the one expression every
+    # score uses)
+
+    def _store_chunk(
+        self, chunk: np.ndarray, owner: np.ndarray, cols: np.ndarray, scores: np.ndarray
+    ) -> None:
+        """Select the lists of the rows ``chunk`` from all their candidates and store them."""
+        chosen, bound, bound_idx = select_segments(owner, cols, scores, len(chunk), self.k)
+        own, idx, val = owner[chosen], cols[chosen], scores[chosen]
+        if self.counts.extra.nnz:  # a row is its base entries, then its extra ones
+            order = np.lexsort((idx, own))
+            own, idx, val = own[order], idx[order], val[order]
+        fill = np.bincount(own, minlength=len(chunk))
+        starts = np.zeros(len(chunk) + 1, dtype=np.int64)
+        np.cumsum(fill, out=starts[1:])
+        slot = np.arange(len(own)) - starts[own]
+        self.nbr_idx[chunk] = -1
+        self.nbr_val[chunk] = -np.inf
+        self.nbr_idx[chunk[own], slot] = idx
+        self.nbr_val[chunk[own], slot] = val
+        self.fill[chunk] = fill
+        # the worst entry: lowest score, then the highest index at it
+        full = fill > 0
+        heads = starts[:-1][full]
+        worst = np.full(len(chunk), np.inf)
+        worst_idx = np.full(len(chunk), -1, dtype=np.int64)
+        if len(heads):
+            worst[full] = np.minimum.reduceat(val, heads)
+            worst_idx[full] = np.maximum.reduceat(np.where(val == worst[own], idx, -1), heads)
+        self.worst_val[chunk], self.worst_idx[chunk] = worst, worst_idx
+        self.bound[chunk], self.bound_idx[chunk] = bound, bound_idx
+
+    def _merge_pairs(
+        self,
+        pj: np.ndarray,
+        pc: np.ndarray,
+        g_old: np.ndarray,
+        g_new: np.ndarray,
+        degree_old: np.ndarray,
+    ) -> np.ndarray:
+        """Fold moved scores s_jc into the lists of items j ∉ D; returns rows to recompute."""
+        if len(pj) == 0:
+            return np.zeros(0, dtype=np.int64)
+        k = self.k
+        full = self.fill[pj] == k
+        kth_val, kth_idx = self.worst_val[pj], self.worst_idx[pj]
+        d_j = self.degree[pj]  # unchanged: j ∉ D
+        s_old = self._score(g_old, d_j, degree_old[pc])
+        s_new = self._score(g_new, d_j, self.degree[pc])
+        # c was in j's (exact) list iff it was a candidate not ranked after j's worst entry
+        member = (g_old != 0) & (~full | ~ranks_before(kth_val, kth_idx, s_old, pc))
+        alive = g_new != 0
+        insert = ~member & alive & (~full | ranks_before(s_new, pc, kth_val, kth_idx))
+        outside = ~member & alive & ~insert
+        self._raise_bounds(pj[outside], s_new[outside], pc[outside])
+
+        # rows that gain or lose an entry are merged by sorting (rare: a new pair, a pair
+        # that vanished, an outsider that overtook); the others keep their set of entries
+        grows = insert | (member & ~alive)
+        general = np.zeros(self.n_items, dtype=bool)
+        general[pj[grows]] = True
+        dirty = [np.zeros(0, dtype=np.int64)]
+
+        stay = member & ~general[pj]
+        if stay.any():
+            sj, sc, s_val, s_was = pj[stay], pc[stay], s_new[stay], s_old[stay]
+            pos, found = self._slots(sj, sc)
+            dirty.append(sj[~found])  # a list out of step with its counts: rebuild it
+            sj, sc, s_val, s_was, pos = sj[found], sc[found], s_val[found], s_was[found], pos[found]
+            self.nbr_val[sj, pos] = s_val
+            # the set stays exact while every member still ranks before every outsider;
+            # a member whose score rose cannot fall behind one, so only falls are checked
+            fell = s_val < s_was
+            behind = ~ranks_before(s_val, sc, self.bound[sj], self.bound_idx[sj])
+            dirty.append(sj[fell & behind])
+            # keep the worst entry current: a fallen member may become it; a row whose
+            # worst entry rose is rescanned
+            self._lower_worst(sj[fell], s_val[fell], sc[fell])
+            self._rescan_worst(np.unique(sj[~fell & (sc == self.worst_idx[sj])]))
+
+        if grows.any():
+            sel = general[pj] & (member | insert)
+            dirty.append(self._merge_sorted(pj[sel], pc[sel], s_new[sel], alive[sel], member[sel]))
+        return np.unique(np.concatenate(dirty))
+
+    def _rescan_worst(self, rows: np.ndarray) -> None:
+        """Recompute fill and worst entry of ``rows`` from their slots."""
+        if len(rows) == 0:
+            return
+        idx = self.nbr_idx[rows].astype(np.int64)
+        val = self.nbr_val[rows]
+        real = idx >= 0
+        low = np.where(real, val, np.inf).min(axis=1)
+        at_low = real & (val == low[:, None])
+        self.worst_val[rows] = low
+        self.worst_idx[rows] = np.where(at_low, idx, -1).max(axis=1)
+        self.fill[rows] = real.sum(axis=1)
+
+    def _lower_worst(self, rows: np.ndarray, vals: np.ndarray, cols: np.ndarray) -> None:
+        """Make (vals, cols) a row's worst entry where it ranks after the current one."""
+        if len(rows) == 0:
+            return
+        n = self.n_items
+        low = np.full(n, np.inf)
+        np.minimum.at(low, rows, vals)
+        at_low = vals == low[rows]
+        low_idx = np.full(n, -1, dtype=np.int64)
+        np.maximum.at(low_idx, rows[at_low], cols[at_low])
+        later = ranks_before(self.worst_val[rows], self.worst_idx[rows], low[rows], low_idx[rows])
+        self.worst_val[rows[later]] = low[rows[later]]
+        self.worst_idx[rows[later]] = low_idx[rows[later]]
+
+    def _slots(self, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Slot of item ``cols[q]`` in row ``rows[q]`` (binary search: slots are sorted by
+        item index, padding last), and whether it is there."""
+        k = self.k
+        # a fixed number of halvings over the flat slot array, every query at once: cheaper
+        # than fancy-indexing the 2-D array and compacting the active queries each step
+        flat = self.nbr_idx.reshape(-1)
+        base = np.asarray(rows, dtype=np.int64) * k
+        cols = np.asarray(cols, dtype=np.int64)
+        lo = np.zeros(len(rows), dtype=np.int64)
+        hi = np.full(len(rows), k, dtype=np.int64)
+        for _ in range(k.bit_length()):
+            active = lo < hi
+            mid = (lo + hi) >> 1
+            at = flat[base + np.minimum(mid, k - 1)]
+            right = active & (at >= 0) & (at < cols)
+            lo = np.where(right, mid + 1, lo)
+            hi = np.where(active & ~right, mid, hi)
+        at = np.minimum(lo, k - 1)
+        return at, (lo < k) & (flat[base + at] == cols)
+
+    def _merge_sorted(
+        self,
+        pj: np.ndarray,
+        pc: np.ndarray,
+        s_new: np.ndarray,
+        alive: np.ndarray,
+        member: np.ndarray,
+    ) -> np.ndarray:
+        """General merge: list ∪ changed candidates, sorted by the tie rule, top k kept."""
+        k = self.k
+        affected, loc = np.unique(pj, return_inverse=True)
+        idx = self.nbr_idx[affected].astype(np.int64)
+        val = self.nbr_val[affected].copy()
+        idx[idx < 0] = PAD
+        dirty = [np.zeros(0, dtype=np.int64)]
+        m_rows, m_c = loc[member], pc[member]
+        pos, found = _positions(idx, m_rows, m_c)
+        dirty.append(affected[m_rows[~found]])
+        m_rows, pos = m_rows[found], pos[found]
+        m_new, m_alive = s_new[member][found], alive[member][found]
+        val[m_rows, pos] = np.where(m_alive, m_new, -np.inf)
+        idx[m_rows, pos] = np.where(m_alive, idx[m_rows, pos], PAD)
+
+        ins = ~member
+        i_rows, i_c, i_val = loc[ins], pc[ins], s_new[ins]
+        order = np.argsort(i_rows, kind="stable")
+        i_rows, i_c, i_val = i_rows[order], i_c[order], i_val[order]
+        width = int(np.bincount(i_rows, minlength=len(affected)).max()) if len(i_rows) else 0
+        if width:
+            first = np.searchsorted(i_rows, i_rows, side="left")
+            slot = np.arange(len(i_rows)) - first
+            extra_idx = np.full((len(affected), width), PAD, dtype=np.int64)
+            extra_val = np.full((len(affected), width), -np.inf)
+            extra_idx[i_rows, slot] = i_c
+            extra_val[i_rows, slot] = i_val
+            idx = np.hstack([idx, extra_idx])
+            val = np.hstack([val, extra_val])
+        idx, val = sort_rows(idx, val)
+        if width:
+            self._raise_bounds(affected, val[:, k], idx[:, k])
+        bound, bound_idx = self.bound[affected], self.bound_idx[affected]
+        exact = (bound == -np.inf) | ranks_before(val[:, k - 1], idx[:, k - 1], bound, bound_idx)
+        keep = affected[exact]
+        self._store_ranked(keep, idx[exact, :k], val[exact, :k])
+        dirty.append(affected[~exact])
+        return np.concatenate(dirty)
+
+    def _store_ranked(self, rows: np.ndarray, idx: np.ndarray, val: np.ndarray) -> None:
+        """Store rows given in the tie order (``PAD`` padding) in slot order."""
+        if len(rows) == 0:
+            return
+        fill = (idx != PAD).sum(axis=1)
+        last = np.maximum(fill - 1, 0)
+        here = np.arange(len(rows))
+        self.fill[rows] = fill
+        self.worst_val[rows] = np.where(fill > 0, val[here, last], np.inf)
+        self.worst_idx[rows] = np.where(fill > 0, idx[here, last], -1)
+        order = np.argsort(idx, axis=1, kind="stable")  # PAD sorts last
+        idx = np.take_along_axis(idx, order, axis=1)
+        self.nbr_idx[rows] = np.where(idx == PAD, -1, idx).astype(np.int32)
+        self.nbr_val[rows] = np.take_along_axis(val, order, axis=1)
+
+    def _raise_bounds(self, rows: np.ndarray, vals: np.ndarray, cols: np.ndarray) -> None:
+        """Lift each row's bound to the best of itself and the given (score, index) pairs."""
+        real = cols != PAD
+        rows, vals, cols = rows[real], vals[real], cols[real]
+        if len(rows) == 0:
+            return
+        # best per row without sorting: highest score, then the lowest index at it
+        n = self.n_items
+        best = np.full(n, -np.inf)
+        np.maximum.at(best, rows, vals)
+        at_best = vals == best[rows]
+        best_idx = np.full(n, PAD, dtype=np.int64)
+        np.minimum.at(best_idx, rows[at_best], cols[at_best])
+        better = ranks_before(best[rows], best_idx[rows], self.bound[rows], self.bound_idx[rows])
+        lift = rows[better]
+        self.bound[lift] = best[lift]
+        self.bound_idx[lift] = best_idx[lift]
+
+
+#: above this many comparisons a member's slot is found by sorting the rows instead
+_COMPARE_LIMIT = 20_000_000
+
+
+def _positions(
+    idx: np.ndarray, rows: np.ndarray, cols: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Slot of each ``cols[q]`` within block row ``idx[rows[q]]``, and whether it is there."""
+    if len(rows) * idx.shape[1] <= _COMPARE_LIMIT:
+        hits = idx[rows] == cols[:, None]
+        return hits.argmax(axis=1), hits.any(axis=1)
+    # long lists (k in the thousands): sort each row once and binary-search all queries in
+    # one flat array, made globally sorted by offsetting each row's values by row · span
+    order = np.argsort(idx, axis=1, kind="stable")
+    ordered = np.take_along_axis(idx, order, axis=1)
+    real = ordered[ordered != PAD]
+    span = max(int(cols.max(initial=0)), int(real.max(initial=0))) + 2
+    flat = np.where(ordered == PAD, span - 1, ordered)
+    flat = (flat + np.arange(len(idx), dtype=np.int64)[:, None] * span).ravel()
+    query = rows * span + cols
+    at = np.minimum(np.searchsorted(flat, query), len(flat) - 1)
+    return order.ravel()[at], flat[at] == query
