@@ -14,23 +14,20 @@ refactorised from X. Indices are dense ints; mapping external ids is the caller'
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import scipy.sparse as sp
 
-from models.durable import atomic_write
 from models.imcorrect.base import Mapping
 from models.imcorrect.ease import EASE
 from models.imcorrect.gfcf import GFCF
 from models.imcorrect.itemknn import ItemKNN
 from models.imcorrect.itemknn_topk import ItemKNNTopK
 from models.imcorrect.lowrank import RowChange
+from models.imcorrect.persist import Persistence
 from models.imcorrect.serving import FrozenScores
 from models.imcorrect.sparse_rows import (
     as_csr,
@@ -40,7 +37,6 @@ from models.imcorrect.sparse_rows import (
 )
 
 MappingName = Literal["ease", "itemknn", "gfcf", "itemknn-topk"]
-FORMAT_VERSION = 1
 
 #: Documented drift tolerance: the largest absolute error allowed on the residual check
 #: (‖(G+λI)P − I‖ on sampled columns for EASE, |G − XᵀWX| and |M − f(G)| otherwise).
@@ -81,7 +77,7 @@ class ChangeReport:
     refactorised: bool = False
 
 
-class IMCorrect:
+class IMCorrect(Persistence):
     """Incremental learning and exact unlearning on top of an item×item mapping.
 
     Parameters
@@ -350,79 +346,6 @@ class IMCorrect:
         top = np.argsort(-counts, kind="stable")[:k_eff]
         keep = np.isfinite(counts[top]) & (counts[top] > 0)
         return top[keep], counts[top][keep]
-
-    # -- persistence ------------------------------------------------------------------------
-    def state_arrays(self, with_mapping: bool = True) -> dict[str, np.ndarray]:
-        x = self._x
-        arrays = {
-            "x_data": x.data,
-            "x_indices": x.indices,
-            "x_indptr": x.indptr,
-            "x_shape": np.array(x.shape, dtype=np.int64),
-            "forgotten_items": self.forgotten_items,
-        }
-        if with_mapping:
-            arrays.update({f"map_{k}": v for k, v in self._mapping.state().items()})
-        return arrays
-
-    def state_meta(self) -> dict[str, Any]:
-        return {
-            "format": FORMAT_VERSION,
-            "mapping": self.mapping_name,
-            "params": self._mapping.config(),
-            "correct_mapping": self.correct_mapping,
-            "drift_tolerance": self.drift_tolerance,
-            "check_every": self.check_every,
-            "refit_rank_ratio": self.refit_rank_ratio,
-            "version": self.version,
-            "refactorisations": self.refactorisations,
-        }
-
-    def save(self, path: str | os.PathLike, *, with_mapping: bool = True) -> Path:
-        """Write ``<path>.npz`` (plain arrays) and ``<path>.json`` atomically; never pickle.
-
-        ``with_mapping=False`` writes X only: :meth:`load` then refits the mapping from X,
-        which is exact, so the file costs O(nnz) instead of the mapping's dense arrays."""
-        base = Path(path)
-        base.parent.mkdir(parents=True, exist_ok=True)
-        arrays = self.state_arrays(with_mapping)
-        atomic_write(base.with_suffix(".npz"), lambda f: np.savez(f, **arrays))
-        meta = json.dumps(self.state_meta(), indent=2).encode()
-        atomic_write(base.with_suffix(".json"), lambda f: f.write(meta))
-        return base
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> IMCorrect:
-        base = Path(path)
-        meta = json.loads(base.with_suffix(".json").read_text())
-        if meta.get("format") != FORMAT_VERSION:
-            raise ValueError(f"unsupported IMCorrect format {meta.get('format')}")
-        model = cls(
-            meta["mapping"],
-            correct_mapping=meta["correct_mapping"],
-            drift_tolerance=meta["drift_tolerance"],
-            check_every=meta["check_every"],
-            refit_rank_ratio=meta.get("refit_rank_ratio", 0.5),
-            **meta["params"],
-        )
-        with np.load(base.with_suffix(".npz"), allow_pickle=False) as arrays:
-            model.load_arrays(dict(arrays), meta)
-        return model
-
-    def load_arrays(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
-        shape = tuple(int(s) for s in arrays["x_shape"])
-        self._x = sp.csr_matrix(
-            (arrays["x_data"], arrays["x_indices"], arrays["x_indptr"]), shape=shape
-        )
-        self._owns_x = False
-        self.forgotten_items = np.array(arrays["forgotten_items"], dtype=bool)
-        mapping = {k[4:]: v for k, v in arrays.items() if k.startswith("map_")}
-        if mapping:
-            self._mapping.load_state(mapping)
-        else:
-            self._mapping.fit(self._x)  # saved without the mapping: rebuild it, exactly
-        self.version = int(meta["version"])
-        self.refactorisations = int(meta.get("refactorisations", 0))
 
     # -- internals --------------------------------------------------------------------------
     def _grow(self, n_users: int, n_items: int) -> None:
