@@ -23,7 +23,7 @@ from streams.config import LetheSettings
 from streams.contracts import DeletionReceipt, ModelUpdate, Recommendation, RecRequest, decode
 from streams.procs import WorkerProcess, free_port, scrape
 from streams.reader import read_all
-from streams.replay import replay_dataset
+from streams.replay import replay_dataset, to_event
 from streams.runtime.admin import create_topics
 from streams.sequence_store import predates
 
@@ -246,3 +246,45 @@ def test_trainer_and_scorer_serve_across_a_swap_and_forget(serving_settings, tmp
     finally:
         for w in workers:
             w.stop()
+
+
+def test_a_standby_trainer_takes_over_and_versions_keep_rising(serving_settings, tmp_path):
+    """Two trainers on one state folder: the second (``--standby``) waits on the folder's
+    lock, so only one trains and exports; when the first is SIGKILLed after announcing, the
+    standby continues from its newest checkpoint and announces newer versions only."""
+    settings = serving_settings
+    asyncio.run(create_topics(settings))
+    events = [to_event(r) for r in load("ml-100k").replay()]
+    log_path = tmp_path / "trainers.log"
+    active = WorkerProcess(settings, log_path, "trainer").start()
+    standby = WorkerProcess(settings.model_copy(update={"standby": True}), log_path, "trainer")
+
+    def publish(part) -> None:
+        async def send() -> None:
+            async with LetheProducer(settings) as producer:
+                await producer.interactions(part)
+
+        asyncio.run(send())
+
+    try:
+        active.wait_ready(180)
+        standby.start()
+        wait_for(lambda: "standby: waiting" in log_path.read_text(), 60, "a waiting standby", [])
+        publish(events[:50_000])
+        before = wait_for(lambda: model_updates(settings), 300, "a first version", [active])
+        active.kill()
+        wait_for(lambda: "standby: took over" in log_path.read_text(), 60, "a takeover", [])
+        publish(events[50_000:])  # the stream goes on
+        first = {int(u.version) for u in before}
+
+        def newer() -> set[int]:
+            return {int(u.version) for u in model_updates(settings)} - first
+
+        fresh = wait_for(newer, 300, "a version from the standby", [standby])
+        assert standby.stop() == 0, standby.log_tail()
+    finally:
+        active.kill()
+        standby.kill()
+    # the standby never reuses a number the first trainer may have announced
+    assert min(fresh) > max(first), (first, fresh)
+    assert log_path.read_text().count("trainer worker ready") == 2
