@@ -17,6 +17,13 @@ from streams.contracts import DeletionReceipt, DeletionRequest, InteractionEvent
 from streams.runtime.memory import MemoryConsumer, MemoryIO, MemoryLog, MemoryProducer
 
 
+def user_deletion(user_id: str, request_id: str, ts: int) -> DeletionRequest:
+    """A user deletion as the contract streams publish it."""
+    return DeletionRequest(
+        request_id=request_id, scope="user", user_id=user_id, reason="privacy", ts=ts
+    )
+
+
 class Crash(Exception):
     """Stands for SIGKILL: raised out of the runtime's Kafka calls."""
 

@@ -12,7 +12,7 @@ from streams.contracts import DeletionRequest
 from streams.replay import to_event
 from streams.runtime.workers import imcorrect_runtime
 from streams.state import SnapshotStore
-from tests.unit.service_contract import ServiceContract
+from tests.unit.service_contract import ServiceContract, user_deletion
 
 # distinctive user ids, so that a byte search of the state files means something
 _EVENTS = [
@@ -38,15 +38,7 @@ class TestIMCorrectService(ServiceContract):
                 seen = {e.user_id for e in out if not isinstance(e, DeletionRequest)}
                 for user in _FORGOTTEN[deleted : deleted + 2]:
                     if user in seen:
-                        out.append(
-                            DeletionRequest(
-                                request_id=f"req-{len(out)}",
-                                scope="user",
-                                user_id=user,
-                                reason="privacy",
-                                ts=event.ts + 1,
-                            )
-                        )
+                        out.append(user_deletion(user, f"req-{len(out)}", event.ts + 1))
                 deleted += 2
         return out
 

@@ -18,7 +18,7 @@ from streams.services.base import Inputs
 from streams.services.batch import InteractionColumns
 from streams.services.scorer import ScorerService
 from streams.services.scorer_state import ScorerState
-from tests.unit.service_contract import ServiceContract
+from tests.unit.service_contract import ServiceContract, user_deletion
 
 _EVENTS = [
     e.model_copy(update={"user_id": f"subject-{e.user_id}-x"})
@@ -38,15 +38,7 @@ def _stream() -> list:
         if k % 200 == 199:
             seen = {e.user_id for e in out if not isinstance(e, DeletionRequest)}
             for user in [u for u in _FORGOTTEN if u in seen and u not in gone][:2]:
-                out.append(
-                    DeletionRequest(
-                        request_id=f"req-{len(out)}",
-                        scope="user",
-                        user_id=user,
-                        reason="privacy",
-                        ts=event.ts + 1,
-                    )
-                )
+                out.append(user_deletion(user, f"req-{len(out)}", event.ts + 1))
                 gone.add(user)
     return out
 

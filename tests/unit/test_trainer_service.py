@@ -25,7 +25,7 @@ from streams.services.batch import InteractionColumns
 from streams.services.trainer import TrainerService
 from streams.services.trainer_export import EXPORTED_BY, export_version, exported_models
 from streams.services.trainer_state import CheckpointRecord, TrainerFiles
-from tests.unit.service_contract import ScriptedIO, ServiceContract
+from tests.unit.service_contract import ScriptedIO, ServiceContract, user_deletion
 
 #: a model small enough that a round, a checkpoint and an export take well under a second
 TINY = {
@@ -158,15 +158,7 @@ class TestTrainerService(ServiceContract):
                 seen = {e.user_id for e in out if isinstance(e, InteractionEvent)}
                 for user in [u for u in pending if u in seen][:2]:
                     pending.remove(user)
-                    out.append(
-                        DeletionRequest(
-                            request_id=f"req-{len(out)}",
-                            scope="user",
-                            user_id=user,
-                            reason="privacy",
-                            ts=event.ts + 1,
-                        )
-                    )
+                    out.append(user_deletion(user, f"req-{len(out)}", event.ts + 1))
         return out
 
     def forgotten_ids(self):
@@ -235,9 +227,7 @@ def batch(users: range, rng: np.random.Generator, n: int = 60) -> list[tuple[str
 
 
 def forget_user(user: str, request_id: str) -> Inputs:
-    request = DeletionRequest(
-        request_id=request_id, scope="user", user_id=user, reason="privacy", ts=1_700_000_000_000
-    )
+    request = user_deletion(user, request_id, 1_700_000_000_000)
     return Inputs(deletions=[request], offsets={"u.deletions:0": 1})
 
 
