@@ -400,4 +400,11 @@ def run_until_signalled(runtime: Runtime) -> None:
     """Run until SIGINT/SIGTERM, then snapshot and exit cleanly."""
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: runtime.stop())
-    runtime.run()
+    try:
+        runtime.run()
+    finally:
+        # the interpreter resets handlers to the defaults while it finalises (librdkafka and
+        # onnxruntime threads still winding down): a second signal then (Ctrl-C reaches the
+        # worker, then its parent's SIGTERM) would kill it with -15 after a clean stop
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
