@@ -186,6 +186,11 @@ class ScorerSettings(BaseModel):
     #: names this replica's own state folder (``scorer-<id>``; default ``scorer``): replicas
     #: on one shared volume each keep their sequences and offsets apart
     replica_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    #: input records (interactions, deletions, announcements) applied between two looks at
+    #: the requests: bounds how long a request waits behind the state side
+    state_batch_max_events: int = Field(default=500, ge=1)
+    #: how long an idle scorer waits for a request before it looks at its input again
+    idle_wait_ms: float = Field(default=20.0, ge=0)
     #: librdkafka's linger for answers. A batch's answers are queued together and leave in
     #: one produce request at 0 too; more holds every answer back up to that long
     reply_linger_ms: float = Field(default=0.0, ge=0)

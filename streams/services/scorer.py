@@ -49,9 +49,6 @@ from streams.services.scorer_state import ScorerState
 
 log = logging.getLogger("lethe.scorer")
 
-#: state records applied between two looks at the requests (bounds a request's wait)
-_STATE_CHUNK = 500
-
 
 class ScorerService:
     """Score requests; keep sequences and forgotten ids; swap models. No Kafka here."""
@@ -95,11 +92,11 @@ class ScorerService:
 
     @property
     def batch_max_events(self) -> int:
-        return _STATE_CHUNK
+        return self.cfg.state_batch_max_events
 
     @property
     def batch_max_wait_ms(self) -> float:
-        return 20.0
+        return self.cfg.idle_wait_ms
 
     def use_retention(self, retention: dict[str, TopicRetention]) -> None:
         return None  # the scorer writes no receipts
