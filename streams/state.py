@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from models.durable import fsync_path
 from models.imcorrect import IMCorrect
 from streams.keys import KeyRing
 
@@ -282,10 +283,10 @@ class SnapshotStore:
         }
         (tmp / "worker.json").write_text(json.dumps(meta))
         for f in tmp.iterdir():
-            _fsync(f)
-        _fsync(tmp)
+            fsync_path(f)
+        fsync_path(tmp)
         os.replace(tmp, final)
-        _fsync(self.root)
+        fsync_path(self.root)
         self._prune(keep=final)
         return final
 
@@ -295,7 +296,7 @@ class SnapshotStore:
         for p in self.root.glob("snap-*"):
             if p != keep:
                 shutil.rmtree(p, ignore_errors=True)
-        _fsync(self.root)
+        fsync_path(self.root)
 
     def load(self, path: Path | None = None) -> WorkerState | None:
         path = path or self.latest()
@@ -339,12 +340,3 @@ def model_digest(model: IMCorrect) -> str:
         h.update(f"{name}:{a.dtype.str}:{a.shape};".encode())
         h.update(a.tobytes())
     return h.hexdigest()
-
-
-def _fsync(path: Path) -> None:
-    """fsync a file or a folder (a folder's entry list must reach the disk for a rename)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -68,7 +68,6 @@ class Received:
     key: bytes | None
     value: bytes | None
     timestamp: int  # ms: the producer's CreateTime
-    generation: int  # the assignment it was read under (stale after its partition moved)
 
 
 @dataclass
@@ -126,15 +125,13 @@ class RequestChannel:
         self._threads: list[threading.Thread] = []
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
-        #: partitions owned now, and a counter that moves whenever ownership changes
+        #: partitions owned now
         self.assigned: set[int] = set()
-        self.generation = 0
         self._ready = threading.Event()
         self._acks: deque[_Acks] = deque()
         self._settled: dict[int, int] = {}  # partition → position safe to commit
         self._committed: dict[int, int] = {}
         self._acks_lock = threading.Lock()
-        self.rebalances = 0
 
     # -- lifecycle --------------------------------------------------------------------------
     def open(self, timeout_s: float = 30.0) -> None:
@@ -188,7 +185,6 @@ class RequestChannel:
                 for tp in known:
                     self._committed[tp.partition] = tp.offset
             self.assigned |= {tp.partition for tp in parts}
-            self._moved()
             log.info("rec-requests partitions assigned: %s", sorted(tp.partition for tp in parts))
         self._ready.set()
 
@@ -217,7 +213,6 @@ class RequestChannel:
         gone = {tp.partition for tp in parts}
         self._commit(sync=True, only=gone)  # what was answered stays answered
         self.assigned -= gone
-        self._moved()
         with self._arrived:  # their new owner answers what this one had not
             self._pending = deque(r for r in self._pending if r.partition not in gone)
         with self._acks_lock:
@@ -225,10 +220,6 @@ class RequestChannel:
                 self._settled.pop(p, None)
                 self._committed.pop(p, None)
         log.info("rec-requests partitions revoked: %s", sorted(gone))
-
-    def _moved(self) -> None:
-        self.generation += 1
-        self.rebalances += 1
 
     # -- requests ---------------------------------------------------------------------------
     def _pump_requests(self) -> None:
@@ -253,7 +244,7 @@ class RequestChannel:
                 log.exception("request consumer failed")
                 time.sleep(POLL_S)
                 continue
-            got = [r for m in burst if (r := _received(m, self.generation)) is not None]
+            got = [r for m in burst if (r := _received(m)) is not None]
             if got:
                 with self._arrived:
                     self._pending.extend(got)
@@ -290,12 +281,12 @@ class RequestChannel:
         assert producer is not None
         acks = _Acks(left=len(replies))
         for r in batch:
-            if r.generation == self.generation or r.partition in self.assigned:
+            if r.partition in self.assigned:  # a revoked partition's new owner answers it
                 acks.positions[r.partition] = max(acks.positions.get(r.partition, 0), r.offset + 1)
         with self._acks_lock:
             self._acks.append(acks)
         if not replies:
-            self._acked(acks)
+            self._settle()
             return
         messages = [
             {"value": value, "key": key, "callback": self._reporter(acks, on_delivery)}
@@ -331,11 +322,11 @@ class RequestChannel:
             with self._acks_lock:
                 acks.left -= 1
             if acks.left <= 0:
-                self._acked(acks)
+                self._settle()
 
         return report
 
-    def _acked(self, _acks: _Acks) -> None:
+    def _settle(self) -> None:
         """Settle positions of fully acknowledged batches, in batch order."""
         with self._acks_lock:
             while self._acks and self._acks[0].left <= 0:
@@ -370,7 +361,7 @@ class RequestChannel:
             producer.poll(POLL_S)  # serves delivery reports as soon as they come
 
 
-def _received(message: Message, generation: int) -> Received | None:
+def _received(message: Message) -> Received | None:
     error = message.error()
     if error is not None:
         if error.code() != KafkaError._PARTITION_EOF:
@@ -384,7 +375,6 @@ def _received(message: Message, generation: int) -> Received | None:
         key=message.key(),
         value=message.value(),
         timestamp=timestamp,
-        generation=generation,
     )
 
 
