@@ -93,6 +93,8 @@ class TopicSettings(BaseModel):
     recommendations_retention_ms: int = Field(default=1 * DAY_MS, ge=-1)
     receipts_retention_ms: int = Field(default=-1, ge=-1)  # kept forever: proof of erasure
     dead_letters_retention_ms: int = Field(default=30 * DAY_MS, ge=-1)
+    #: IMCorrect replicas' heartbeats (no user data): only the newest seconds are read
+    heartbeats_retention_ms: int = Field(default=3_600_000, ge=60_000)
 
 
 class ProducerSettings(BaseModel):
@@ -125,6 +127,13 @@ class IMCorrectWorkerSettings(BaseModel):
     group_id: str = "lethe-imcorrect"
     #: answer ``rec-requests`` itself; turn off where the scoring agent answers them
     answer_requests: bool = True
+    #: hot replicas (docs/scale-out.md): every replica applies the change log one elected
+    #: writer orders; each keeps its own state folder ``imcorrect-<replica_id>``
+    replicated: bool = False
+    replica_id: str = Field(default="", pattern=r"^[A-Za-z0-9_-]{0,40}$")
+    #: a replica silent this long is no longer waited for by receipts
+    replica_timeout_s: float = Field(default=10.0, gt=0)
+    heartbeat_interval_s: float = Field(default=0.5, gt=0)
 
 
 class TrainerSettings(BaseModel):

@@ -250,6 +250,8 @@ class DeletionReceipt(Contract):
     subject: Annotated[str, Field(pattern=r"^(user|item):[0-9a-f]{16}$")] | None = None
     state_digest: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
     retained_elsewhere: list[RetainedCopy] = []
+    #: hot IMCorrect replicas that had applied the deletion when the receipt went out
+    replicas: list[Annotated[str, Field(max_length=64)]] | None = None
 
 
 class DeadLetter(Contract):

@@ -21,8 +21,23 @@ log = logging.getLogger("lethe.kafka")
 ACCESS: dict[str, dict[str, tuple[str, ...]]] = {
     "imcorrect": {
         # deletion-receipts is read back after a crash: was a pending receipt already out?
-        "read": ("interactions", "deletions", "rec-requests", "deletion-receipts"),
-        "write": ("recommendations", "deletion-receipts", "dead-letters"),
+        # hot replicas (imcorrect.replicated) also read and write their change log and
+        # heartbeats, and need the transactional id and groups of docs/security.md
+        "read": (
+            "interactions",
+            "deletions",
+            "rec-requests",
+            "deletion-receipts",
+            "imcorrect-log",
+            "imcorrect-replicas",
+        ),
+        "write": (
+            "recommendations",
+            "deletion-receipts",
+            "dead-letters",
+            "imcorrect-log",
+            "imcorrect-replicas",
+        ),
     },
     "scorer": {
         "read": ("interactions", "deletions", "rec-requests", "model-updates"),

@@ -37,6 +37,12 @@ SNAPSHOT_SECONDS = Histogram("lethe_snapshot_seconds", "Time to write one snapsh
 CONSUMER_LAG = Gauge("lethe_consumer_lag", "Messages behind the log end", ["topic", "partition"])
 MODEL_VERSION = Gauge("lethe_model_version", "Version of the served model", ["model"])
 RECOMMENDATIONS = Counter("lethe_recommendations_total", "Recommendations published", ["strategy"])
+IMCORRECT_WRITER = Gauge(
+    "lethe_imcorrect_writer", "1 while this IMCorrect replica is the elected change-log writer"
+)
+IMCORRECT_LOG_LAG = Gauge(
+    "lethe_imcorrect_log_lag", "Change-log records this IMCorrect replica has not applied yet"
+)
 REFACTORISATIONS = Gauge("lethe_imcorrect_refactorisations", "Drift-triggered refactorisations")
 
 # -- trainer ---------------------------------------------------------------------------------

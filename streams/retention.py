@@ -28,6 +28,7 @@ USER_DATA_TOPICS: dict[str, str] = {
     "rec-requests": "recommendation requests naming the user",
     "recommendations": "recommendations sent to the user",
     "dead-letters": "malformed events that may name the subject (raw bytes)",
+    "imcorrect-log": "the subject's events and deletions as the IMCorrect writer ordered them",
 }
 
 
@@ -70,6 +71,8 @@ def retention_plan(settings: LetheSettings) -> dict[str, int]:
         "model-updates": -1,
         "deletion-receipts": t.receipts_retention_ms,
         "dead-letters": t.dead_letters_retention_ms,
+        "imcorrect-log": t.interactions_retention_ms,
+        "imcorrect-replicas": t.heartbeats_retention_ms,
     }
     return {
         logical: capped_retention(ms, t.erasure_deadline_ms) if logical in USER_DATA_TOPICS else ms

@@ -47,7 +47,13 @@ LOGICAL_TOPICS = (
     "model-updates",
     "deletion-receipts",
     "dead-letters",
+    # hot IMCorrect replicas (docs/scale-out.md): the writer's ordered change log and the
+    # replicas' heartbeats; one partition each, so one order
+    "imcorrect-log",
+    "imcorrect-replicas",
 )
+#: topics whose order is the point: a single partition
+SINGLE_PARTITION = ("model-updates", "imcorrect-log", "imcorrect-replicas")
 
 
 @dataclass(frozen=True)
@@ -91,7 +97,7 @@ def topic_specs(settings: LetheSettings) -> list[TopicSpec]:
             TopicSpec(
                 logical=logical,
                 name=topic_name(settings, logical),
-                partitions=1 if logical == "model-updates" else t.partitions,
+                partitions=1 if logical in SINGLE_PARTITION else t.partitions,
                 replication_factor=t.replication_factor,
                 configs=configs,
             )

@@ -49,6 +49,8 @@ _TOPICS = (
     "recommendations",
     "deletion-receipts",
     "dead-letters",
+    "imcorrect-log",
+    "imcorrect-replicas",
 )
 
 
@@ -143,6 +145,22 @@ class Runtime:
                 self.service.close()
         finally:
             lock.release()
+
+    def attach(self, service: Service, publisher: Publisher) -> None:
+        """Run :meth:`step` for ``service`` inside another worker's loop, which holds the
+        lock, the metrics port and ``publisher`` (the IMCorrect writer's sequencer)."""
+        self.service = service
+        self.publisher = publisher
+        self._snapshot_offsets = dict(service.offsets)
+        self.consumer = self.io.consumer()
+        self._assign()
+
+    def step(self) -> None:
+        """One step of an attached service."""
+        self._step()
+
+    def detach(self) -> None:
+        self.consumer.close()
 
     def _assign(self) -> None:
         svc = self.service
@@ -396,8 +414,9 @@ class Runtime:
                 m.CONSUMER_LAG.labels(name, key.rsplit(":", 1)[1]).set(max(lag, 0))
 
 
-def run_until_signalled(runtime: Runtime) -> None:
-    """Run until SIGINT/SIGTERM, then snapshot and exit cleanly."""
+def run_until_signalled(runtime: Any) -> None:
+    """Run a runtime (anything with ``run`` and ``stop``) until SIGINT/SIGTERM, then snapshot
+    and exit cleanly."""
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: runtime.stop())
     try:

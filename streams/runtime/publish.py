@@ -122,6 +122,10 @@ class Publisher:
         if failed:
             # the outbox still holds them: a restart publishes what did not get out
             raise RuntimeError(f"{len(failed)} receipt(s) could not be published: {failed[0]}")
+        self.count_receipts(receipts)
+
+    def count_receipts(self, receipts: list[DeletionReceipt]) -> None:
+        """Metrics and a log line for receipts that are out (by this producer or another)."""
         now = time.time()
         for receipt in receipts:
             m.RECEIPTS.labels(receipt.status).inc()

@@ -6,13 +6,20 @@ from streams.config import LetheSettings
 from streams.runtime.kafka import KafkaIO
 from streams.runtime.loop import Runtime, run_until_signalled
 from streams.runtime.memory import MemoryIO
+from streams.runtime.replica import ReplicaRuntime
 
 IO = KafkaIO | MemoryIO | None
 
 
-def imcorrect_runtime(settings: LetheSettings, io: IO = None) -> Runtime:
-    """The IMCorrect worker (:class:`streams.services.imcorrect.IMCorrectService`) on ``io``."""
+def imcorrect_runtime(settings: LetheSettings, io: IO = None) -> Runtime | ReplicaRuntime:
+    """The IMCorrect worker (:class:`streams.services.imcorrect.IMCorrectService`) on ``io``;
+    a hot replica of the change log with ``imcorrect.replicated`` (Kafka only)."""
     from streams.services.imcorrect import IMCorrectService
+
+    if settings.imcorrect.replicated:
+        if isinstance(io, MemoryIO):
+            raise ValueError("hot IMCorrect replicas need Kafka transactions: no MemoryIO")
+        return ReplicaRuntime(settings, io)
 
     return Runtime(
         settings,

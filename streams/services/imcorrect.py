@@ -32,6 +32,12 @@ from streams.services.base import Effects, Inputs, Outbox
 from streams.state import DedupWindow, SnapshotStore, WorkerState
 
 
+def imcorrect_folder(settings: LetheSettings) -> str:
+    """The state folder's name under ``state_dir``: one per hot replica."""
+    replica = settings.imcorrect.replica_id
+    return f"imcorrect-{replica}" if replica else "imcorrect"
+
+
 def new_state(settings: LetheSettings) -> WorkerState:
     cfg = settings.imcorrect
     params: dict[str, float] = {
@@ -58,7 +64,8 @@ class IMCorrectService:
         self.settings = settings
         # the hash key is kept apart from the snapshots (docs/privacy.md, "Keys")
         self.store = SnapshotStore(
-            Path(state_dir or Path(settings.state_dir) / "imcorrect"), keyring_for(settings)
+            Path(state_dir or Path(settings.state_dir) / imcorrect_folder(settings)),
+            keyring_for(settings),
         )
         self.state = self.store.load() or self.store.adopt(new_state(settings))
         self.applier = Applier(self.state, retention_from_settings(settings))

@@ -20,8 +20,8 @@ from streams.state import SnapshotStore, WorkerState
 __all__ = ["WorkerProcess", "assert_equals_batch_fit", "load_state", "read_all", "wait_caught_up"]
 
 
-def snapshot_meta(state_dir: Path) -> dict | None:
-    latest = SnapshotStore(Path(state_dir) / "imcorrect").latest()
+def snapshot_meta(state_dir: Path, folder: str = "imcorrect") -> dict | None:
+    latest = SnapshotStore(Path(state_dir) / folder).latest()
     if latest is None:
         return None
     try:
@@ -48,8 +48,8 @@ def wait_caught_up(
     raise AssertionError(f"worker did not catch up in {timeout_s} s:\n{worker.log_tail()}")
 
 
-def load_state(state_dir: Path) -> WorkerState:
-    state = SnapshotStore(Path(state_dir) / "imcorrect").load()
+def load_state(state_dir: Path, folder: str = "imcorrect") -> WorkerState:
+    state = SnapshotStore(Path(state_dir) / folder).load()
     assert state is not None, "no snapshot written"
     return state
 

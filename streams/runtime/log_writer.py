@@ -1,0 +1,208 @@
+"""The IMCorrect writer's side of the change log: transactions, and the sequencer's service.
+
+Only the elected writer appends to the change log, through one transactional producer whose
+``transactional.id`` is the same for every replica of a prefix. Starting it
+(:meth:`TransactionalLog.start`) fences any earlier writer: the broker aborts that writer's
+open transaction and refuses its later commits, so a writer that lost the election while
+stalled can never append after its successor has read the log to its end.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import ClassVar
+
+from confluent_kafka import KafkaError, KafkaException
+
+from streams.config import LetheSettings
+from streams.contracts import DeletionReceipt, RecRequest
+from streams.retention import TopicRetention
+from streams.runtime import kafka
+from streams.runtime.changelog import PublishedRecord, encode, step_records
+from streams.services.base import Effects, Inputs, Outbox
+
+log = logging.getLogger("lethe.replica")
+
+#: attempts at one transaction before the writer gives up its term
+_ATTEMPTS = 10
+_FENCED = (
+    KafkaError._FENCED,
+    KafkaError.PRODUCER_FENCED,
+    KafkaError.INVALID_PRODUCER_EPOCH,
+    KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+)
+
+
+class Fenced(RuntimeError):
+    """Another writer took over (or this one may not write): stop writing, keep following."""
+
+
+def writer_transactional_id(settings: LetheSettings) -> str:
+    return f"{settings.client_id}-imcorrect-writer-{settings.topic_prefix}"
+
+
+class TransactionalLog:
+    """Appends records (to the change log and, with markers, to the receipts topic) in
+    transactions that either all appear or none does."""
+
+    def __init__(self, settings: LetheSettings) -> None:
+        self.producer = kafka.producer(
+            settings,
+            **{
+                "transactional.id": writer_transactional_id(settings),
+                "transaction.timeout.ms": 60_000,
+            },
+        )
+
+    def start(self, timeout_s: float = 60) -> None:
+        """Take the writer's role: fences every earlier writer (see the module's note)."""
+        try:
+            self.producer.init_transactions(timeout_s)
+        except KafkaException as exc:
+            raise _classify(exc) from exc
+
+    def commit(self, records: list[tuple[str, bytes, bytes | None]]) -> None:
+        """Append ``(topic, value, key)`` records in one transaction."""
+        for attempt in range(_ATTEMPTS):
+            try:
+                self.producer.begin_transaction()
+                for topic, value, key in records:
+                    self._produce(topic, value, key)
+                self._commit()
+                return
+            except KafkaException as exc:
+                error = exc.args[0]
+                if _is_fenced(error):
+                    raise Fenced(str(error)) from exc
+                if not error.txn_requires_abort() or attempt == _ATTEMPTS - 1:
+                    raise
+                log.warning("change-log transaction aborted, retrying: %s", error)
+                self.producer.abort_transaction(60)
+        raise RuntimeError("unreachable")
+
+    def _produce(self, topic: str, value: bytes, key: bytes | None) -> None:
+        while True:
+            try:
+                self.producer.produce(topic, value=value, key=key)
+                return
+            except BufferError:
+                self.producer.poll(0.1)
+
+    def _commit(self) -> None:
+        for _ in range(_ATTEMPTS):
+            try:
+                self.producer.commit_transaction(60)
+                return
+            except KafkaException as exc:
+                if not exc.args[0].retriable():
+                    raise
+        raise RuntimeError("the change-log transaction could not be committed")
+
+    def close(self) -> None:
+        self.producer.flush(5)
+
+
+def _is_fenced(error: KafkaError) -> bool:
+    return error.fatal() or error.code() in _FENCED
+
+
+def _classify(exc: KafkaException) -> Exception:
+    return Fenced(str(exc.args[0])) if _is_fenced(exc.args[0]) else exc
+
+
+class LogWriter:
+    """The sequencer's service: a runtime step goes into the change log, not into a model.
+
+    It runs inside a :class:`streams.runtime.loop.Runtime` (decoding, dead letters, the
+    deletion barrier), so the writer orders input exactly as a single worker would apply it.
+    Its offsets start where the change log ends and move with each committed step.
+    """
+
+    name: ClassVar[str] = "imcorrect-writer"
+    reads: ClassVar[tuple[str, ...]] = ("interactions", "deletions")
+    replays: ClassVar[tuple[str, ...]] = ()
+    dead_letters_for: ClassVar[tuple[str, ...]] = ("interactions", "deletions")
+    wants_sources: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        settings: LetheSettings,
+        txlog: TransactionalLog,
+        log_topic: str,
+        offsets: dict[str, int],
+    ) -> None:
+        self.settings = settings
+        self.txlog = txlog
+        self.log_topic = log_topic
+        self._offsets = dict(offsets)
+        self.steps_written = 0
+
+    @property
+    def offsets(self) -> dict[str, int]:
+        return self._offsets
+
+    @property
+    def snapshot_interval_s(self) -> float:
+        return math.inf  # the replicas snapshot; the writer holds nothing of its own
+
+    @property
+    def batch_max_events(self) -> int:
+        return self.settings.imcorrect.batch_max_events
+
+    @property
+    def batch_max_wait_ms(self) -> float:
+        return self.settings.imcorrect.batch_max_wait_ms
+
+    def apply(self, inputs: Inputs) -> Effects:
+        self._write(inputs, dead=0)
+        return Effects()
+
+    def note_dead_letters(self, n: int, offsets: dict[str, int]) -> None:
+        self._write(Inputs(offsets=dict(offsets)), dead=n)
+
+    def _write(self, inputs: Inputs, dead: int) -> None:
+        limit = self.settings.limits.max_message_bytes
+        values = step_records(inputs, dead, limit)
+        self.txlog.commit([(self.log_topic, v, None) for v in values])
+        self._offsets.update(inputs.offsets)
+        self.steps_written += 1
+
+    def publish_receipts(self, receipts_topic: str, receipts: list[DeletionReceipt]) -> None:
+        """Receipts and their marker in one transaction: a replica that later reads the
+        marker drops them from its outbox; without the marker, none of them is visible."""
+        marker = PublishedRecord(receipts=[(r.request_id, r.status) for r in receipts])
+        records: list[tuple[str, bytes, bytes | None]] = [
+            (receipts_topic, r.to_bytes(), r.request_id.encode()) for r in receipts
+        ]
+        records.append((self.log_topic, encode(marker), None))
+        self.txlog.commit(records)
+
+    # -- the rest of the service protocol: nothing of its own to keep -----------------------
+    def tick(self) -> Effects:
+        return Effects()
+
+    def use_retention(self, retention: dict[str, TopicRetention]) -> None:
+        return None
+
+    def answer(self, requests: list[RecRequest]) -> list[bytes]:
+        raise NotImplementedError("replicas answer requests, the sequencer does not")
+
+    @property
+    def outbox(self) -> Outbox:
+        return Outbox()
+
+    def stage(self, effects: Effects, receipts_end_offsets: dict[str, int]) -> None:
+        return None
+
+    def clear_outbox(self) -> None:
+        return None
+
+    def save(self, *, for_receipt: bool = False) -> None:
+        return None
+
+    def gauges(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None

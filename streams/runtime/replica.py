@@ -1,0 +1,418 @@
+"""Hot IMCorrect replicas (docs/scale-out.md): every replica applies the change log; the one
+the election picked also writes it.
+
+* **Election.** Every replica is a member of one consumer group on the single-partition
+  heartbeat topic ``imcorrect-replicas``; the member that holds its partition is the writer
+  (cooperative-sticky keeps it there while others join). A dead writer's partition moves
+  after the group's session timeout.
+* **Writer.** It fences earlier writers (:class:`TransactionalLog`), applies the log to its
+  end, then runs a :class:`~streams.runtime.loop.Runtime` step loop over the input topics
+  whose service (:class:`LogWriter`) appends each decoded step, deletions released by the
+  barrier included, to the change log in a transaction. Input positions live in the log's
+  records, so a new writer resumes exactly where the last committed step ended.
+* **Every replica** (the writer too) applies the log in order to its own
+  :class:`~streams.services.imcorrect.IMCorrectService`, snapshots into its own folder, and
+  reports on the heartbeat topic how far it has applied the log.
+* **Receipts.** A deletion's receipt waits until every live replica (heard from within
+  ``replica_timeout_s``) has applied the deletion and snapshotted; the writer then publishes
+  it, naming those replicas, in one transaction with a marker on the change log. Replicas drop
+  a receipt from their outbox when they apply its marker, so whichever replica writes next
+  publishes exactly the receipts not yet out.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
+
+from streams import metrics as m
+from streams.config import LetheSettings
+from streams.contracts import ContractError, DeletionReceipt
+from streams.runtime import kafka
+from streams.runtime.changelog import (
+    Entry,
+    LogDecodeError,
+    LoggedStep,
+    PublishedRecord,
+    StepRecord,
+    decode,
+    merge_steps,
+)
+from streams.runtime.lock import StateLock
+from streams.runtime.log_writer import Fenced, LogWriter, TransactionalLog
+from streams.runtime.loop import _TOPICS, Runtime
+from streams.runtime.publish import Publisher
+from streams.services.base import Effects
+from streams.services.imcorrect import IMCorrectService, imcorrect_folder
+from streams.topics import topic_name
+
+log = logging.getLogger("lethe.replica")
+
+#: change-log records taken per read
+_READ_CHUNK = 2_000
+
+
+def writer_group(settings: LetheSettings) -> str:
+    return f"{settings.client_id}-imcorrect-writer-{settings.topic_prefix}"
+
+
+def request_group(settings: LetheSettings) -> str:
+    """Replicas that answer ``rec-requests`` share them through this group."""
+    return f"{settings.client_id}-imcorrect-{settings.topic_prefix}"
+
+
+@dataclass
+class _Ack:
+    applied: int  # next change-log offset the replica will apply
+    events: int  # events it has accepted (for the lag in events)
+    seen: float  # monotonic time of its last heartbeat
+    leaving: bool = False
+
+
+class ReplicaRuntime:
+    """One IMCorrect replica: follower always, writer while elected."""
+
+    def __init__(self, settings: LetheSettings, io: kafka.KafkaIO | None = None) -> None:
+        self.settings = settings
+        self.cfg = settings.imcorrect
+        self.io = io or kafka.KafkaIO(settings)
+        self.replica = self.cfg.replica_id or "0"
+        self.name = imcorrect_folder(settings)
+        self.topics = {logical: topic_name(settings, logical) for logical in _TOPICS}
+        self.log_topic = self.topics["imcorrect-log"]
+        self.log_key = kafka.tp_key(self.log_topic, 0)
+        self._stop = False
+        self._want_writer = False
+        self.sequencer: Runtime | None = None
+        self.writer: LogWriter | None = None
+        self.writer_since = 0.0
+        #: (change-log offset of the deletion, receipt) not yet published
+        self.pending: list[tuple[int, DeletionReceipt]] = []
+        #: published by this writer, marker not read back yet
+        self._in_flight: set[tuple[str, str]] = set()
+        self.acks: dict[str, _Ack] = {}
+        self.server = None
+        self._beat_at = 0.0
+        self._gauges_at = 0.0
+        self._saved_at = time.monotonic()
+        self._saved_offsets: dict[str, int] = {}
+
+    def stop(self) -> None:
+        self._stop = True
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def run(self) -> None:
+        cfg = self.settings
+        lock = StateLock(cfg.state_dir, self.name, wait=cfg.standby, stopped=lambda: self._stop)
+        if not lock.held:
+            return
+        try:
+            self.service = IMCorrectService(cfg, Path(cfg.state_dir) / self.name)
+            gc.freeze()
+            gc.set_threshold(100_000, 50, 100)
+            port = m.serve(cfg.metrics_host, cfg.metrics_port)
+            self.io.create_topics()
+            self.publisher = Publisher(cfg, self.io, self.topics)
+            retention = self.io.retention()
+            if retention is not None:
+                self.service.use_retention(retention)
+            self._restore_pending()
+            self._saved_offsets = dict(self.service.offsets)
+            self.follower = kafka.consumer(
+                cfg,
+                **{
+                    "isolation.level": "read_committed",
+                    "fetch.wait.max.ms": 20,
+                    "max.partition.fetch.bytes": 4 << 20,
+                },
+            )
+            start = self.service.offsets.get(self.log_key, OFFSET_BEGINNING)
+            self.follower.assign([TopicPartition(self.log_topic, 0, start)])
+            self.election = self._election_consumer()
+            if self.cfg.answer_requests:
+                from streams.runtime.serve import RequestServer
+
+                self.server = RequestServer(cfg, self.service, self.publisher, request_group(cfg))
+                self.server.open()
+            log.info("imcorrect worker ready: replica %s (metrics on :%s)", self.replica, port)
+            try:
+                while not self._stop:
+                    self._iteration()
+            finally:
+                self._leave()
+        finally:
+            lock.release()
+
+    def _leave(self) -> None:
+        """Snapshot, say goodbye (receipts stop waiting for this replica), close."""
+        if self.sequencer is not None:
+            self._stop_writing("stopping")
+        self.service.save()
+        self._heartbeat(force=True, leaving=True)
+        if self.server is not None:
+            self.server.close()
+        self.publisher.flush(30)
+        self.election.close()
+        self.follower.close()
+        self.service.close()
+
+    def _restore_pending(self) -> None:
+        # the offset of each staged deletion is not kept: the snapshot's log position is at
+        # or after it, so a restored receipt waits at most a little longer than it had to
+        applied = self.service.offsets.get(self.log_key, 0)
+        self.pending = [(applied - 1, r) for r in self.service.outbox.receipts]
+
+    def _election_consumer(self) -> Any:
+        consumer = kafka.consumer(
+            self.settings,
+            **{
+                "group.id": writer_group(self.settings),
+                "partition.assignment.strategy": "cooperative-sticky",
+                "session.timeout.ms": 6000,
+                "heartbeat.interval.ms": 1000,
+                "auto.offset.reset": "latest",
+                "fetch.wait.max.ms": 20,
+            },
+        )
+        topic = self.topics["imcorrect-replicas"]
+
+        def assigned(_consumer: Any, parts: list) -> None:
+            if any(p.topic == topic for p in parts):
+                self._want_writer = True
+
+        def revoked(_consumer: Any, parts: list) -> None:
+            if any(p.topic == topic for p in parts):
+                self._want_writer = False
+
+        consumer.subscribe([topic], on_assign=assigned, on_revoke=revoked, on_lost=revoked)
+        return consumer
+
+    # -- one iteration ------------------------------------------------------------------------
+    def _iteration(self) -> None:
+        self._read_heartbeats()
+        if self._want_writer and self.sequencer is None:
+            self._become_writer()
+        elif not self._want_writer and self.sequencer is not None:
+            self._stop_writing("lost the election")
+        wrote = False
+        if self.sequencer is not None and self.writer is not None:
+            before = self.writer.steps_written
+            try:
+                self.sequencer.step()
+            except Fenced as exc:
+                self._stop_writing(f"fenced ({exc})")
+            wrote = self.writer is not None and self.writer.steps_written > before
+        idle_wait = self.cfg.batch_max_wait_ms / 1000
+        self._follow(0.05 if wrote else (0.0 if self.sequencer is not None else idle_wait))
+        if self.server is not None:
+            self.server.serve(0.0)
+        self._heartbeat()
+        if self.sequencer is not None:
+            self._publish_due()
+        self._maybe_snapshot()
+        self._gauges()
+
+    # -- following the change log -------------------------------------------------------------
+    def _follow(self, wait_s: float) -> int:
+        """Apply what the change log has; returns the records applied."""
+        first = self.follower.poll(wait_s)
+        if first is None:
+            self._past_markers()
+            return 0
+        msgs = [first, *self.follower.consume(_READ_CHUNK, 0)]
+        entries = []
+        for msg in msgs:
+            if msg.error() is not None:
+                log.warning("change-log consumer error: %s", msg.error())
+                continue
+            try:
+                entries.append(decode(msg.offset(), msg.value(), self.settings.limits))
+            except LogDecodeError as exc:
+                entries.append(self._foreign(msg, exc))
+        for unit in merge_steps(entries, self.log_key, self.cfg.batch_max_events):
+            if isinstance(unit, LoggedStep):
+                self._apply(unit)
+            else:
+                self._published(unit)
+        self._past_markers()
+        return len(entries)
+
+    def _past_markers(self) -> None:
+        """Move the applied position over transaction markers the consumer skipped (a log
+        that ends in a commit marker is applied to its end, not to one before it)."""
+        (pos,) = self.follower.position([TopicPartition(self.log_topic, 0)])
+        if pos.offset > self._applied():
+            self.service.note_dead_letters(0, {self.log_key: pos.offset})
+
+    def _foreign(self, msg: Any, exc: LogDecodeError) -> Entry:
+        """A record no writer wrote: passed over by every replica alike (the writer files a
+        dead letter), so they still apply the same log."""
+        if self.sequencer is not None:
+            self.publisher.dead_letter(msg, ContractError(str(exc)), "imcorrect-log")
+        return Entry(msg.offset(), StepRecord(event_ids=[], user_ids=[], item_ids=[], ts=[]))
+
+    def _apply(self, step: LoggedStep) -> None:
+        inputs = step.inputs
+        effects = self.service.apply(inputs) if inputs else Effects()
+        if step.dead or not inputs:
+            self.service.note_dead_letters(step.dead, inputs.offsets)
+        if effects.receipts:
+            now = int(time.time() * 1000)
+            for receipt in effects.receipts:
+                self.pending.append(
+                    (step.last_offset, receipt.model_copy(update={"applied_at": now}))
+                )
+            self._stage()
+            self._save(for_receipt=True)  # gone from this replica's disk before it says so
+            self._heartbeat(force=True)
+        elif effects.snapshot:
+            self._save(for_receipt=True)
+
+    def _published(self, entry: Entry) -> None:
+        assert isinstance(entry.record, PublishedRecord)
+        out = {tuple(key) for key in entry.record.receipts}
+        self.pending = [(o, r) for o, r in self.pending if (r.request_id, r.status) not in out]
+        self._in_flight -= out
+        self._stage()
+        self.service.note_dead_letters(0, {self.log_key: entry.offset + 1})
+
+    def _stage(self) -> None:
+        self.service.stage(Effects(receipts=[r for _, r in self.pending]), {})
+
+    def _applied(self) -> int:
+        return self.service.offsets.get(self.log_key, 0)
+
+    # -- heartbeats ---------------------------------------------------------------------------
+    def _heartbeat(self, force: bool = False, leaving: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._beat_at < self.cfg.heartbeat_interval_s:
+            return
+        self._beat_at = now
+        applied, events = self._applied(), self.service.state.counters.get("events_accepted", 0)
+        body = {
+            "replica": self.replica,
+            "applied": applied,
+            "events": events,
+            "writer": self.sequencer is not None,
+            "leaving": leaving,
+            "ts": int(time.time() * 1000),
+        }
+        self.publisher.produce(
+            "imcorrect-replicas", json.dumps(body).encode(), self.replica.encode()
+        )
+        self.acks[self.replica] = _Ack(applied, events, now, leaving)
+
+    def _read_heartbeats(self) -> None:
+        for msg in self.election.consume(500, 0):
+            if msg.error() is not None:
+                continue
+            try:
+                beat = json.loads(msg.value())
+                ack = _Ack(int(beat["applied"]), int(beat["events"]), time.monotonic())
+                ack.leaving = bool(beat.get("leaving", False))
+                replica = str(beat["replica"])[:64]
+            except (ValueError, TypeError, KeyError):
+                continue  # not a heartbeat: nothing to learn from it
+            if replica != self.replica:
+                self.acks[replica] = ack
+
+    def live_replicas(self) -> dict[str, _Ack]:
+        now, timeout = time.monotonic(), self.cfg.replica_timeout_s
+        return {r: a for r, a in self.acks.items() if not a.leaving and now - a.seen <= timeout}
+
+    # -- the writer's role --------------------------------------------------------------------
+    def _become_writer(self) -> None:
+        txlog = TransactionalLog(self.settings)
+        try:
+            txlog.start()
+        except (Fenced, KafkaException) as exc:
+            log.warning("replica %s: could not take the writer's role yet: %s", self.replica, exc)
+            return
+        end = self.io.end_offsets(self.log_topic, [0])[self.log_key]
+        self._follow_to(end)
+        offsets = {k: v for k, v in self.service.offsets.items() if k != self.log_key}
+        writer = LogWriter(self.settings, txlog, self.log_topic, offsets)
+        sequencer = Runtime(self.settings, lambda _s: writer, self.io, name=writer.name)
+        sequencer.attach(writer, self.publisher)
+        self.writer, self.sequencer = writer, sequencer
+        self.writer_since = time.monotonic()
+        self._in_flight.clear()
+        m.IMCORRECT_WRITER.set(1)
+        log.info("replica %s is the writer (change log applied to %d)", self.replica, end)
+
+    def _follow_to(self, end: int) -> None:
+        """Apply the change log up to ``end`` (its end once earlier writers are fenced)."""
+        deadline = time.monotonic() + 300
+        while self._applied() < end:
+            self._follow(0.2)
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the change log did not reach offset {end} in 300 s")
+
+    def _stop_writing(self, reason: str) -> None:
+        assert self.sequencer is not None and self.writer is not None
+        self.sequencer.detach()
+        self.writer.txlog.close()
+        self.sequencer = self.writer = None
+        m.IMCORRECT_WRITER.set(0)
+        log.info("replica %s stopped writing: %s", self.replica, reason)
+
+    def _publish_due(self) -> None:
+        assert self.writer is not None
+        if not self.pending:
+            return
+        # a replica alive when this writer started has been heard from after one timeout
+        if time.monotonic() - self.writer_since < self.cfg.replica_timeout_s:
+            return
+        live = self.live_replicas()
+        due = [
+            r
+            for offset, r in self.pending
+            if (r.request_id, r.status) not in self._in_flight
+            and all(a.applied > offset for a in live.values())
+        ]
+        if not due:
+            return
+        names = sorted(live)
+        receipts = [r.model_copy(update={"replicas": names}) for r in due]
+        try:
+            self.writer.publish_receipts(self.topics["deletion-receipts"], receipts)
+        except Fenced as exc:
+            self._stop_writing(f"fenced ({exc})")
+            return
+        self._in_flight |= {(r.request_id, r.status) for r in receipts}
+        self.publisher.count_receipts(receipts)
+
+    # -- snapshots and gauges -----------------------------------------------------------------
+    def _maybe_snapshot(self) -> None:
+        due = time.monotonic() - self._saved_at >= self.cfg.snapshot_interval_s
+        if due and self.service.offsets != self._saved_offsets:
+            self._save()
+        elif due:
+            self._saved_at = time.monotonic()
+
+    def _save(self, for_receipt: bool = False) -> None:
+        start = time.perf_counter()
+        self.service.save(for_receipt=for_receipt)
+        m.SNAPSHOT_SECONDS.observe(time.perf_counter() - start)
+        self._saved_at = time.monotonic()
+        self._saved_offsets = dict(self.service.offsets)
+
+    def _gauges(self) -> None:
+        now = time.monotonic()
+        m.SNAPSHOT_AGE.set(now - self._saved_at)
+        if now - self._gauges_at < 2.0:
+            return
+        self._gauges_at = now
+        self.service.gauges()
+        _, high = self.follower.get_watermark_offsets(
+            TopicPartition(self.log_topic, 0), cached=True
+        )
+        if high >= 0:
+            m.IMCORRECT_LOG_LAG.set(max(0, high - self._applied()))

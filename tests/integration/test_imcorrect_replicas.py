@@ -1,0 +1,172 @@
+"""Hot IMCorrect replicas on the real broker: one change log, identical exact replicas, one
+receipt per request, through SIGKILLs of the writer (docs/scale-out.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.datasets import load
+from streams.client import LetheProducer
+from streams.config import LetheSettings
+from streams.contracts import DeletionReceipt, decode
+from streams.reader import end_offsets
+from streams.replay import to_event
+from streams.runtime.admin import create_topics
+from streams.topics import topic_name
+from tests.integration.worker_harness import (
+    WorkerProcess,
+    assert_equals_batch_fit,
+    load_state,
+    read_all,
+    snapshot_meta,
+)
+
+pytestmark = pytest.mark.kafka
+
+
+def replica_settings(settings: LetheSettings, replica: str) -> LetheSettings:
+    imcorrect = settings.imcorrect.model_copy(
+        update={
+            "replicated": True,
+            "replica_id": replica,
+            "answer_requests": False,
+            "replica_timeout_s": 6.0,
+        }
+    )
+    return settings.model_copy(update={"imcorrect": imcorrect})
+
+
+class Replica:
+    """One replica id, restarted as new processes (each with a log file of its own)."""
+
+    def __init__(self, settings: LetheSettings, replica: str, logs: Path) -> None:
+        self.settings = replica_settings(settings, replica)
+        self.id = replica
+        self.logs = logs
+        self.runs = 0
+        self.proc: WorkerProcess | None = None
+
+    def start(self) -> Replica:
+        self.runs += 1
+        self.proc = WorkerProcess(self.settings, self.logs / f"{self.id}-{self.runs}.log")
+        self.proc.start()
+        self.proc.wait_ready(90)
+        return self
+
+    def is_writer(self) -> bool:
+        text = self.proc.log_path.read_text(errors="replace") if self.proc else ""
+        return text.rfind("is the writer") > text.rfind("stopped writing")
+
+    def kill(self) -> None:
+        self.proc.kill()
+
+
+def wait_for(predicate, timeout_s: float, what: str, replicas=()) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        for r in replicas:
+            assert r.proc.alive(), f"replica {r.id} died:\n{r.proc.log_tail()}"
+        assert time.monotonic() < deadline, f"timed out: {what}\n" + "\n".join(
+            r.proc.log_tail(30) for r in replicas
+        )
+        time.sleep(0.2)
+
+
+def caught_up(settings: LetheSettings, replica: Replica, log_end: int) -> bool:
+    ends = asyncio.run(end_offsets(settings, ["interactions", "deletions"]))
+    meta = snapshot_meta(settings.state_dir, f"imcorrect-{replica.id}")
+    if meta is None:
+        return False
+    offsets = meta["offsets"]
+    log_key = f"{topic_name(settings, 'imcorrect-log')}:0"
+    inputs_done = all(offsets.get(k, 0) >= v for k, v in ends.items())
+    return inputs_done and offsets.get(log_key, 0) >= log_end
+
+
+def test_two_replicas_stay_identical_and_exact_through_two_writer_kills(settings, tmp_path):
+    asyncio.run(create_topics(settings))
+    events = [to_event(r) for r in load("ml-100k").replay()]
+    chunks = [events[i : i + 10_000] for i in range(0, len(events), 10_000)]
+    last_seen = {e.user_id: i for i, e in enumerate(events)}
+    rng = random.Random(7)
+    early = sorted(u for u, i in last_seen.items() if i < 40_000)
+    first = rng.sample(early, 20)
+    later = sorted(u for u, i in last_seen.items() if i < 80_000 and u not in set(first))
+    second = rng.sample(later, 20)
+    forgotten = first + second
+
+    def publish() -> None:
+        async def run() -> None:
+            async with LetheProducer(settings) as p:
+                for n, chunk in enumerate(chunks, start=1):
+                    for e in chunk:
+                        await p.send("interactions", e.user_id, e)
+                    await p.flush()
+                    for u in {4: first, 8: second}.get(n, []):
+                        await p.forget_user(u)
+                    await p.flush()
+                    await asyncio.sleep(0.7)
+
+        asyncio.run(run())
+
+    a = Replica(settings, "a", tmp_path).start()
+    b = Replica(settings, "b", tmp_path).start()
+    both = (a, b)
+    try:
+        wait_for(lambda: a.is_writer() or b.is_writer(), 60, "a writer", both)
+        producer = threading.Thread(target=publish)
+        producer.start()
+        for _kill in range(2):  # SIGKILL the writer at a random moment, restart it
+            time.sleep(rng.uniform(1.0, 4.0))
+            writer, other = (a, b) if a.is_writer() else (b, a)
+            writer.kill()
+            wait_for(other.is_writer, 60, f"replica {other.id} taking over", (other,))
+            writer.start()
+        producer.join(120)
+        assert not producer.is_alive()
+        wait_for(
+            lambda: len(asyncio.run(read_all(settings, "deletion-receipts"))) >= len(forgotten),
+            180,
+            "every receipt",
+            both,
+        )
+        log_end = asyncio.run(end_offsets(settings, ["imcorrect-log"]))
+        (end,) = log_end.values()
+        wait_for(lambda: all(caught_up(settings, r, end) for r in both), 120, "caught up", both)
+        time.sleep(2.0)  # a receipt published twice would be out by now
+        assert a.proc.stop() == 0 and b.proc.stop() == 0
+    finally:
+        for r in both:
+            if r.proc is not None:
+                r.proc.kill()
+
+    logs = "".join(p.read_text(errors="replace") for p in sorted(tmp_path.glob("*.log")))
+    assert logs.count("is the writer") >= 3, "the writer's role did not move twice"
+    receipts = [
+        decode(DeletionReceipt, r.value)
+        for r in asyncio.run(read_all(settings, "deletion-receipts"))
+    ]
+    ids = [r.request_id for r in receipts]
+    assert len(ids) == len(set(ids)) == len(forgotten), "not one receipt per request"
+    assert all(r.status == "applied" and r.removed["users"] == 1 for r in receipts)
+    assert all(r.replicas and set(r.replicas) <= {"a", "b"} for r in receipts)
+
+    gone = set(forgotten)
+    retained = [(e.user_id, e.item_id) for e in events if e.user_id not in gone]
+    states = [load_state(settings.state_dir, f"imcorrect-{r.id}") for r in both]
+    for state in states:
+        assert_equals_batch_fit(state, retained, settings.imcorrect.l2)
+        assert state.counters["events_accepted"] == len(events), "an event lost or doubled"
+        assert not gone & set(u for u in state.users.by_index if u is not None)
+    sa, sb = states
+    assert sa.users.by_index == sb.users.by_index, "user indices differ"
+    assert sa.items.by_index == sb.items.by_index, "item indices differ"
+    assert (sa.model.interactions != sb.model.interactions).nnz == 0
+    assert float(np.max(np.abs(sa.model.mapping - sb.model.mapping))) <= 1e-8
