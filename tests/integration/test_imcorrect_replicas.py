@@ -4,7 +4,9 @@ receipt per request, through SIGKILLs of the writer (docs/scale-out.md)."""
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import signal
 import threading
 import time
 from pathlib import Path
@@ -18,6 +20,7 @@ from streams.config import LetheSettings
 from streams.contracts import DeletionReceipt, decode
 from streams.reader import end_offsets
 from streams.replay import to_event
+from streams.runtime import changelog, kafka
 from streams.runtime.admin import create_topics
 from streams.topics import topic_name
 from tests.integration.worker_harness import (
@@ -77,6 +80,23 @@ def wait_for(predicate, timeout_s: float, what: str, replicas=()) -> None:
             r.proc.log_tail(30) for r in replicas
         )
         time.sleep(0.2)
+
+
+def read_committed(settings: LetheSettings, topic: str) -> list:
+    """Every committed record of a one-partition transactional topic (its end is a commit
+    marker, which no record carries: the end is reached when the position is)."""
+    consumer = kafka.consumer(settings, **{"isolation.level": "read_committed"})
+    try:
+        tp = kafka.TopicPartition(topic, 0, 0)
+        end = consumer.get_watermark_offsets(tp, timeout=10)[1]
+        consumer.assign([tp])
+        out, deadline = [], time.monotonic() + 60
+        while consumer.position([tp])[0].offset < end:
+            assert time.monotonic() < deadline, f"{topic} not read to its end"
+            out += [msg for msg in consumer.consume(1000, 0.5) if msg.error() is None]
+        return out
+    finally:
+        consumer.close()
 
 
 def caught_up(settings: LetheSettings, replica: Replica, log_end: int) -> bool:
@@ -158,6 +178,16 @@ def test_two_replicas_stay_identical_and_exact_through_two_writer_kills(settings
     assert all(r.status == "applied" and r.removed["users"] == 1 for r in receipts)
     assert all(r.replicas and set(r.replicas) <= {"a", "b"} for r in receipts)
 
+    # the writers, between them, logged every event and deletion exactly once
+    logged_events, logged_deletions = [], []
+    for msg in read_committed(settings, topic_name(settings, "imcorrect-log")):
+        record = changelog.decode(msg.offset(), msg.value(), settings.limits).record
+        if isinstance(record, changelog.StepRecord):
+            logged_events += record.event_ids
+            logged_deletions += record.deletions
+    assert sorted(logged_events) == sorted(e.event_id for e in events)
+    assert len(logged_deletions) == len(forgotten)
+
     gone = set(forgotten)
     retained = [(e.user_id, e.item_id) for e in events if e.user_id not in gone]
     states = [load_state(settings.state_dir, f"imcorrect-{r.id}") for r in both]
@@ -170,3 +200,70 @@ def test_two_replicas_stay_identical_and_exact_through_two_writer_kills(settings
     assert sa.items.by_index == sb.items.by_index, "item indices differ"
     assert (sa.model.interactions != sb.model.interactions).nnz == 0
     assert float(np.max(np.abs(sa.model.mapping - sb.model.mapping))) <= 1e-8
+
+
+def test_a_receipt_waits_for_every_live_replica_and_names_them(settings, tmp_path):
+    """A follower that stops answering holds a receipt back until it counts as gone; the
+    receipt then names only the replicas that applied the deletion. Once it is back, it
+    applies the deletion from the log and the next receipt names both."""
+    asyncio.run(create_topics(settings))
+    events = [to_event(r) for r in load("ml-100k").replay()][:5_000]
+    users = sorted({e.user_id for e in events})
+    a = Replica(settings, "a", tmp_path).start()
+    b = Replica(settings, "b", tmp_path).start()
+    both = (a, b)
+
+    def forget(user: str) -> None:
+        async def run() -> None:
+            async with LetheProducer(settings) as p:
+                await p.forget_user(user)
+
+        asyncio.run(run())
+
+    def receipts() -> list[DeletionReceipt]:
+        return [
+            decode(DeletionReceipt, r.value)
+            for r in asyncio.run(read_all(settings, "deletion-receipts"))
+        ]
+
+    try:
+        wait_for(lambda: a.is_writer() or b.is_writer(), 60, "a writer", both)
+        writer, follower = (a, b) if a.is_writer() else (b, a)
+
+        async def publish() -> None:
+            async with LetheProducer(settings) as p:
+                for e in events:
+                    await p.send("interactions", e.user_id, e)
+
+        asyncio.run(publish())
+        (end,) = asyncio.run(end_offsets(settings, ["imcorrect-log"])).values()
+        wait_for(lambda: all(caught_up(settings, r, end) for r in both), 60, "applied", both)
+        time.sleep(6.5)  # the new writer's first timeout: it has heard from everyone
+
+        os.kill(follower.proc.proc.pid, signal.SIGSTOP)
+        stopped = time.monotonic()
+        forget(users[0])
+        wait_for(lambda: len(receipts()) == 1, 60, "the first receipt", (writer,))
+        waited = time.monotonic() - stopped
+        os.kill(follower.proc.proc.pid, signal.SIGCONT)
+        (first,) = receipts()
+        # held back while the stopped follower could still be alive (replica_timeout_s = 6)
+        assert waited >= 4.0, f"published {waited:.1f} s after the follower stopped"
+        assert first.replicas == [writer.id]
+
+        time.sleep(3.0)  # the follower's heartbeats resume
+        forget(users[1])
+        wait_for(lambda: len(receipts()) == 2, 60, "the second receipt", both)
+        second = [r for r in receipts() if r.request_id != first.request_id][0]
+        assert second.replicas == sorted([a.id, b.id])
+        (end,) = asyncio.run(end_offsets(settings, ["imcorrect-log"])).values()
+        wait_for(lambda: caught_up(settings, follower, end), 60, "follower applied", both)
+        assert a.proc.stop() == 0 and b.proc.stop() == 0
+    finally:
+        for r in both:
+            if r.proc is not None and r.proc.alive():
+                os.kill(r.proc.proc.pid, signal.SIGCONT)
+                r.proc.kill()
+    for r in both:
+        state = load_state(settings.state_dir, f"imcorrect-{r.id}")
+        assert state.users.get(users[0]) is None and state.users.get(users[1]) is None
