@@ -70,6 +70,7 @@ def retention_plan(settings: LetheSettings) -> dict[str, int]:
         "model-updates": -1,
         "deletion-receipts": t.receipts_retention_ms,
         "dead-letters": t.dead_letters_retention_ms,
+        "items": -1,  # compacted item metadata, no user data (docs/privacy.md)
     }
     return {
         logical: capped_retention(ms, t.erasure_deadline_ms) if logical in USER_DATA_TOPICS else ms

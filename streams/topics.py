@@ -47,7 +47,12 @@ LOGICAL_TOPICS = (
     "model-updates",
     "deletion-receipts",
     "dead-letters",
+    "items",
 )
+
+
+#: kept as the newest record per key, never deleted by age
+_COMPACTED = ("model-updates", "items")
 
 
 @dataclass(frozen=True)
@@ -73,7 +78,8 @@ def topic_specs(settings: LetheSettings) -> list[TopicSpec]:
     Topics that carry user data keep it no longer than ``topics.erasure_deadline_ms``
     (their segments roll at :func:`streams.retention.segment_ms` so old records do go);
     receipts are evidence without raw ids and are kept; model updates are compacted per model
-    name so a restarted scorer finds the newest version of each model.
+    name so a restarted scorer finds the newest version of each model, and item metadata per
+    item id so a trainer that starts without state finds the newest record of every item.
     """
     t = settings.topics
     retention = retention_plan(settings)
@@ -81,7 +87,7 @@ def topic_specs(settings: LetheSettings) -> list[TopicSpec]:
     for logical in LOGICAL_TOPICS:
         keep = retention[logical]
         configs = {
-            "cleanup.policy": "compact" if logical == "model-updates" else "delete",
+            "cleanup.policy": "compact" if logical in _COMPACTED else "delete",
             "max.message.bytes": str(settings.limits.max_message_bytes + 1024),
             "retention.ms": str(keep),
         }
