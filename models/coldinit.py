@@ -24,6 +24,9 @@ class ColdInitConfig:
     min_count: int = 1  # items with fewer training occurrences get text-derived rows
     ridge: float = 1.0  # L2 penalty of the map, relative to the mean eigenvalue of XᵀX
     scale: float = 1.0  # multiplies the mapped rows (ridge shrinks them; chosen on validation)
+    #: an item with ``0 < count < min_count`` keeps ``count / min_count`` of its trained row
+    #: (mixed with the mapped one) instead of losing it; False: the mapped row alone
+    blend: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -60,6 +63,7 @@ def init_cold_embeddings(
     item_vectors: torch.Tensor,
     counts: np.ndarray,
     cfg: ColdInitConfig | None = None,
+    has_text: np.ndarray | None = None,
 ) -> np.ndarray:
     """Overwrite SASRec's rows of rarely trained items with mapped text-derived vectors.
 
@@ -73,7 +77,10 @@ def init_cold_embeddings(
         Training occurrences per dense item (``n_items``), e.g.
         :func:`models.coldsplit.training_counts`.
     cfg
-        Threshold, ridge penalty and scale.
+        Threshold, ridge penalty, scale and blending.
+    has_text
+        Which items (``n_items`` booleans) have a text; the others neither enter the fit
+        nor get a mapped row (their vectors say nothing). None: every item.
 
     Returns
     -------
@@ -84,13 +91,20 @@ def init_cold_embeddings(
     table = crm.item_emb.weight
     if item_vectors.shape[0] != table.shape[0] or len(counts) != table.shape[0] - 1:
         raise ValueError("item_vectors and counts must cover every item of the SASRec")
-    known = np.flatnonzero(counts >= cfg.min_count)
-    rare = np.flatnonzero(counts < cfg.min_count)
+    usable = np.ones(len(counts), dtype=bool) if has_text is None else np.asarray(has_text, bool)
+    if usable.shape != counts.shape:
+        raise ValueError("has_text must have one entry per item")
+    known = np.flatnonzero((counts >= cfg.min_count) & usable)
+    rare = np.flatnonzero((counts < cfg.min_count) & usable)
     if len(rare) == 0:
         return rare
     if len(known) < 2:
         raise ValueError("too few known items to fit the map")
     vectors = item_vectors.to(table.device).float()
     w, b = fit_linear_map(vectors[known + 1], table[known + 1], cfg.ridge)
-    table[rare + 1] = cfg.scale * (vectors[rare + 1] @ w + b)
+    mapped = cfg.scale * (vectors[rare + 1] @ w + b)
+    if cfg.blend:
+        share = torch.as_tensor(counts[rare] / cfg.min_count, dtype=mapped.dtype)[:, None]
+        mapped = share.to(mapped.device) * table[rare + 1] + (1 - share.to(mapped.device)) * mapped
+    table[rare + 1] = mapped
     return rare

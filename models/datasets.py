@@ -119,9 +119,15 @@ def load(name: DatasetName) -> Dataset:
         }
     )
     inter = inter.sort_values("ts", kind="stable").reset_index(drop=True)
-    raw_items = _read_atomic(folder / f"{name}.item")
+    return Dataset(name=name, interactions=inter, items=read_item_file(folder / f"{name}.item"))
+
+
+def read_item_file(path: Path) -> pd.DataFrame:
+    """A dataset's ``.item`` file (tab-separated, ``field:type`` headers) as columns
+    ``item_id, title, year, genres`` (genres a list of strings)."""
+    raw_items = _read_atomic(Path(path))
     genres = raw_items["class"] if "class" in raw_items else raw_items["genre"]
-    items = pd.DataFrame(
+    return pd.DataFrame(
         {
             "item_id": raw_items["item_id"],
             "title": raw_items["movie_title"],
@@ -129,7 +135,6 @@ def load(name: DatasetName) -> Dataset:
             "genres": genres.str.split(" "),
         }
     )
-    return Dataset(name=name, interactions=inter, items=items)
 
 
 @dataclass(frozen=True)

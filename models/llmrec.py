@@ -153,6 +153,9 @@ class LLMRecommender(nn.Module):
         hidden = lm.config.hidden_size
         self.register_buffer("item_table", item_embeddings.detach().clone().float())
         self.register_buffer("instruction_ids", instruction_ids.detach().clone().long())
+        #: the LM's tokenizer (None: :func:`~models.itemtext.byte_tokenize`), kept so that
+        #: texts given later (new items on a stream) are tokenised as the first ones were
+        self.tokenizer = None
         self.project = nn.Linear(config.item_dim, hidden)
         self.head = nn.Linear(hidden, config.n_items + 1)
         nn.init.normal_(self.head.weight, std=0.02)
@@ -193,39 +196,70 @@ class LLMRecommender(nn.Module):
             raise ValueError(f"{len(texts)} texts for {self.config.n_items} items")
         vocab = self.lm.get_base_model().config.vocab_size
         device = self.head.weight.device
+        tokenizer = tokenizer if tokenizer is not None else self.tokenizer
         if self.config.text_tokens:
             ids, mask = token_table(texts, self.config.text_tokens, tokenizer, vocab)
             self.text_ids.copy_(ids)
             self.text_mask.copy_(mask)
         if not self.config.text_repr:
             return
-        ids, mask = token_table(texts, self.config.text_encode_tokens, tokenizer, vocab)
         embed = self.lm.get_input_embeddings()
-        backbone = self._backbone()
         key = encoding_key(
             texts,
             self.config.text_encode_tokens,
             self.lm.get_base_model().config.to_dict(),
-            torch.cat([embed.weight.flatten(), backbone.norm.weight.flatten()]),
+            torch.cat([embed.weight.flatten(), self._backbone().norm.weight.flatten()]),
         )
         encodings = cache.get(key) if cache is not None else None
         if encodings is None:
-            was_training = self.training
-            self.eval()
-            with self.lm.disable_adapter():
-                encodings = encode_item_texts(
-                    backbone, embed, ids.to(device), mask.to(device), batch
-                )
-            self.train(was_training)
+            encodings = torch.zeros(len(texts) + 1, embed.embedding_dim, device=device)
+            encodings[1:] = self.encode_texts(texts, tokenizer, batch)
             if cache is not None:
                 cache.put(key, encodings)
-        encodings = encodings.to(device).float()
-        real = encodings[1:]
-        standard = (real - real.mean(0)) / real.std(0).clamp(min=1e-6)
+        self.set_text_encodings(encodings)
+
+    def encode_texts(self, texts: list[str], tokenizer=None, batch: int = 64) -> torch.Tensor:
+        """The pretrained LM's mean-pooled encodings of ``texts`` (``len(texts) × hidden``;
+        adapters off, eval mode), before :meth:`set_text_encodings` standardises them. An
+        empty text gets a zero row."""
+        vocab = self.lm.get_base_model().config.vocab_size
+        device = self.head.weight.device
+        ids, mask = token_table(texts, self.config.text_encode_tokens, tokenizer, vocab)
+        was_training = self.training
+        self.eval()
+        with self.lm.disable_adapter():
+            encodings = encode_item_texts(
+                self._backbone(),
+                self.lm.get_input_embeddings(),
+                ids.to(device),
+                mask.to(device),
+                batch,
+            )
+        self.train(was_training)
+        return encodings[1:]
+
+    def set_text_encodings(self, encodings: torch.Tensor) -> None:
+        """Install raw encodings (``(n_items + 1) × hidden``, row 0 for padding) as the text
+        table: standardised per dimension over the items whose row is not all zero (the
+        items that have a text) and divided by √hidden; the others keep a zero row, so
+        their text term is 0."""
+        if not self.config.text_repr:
+            raise ValueError("this LLM side has no text representation (text_repr=False)")
+        if encodings.shape != self.text_table.shape:
+            raise ValueError(
+                f"encodings shape {tuple(encodings.shape)} != {tuple(self.text_table.shape)}"
+            )
+        encodings = encodings.to(self.text_table.device).float()
+        rows = torch.nonzero(encodings[1:].abs().sum(1) > 0).flatten() + 1
         self.text_table.zero_()
+        if len(rows) == 0:
+            return
+        real = encodings[rows]
+        std = real.std(0) if len(rows) > 1 else torch.ones_like(real[0])
+        standard = (real - real.mean(0)) / std.clamp(min=1e-6)
         # rows of norm about 1, so h · Wᵀ t_i starts on the ID head's scale (SmolLM2's
         # hidden states have norms near 40; unscaled, the text scores swamp the head)
-        self.text_table[1:] = standard / standard.shape[1] ** 0.5
+        self.text_table[rows] = standard / standard.shape[1] ** 0.5
 
     def set_known_items(self, known) -> None:
         """Mark which items (dense indices, ``n_items`` booleans) have training data; the
@@ -331,7 +365,8 @@ def build_llm_recommender(
 
     With ``texts`` (one per item, dense-index order) and ``text_tokens`` and/or
     ``text_repr`` the LLM side reads item text (module docstring); encodings are cached in
-    ``cache`` (default: beside the SmolLM2 cache)."""
+    ``cache`` (default: beside the SmolLM2 cache). ``text_repr`` without ``texts`` starts
+    with no item text (zero rows) for :meth:`LLMRecommender.set_text_encodings` to fill."""
     torch.manual_seed(seed)
     if spec == "tiny":
         lm, tokenizer = tiny_llama(hidden=64, layers=2, heads=4, vocab=256, seed=seed), None
@@ -341,8 +376,8 @@ def build_llm_recommender(
             truncate_layers(lm, int(spec.split(":")[1]))
     else:
         raise ValueError(f"unknown LLM spec {spec!r} (tiny, smollm2 or smollm2:N)")
-    if (text_tokens or text_repr) and texts is None:
-        raise ValueError("text_tokens / text_repr need the item texts")
+    if text_tokens and texts is None:
+        raise ValueError("text_tokens needs the item texts")
     rec = LLMRecommender(
         lm,
         LLMRecConfig(
@@ -354,6 +389,7 @@ def build_llm_recommender(
         item_table,
         instruction_ids(tokenizer, vocab=256),
     )
+    rec.tokenizer = tokenizer
     if texts is not None and (text_tokens or text_repr):
         if cache is None:
             cache = TextEncodingCache(default_cache_dir().parent / "item-text")

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from models.coldinit import ColdInitConfig, init_cold_embeddings
 from models.distill import DistillConfig, Distiller, load_checkpoint, save_checkpoint
 from models.llmrec import build_llm_recommender
 from models.sasrec import SASRec, SASRecConfig
@@ -40,6 +41,9 @@ class OnlineConfig:
     valid_users: int = 500
     seed: int = 0
     distill: DistillConfig = field(default_factory=DistillConfig)
+    #: the LLM side scores items by their text too (``LLMRecConfig.text_repr``); the texts
+    #: are given with :meth:`OnlineLLMD4Rec.set_item_texts`
+    text_repr: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -100,7 +104,11 @@ class OnlineLLMD4Rec:
             )
         ).to(self.device)
         self.llm = build_llm_recommender(
-            self.cfg.llm, self.cfg.max_items, self.crm.item_embeddings().cpu(), self.cfg.seed
+            self.cfg.llm,
+            self.cfg.max_items,
+            self.crm.item_embeddings().cpu(),
+            self.cfg.seed,
+            text_repr=self.cfg.text_repr,
         ).to(self.device)
         dcfg = DistillConfig(
             **{**self.cfg.distill.to_dict(), "max_steps_per_stage": self.cfg.pretrain_steps}
@@ -120,6 +128,30 @@ class OnlineLLMD4Rec:
         meta = load_checkpoint(path, self.crm, self.llm)
         self.warm, self.rounds = bool(meta.get("warm")), int(meta.get("rounds", 0))
         return meta
+
+    # -- item text ------------------------------------------------------------------------
+    def set_item_texts(self, encodings: torch.Tensor, counts: np.ndarray) -> None:
+        """Give the LLM side the items' raw text encodings (``(max_items + 1) × hidden``,
+        zero rows for items without text; :meth:`LLMRecommender.encode_texts`) and which
+        items have training data (``counts > 0``; the others are scored by text alone)."""
+        self.llm.set_text_encodings(encodings)
+        self.llm.set_known_items(np.asarray(counts) > 0)
+
+    def crm_for_export(
+        self, counts: np.ndarray, has_text: np.ndarray, cold: ColdInitConfig
+    ) -> tuple[SASRec, np.ndarray]:
+        """A copy of SASRec whose rows of rarely trained items that have a text are mapped
+        from the LLM side's text vectors (:func:`models.coldinit.init_cold_embeddings`); the
+        live SASRec is unchanged. Returns the copy and the dense indices it changed (none
+        when fewer than two items with text have ``cold.min_count`` training events)."""
+        crm = copy.deepcopy(self.crm).eval()
+        if not self.cfg.text_repr:
+            return crm, np.zeros(0, dtype=np.int64)
+        has_text = np.asarray(has_text, dtype=bool)
+        if int(((counts >= cold.min_count) & has_text).sum()) < 2:
+            return crm, np.zeros(0, dtype=np.int64)
+        changed = init_cold_embeddings(crm, self.llm.text_item_vectors(), counts, cold, has_text)
+        return crm, changed
 
     # -- training -------------------------------------------------------------------------
     def train_round(
@@ -214,6 +246,16 @@ class OnlineLLMD4Rec:
 
     def crm_state(self) -> dict:
         return {k: v.detach().clone() for k, v in self.crm.state_dict().items()}
+
+
+def training_counts(sequences: Mapping[str, np.ndarray], n_items: int) -> np.ndarray:
+    """How often each dense item occurs in the training part of the sequences (what
+    :func:`split_for_training` trains on: all but the newest item of a user with three or
+    more, both items of a user with two)."""
+    parts = [seq[:-1] if len(seq) >= 3 else seq for seq in sequences.values() if len(seq) >= 2]
+    if not parts:
+        return np.zeros(n_items, dtype=np.int64)
+    return np.bincount(np.concatenate(parts), minlength=n_items)[:n_items]
 
 
 def _stable_hash(seed: int, user: str) -> int:

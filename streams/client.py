@@ -9,6 +9,7 @@ future that raises, and ``flush`` raises :class:`DeliveryError` listing every fa
 Example
 -------
 >>> with SyncLetheProducer(load_settings()) as p:          # doctest: +SKIP
+...     p.item("i9", "Toy Story", year=1995, genres=["Animation"])
 ...     p.interaction("u1", "i9", ts=1700000000000)
 ...     p.forget_user("u1")
 """
@@ -30,6 +31,7 @@ from streams.contracts import (
     Contract,
     DeletionRequest,
     InteractionEvent,
+    ItemMetadata,
     RecRequest,
 )
 from streams.kafka_config import check_access, producer_kwargs, reply_producer_kwargs
@@ -155,6 +157,39 @@ class LetheProducer:
         await self.flush()
         return n
 
+    async def item(
+        self,
+        item_id: str,
+        title: str,
+        *,
+        year: int | None = None,
+        genres: Iterable[str] = (),
+        text: str | None = None,
+        ts: int | None = None,
+    ) -> ItemMetadata:
+        """Announce what an item is on ``items`` (key ``item_id``; the newest record per
+        item is kept). The trainer reads it as text, so the next exported model can rank
+        the item before it has many interactions. Not for personal data."""
+        meta = ItemMetadata(
+            item_id=item_id,
+            title=title,
+            year=year,
+            genres=list(genres),
+            text=text,
+            ts=now_ms() if ts is None else ts,
+        )
+        await self.send("items", meta.kafka_key(), meta)
+        return meta
+
+    async def items(self, records: Iterable[ItemMetadata]) -> int:
+        """Queue many item records (keyed by item) and wait for all of them; the count."""
+        n = 0
+        for meta in records:
+            await self.send("items", meta.kafka_key(), meta)
+            n += 1
+        await self.flush()
+        return n
+
     async def forget(self, request: DeletionRequest) -> asyncio.Future:
         return await self.send("deletions", request.kafka_key(), request)
 
@@ -238,6 +273,12 @@ class SyncLetheProducer:
 
     def interactions(self, events: Iterable[InteractionEvent]) -> int:
         return self._run(self._async.interactions(events))
+
+    def item(self, item_id: str, title: str, **kw: Any) -> ItemMetadata:
+        return self._run(self._async.item(item_id, title, **kw))
+
+    def items(self, records: Iterable[ItemMetadata]) -> int:
+        return self._run(self._async.items(records))
 
     def forget_user(self, user_id: str, **kw: Any) -> DeletionRequest:
         return self._run(self._async.forget_user(user_id, **kw))

@@ -168,6 +168,15 @@ class TrainerSettings(BaseModel):
     batch_max_wait_ms: float = Field(default=500.0, ge=0)
     #: an idle trainer rewrites nothing; rounds and forgets snapshot when they announce
     snapshot_interval_s: float = Field(default=30.0, gt=0)
+    #: item text (``items`` topic, ``catalogue_file``) for the LLM side, and text-mapped
+    #: SASRec rows for items with fewer than ``cold_min_count`` training events in every
+    #: export (ridge and scale of the map: models.coldinit; docs/distillation.md)
+    item_text: bool = True
+    #: JSONL of ItemMetadata records, or a dataset's ``.item`` file; read at every start
+    catalogue_file: Path | None = None
+    cold_min_count: int = Field(default=5, ge=1)
+    cold_ridge: float = Field(default=1.0, gt=0)
+    cold_scale: float = Field(default=1.0, gt=0)
 
 
 class ScorerSettings(BaseModel):

@@ -108,6 +108,57 @@ class InteractionEvent(Contract):
     value: FiniteFloat | None = None
 
 
+#: bounds of item metadata: what the LLM side reads of an item is its first tokens, so these
+#: only keep a record's size sane (the message size limit still applies to the whole)
+MAX_TITLE_LENGTH = 512
+MAX_ITEM_TEXT_LENGTH = 4096
+MAX_GENRES = 32
+MAX_GENRE_LENGTH = 64
+
+#: control characters but tab, newline and carriage return, and lone surrogates
+_BAD_TEXT_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
+
+
+def _label(value: str) -> str:
+    """A one-line label (title, genre): no control characters, not blank."""
+    if _BAD_ID_CHARS.search(value) or "\x7f" in value:
+        raise ValueError("must not contain control characters")
+    if not value.strip():
+        raise ValueError("must not be blank")
+    return value
+
+
+def _free_text(value: str | None) -> str | None:
+    if value is not None and _BAD_TEXT_CHARS.search(value):
+        raise ValueError("must not contain control characters other than tab and newline")
+    return value
+
+
+Title = Annotated[str, Field(min_length=1, max_length=MAX_TITLE_LENGTH), AfterValidator(_label)]
+Genre = Annotated[str, Field(min_length=1, max_length=MAX_GENRE_LENGTH), AfterValidator(_label)]
+
+
+class ItemMetadata(Contract):
+    """What an item is (topic ``items``, key ``item_id``; compacted: the newest record per
+    item is kept). The trainer's LLM side reads it as text, and an exported SASRec gives a
+    new item a row mapped from it (docs/distillation.md, "New items on the stream").
+
+    Not personal data: no field may name a user (docs/privacy.md).
+    """
+
+    item_id: Id
+    title: Title
+    ts: EpochMs
+    year: Annotated[int, Field(ge=0, le=9999)] | None = None
+    genres: Annotated[list[Genre], Field(max_length=MAX_GENRES)] = []
+    text: (
+        Annotated[str, Field(max_length=MAX_ITEM_TEXT_LENGTH), AfterValidator(_free_text)] | None
+    ) = None
+
+    def kafka_key(self) -> str:
+        return self.item_id
+
+
 class DeletionRequest(Contract):
     """A right-to-be-forgotten request (topic ``deletions``).
 
@@ -329,7 +380,12 @@ def decode(contract: type[C], raw: bytes | str, limits: LimitSettings = DEFAULT_
 
 
 #: Contracts of input topics whose ``ts`` is bounded by the wall clock plus the skew.
-_INPUT_CONTRACTS: tuple[type[Contract], ...] = (InteractionEvent, DeletionRequest, RecRequest)
+_INPUT_CONTRACTS: tuple[type[Contract], ...] = (
+    InteractionEvent,
+    DeletionRequest,
+    RecRequest,
+    ItemMetadata,
+)
 
 #: Record type per logical topic name (without prefix).
 CONTRACTS: dict[str, type[Contract]] = {
@@ -340,6 +396,7 @@ CONTRACTS: dict[str, type[Contract]] = {
     "model-updates": ModelUpdate,
     "deletion-receipts": DeletionReceipt,
     "dead-letters": DeadLetter,
+    "items": ItemMetadata,
 }
 
 

@@ -44,13 +44,14 @@ ACCESS: dict[str, dict[str, tuple[str, ...]]] = {
         "write": ("recommendations", "dead-letters"),
     },
     "trainer": {
-        # deletion-receipts is read back after a crash, as for the IMCorrect worker
-        "read": ("interactions", "deletions", "deletion-receipts"),
-        "write": ("model-updates", "deletion-receipts"),
+        # deletion-receipts is read back after a crash, as for the IMCorrect worker; the
+        # trainer alone reads items, so it writes their dead letters
+        "read": ("interactions", "deletions", "deletion-receipts", "items"),
+        "write": ("model-updates", "deletion-receipts", "dead-letters"),
     },
     "sdk": {
         "read": ("recommendations", "deletion-receipts"),
-        "write": ("interactions", "deletions", "rec-requests"),
+        "write": ("interactions", "deletions", "rec-requests", "items"),
     },
 }
 

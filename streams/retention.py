@@ -73,6 +73,7 @@ def retention_plan(settings: LetheSettings) -> dict[str, int]:
         "dead-letters": t.dead_letters_retention_ms,
         "imcorrect-log": t.interactions_retention_ms,
         "imcorrect-replicas": t.heartbeats_retention_ms,
+        "items": -1,  # compacted item metadata, no user data (docs/privacy.md)
     }
     return {
         logical: capped_retention(ms, t.erasure_deadline_ms) if logical in USER_DATA_TOPICS else ms

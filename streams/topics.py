@@ -47,6 +47,7 @@ LOGICAL_TOPICS = (
     "model-updates",
     "deletion-receipts",
     "dead-letters",
+    "items",
     # hot IMCorrect replicas (docs/scale-out.md): the writer's ordered change log and the
     # replicas' heartbeats; one partition each, so one order
     "imcorrect-log",
@@ -54,6 +55,10 @@ LOGICAL_TOPICS = (
 )
 #: topics whose order is the point: a single partition
 SINGLE_PARTITION = ("model-updates", "imcorrect-log", "imcorrect-replicas")
+
+
+#: kept as the newest record per key, never deleted by age
+_COMPACTED = ("model-updates", "items")
 
 
 @dataclass(frozen=True)
@@ -79,7 +84,8 @@ def topic_specs(settings: LetheSettings) -> list[TopicSpec]:
     Topics that carry user data keep it no longer than ``topics.erasure_deadline_ms``
     (their segments roll at :func:`streams.retention.segment_ms` so old records do go);
     receipts are evidence without raw ids and are kept; model updates are compacted per model
-    name so a restarted scorer finds the newest version of each model.
+    name so a restarted scorer finds the newest version of each model, and item metadata per
+    item id so a trainer that starts without state finds the newest record of every item.
     """
     t = settings.topics
     retention = retention_plan(settings)
@@ -87,7 +93,7 @@ def topic_specs(settings: LetheSettings) -> list[TopicSpec]:
     for logical in LOGICAL_TOPICS:
         keep = retention[logical]
         configs = {
-            "cleanup.policy": "compact" if logical == "model-updates" else "delete",
+            "cleanup.policy": "compact" if logical in _COMPACTED else "delete",
             "max.message.bytes": str(settings.limits.max_message_bytes + 1024),
             "retention.ms": str(keep),
         }

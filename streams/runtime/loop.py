@@ -24,7 +24,13 @@ from typing import Any
 
 from streams import metrics as m
 from streams.config import LetheSettings
-from streams.contracts import ContractError, DeletionRequest, ModelUpdate, RecRequest
+from streams.contracts import (
+    ContractError,
+    DeletionRequest,
+    ItemMetadata,
+    ModelUpdate,
+    RecRequest,
+)
 from streams.runtime import kafka
 from streams.runtime.barrier import Held, OrderedBarrier
 from streams.runtime.decode import decode_interactions, decode_one
@@ -51,6 +57,7 @@ _TOPICS = (
     "dead-letters",
     "imcorrect-log",
     "imcorrect-replicas",
+    "items",
 )
 
 
@@ -249,6 +256,8 @@ class Runtime:
                 deletions.append(msg)
             elif logical == "model-updates":
                 self._absorb_update(step, msg)
+            elif logical == "items":
+                self._absorb_item(step, msg)
             else:
                 step.requests.append(msg)
         step.size += len(records)
@@ -278,6 +287,22 @@ class Runtime:
             self._rejected(msg, exc, "model-updates")
             return
         step.inputs.updates.append(update)
+
+    def _absorb_item(self, step: _Step, msg: Any) -> None:
+        """Item metadata (read from the state's offsets, like interactions). A null value is
+        a compaction tombstone: passed over, not a dead letter."""
+        step.inputs.offsets[kafka.tp_key(msg.topic(), msg.partition())] = msg.offset() + 1
+        if msg.value() is None:
+            m.EVENTS.labels("items", "tombstone").inc()
+            return
+        try:
+            item = decode_one(ItemMetadata, msg.value(), self.settings.limits)
+        except ContractError as exc:
+            self._rejected(msg, exc, "items")
+            step.dead += 1
+            return
+        step.inputs.items.append(item)
+        m.EVENTS.labels("items", "valid").inc()
 
     def _rejected(self, msg: Any, error: ContractError, logical: str) -> None:
         if logical in self.service.dead_letters_for:

@@ -22,7 +22,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
 
-from streams.contracts import DeletionReceipt, DeletionRequest, ModelUpdate, RecRequest
+from streams.contracts import (
+    DeletionReceipt,
+    DeletionRequest,
+    ItemMetadata,
+    ModelUpdate,
+    RecRequest,
+)
 from streams.retention import TopicRetention
 from streams.services.batch import InteractionColumns
 
@@ -39,11 +45,13 @@ class Inputs:
     deletion_sources: list[tuple[str, int]] = field(default_factory=list)
     #: model announcements read this step (``model-updates`` is replayed from its start)
     updates: list[ModelUpdate] = field(default_factory=list)
+    #: valid item metadata in read order (services that read ``items``)
+    items: list[ItemMetadata] = field(default_factory=list)
     #: "topic:partition" → next offset, once this step is applied
     offsets: dict[str, int] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
-        return bool(len(self.interactions) or self.deletions or self.updates)
+        return bool(len(self.interactions) or self.deletions or self.updates or self.items)
 
 
 @dataclass

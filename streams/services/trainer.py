@@ -1,6 +1,6 @@
 """The trainer service: sequences in; checkpoints, ONNX models and ``neural-retrained``
-receipts out. Kafka-free: the runtime (:mod:`streams.runtime.loop`) reads ``interactions``
-and ``deletions`` from the offsets the state reflects and publishes what comes back.
+receipts out. Kafka-free: the runtime (:mod:`streams.runtime.loop`) reads ``interactions``,
+``deletions`` and ``items`` from the offsets the state reflects and publishes what comes back.
 
 Micro-batches: a round runs once ``batch_events`` new interactions arrived, or
 ``batch_wait_s`` after the first new one (:meth:`TrainerService.tick`). The count closes a
@@ -10,6 +10,11 @@ Each round is one LLMD4Rec round (:class:`models.online.OnlineLLMD4Rec`), then a
 that records the offsets it was trained through, then the rolling validation of the new
 SASRec *and of the published one on the same users*; the new one is exported and announced
 unless it is worse by more than ``regression_tolerance`` NDCG@10.
+
+Item text (``items`` and ``catalogue_file``, :mod:`streams.services.trainer_items`) reaches
+the LLM side before every round, and every export gives the items with fewer than
+``cold_min_count`` training events that have a text a SASRec row mapped from it
+(:func:`models.coldinit.init_cold_embeddings`, on a copy: the live SASRec keeps its rows).
 
 Forgetting is :mod:`streams.services.trainer_forget`; what a crash can leave on disk and how
 a start puts it right is :mod:`streams.services.trainer_recovery`.
@@ -26,8 +31,9 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from models.coldinit import ColdInitConfig
 from models.distill import DistillConfig, load_checkpoint
-from models.online import OnlineConfig, OnlineLLMD4Rec
+from models.online import OnlineConfig, OnlineLLMD4Rec, training_counts
 from models.sasrec import SASRec
 from streams import metrics as m
 from streams.config import LetheSettings
@@ -40,9 +46,11 @@ from streams.services.base import Effects, Inputs, Outbox
 from streams.services.batch import InteractionColumns
 from streams.services.trainer_export import export_version
 from streams.services.trainer_forget import forget
+from streams.services.trainer_items import ItemCatalogue, TextEncoder, read_catalogue
 from streams.services.trainer_recovery import recover
 from streams.services.trainer_state import CheckpointRecord, TrainerFiles, TrainerState
 from streams.state import DedupWindow, new_event_positions
+from streams.topics import topic_name
 
 log = logging.getLogger("lethe.trainer")
 
@@ -60,6 +68,7 @@ def online_config(settings: LetheSettings) -> OnlineConfig:
         valid_users=t.valid_users,
         seed=t.seed,
         distill=DistillConfig(t1=t.t1, t2=t.t2, w1=t.w1, w2=t.w2),
+        text_repr=t.item_text,
     )
 
 
@@ -67,10 +76,12 @@ class TrainerService:
     """Learn sequences, train in rounds, export, forget; snapshot and restore. No Kafka."""
 
     name: ClassVar[str] = "trainer"
-    reads: ClassVar[tuple[str, ...]] = ("interactions", "deletions")
+    #: ``items`` from the state's offsets too (its texts are in the state file), so a
+    #: restart reads each record once and a forgotten item's text does not come back
+    reads: ClassVar[tuple[str, ...]] = ("interactions", "deletions", "items")
     replays: ClassVar[tuple[str, ...]] = ()
-    #: the IMCorrect worker dead-letters the shared input; the trainer only counts
-    dead_letters_for: ClassVar[tuple[str, ...]] = ()
+    #: the IMCorrect worker dead-letters the shared input; the trainer alone reads ``items``
+    dead_letters_for: ClassVar[tuple[str, ...]] = ("items",)
     #: the sequence store records where each event is in the log (for the lineage)
     wants_sources: ClassVar[bool] = True
 
@@ -87,6 +98,20 @@ class TrainerService:
             keys=self.files.keys,
         )
         self.recovered = recover(self.state, self.files, self.model_dir)
+        file_texts = {}
+        if self.cfg.catalogue_file is not None:
+            file_texts = read_catalogue(self.cfg.catalogue_file, settings.limits)
+            log.info("catalogue %s: %d item texts", self.cfg.catalogue_file, len(file_texts))
+        self.catalogue = ItemCatalogue(self.state, file_texts)
+        self.encoder = TextEncoder()
+        self.cold = ColdInitConfig(
+            min_count=self.cfg.cold_min_count,
+            ridge=self.cfg.cold_ridge,
+            scale=self.cfg.cold_scale,
+            blend=True,
+        )
+        # item metadata is not training data: its offsets stay out of trained_through
+        self._items_topic = topic_name(settings, "items") + ":"
         self.update_key = update_key(settings)  # signs model-updates (docs/privacy.md)
         self.retention = retention_from_settings(settings)  # for the receipts
         self.model = OnlineLLMD4Rec(online_config(settings))
@@ -130,6 +155,9 @@ class TrainerService:
         published before them)."""
         start = time.perf_counter()
         effects = Effects()
+        if inputs.items:  # before the interactions: a round they close uses the texts
+            kept = self.catalogue.announce(inputs.items)
+            m.EVENTS.labels("items", "learned").inc(kept)
         if len(inputs.interactions):
             effects.merge(self._learn(inputs.interactions))
         self.state.offsets.update(inputs.offsets)
@@ -234,9 +262,27 @@ class TrainerService:
         m.TRAINER_PENDING.set(0)
         m.TRAINER_LAST_ROUND.set_to_current_time()
 
+    def trained_through(self) -> dict[str, int]:
+        """The input offsets a model made now was trained through (without ``items``)."""
+        return {k: v for k, v in self.state.offsets.items() if not k.startswith(self._items_topic)}
+
+    # -- item text ----------------------------------------------------------------------------
+    def prepare_texts(self, sequences: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Give the LLM side the current item texts and training counts before it trains
+        (a restored checkpoint's tables may be older). Returns (training counts, has text)
+        per dense index, for the export."""
+        counts = training_counts(sequences, self.cfg.max_items)
+        has_text = np.zeros(self.cfg.max_items, dtype=bool)
+        if self.cfg.item_text:
+            texts = self.catalogue.by_index(self.state.items.by_index)
+            table, has_text = self.encoder.table(self.model.llm, texts, self.cfg.max_items + 1)
+            self.model.set_item_texts(table, counts)
+        return counts, has_text
+
     # -- rounds -------------------------------------------------------------------------------
     def _round(self) -> Effects:
         sequences = self.dense_sequences()
+        view = self.prepare_texts(sequences)
         info = self.model.train_round(sequences, sorted(self.state.fresh_users))
         self.trained_on_everything()
         m.TRAINER_ROUND_SECONDS.labels(info["kind"]).observe(info["seconds"])
@@ -257,7 +303,7 @@ class TrainerService:
             )
             return Effects()
         reason = "first" if baseline is None else "improved" if new >= old else "within-tolerance"
-        effects = Effects(announcements=[self.export(record, metrics, reason)])
+        effects = Effects(announcements=[self.export(record, metrics, reason, view)])
         self.prune_checkpoints()
         return effects
 
@@ -287,7 +333,7 @@ class TrainerService:
         meta = {
             "version": st.version,
             "parent": parent,
-            "trained_through": dict(st.offsets),
+            "trained_through": self.trained_through(),
             "excludes_requests": excludes,
             "users": len(st.store),
             **lineage,
@@ -297,15 +343,28 @@ class TrainerService:
         shutil.rmtree(staging, ignore_errors=True)
         self.model.save(staging, meta)
         files.commit_checkpoint(name)  # complete under its name, or not there at all
-        record = CheckpointRecord(name, st.version, dict(st.offsets))
+        record = CheckpointRecord(name, st.version, self.trained_through())
         st.checkpoints.append(record)
         st.current = name
         return record
 
-    def export(self, record: CheckpointRecord, metrics: dict, reason: str) -> ModelUpdate:
-        """Export ``record``'s SASRec and make it the published model; its announcement."""
+    def export(
+        self,
+        record: CheckpointRecord,
+        metrics: dict,
+        reason: str,
+        view: tuple[np.ndarray, np.ndarray],
+    ) -> ModelUpdate:
+        """Export ``record``'s SASRec, with text-mapped rows for rarely trained items that
+        have a text (``view``: training counts and has-text per dense index, from
+        :meth:`prepare_texts`), and make it the published model; its announcement."""
+        crm, mapped = self.model.crm_for_export(*view, self.cold)
+        if len(mapped):
+            log.info(
+                "version %d: %d rarely trained item(s) ranked by text", record.version, len(mapped)
+            )
         exported = export_version(
-            self.model.crm,
+            crm,
             version=record.version,
             items=self.state.items.by_index,
             max_len=self.cfg.max_len,

@@ -1,7 +1,8 @@
 """Forgetting in the trainer: drop the data, retrain without it, delete what saw it.
 
 A step's deletions (ordered after earlier interactions by the runtime's barrier) remove the
-data from the sequence store and the vocabulary. The live models are then restored from the
+data from the sequence store and the vocabulary (a forgotten item's text too, with a
+tombstone: :mod:`streams.services.trainer_items`). The live models are then restored from the
 newest checkpoint that predates the data's first log position (or rebuilt from scratch) and
 retrained on what is retained; every checkpoint and ONNX file that saw the data is deleted,
 and the retrained SASRec is exported and announced whatever its validation says. The
@@ -22,6 +23,7 @@ from streams.contracts import DeletionReceipt, DeletionRequest
 from streams.retention import retained_elsewhere
 from streams.sequence_store import predates
 from streams.services.base import Effects
+from streams.services.trainer_items import forget_item_text
 from streams.services.trainer_recovery import is_lost
 from streams.services.trainer_state import TrainerState
 
@@ -46,6 +48,7 @@ def drop_from_store(
         counts, first = state.store.forget(request)
         if request.scope == "item":
             state.items.drop(request.item_id)
+            forget_item_text(state, request.item_id, request.ts)
         for item in held - set(state.store.item_counts):
             # no retained sequence holds it: a model retrained without the data would not
             # know it, so it leaves the vocabulary (and the exported item list)
@@ -87,6 +90,7 @@ def forget(svc: TrainerService, requests: list[DeletionRequest]) -> Effects:
     else:
         svc.model.load(files.checkpoint_dir(base.name))
     sequences = svc.dense_sequences()
+    view = svc.prepare_texts(sequences)
     info = svc.model.retrain(sequences, svc.cfg.retrain_rounds)
     m.TRAINER_ROUND_SECONDS.labels("retrain").observe(info["seconds"])
     # the retrain saw every retained event: nothing is waiting for a round any more
@@ -103,7 +107,7 @@ def forget(svc: TrainerService, requests: list[DeletionRequest]) -> Effects:
         },
     )
     metrics, _ = svc.validate(sequences)
-    update = svc.export(record, metrics, "forget")
+    update = svc.export(record, metrics, "forget", view)
     svc.delete_checkpoints(stale, spare=record.onnx_path)  # every file that saw the data
     origin = f"checkpoint {base.name}" if base else "scratch"
     detail = (

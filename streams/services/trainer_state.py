@@ -31,8 +31,9 @@ from streams.services.base import Outbox
 from streams.state import DedupWindow, Hasher, IdMap
 
 #: 2: the hash key is no longer in state.json (docs/privacy.md); 3: the outbox (receipts,
-#: announcements, receipts_end_offsets) and the events not yet trained on
-STATE_FORMAT = 3
+#: announcements, receipts_end_offsets) and the events not yet trained on; 4: item texts
+#: read from ``items`` and the tombstones of forgotten items (keyed hashes)
+STATE_FORMAT = 4
 _CHECKPOINT = re.compile(r"^ckpt-(\d+)$")
 
 
@@ -73,6 +74,10 @@ class TrainerState:
     fresh_users: set[str] = field(default_factory=set)
     outbox: Outbox = field(default_factory=Outbox)
     counters: dict[str, int] = field(default_factory=dict)
+    #: item id → (text, ts) of the newest metadata read from ``items``
+    item_texts: dict[str, tuple[str, int]] = field(default_factory=dict)
+    #: keyed hash of a forgotten item → the deletion's ts (older metadata is ignored)
+    item_tombstones: dict[int, int] = field(default_factory=dict)
 
     @property
     def hasher(self) -> Hasher:
@@ -159,6 +164,10 @@ class TrainerFiles:
                     "receipts_end_offsets": box.receipts_end_offsets,
                 },
                 "counters": state.counters,
+                "item_texts": {item: [text, ts] for item, (text, ts) in state.item_texts.items()},
+                "item_tombstones": [
+                    [str(h), ts] for h, ts in sorted(state.item_tombstones.items())
+                ],
             },
         )
 
@@ -166,7 +175,7 @@ class TrainerFiles:
         if not self.state_file.exists():
             return None
         data = json.loads(self.state_file.read_text())
-        if data.get("format") not in (2, STATE_FORMAT):
+        if data.get("format") not in (2, 3, STATE_FORMAT):
             raise ValueError(f"unsupported trainer state format in {self.state_file}")
         hashes = np.array([int(h) for h in data["dedup"]], dtype=np.uint64)
         return TrainerState(
@@ -183,6 +192,8 @@ class TrainerFiles:
             fresh_users=set(data.get("fresh_users", [])),
             outbox=_outbox(data),
             counters=data["counters"],
+            item_texts={i: (str(t), int(ts)) for i, (t, ts) in data.get("item_texts", {}).items()},
+            item_tombstones={int(h): int(ts) for h, ts in data.get("item_tombstones", [])},
         )
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from streams.config import LetheSettings
-from streams.contracts import DeletionReceipt, DeletionRequest, InteractionEvent
+from streams.contracts import DeletionReceipt, DeletionRequest, InteractionEvent, ItemMetadata
 from streams.runtime.memory import MemoryConsumer, MemoryIO, MemoryLog, MemoryProducer
 
 
@@ -122,6 +122,8 @@ class ServiceContract:
         for e in events:
             if isinstance(e, InteractionEvent):
                 log.append(f"{settings.topic_prefix}interactions", e.to_bytes(), e.user_id.encode())
+            elif isinstance(e, ItemMetadata):  # services that do not read items never see it
+                log.append(f"{settings.topic_prefix}items", e.to_bytes(), e.item_id.encode())
             else:
                 log.append(
                     f"{settings.topic_prefix}deletions", e.to_bytes(), e.kafka_key().encode()

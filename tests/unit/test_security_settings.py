@@ -90,6 +90,7 @@ def test_every_principal_names_only_known_topics():
         "p.interactions",
         "p.deletions",
         "p.rec-requests",
+        "p.items",
     ]
 
 

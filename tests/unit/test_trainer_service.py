@@ -16,7 +16,7 @@ from export.onnx_export import export_sasrec
 from models.datasets import load
 from models.sasrec import SASRec, SASRecConfig
 from streams.config import LetheSettings
-from streams.contracts import DeletionRequest, InteractionEvent
+from streams.contracts import DeletionRequest, InteractionEvent, ItemMetadata
 from streams.replay import to_event
 from streams.runtime.loop import Runtime
 from streams.runtime.memory import MemoryLog
@@ -128,6 +128,7 @@ def lineage(settings: LetheSettings) -> dict:
         == sorted(c.name for c in state.checkpoints),
         "models": len(exported_models(settings.model_dir)),
         "outbox": bool(state.outbox),
+        "item_texts": state.item_texts,
     }
 
 
@@ -142,8 +143,15 @@ class TestTrainerService(ServiceContract):
 
     def stream(self):
         out, pending = [], list(_FORGOTTEN_USERS)
+        # item metadata: the forgotten item's before its deletion, others before or after
+        # their first interaction (and one bad record, which the trainer dead-letters)
+        described = list(dict.fromkeys([_FORGOTTEN_ITEM, *(e.item_id for e in _EVENTS[::37])]))
+        announce = {25 * n: item for n, item in enumerate(described)}
         for k, event in enumerate(_EVENTS):
             out.append(event)
+            if k in announce:
+                item = announce[k]
+                out.append(ItemMetadata(item_id=item, title=f"Title {item}", ts=event.ts))
             if k == 420:
                 out.append(
                     DeletionRequest(
@@ -160,6 +168,10 @@ class TestTrainerService(ServiceContract):
                     pending.remove(user)
                     out.append(user_deletion(user, f"req-{len(out)}", event.ts + 1))
         return out
+
+    def publish(self, log, settings, events):
+        super().publish(log, settings, events)
+        log.append(f"{settings.topic_prefix}items", b'{"item_id": "x", "ts": 1}', b"x")
 
     def forgotten_ids(self):
         ids = {e.user_id for e in self.stream() if isinstance(e, DeletionRequest) and e.user_id}
@@ -184,6 +196,10 @@ class TestTrainerService(ServiceContract):
         for path in models:
             assert _FORGOTTEN_ITEM.encode() not in path.read_bytes(), path.name
         state = lineage(settings)
+        described = {e.item_id for e in self.stream() if isinstance(e, ItemMetadata)}
+        assert set(state["item_texts"]) == described - {_FORGOTTEN_ITEM}
+        letters = log.records(f"{settings.topic_prefix}dead-letters")
+        assert letters and all(b'"source_topic":"c.items"' in r.value() for r in letters)
         assert state["chain"][-1]["kind"] == "retrain" and not state["outbox"]
         assert state["folders"], "a folder that is no checkpoint's"
         assert state["models"] == sum(c["exported"] for c in state["chain"])
@@ -440,7 +456,7 @@ def test_the_outbox_and_pending_events_survive_in_the_state_file(tmp_path):
     loaded.clear_outbox()
     assert not loaded.outbox
     raw = json.loads(loaded.files.state_file.read_text())
-    assert raw["format"] == 3 and "pending_receipts" not in raw
+    assert raw["format"] == 4 and "pending_receipts" not in raw
 
 
 def test_a_restart_closes_the_micro_batch_a_run_that_never_stopped_closes(tmp_path):

@@ -1,0 +1,142 @@
+"""What the trainer knows about items as text: from ``items`` and from a catalogue file.
+
+Item metadata (:class:`streams.contracts.ItemMetadata`) arrives on the compacted ``items``
+topic, which the trainer reads from the offsets its state reflects, like ``interactions``;
+the texts read are kept in the state file. A configured catalogue file
+(``trainer.catalogue_file``: JSONL of ItemMetadata records, or a dataset's ``.item`` file)
+is read at every start and never written to the state; a record on the stream overrides the
+file's for the same item.
+
+An item's text is looked up by its id whenever a round trains or a model is exported, so it
+does not matter whether the metadata came before or after the item's first interaction.
+
+Forgetting an item (a deletion of scope ``item``) drops its text and leaves a tombstone
+(keyed hash and the deletion's ``ts``): metadata of the item stamped no later than that is
+ignored wherever it is read from, so a record published before the deletion but read after
+it (the barrier orders deletions after interactions only) cannot bring the text back.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.itemtext import item_text
+from streams.config import LimitSettings
+from streams.contracts import ContractError, ItemMetadata, decode
+from streams.services.trainer_state import TrainerState
+
+log = logging.getLogger("lethe.trainer")
+
+
+def metadata_text(meta: ItemMetadata) -> str:
+    """The string the LLM side reads: ``"<title> (<year>); <genre>, …"`` (the bundled
+    data's format, :func:`models.itemtext.item_text`), then the free text."""
+    year = "" if meta.year is None else str(meta.year)
+    text = item_text(meta.title, year, meta.genres)
+    return f"{text}. {meta.text.strip()}" if meta.text and meta.text.strip() else text
+
+
+def read_catalogue(path: Path, limits: LimitSettings) -> dict[str, tuple[str, int]]:
+    """Item id → (text, ts) from a JSONL file of ItemMetadata records (a line that fails the
+    contract is logged with its number and skipped) or a dataset's ``.item`` file (ts 0)."""
+    path = Path(path)
+    out: dict[str, tuple[str, int]] = {}
+    if path.suffix == ".item":
+        from models.datasets import read_item_file
+
+        for row in read_item_file(path).itertuples(index=False):
+            year = str(row.year).removesuffix(".0").strip()
+            genres = [g for g in row.genres if g] if isinstance(row.genres, list) else []
+            out[str(row.item_id)] = (item_text(str(row.title), year, genres), 0)
+        return out
+    bad = 0
+    with path.open("rb") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                meta = decode(ItemMetadata, line.rstrip(b"\r\n"), limits)
+            except ContractError as exc:
+                bad += 1
+                log.warning("catalogue %s line %d skipped: %s", path.name, number, exc)
+                continue
+            out[meta.item_id] = (metadata_text(meta), meta.ts)
+    if bad:
+        log.warning("catalogue %s: %d line(s) skipped, %d items read", path.name, bad, len(out))
+    return out
+
+
+class ItemCatalogue:
+    """Texts from the stream (in the state) over the file's, with the tombstones of
+    forgotten items."""
+
+    def __init__(self, state: TrainerState, file_texts: dict[str, tuple[str, int]]) -> None:
+        self.state = state
+        self.file_texts = file_texts
+
+    def _forgotten(self, item_id: str, ts: int) -> bool:
+        tombs = self.state.item_tombstones
+        if not tombs:
+            return False
+        return any(ts <= tombs.get(h, -1) for h in self.state.hasher.candidates("item", item_id))
+
+    def announce(self, items: Iterable[ItemMetadata]) -> int:
+        """Keep the text of each record (the newest read wins); returns how many were kept."""
+        kept = 0
+        for meta in items:
+            if self._forgotten(meta.item_id, meta.ts):
+                self.state.bump("items_forgotten")
+                continue
+            self.state.item_texts[meta.item_id] = (metadata_text(meta), meta.ts)
+            kept += 1
+        return kept
+
+    def text(self, item_id: str) -> str | None:
+        got = self.state.item_texts.get(item_id) or self.file_texts.get(item_id)
+        if got is None or self._forgotten(item_id, got[1]):
+            return None
+        return got[0]
+
+    def by_index(self, items: list[str | None]) -> list[str | None]:
+        """The text of every dense index (None: a freed index or an item without text)."""
+        return [None if item is None else self.text(item) for item in items]
+
+
+def forget_item_text(state: TrainerState, item_id: str, ts: int) -> None:
+    """Drop a forgotten item's text and remember (as a keyed hash) until when its metadata
+    is ignored."""
+    state.item_texts.pop(item_id, None)
+    key = state.hasher("item", item_id)
+    state.item_tombstones[key] = max(ts, state.item_tombstones.get(key, ts))
+
+
+class TextEncoder:
+    """The LM's raw encoding of each text, computed once per process. The pretrained LM
+    (adapters off) is the same after every reset or checkpoint load, so an encoding stays
+    valid; texts no longer used are dropped."""
+
+    def __init__(self) -> None:
+        self.memo: dict[str, torch.Tensor] = {}
+
+    def table(self, llm, texts: list[str | None], rows: int) -> tuple[torch.Tensor, np.ndarray]:
+        """``rows × hidden`` raw encodings (row ``i + 1`` for dense index ``i``, zero rows
+        where there is no text) and which of the ``rows - 1`` items have a text."""
+        used = {t for t in texts if t}
+        self.memo = {t: v for t, v in self.memo.items() if t in used}
+        missing = sorted(used - set(self.memo))
+        if missing:
+            encoded = llm.encode_texts(missing, llm.tokenizer).detach().cpu()
+            self.memo.update(zip(missing, encoded, strict=True))
+        hidden = llm.text_table.shape[1]
+        table = torch.zeros(rows, hidden)
+        has_text = np.zeros(rows - 1, dtype=bool)
+        for idx, text in enumerate(texts[: rows - 1]):
+            if text:
+                table[idx + 1] = self.memo[text]
+                has_text[idx] = True
+        return table, has_text

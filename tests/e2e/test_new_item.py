@@ -1,0 +1,118 @@
+"""A new item announced on ``items`` is rankable, by what it is, after the next export.
+
+The trainer runs as a real worker on the real broker. Forty-eight items of six "genres" are
+described on ``items`` and watched (each user within one genre) until the trainer exports a
+first SASRec, which cannot know the new item. A Horror/Thriller film is then announced and
+taken by three Horror users (each user's newest event, so no round trains on it: its
+training count is 0). The next exported ONNX model must hold it in its catalogue and rank it
+with its genre: among the top 3 unseen items of a Horror user's history (whose two unseen
+Horror siblings are the only items that should come first), and worse for users of genres its
+text does not name. A malformed metadata record is dead-lettered by the trainer on the way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from export.session import open_session
+from streams.client import LetheProducer
+from streams.config import LetheSettings
+from streams.contracts import DeadLetter, InteractionEvent, decode
+from streams.procs import WorkerProcess
+from streams.reader import read_all
+from streams.runtime.admin import create_topics
+from tests.e2e.test_serving import model_updates, wait_for
+from tests.unit.test_trainer_items import (
+    NEW,
+    NEW_META,
+    genre_stream,
+    new_item_events,
+    rank_among_unseen,
+    warm_items,
+)
+
+pytestmark = pytest.mark.kafka
+
+
+def _events(pairs: list[tuple[str, str]], start_ms: int) -> list[InteractionEvent]:
+    return [
+        InteractionEvent(event_id=uuid.uuid4().hex, user_id=u, item_id=i, ts=start_ms + k)
+        for k, (u, i) in enumerate(pairs)
+    ]
+
+
+def test_a_new_item_announced_on_the_stream_is_ranked_after_the_next_export(
+    kafka_bootstrap: str, tmp_path: Path
+):
+    warm = genre_stream()
+    settings = LetheSettings(
+        bootstrap_servers=kafka_bootstrap,
+        topic_prefix=f"t{uuid.uuid4().hex[:10]}.",
+        state_dir=tmp_path / "state",
+        model_dir=tmp_path / "models",
+        metrics_port=-1,
+        trainer={
+            "llm": "tiny",
+            "max_items": 64,
+            "max_len": 8,
+            "hidden": 16,
+            "batch_events": len(warm),  # the first round closes at the last warm event
+            "batch_wait_s": 2.0,  # the next one two seconds after the new item's events
+            "min_users": 5,
+            "replay_users": 64,
+            "steps_per_round": 8,
+            "pretrain_steps": 150,
+            "valid_users": 20,
+            "regression_tolerance": 1.0,  # every round is exported
+            "threads": 1,
+        },
+    )
+    asyncio.run(create_topics(settings))
+    trainer = WorkerProcess(settings, tmp_path / "trainer.log", "trainer")
+
+    async def publish(items, pairs, bad: bytes | None = None) -> None:
+        async with LetheProducer(settings) as producer:
+            if items:
+                await producer.items(items)
+            if bad is not None:
+                await producer._producer.send(f"{settings.topic_prefix}items", bad, key=b"bad")
+            await producer.interactions(_events(pairs, 1_700_000_000_000 + len(warm)))
+
+    try:
+        trainer.start().wait_ready(timeout_s=120)
+        asyncio.run(publish(warm_items(), warm, bad=b'{"item_id": "bad", "ts": 1}'))
+        first = wait_for(lambda: model_updates(settings), 300, "a first version", [trainer])
+        (before,) = first
+        session = open_session(Path(before.path), prefer_gpu=False, threads=1)
+        assert NEW not in json.loads(session.metadata["lethe.items"])  # not rankable yet
+
+        asyncio.run(publish([NEW_META], new_item_events()))
+        updates = wait_for(
+            lambda: (u := model_updates(settings)) and len(u) >= 2 and u,
+            300,
+            "the next version",
+            [trainer],
+        )
+        after = max(updates, key=lambda u: int(u.version))
+        assert int(after.version) > int(before.version)
+        session = open_session(Path(after.path), prefer_gpu=False, threads=1)
+        catalogue = json.loads(session.metadata["lethe.items"])
+        assert NEW in catalogue
+        ranks = [rank_among_unseen(session, catalogue, NEW, g) for g in range(6)]
+        assert ranks[0] <= 2, ranks  # with its genre: only its two unseen siblings may lead
+        assert ranks[0] < np.median(ranks[1:]), ranks
+
+        letters = [
+            decode(DeadLetter, r.value) for r in asyncio.run(read_all(settings, "dead-letters"))
+        ]
+        assert [d.source_topic for d in letters] == [f"{settings.topic_prefix}items"]
+        assert letters[0].error.startswith("title")
+    finally:
+        trainer.stop()
+    assert "Traceback" not in (tmp_path / "trainer.log").read_text()
