@@ -3,6 +3,7 @@ scorer`` processes on the same machine, and through a replica's SIGKILL.
 
     python -m benchmarks.scaleout [--rates 200,1000] [--seconds 20] [--warmup 10]
                                   [--kill-rate 100] [--kill-total 2000] [--epochs 3]
+                                  [--lag-rate 5000] [--lag-events 100000] [--no-scorers]
 
 A broker (``KAFKA_BOOTSTRAP`` or the local one), the IMCorrect worker and the scorers run as
 subprocesses; ML-100K is replayed and a SASRec trained for ``--epochs`` is announced, so the
@@ -14,7 +15,9 @@ One JSON line per (replicas, rate): ``bench: "scaleout"``, ``replicas``, ``rate_
 ``sent``, ``answered``, ``answered_per_s``, ``duplicates``, ``p50_ms``, ``p99_ms``. Then one
 line for the SIGKILL run (``scenario: "sigkill"``): two replicas, ``--kill-total`` requests at
 ``--kill-rate``, one replica killed after 30 % of them; p99 before, during (the session
-timeout plus the rebalance) and after, and the duplicates.
+timeout plus the rebalance) and after, and the duplicates. Last, one line for two hot
+IMCorrect replicas under a live stream (``scenario: "imcorrect-follower"``): how far the
+follower trails the writer, in events and in ms (:mod:`benchmarks.replica_lag`).
 
 On 2 cores the replicas share the same CPU as the broker and the load generator, so these
 figures show that work is shared and nothing is lost, not that capacity grows.
@@ -31,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import replica_lag
 from benchmarks.common import emit, log
 from benchmarks.load_client import Scripted, _Schedule, open_loop
 from benchmarks.scoring import announce, train_and_export
@@ -122,46 +126,53 @@ def run(args) -> None:
     users = sorted({str(u) for u in load("ml-100k").interactions.user_id.unique()})
     with kafka_broker() as (bootstrap, how), tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        settings = LetheSettings(
-            bootstrap_servers=bootstrap,
-            topic_prefix=f"scale{uuid.uuid4().hex[:6]}.",
-            state_dir=tmp / "state",
-            model_dir=tmp / "models",
-            metrics_port=-1,
-            imcorrect={"answer_requests": False, "snapshot_interval_s": 5.0},
-            # replicas have state folders of their own but verify the same trainer's
-            # announcements: the signing key is shared, as it would be across machines
-            model_update_key=uuid.uuid4().hex,
-        )
-        asyncio.run(create_topics(settings))
-        imc_port = free_port()
-        imcorrect = WorkerProcess(
-            settings, tmp / "imc.log", "imcorrect", LETHE_METRICS_PORT=str(imc_port)
-        )
-        scorers = [_scorer(settings, tmp, k) for k in range(2)]
-        try:
-            imcorrect.start().wait_ready(120)
-            log(f"replaying ML-100K ({how})")
-            asyncio.run(replay_dataset(settings, "ml-100k", progress=False))
-            while scrape(imc_port).get("lethe_interactions_applied_total", 0) < 100_000:
-                time.sleep(0.5)
-            path, sha, _ = train_and_export(Path(settings.model_dir), args.epochs, args.seed)
-            asyncio.run(announce(settings, path, sha))
-            scorers[0][0].start().wait_ready(120)
-            _wait_swapped(scorers[:1])
-            time.sleep(args.imcorrect_settle_s)  # an IMCorrect snapshot is loaded too
-            log("one replica")
-            _measure(settings, users, 1, args)
-            scorers[1][0].start().wait_ready(120)
-            _wait_swapped(scorers)
-            log("two replicas")
-            _measure(settings, users, 2, args)
-            log("two replicas, one SIGKILLed")
-            _sigkill_run(settings, users, scorers, args)
-        finally:
-            for proc, _ in scorers:
-                proc.stop()
-            imcorrect.stop()
+        if args.scorers:
+            _scorers(bootstrap, how, tmp, users, args)
+        log("two hot IMCorrect replicas under a live stream")
+        emit(replica_lag.measure(bootstrap, tmp, args.lag_rate, args.lag_events))
+
+
+def _scorers(bootstrap: str, how: str, tmp: Path, users: list[str], args) -> None:
+    settings = LetheSettings(
+        bootstrap_servers=bootstrap,
+        topic_prefix=f"scale{uuid.uuid4().hex[:6]}.",
+        state_dir=tmp / "state",
+        model_dir=tmp / "models",
+        metrics_port=-1,
+        imcorrect={"answer_requests": False, "snapshot_interval_s": 5.0},
+        # replicas have state folders of their own but verify the same trainer's
+        # announcements: the signing key is shared, as it would be across machines
+        model_update_key=uuid.uuid4().hex,
+    )
+    asyncio.run(create_topics(settings))
+    imc_port = free_port()
+    imcorrect = WorkerProcess(
+        settings, tmp / "imc.log", "imcorrect", LETHE_METRICS_PORT=str(imc_port)
+    )
+    scorers = [_scorer(settings, tmp, k) for k in range(2)]
+    try:
+        imcorrect.start().wait_ready(120)
+        log(f"replaying ML-100K ({how})")
+        asyncio.run(replay_dataset(settings, "ml-100k", progress=False))
+        while scrape(imc_port).get("lethe_interactions_applied_total", 0) < 100_000:
+            time.sleep(0.5)
+        path, sha, _ = train_and_export(Path(settings.model_dir), args.epochs, args.seed)
+        asyncio.run(announce(settings, path, sha))
+        scorers[0][0].start().wait_ready(120)
+        _wait_swapped(scorers[:1])
+        time.sleep(args.imcorrect_settle_s)  # an IMCorrect snapshot is loaded too
+        log("one replica")
+        _measure(settings, users, 1, args)
+        scorers[1][0].start().wait_ready(120)
+        _wait_swapped(scorers)
+        log("two replicas")
+        _measure(settings, users, 2, args)
+        log("two replicas, one SIGKILLed")
+        _sigkill_run(settings, users, scorers, args)
+    finally:
+        for proc, _ in scorers:
+            proc.stop()
+        imcorrect.stop()
 
 
 def main() -> None:
@@ -175,6 +186,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3, help="SASRec training before serving")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--imcorrect-settle-s", type=float, default=6.0)
+    parser.add_argument("--lag-rate", type=float, default=5000.0, help="events/s, replicas")
+    parser.add_argument("--lag-events", type=int, default=100_000)
+    parser.add_argument("--no-scorers", dest="scorers", action="store_false")
     run(parser.parse_args())
 
 

@@ -126,6 +126,7 @@ def _cmd_verify_erasure(args: argparse.Namespace, settings: LetheSettings) -> in
 
     from streams.erasure import read_receipt, verify_erasure
     from streams.keys import keyring_for
+    from streams.services.imcorrect import imcorrect_folder
 
     try:
         receipt = read_receipt(args.receipt)
@@ -140,7 +141,11 @@ def _cmd_verify_erasure(args: argparse.Namespace, settings: LetheSettings) -> in
             file=sys.stderr,
         )
         return 2
-    verdict = verify_erasure(Path(settings.state_dir), receipt, keys, tolerance=args.tolerance)
+    # a hot replica's folder: --replica, else the replica these settings run
+    folder = f"imcorrect-{args.replica}" if args.replica else imcorrect_folder(settings)
+    verdict = verify_erasure(
+        Path(settings.state_dir), receipt, keys, tolerance=args.tolerance, folder=folder
+    )
     print(json.dumps(verdict.to_dict(), indent=2) if args.json else verdict.render())
     return 0 if verdict.passed else 1
 
@@ -252,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("receipt", help="a deletion receipt: JSON file, '-' for stdin, or JSON text")
     p.add_argument("--state-dir", type=Path, help="state folder (default: LETHE_STATE_DIR)")
+    p.add_argument("--replica", help="a hot IMCorrect replica's id (imcorrect.replica_id)")
     p.add_argument(
         "--tolerance",
         type=float,

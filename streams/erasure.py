@@ -83,6 +83,7 @@ def verify_erasure(
     receipt: DeletionReceipt,
     keys: KeyRing,
     tolerance: float = DEFAULT_TOLERANCE,
+    folder: str = "imcorrect",
 ) -> Verdict:
     """Check ``receipt`` against the files under ``state_dir``.
 
@@ -96,6 +97,8 @@ def verify_erasure(
         The hash key ring the workers use (``LETHE_HASH_KEY`` or the key file).
     tolerance:
         Largest max-abs difference allowed between the live and the refitted mapping.
+    folder:
+        The IMCorrect state folder under ``state_dir`` (``imcorrect-<id>`` for a hot replica).
     """
     verdict = Verdict(receipt.request_id)
     verdict.figures["scope"], verdict.figures["status"] = receipt.scope, receipt.status
@@ -104,7 +107,7 @@ def verify_erasure(
         return verdict
     kind, subject_hex = receipt.subject.split(":", 1)
     is_subject = _matches(subject_hex, kind, keys)
-    store = SnapshotStore(Path(state_dir) / "imcorrect", keys)
+    store = SnapshotStore(Path(state_dir) / folder, keys)
     latest = store.latest()
     state = store.load(latest) if latest is not None else None
     if state is None:

@@ -56,7 +56,14 @@ async def end_offsets(settings: LetheSettings, logical: list[str]) -> dict[str, 
 
 async def read_all(settings: LetheSettings, logical: str, timeout_s: float = 10) -> list:
     """Every record currently in a topic (up to its end offsets when called)."""
-    consumer = AIOKafkaConsumer(**client_kwargs(settings), group_id=None, enable_auto_commit=False)
+    # committed records only: receipts are written in transactions by hot IMCorrect replicas,
+    # and an aborted one was never published
+    consumer = AIOKafkaConsumer(
+        **client_kwargs(settings),
+        group_id=None,
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+    )
     await consumer.start()
     try:
         tps = await topic_partitions(consumer, topic_name(settings, logical))

@@ -76,9 +76,12 @@ class IMCorrectView:
         return str(self.state.model.version)
 
 
-def load_imcorrect(state_dir: Path, current: IMCorrectView | None) -> IMCorrectView | None:
-    """The newest IMCorrect snapshot when it is newer than ``current`` (else ``current``)."""
-    store = SnapshotStore(Path(state_dir) / "imcorrect")
+def load_imcorrect(
+    state_dir: Path, current: IMCorrectView | None, folder: str = "imcorrect"
+) -> IMCorrectView | None:
+    """The newest IMCorrect snapshot when it is newer than ``current`` (else ``current``);
+    ``folder`` names a hot replica's state folder."""
+    store = SnapshotStore(Path(state_dir) / folder)
     latest = store.latest()
     if latest is None or (current is not None and latest == current.path):
         return current

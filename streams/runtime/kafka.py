@@ -150,6 +150,11 @@ def read_range(
                 yield msg
                 if msg.offset() + 1 >= ends[tp_key(topic, msg.partition())]:
                     todo.discard(msg.partition())
+            # a partition may end in a transaction marker or an aborted record, which no
+            # message carries (committed reads): its end is reached when the position is
+            for tp in reader.position([TopicPartition(topic, p) for p in todo]):
+                if tp.offset >= ends[tp_key(topic, tp.partition)]:
+                    todo.discard(tp.partition)
     finally:
         reader.close()
 

@@ -45,6 +45,7 @@ from streams.scorer_models import (
     score_batch,
 )
 from streams.services.base import Effects, Inputs, Outbox
+from streams.services.imcorrect import imcorrect_folder
 from streams.services.scorer_state import ScorerState
 
 log = logging.getLogger("lethe.scorer")
@@ -78,7 +79,9 @@ class ScorerService:
         self._swap: tuple[ModelUpdate, Future] | None = None  # the model being opened
         self._wanted: ModelUpdate | None = None
         self._reload: Future | None = None
-        self._install_imcorrect(load_imcorrect(settings.state_dir, None))
+        self._install_imcorrect(
+            load_imcorrect(settings.state_dir, None, imcorrect_folder(settings))
+        )
         self._imc_checked = time.monotonic()
 
     # -- the runtime's protocol -----------------------------------------------------------
@@ -169,7 +172,10 @@ class ScorerService:
         if self._reload is None and now - self._imc_checked >= self.cfg.imcorrect_reload_s:
             self._imc_checked = now
             self._reload = self._loader.submit(
-                load_imcorrect, self.settings.state_dir, self.imcorrect
+                load_imcorrect,
+                self.settings.state_dir,
+                self.imcorrect,
+                imcorrect_folder(self.settings),
             )
         return Effects()
 

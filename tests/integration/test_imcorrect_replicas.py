@@ -18,6 +18,8 @@ from models.datasets import load
 from streams.client import LetheProducer
 from streams.config import LetheSettings
 from streams.contracts import DeletionReceipt, decode
+from streams.erasure import verify_erasure
+from streams.keys import keyring_for
 from streams.reader import end_offsets
 from streams.replay import to_event
 from streams.runtime import changelog, kafka
@@ -195,6 +197,12 @@ def test_two_replicas_stay_identical_and_exact_through_two_writer_kills(settings
         assert_equals_batch_fit(state, retained, settings.imcorrect.l2)
         assert state.counters["events_accepted"] == len(events), "an event lost or doubled"
         assert not gone & set(u for u in state.users.by_index if u is not None)
+    # each replica's files prove each erasure on their own
+    keys = keyring_for(settings, create=False)
+    for r in both:
+        for receipt in receipts:
+            verdict = verify_erasure(settings.state_dir, receipt, keys, folder=f"imcorrect-{r.id}")
+            assert verdict.passed, verdict.render()
     sa, sb = states
     assert sa.users.by_index == sb.users.by_index, "user indices differ"
     assert sa.items.by_index == sb.items.by_index, "item indices differ"
@@ -267,3 +275,28 @@ def test_a_receipt_waits_for_every_live_replica_and_names_them(settings, tmp_pat
     for r in both:
         state = load_state(settings.state_dir, f"imcorrect-{r.id}")
         assert state.users.get(users[0]) is None and state.users.get(users[1]) is None
+
+
+def test_readers_reach_the_end_of_a_topic_written_in_transactions(settings):
+    """Receipts from hot replicas are written in transactions: the topic then ends in a
+    commit marker (no record carries its offset) and may hold aborted records. The runtime's
+    reader (outbox resolution after a crash) and the SDK's reader stop at the end at once
+    and return committed records only."""
+    asyncio.run(create_topics(settings))
+    topic = topic_name(settings, "deletion-receipts")
+    producer = kafka.producer(settings, **{"transactional.id": f"t-{settings.topic_prefix}"})
+    producer.init_transactions(30)
+    for k in range(3):
+        producer.begin_transaction()
+        producer.produce(topic, value=f"committed-{k}".encode())
+        producer.commit_transaction(30)
+    producer.begin_transaction()
+    producer.produce(topic, value=b"aborted")
+    producer.flush(10)
+    producer.abort_transaction(30)
+    start = time.monotonic()
+    runtime_view = [m.value() for m in kafka.read_range(settings, topic, {}, timeout_s=20)]
+    sdk_view = [r.value for r in asyncio.run(read_all(settings, "deletion-receipts"))]
+    committed = [b"committed-0", b"committed-1", b"committed-2"]
+    assert sorted(runtime_view) == sorted(sdk_view) == committed
+    assert time.monotonic() - start < 8, "a reader waited for a record that never comes"

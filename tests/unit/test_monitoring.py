@@ -136,6 +136,25 @@ def test_compose_scorer_replicas_keep_apart_state_and_share_the_group():
     assert {f"{n}:9464" for n in names} <= targets, "every replica is scraped"
 
 
+def test_compose_imcorrect_replicas_follow_one_log_and_each_scorer_fuses_one():
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    replicas = {
+        n: s["environment"]
+        for n, s in services.items()
+        if s.get("command") == ["worker", "imcorrect"]
+    }
+    assert len(replicas) >= 2, "an IMCorrect follower"
+    assert all(env["LETHE_IMCORRECT__REPLICATED"] == "true" for env in replicas.values())
+    ids = [env["LETHE_IMCORRECT__REPLICA_ID"] for env in replicas.values()]
+    assert len(set(ids)) == len(ids), f"each replica needs its own state folder: {ids}"
+    for name, service in services.items():
+        if service.get("command") == ["worker", "scorer"]:
+            assert service["environment"]["LETHE_IMCORRECT__REPLICA_ID"] in ids, name
+    prom = yaml.safe_load((MON / "prometheus.yml").read_text())
+    targets = {t for job in prom["scrape_configs"] for t in job["static_configs"][0]["targets"]}
+    assert {f"{n}:9464" for n in replicas} <= targets, "every replica is scraped"
+
+
 def test_compose_cluster_override_has_three_voters_and_every_worker_knows_them():
     base = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
     over = yaml.safe_load((ROOT / "docker-compose.cluster.yml").read_text())["services"]
