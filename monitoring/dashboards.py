@@ -61,6 +61,8 @@ DASHBOARDS: dict[str, list[tuple[str, str, str]]] = {
         ),
         ("IMCorrect version", 'lethe_model_version{model="imcorrect"}', "none"),
         ("Drift refactorisations", "lethe_imcorrect_refactorisations", "none"),
+        ("Hot replicas: change-log writer", "lethe_imcorrect_writer", "none"),
+        ("Hot replicas: change-log records not applied", "lethe_imcorrect_log_lag", "none"),
     ],
     "Lethe — training": [
         ("Distillation losses (last step)", "lethe_trainer_loss", "none"),

@@ -37,11 +37,16 @@ SNAPSHOT_SECONDS = Histogram("lethe_snapshot_seconds", "Time to write one snapsh
 CONSUMER_LAG = Gauge("lethe_consumer_lag", "Messages behind the log end", ["topic", "partition"])
 MODEL_VERSION = Gauge("lethe_model_version", "Version of the served model", ["model"])
 RECOMMENDATIONS = Counter("lethe_recommendations_total", "Recommendations published", ["strategy"])
+# labelled by replica: exported by hot replicas only (a single worker shows neither)
 IMCORRECT_WRITER = Gauge(
-    "lethe_imcorrect_writer", "1 while this IMCorrect replica is the elected change-log writer"
+    "lethe_imcorrect_writer",
+    "1 while this IMCorrect replica is the elected change-log writer",
+    ["replica"],
 )
 IMCORRECT_LOG_LAG = Gauge(
-    "lethe_imcorrect_log_lag", "Change-log records this IMCorrect replica has not applied yet"
+    "lethe_imcorrect_log_lag",
+    "Change-log records this IMCorrect replica has not applied yet",
+    ["replica"],
 )
 REFACTORISATIONS = Gauge("lethe_imcorrect_refactorisations", "Drift-triggered refactorisations")
 

@@ -124,6 +124,7 @@ class ReplicaRuntime:
             if retention is not None:
                 self.service.use_retention(retention)
             self._restore_pending()
+            m.IMCORRECT_WRITER.labels(self.replica).set(0)
             self._saved_offsets = dict(self.service.offsets)
             self.follower = kafka.consumer(
                 cfg,
@@ -344,7 +345,7 @@ class ReplicaRuntime:
         self.writer, self.sequencer = writer, sequencer
         self.writer_since = time.monotonic()
         self._in_flight.clear()
-        m.IMCORRECT_WRITER.set(1)
+        m.IMCORRECT_WRITER.labels(self.replica).set(1)
         log.info("replica %s is the writer (change log applied to %d)", self.replica, end)
 
     def _follow_to(self, end: int) -> None:
@@ -360,7 +361,7 @@ class ReplicaRuntime:
         self.sequencer.detach()
         self.writer.txlog.close()
         self.sequencer = self.writer = None
-        m.IMCORRECT_WRITER.set(0)
+        m.IMCORRECT_WRITER.labels(self.replica).set(0)
         log.info("replica %s stopped writing: %s", self.replica, reason)
 
     def _publish_due(self) -> None:
@@ -415,4 +416,4 @@ class ReplicaRuntime:
             TopicPartition(self.log_topic, 0), cached=True
         )
         if high >= 0:
-            m.IMCORRECT_LOG_LAG.set(max(0, high - self._applied()))
+            m.IMCORRECT_LOG_LAG.labels(self.replica).set(max(0, high - self._applied()))

@@ -20,9 +20,11 @@ from streams.erasure import verify_erasure
 from streams.kafka_config import librdkafka_config
 from streams.keys import keyring_for
 from streams.localkafka import kafka_cluster
+from streams.reader import end_offsets
 from streams.replay import to_event
 from streams.runtime.admin import create_topics
 from streams.topics import topic_name
+from tests.integration.replica_harness import Replica, caught_up, wait_for
 from tests.integration.worker_harness import (
     WorkerProcess,
     assert_equals_batch_fit,
@@ -60,18 +62,19 @@ def test_topics_are_replicated_three_times_with_two_in_sync(cluster, tmp_path):
     assert configs["min.insync.replicas"].value == "2"
 
 
-def test_a_lost_broker_loses_nothing_and_stops_no_worker(cluster, tmp_path):
-    settings = LetheSettings(
+def _cluster_settings(cluster, tmp_path) -> LetheSettings:
+    return LetheSettings(
         bootstrap_servers=cluster.bootstrap,
         topic_prefix=f"k{uuid.uuid4().hex[:8]}.",
         state_dir=tmp_path / "state",
         metrics_port=-1,
         imcorrect={"snapshot_interval_s": 1.0},
     )
-    asyncio.run(create_topics(settings))
-    events = [to_event(r) for r in load("ml-100k").replay()][:20_000]
-    users = sorted({e.user_id for e in events[:5000]})
-    forgotten = random.Random(3).sample(users, 30)
+
+
+def _stream(settings: LetheSettings, events: list, forgotten: list[str]):
+    """A thread that sends ``events`` over ~2 s with 10 deletions after each of the first
+    three 2,000-event blocks; the list it returns collects delivery failures."""
     producer = Producer(
         {
             **librdkafka_config(settings),
@@ -108,10 +111,23 @@ def test_a_lost_broker_loses_nothing_and_stops_no_worker(cluster, tmp_path):
                 time.sleep(0.05)  # a stream over ~2 s, not one burst
         assert producer.flush(120) == 0
 
+    return threading.Thread(target=publish), failures
+
+
+def _events_and_forgotten() -> tuple[list, list[str]]:
+    events = [to_event(r) for r in load("ml-100k").replay()][:20_000]
+    users = sorted({e.user_id for e in events[:5000]})
+    return events, random.Random(3).sample(users, 30)
+
+
+def test_a_lost_broker_loses_nothing_and_stops_no_worker(cluster, tmp_path):
+    settings = _cluster_settings(cluster, tmp_path)
+    asyncio.run(create_topics(settings))
+    events, forgotten = _events_and_forgotten()
+    sender, failures = _stream(settings, events, forgotten)
     worker = WorkerProcess(settings, tmp_path / "worker.log").start()
     try:
         worker.wait_ready()
-        sender = threading.Thread(target=publish)
         sender.start()
         time.sleep(0.8)
         cluster.kill(2)  # mid-stream
@@ -143,3 +159,51 @@ def test_a_lost_broker_loses_nothing_and_stops_no_worker(cluster, tmp_path):
     # a forgotten user's later events carry an older ts than the deletion: dropped
     retained = [(e.user_id, e.item_id) for e in events if e.user_id not in gone]
     assert_equals_batch_fit(state, retained, settings.imcorrect.l2)
+
+
+def test_hot_replicas_lose_nothing_when_the_change_logs_leader_broker_dies(cluster, tmp_path):
+    """Two hot IMCorrect replicas; the broker leading ``imcorrect-log`` is SIGKILLed while
+    events and deletions flow (the writer's transactions move to a new leader), then
+    restarted: neither replica exits, both end identical and exact, one receipt each."""
+    settings = _cluster_settings(cluster, tmp_path)
+    asyncio.run(create_topics(settings))
+    events, forgotten = _events_and_forgotten()
+    sender, failures = _stream(settings, events, forgotten)
+    log_topic = topic_name(settings, "imcorrect-log")
+    admin = AdminClient(librdkafka_config(settings))
+    leader = admin.list_topics(log_topic, timeout=10).topics[log_topic].partitions[0].leader
+    replicas = (Replica(settings, "a", tmp_path).start(), Replica(settings, "b", tmp_path).start())
+    try:
+        wait_for(lambda: any(r.is_writer() for r in replicas), 60, "a writer", replicas)
+        sender.start()
+        time.sleep(0.8)
+        cluster.kill(leader)  # mid-stream, under the writer's transactions
+        time.sleep(3.0)
+        assert all(r.proc.alive() for r in replicas)
+        cluster.restart(leader)
+        sender.join()
+        assert not failures, failures[:3]
+        wait_for(
+            lambda: len(asyncio.run(read_all(settings, "deletion-receipts"))) >= 30,
+            240,
+            "every receipt",
+            replicas,
+        )
+        (end,) = asyncio.run(end_offsets(settings, ["imcorrect-log"])).values()
+        wait_for(lambda: all(caught_up(settings, r, end) for r in replicas), 120, "caught up")
+        assert all(r.proc.stop() == 0 for r in replicas)
+    finally:
+        for r in replicas:
+            r.proc.kill()
+    receipts = [
+        decode(DeletionReceipt, r.value)
+        for r in asyncio.run(read_all(settings, "deletion-receipts"))
+    ]
+    assert len(receipts) == 30 and len({r.request_id for r in receipts}) == 30
+    gone = set(forgotten)
+    retained = [(e.user_id, e.item_id) for e in events if e.user_id not in gone]
+    states = [load_state(settings.state_dir, f"imcorrect-{r.id}") for r in replicas]
+    for state in states:
+        assert state.counters["events_accepted"] == len(events), "an event was lost or doubled"
+        assert_equals_batch_fit(state, retained, settings.imcorrect.l2)
+    assert states[0].items.by_index == states[1].items.by_index

@@ -39,7 +39,7 @@ def test_prometheus_config_is_valid(tmp_path):
 @needs_promtool
 def test_alert_rules_are_valid():
     out = _promtool("check", "rules", "rules/lethe.rules.yml")
-    assert "SUCCESS: 7 rules found" in out
+    assert "SUCCESS: 9 rules found" in out
 
 
 @needs_promtool
@@ -58,6 +58,8 @@ def test_required_alerts_exist():
         "LetheDeadLetterRate",
         "LetheTrainerStalled",
         "LetheValidationRegression",
+        "LetheIMCorrectNoWriter",
+        "LetheIMCorrectReplicaBehind",
     } <= names
 
 
