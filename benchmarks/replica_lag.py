@@ -9,7 +9,9 @@ time until it reported e events too, and, in events, how many fewer it had at t.
 
 One JSON line: ``bench: "scaleout"``, ``scenario: "imcorrect-follower"``, ``rate_per_s``,
 ``events``, ``follower_lag_events_p50`` / ``_p99`` / ``_max``, ``follower_lag_ms_p50`` /
-``_p99`` / ``_max``, ``writer_events_per_s``.
+``_p99`` / ``_max``, ``writer_events_per_s``. Then (``--backlog ml-1m``) one line
+``scenario: "imcorrect-backlog"``: a backlog drained by a single worker and, on fresh topics,
+by two replicas (every event through the change log), in events/s, and their ``ratio``.
 """
 
 from __future__ import annotations
@@ -25,12 +27,13 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import ingest
 from benchmarks.common import emit, log
 from models.datasets import load
 from streams.client import LetheProducer
 from streams.config import LetheSettings
 from streams.localkafka import kafka_broker
-from streams.procs import WorkerProcess
+from streams.procs import WorkerProcess, free_port
 from streams.replay import to_event
 from streams.runtime import kafka
 from streams.runtime.admin import create_topics
@@ -158,13 +161,62 @@ def measure(bootstrap: str, tmp: Path, rate: float, total: int) -> dict:
     }
 
 
+def _replicated(settings: LetheSettings, replica: str) -> LetheSettings:
+    imcorrect = settings.imcorrect.model_copy(update={"replicated": True, "replica_id": replica})
+    return settings.model_copy(update={"imcorrect": imcorrect})
+
+
+def _drain(settings: LetheSettings, tmp: Path, n: int, replicas: list[str | None]) -> float:
+    """Seconds from every process ready to every one having applied the ``n`` events
+    already on ``interactions``; None in ``replicas`` is the single (unreplicated) worker."""
+    procs = []
+    for rid in replicas:
+        own = settings if rid is None else _replicated(settings, rid)
+        port = free_port()
+        name = "single" if rid is None else f"replica-{rid}"
+        proc = WorkerProcess(own, tmp / f"{name}.log", LETHE_METRICS_PORT=str(port))
+        procs.append((proc.start(), port))
+    try:
+        ready = max(ingest._ready_time(p) for p, _ in procs)
+        done = max(ingest._wait_applied(port, n, p) for p, port in procs)
+        return done - ready
+    finally:
+        for p, _ in procs:
+            p.stop()
+
+
+def measure_backlog(bootstrap: str, tmp: Path, dataset: str) -> dict:
+    """A backlog drained by one worker, then (same events, fresh topics) by two replicas."""
+    keys, values = ingest._values(load(dataset), None)
+    seconds = {}
+    for mode, replicas in (("single", [None]), ("replicas", ["a", "b"])):
+        settings = ingest._settings(bootstrap, tmp / f"backlog-{mode}", -1)
+        asyncio.run(create_topics(settings))
+        ingest._produce(settings, topic_name(settings, "interactions"), keys, values, "lz4")
+        log(f"draining {len(values)} events of {dataset}: {mode}")
+        seconds[mode] = _drain(settings, tmp, len(values), replicas)
+    single, both = len(values) / seconds["single"], len(values) / seconds["replicas"]
+    return {
+        "bench": "scaleout",
+        "scenario": "imcorrect-backlog",
+        "dataset": dataset,
+        "events": len(values),
+        "single_worker_events_per_s": round(single),
+        "two_replicas_events_per_s": round(both),
+        "ratio": round(both / single, 3),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lag-rate", type=float, default=5000.0)
     parser.add_argument("--lag-events", type=int, default=100_000)
+    parser.add_argument("--backlog", default="ml-1m", choices=["ml-100k", "ml-1m", "none"])
     args = parser.parse_args()
     with kafka_broker() as (bootstrap, _how), tempfile.TemporaryDirectory() as tmp:
         emit(measure(bootstrap, Path(tmp), args.lag_rate, args.lag_events))
+        if args.backlog != "none":
+            emit(measure_backlog(bootstrap, Path(tmp), args.backlog))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ scorer`` processes on the same machine, and through a replica's SIGKILL.
     python -m benchmarks.scaleout [--rates 200,1000] [--seconds 20] [--warmup 10]
                                   [--kill-rate 100] [--kill-total 2000] [--epochs 3]
                                   [--lag-rate 5000] [--lag-events 100000] [--no-scorers]
+                                  [--backlog ml-1m|ml-100k|none]
 
 A broker (``KAFKA_BOOTSTRAP`` or the local one), the IMCorrect worker and the scorers run as
 subprocesses; ML-100K is replayed and a SASRec trained for ``--epochs`` is announced, so the
@@ -130,6 +131,8 @@ def run(args) -> None:
             _scorers(bootstrap, how, tmp, users, args)
         log("two hot IMCorrect replicas under a live stream")
         emit(replica_lag.measure(bootstrap, tmp, args.lag_rate, args.lag_events))
+        if args.backlog != "none":
+            emit(replica_lag.measure_backlog(bootstrap, tmp, args.backlog))
 
 
 def _scorers(bootstrap: str, how: str, tmp: Path, users: list[str], args) -> None:
@@ -189,6 +192,7 @@ def main() -> None:
     parser.add_argument("--lag-rate", type=float, default=5000.0, help="events/s, replicas")
     parser.add_argument("--lag-events", type=int, default=100_000)
     parser.add_argument("--no-scorers", dest="scorers", action="store_false")
+    parser.add_argument("--backlog", default="ml-1m", choices=["ml-100k", "ml-1m", "none"])
     run(parser.parse_args())
 
 

@@ -23,10 +23,8 @@ the election picked also writes it.
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +47,7 @@ from streams.runtime.lock import StateLock
 from streams.runtime.log_writer import Fenced, LogWriter, TransactionalLog
 from streams.runtime.loop import _TOPICS, Runtime
 from streams.runtime.publish import Publisher
+from streams.runtime.roster import Heartbeat, Roster
 from streams.services.base import Effects
 from streams.services.imcorrect import IMCorrectService, imcorrect_folder
 from streams.topics import topic_name
@@ -66,14 +65,6 @@ def writer_group(settings: LetheSettings) -> str:
 def request_group(settings: LetheSettings) -> str:
     """Replicas that answer ``rec-requests`` share them through this group."""
     return f"{settings.client_id}-imcorrect-{settings.topic_prefix}"
-
-
-@dataclass
-class _Ack:
-    applied: int  # next change-log offset the replica will apply
-    events: int  # events it has accepted (for the lag in events)
-    seen: float  # monotonic time of its last heartbeat
-    leaving: bool = False
 
 
 class ReplicaRuntime:
@@ -97,7 +88,7 @@ class ReplicaRuntime:
         self.pending: list[tuple[int, DeletionReceipt]] = []
         #: published by this writer, marker not read back yet
         self._in_flight: set[tuple[str, str]] = set()
-        self.acks: dict[str, _Ack] = {}
+        self.roster = Roster(self.cfg.replica_timeout_s)
         self.server = None
         self._beat_at = 0.0
         self._gauges_at = 0.0
@@ -227,16 +218,17 @@ class ReplicaRuntime:
         if first is None:
             self._past_markers()
             return 0
-        msgs = [first, *self.follower.consume(_READ_CHUNK, 0)]
-        entries = []
-        for msg in msgs:
-            if msg.error() is not None:
-                log.warning("change-log consumer error: %s", msg.error())
-                continue
-            try:
-                entries.append(decode(msg.offset(), msg.value(), self.settings.limits))
-            except LogDecodeError as exc:
-                entries.append(self._foreign(msg, exc))
+        entries: list[Entry] = []
+        events = self._decode([first], entries)
+        while not self._stop and events < self.cfg.batch_max_events:
+            more = self.follower.consume(_READ_CHUNK, 0)
+            if not more and self._log_behind(entries[-1].offset if entries else first.offset()):
+                # a backlog beyond what is fetched: wait for the next fetch rather than apply
+                # a sliver of it (each step is one correction of the mapping)
+                more = self.follower.consume(_READ_CHUNK, 0.5)
+            if not more:
+                break
+            events += self._decode(more, entries)
         for unit in merge_steps(entries, self.log_key, self.cfg.batch_max_events):
             if isinstance(unit, LoggedStep):
                 self._apply(unit)
@@ -244,6 +236,30 @@ class ReplicaRuntime:
                 self._published(unit)
         self._past_markers()
         return len(entries)
+
+    def _decode(self, msgs: list, entries: list[Entry]) -> int:
+        """Decode change-log records onto ``entries``; returns the events they hold."""
+        events = 0
+        for msg in msgs:
+            if msg.error() is not None:
+                log.warning("change-log consumer error: %s", msg.error())
+                continue
+            try:
+                entry = decode(msg.offset(), msg.value(), self.settings.limits)
+            except LogDecodeError as exc:
+                entry = self._foreign(msg, exc)
+            if isinstance(entry.record, StepRecord):
+                events += len(entry.record.event_ids)
+            entries.append(entry)
+        return events
+
+    def _log_behind(self, last_offset: int) -> bool:
+        """More of the change log exists than was fetched (by the last fetch's high mark;
+        the one offset after a transaction is its commit marker)."""
+        _, high = self.follower.get_watermark_offsets(
+            TopicPartition(self.log_topic, 0), cached=True
+        )
+        return high - (last_offset + 1) > 1
 
     def _past_markers(self) -> None:
         """Move the applied position over transaction markers the consumer skipped (a log
@@ -296,37 +312,27 @@ class ReplicaRuntime:
         if not force and now - self._beat_at < self.cfg.heartbeat_interval_s:
             return
         self._beat_at = now
-        applied, events = self._applied(), self.service.state.counters.get("events_accepted", 0)
-        body = {
-            "replica": self.replica,
-            "applied": applied,
-            "events": events,
-            "writer": self.sequencer is not None,
-            "leaving": leaving,
-            "ts": int(time.time() * 1000),
-        }
-        self.publisher.produce(
-            "imcorrect-replicas", json.dumps(body).encode(), self.replica.encode()
+        beat = Heartbeat(
+            replica=self.replica,
+            applied=self._applied(),
+            events=self.service.state.counters.get("events_accepted", 0),
+            writer=self.sequencer is not None,
+            leaving=leaving,
+            ts=int(time.time() * 1000),
         )
-        self.acks[self.replica] = _Ack(applied, events, now, leaving)
+        self.publisher.produce("imcorrect-replicas", beat.to_bytes(), self.replica.encode())
+        self.roster.note(beat, now)
 
     def _read_heartbeats(self) -> None:
         for msg in self.election.consume(500, 0):
             if msg.error() is not None:
                 continue
             try:
-                beat = json.loads(msg.value())
-                ack = _Ack(int(beat["applied"]), int(beat["events"]), time.monotonic())
-                ack.leaving = bool(beat.get("leaving", False))
-                replica = str(beat["replica"])[:64]
-            except (ValueError, TypeError, KeyError):
-                continue  # not a heartbeat: nothing to learn from it
-            if replica != self.replica:
-                self.acks[replica] = ack
-
-    def live_replicas(self) -> dict[str, _Ack]:
-        now, timeout = time.monotonic(), self.cfg.replica_timeout_s
-        return {r: a for r, a in self.acks.items() if not a.leaving and now - a.seen <= timeout}
+                beat = Heartbeat.from_bytes(msg.value())
+            except ValueError:
+                continue  # nothing to learn from it
+            if beat.replica != self.replica:
+                self.roster.note(beat)
 
     # -- the writer's role --------------------------------------------------------------------
     def _become_writer(self) -> None:
@@ -371,16 +377,16 @@ class ReplicaRuntime:
         # a replica alive when this writer started has been heard from after one timeout
         if time.monotonic() - self.writer_since < self.cfg.replica_timeout_s:
             return
-        live = self.live_replicas()
-        due = [
-            r
-            for offset, r in self.pending
-            if (r.request_id, r.status) not in self._in_flight
-            and all(a.applied > offset for a in live.values())
-        ]
-        if not due:
+        due, names = [], None
+        for offset, receipt in self.pending:
+            if (receipt.request_id, receipt.status) in self._in_flight:
+                continue
+            past = self.roster.all_past(offset)
+            if past is not None:
+                due.append(receipt)
+                names = past
+        if not due or names is None:
             return
-        names = sorted(live)
         receipts = [r.model_copy(update={"replicas": names}) for r in due]
         try:
             self.writer.publish_receipts(self.topics["deletion-receipts"], receipts)

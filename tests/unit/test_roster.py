@@ -1,0 +1,54 @@
+"""Heartbeats of hot IMCorrect replicas: decoding what any producer may write, liveness, and
+when a receipt may go out."""
+
+from __future__ import annotations
+
+import pytest
+
+from streams.runtime.roster import Heartbeat, Roster
+
+
+def test_a_heartbeat_survives_its_encoding():
+    beat = Heartbeat(replica="a", applied=12, events=3400, writer=True, ts=5)
+    assert Heartbeat.from_bytes(beat.to_bytes()) == beat
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        None,
+        b"",
+        b"\xff\xfe",
+        b"[1, 2]",
+        b'{"replica": "a"}',
+        b'{"replica": "", "applied": 1, "events": 1}',
+        b'{"replica": "a", "applied": -1, "events": 1}',
+        b'{"replica": "a", "applied": 1e999, "events": 1}',
+        b'{"replica": "a", "applied": "9' + b"9" * 5000 + b'", "events": 1}',
+        b'{"replica": "' + b"x" * 65 + b'", "applied": 1, "events": 1}',
+        b"[" * 100_000 + b"]" * 100_000,
+    ],
+)
+def test_anything_else_is_refused_with_a_value_error(value):
+    with pytest.raises(ValueError):
+        Heartbeat.from_bytes(value)
+
+
+def test_live_replicas_are_the_recent_ones_that_are_not_leaving():
+    roster = Roster(timeout_s=10)
+    roster.note(Heartbeat("a", applied=5, events=0), seen=100.0)
+    roster.note(Heartbeat("b", applied=3, events=0), seen=95.0)
+    roster.note(Heartbeat("c", applied=9, events=0, leaving=True), seen=100.0)
+    assert roster.live(now=104.0) == {"a": 5, "b": 3}
+    assert roster.live(now=106.0) == {"a": 5}  # b silent for 11 s
+
+
+def test_a_receipt_waits_for_every_live_replica():
+    roster = Roster(timeout_s=10)
+    roster.note(Heartbeat("a", applied=8, events=0), seen=100.0)
+    roster.note(Heartbeat("b", applied=4, events=0), seen=100.0)
+    assert roster.all_past(3, now=101.0) == ["a", "b"]
+    assert roster.all_past(4, now=101.0) is None  # b has not applied offset 4 yet
+    assert roster.all_past(4, now=111.0) == []  # nobody is live: nothing to wait for
+    roster.note(Heartbeat("b", applied=5, events=0), seen=101.0)
+    assert roster.all_past(4, now=102.0) == ["a", "b"]
