@@ -33,7 +33,7 @@ from models.datasets import load
 from streams.client import LetheProducer
 from streams.config import LetheSettings
 from streams.localkafka import kafka_broker
-from streams.procs import WorkerProcess, free_port
+from streams.procs import WorkerProcess, free_port, scrape
 from streams.replay import to_event
 from streams.runtime import kafka
 from streams.runtime.admin import create_topics
@@ -178,11 +178,27 @@ def _drain(settings: LetheSettings, tmp: Path, n: int, replicas: list[str | None
         procs.append((proc.start(), port))
     try:
         ready = max(ingest._ready_time(p) for p, _ in procs)
-        done = max(ingest._wait_applied(port, n, p) for p, port in procs)
+        done = max(_wait_applied(port, n, p) for p, port in procs)
         return done - ready
     finally:
         for p, _ in procs:
             p.stop()
+
+
+def _wait_applied(port: int, n: int, proc: WorkerProcess, timeout_s: float = 1800) -> float:
+    """When the process had applied ``n`` events (a busy replica may leave a scrape
+    unanswered for seconds: that is retried, not fatal)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if scrape(port).get("lethe_interactions_applied_total", 0.0) >= n:
+                return time.perf_counter()
+        except OSError:
+            pass
+        if not proc.alive():
+            raise RuntimeError(f"replica died:\n{proc.log_tail()}")
+        time.sleep(0.05)
+    raise TimeoutError("the backlog was not applied in time")
 
 
 def measure_backlog(bootstrap: str, tmp: Path, dataset: str) -> dict:
