@@ -6,9 +6,10 @@ deletions the barrier released after them, and the input offsets the step moves)
 one partition, so every replica applies the same records in the same order, assigns the same
 indices to new users and items and holds the same matrices (docs/scale-out.md).
 
-Encoded with msgpack (msgspec): a step of 10⁴ events is a few hundred kB. Steps larger than
-the topic's message limit are cut into slices; a replica merges consecutive slices again
-(:func:`merge_steps`), so a backlog is still one correction of the mapping.
+Encoded with msgpack (msgspec). A step larger than the topic's message limit is cut into
+slices, all in one transaction; a replica applies the writer's step whole again
+(:func:`merge_steps`), so every replica makes the same calls on its model as the writer's
+step boundaries dictate (a backlog stays one correction of the mapping).
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ class StepRecord(msgspec.Struct, tag="step", gc=False):
     offsets: dict[str, int] = {}
     #: input records dead-lettered by the writer in this step (replicas count them too)
     dead: int = 0
+    #: the writer's step ends with this record: a replica applies a writer step whole, as
+    #: one service step, so every replica makes the same calls and reaches the same version
+    last: bool = False
 
 
 class PublishedRecord(msgspec.Struct, tag="published"):
@@ -46,8 +50,11 @@ LogRecord = StepRecord | PublishedRecord
 
 _ENCODER = msgspec.msgpack.Encoder()
 _DECODER = msgspec.msgpack.Decoder(LogRecord)
-#: bytes per event assumed when slicing (ids are bounded; this errs on the large side)
-_EVENT_BYTES_GUESS = 3 * 64 + 16
+#: room in a record for its fixed fields, the offsets map and msgpack's framing
+_RECORD_OVERHEAD = 16_384
+#: what a record on the log is checked against: the same for every replica whatever its own
+#: settings (a replica stricter than the writer would otherwise drop a genuine step)
+LOG_LIMITS = LimitSettings(max_id_length=4096, max_item_ids_per_deletion=10**9)
 
 
 class LogDecodeError(ValueError):
@@ -63,11 +70,12 @@ class Entry:
     """One decoded log record at its offset (a step's deletions parsed by the contract)."""
 
     offset: int
-    record: LogRecord
+    #: None: bytes no writer wrote (passed over alike by every replica)
+    record: LogRecord | None
     deletions: list[DeletionRequest] = field(default_factory=list)
 
 
-def decode(offset: int, value: bytes | None, limits: LimitSettings) -> Entry:
+def decode(offset: int, value: bytes | None, limits: LimitSettings = LOG_LIMITS) -> Entry:
     """Decode a log record; :class:`LogDecodeError` for bytes no writer wrote."""
     if value is None:
         raise LogDecodeError("an empty record")
@@ -87,28 +95,50 @@ def decode(offset: int, value: bytes | None, limits: LimitSettings) -> Entry:
 
 
 def step_records(inputs: Inputs, dead: int, max_bytes: int) -> list[bytes]:
-    """One runtime step as log records of at most about ``max_bytes`` each: interactions in
-    slices, the deletions and the offsets with the last slice."""
+    """One runtime step as log records of at most ``max_bytes`` each: the interactions in
+    slices, then the deletions; the step's offsets, dead letters and ``last`` flag on the
+    final record. Sizes are bounded from the encoded lengths (msgpack adds at most 5 bytes
+    of header per string and 9 per integer), so no record exceeds the limit."""
     cols = inputs.interactions
-    n = len(cols)
-    per = max(1, (max_bytes // 2) // _EVENT_BYTES_GUESS)
-    cuts = list(range(0, n, per)) or [0]
-    out = []
-    for start in cuts:
-        stop = min(n, start + per)
-        last = start == cuts[-1]
-        record = StepRecord(
-            event_ids=cols.event_ids[start:stop],
-            user_ids=cols.user_ids[start:stop],
-            item_ids=cols.item_ids[start:stop],
-            ts=cols.ts[start:stop],
-            deletions=[d.model_dump_json().encode() for d in inputs.deletions] if last else [],
-            deletion_sources=list(inputs.deletion_sources) if last else [],
-            offsets=dict(inputs.offsets) if last else {},
-            dead=dead if last else 0,
-        )
-        out.append(encode(record))
-    return out
+    budget = max(1024, max_bytes - _RECORD_OVERHEAD)
+    records: list[StepRecord] = []
+    start, size = 0, 0
+    for k in range(len(cols)):
+        event = _encoded_len(cols.event_ids[k], cols.user_ids[k], cols.item_ids[k]) + 9
+        if k > start and size + event > budget:
+            records.append(_slice(cols, start, k))
+            start, size = k, 0
+        size += event
+    if len(cols) > start or not records:
+        records.append(_slice(cols, start, len(cols)))
+    size = 0
+    for request, source in zip(inputs.deletions, inputs.deletion_sources, strict=True):
+        body = request.model_dump_json().encode()
+        item = len(body) + 5 + _encoded_len(source[0]) + 9
+        if size + item > budget and (records[-1].deletions or records[-1].event_ids):
+            records.append(_slice(cols, 0, 0))
+            size = 0
+        records[-1].deletions.append(body)
+        records[-1].deletion_sources.append(source)
+        size += item
+    final = records[-1]
+    final.offsets, final.dead, final.last = dict(inputs.offsets), dead, True
+    return [encode(r) for r in records]
+
+
+def _encoded_len(*texts: str) -> int:
+    return sum(len(t.encode("utf-8", "surrogatepass")) + 5 for t in texts)
+
+
+def _slice(cols: InteractionColumns, start: int, stop: int) -> StepRecord:
+    return StepRecord(
+        event_ids=cols.event_ids[start:stop],
+        user_ids=cols.user_ids[start:stop],
+        item_ids=cols.item_ids[start:stop],
+        ts=cols.ts[start:stop],
+        deletions=[],
+        deletion_sources=[],
+    )
 
 
 @dataclass
@@ -121,27 +151,35 @@ class LoggedStep:
     last_offset: int = -1
 
 
-def merge_steps(entries: list[Entry], log_key: str, max_events: int) -> list[LoggedStep | Entry]:
-    """Group entries, in order, into service steps: consecutive steps merge while the merged
-    one has no deletion yet (a service applies a step's interactions before its deletions)
-    and stays under ``max_events``; markers stay where they are."""
+def merge_steps(entries: list[Entry], log_key: str) -> tuple[list[LoggedStep | Entry], list[Entry]]:
+    """Group entries, in order, into the writer's steps (each closed by its ``last``
+    record) and markers; returns those and the entries of a step not complete yet (the rest
+    of its transaction comes with the next read). A foreign record only moves the offset."""
     out: list[LoggedStep | Entry] = []
     current: LoggedStep | None = None
-    for entry in entries:
+    opened = 0  # index in entries where the open step began
+    for k, entry in enumerate(entries):
         if isinstance(entry.record, PublishedRecord):
-            current = None
             out.append(entry)
             continue
-        full = current is not None and len(current.inputs.interactions) >= max_events
-        if current is None or current.inputs.deletions or full:
-            current = LoggedStep()
-            out.append(current)
+        if current is None:
+            current, opened = LoggedStep(), k
         _fold(current, entry, log_key)
-    return out
+        if entry.record is None and opened == k:
+            out.append(current)  # a foreign record on its own: a step that moves the offset
+            current = None
+        elif entry.record is not None and entry.record.last:
+            out.append(current)
+            current = None
+    return out, ([] if current is None else entries[opened:])
 
 
 def _fold(step: LoggedStep, entry: Entry, log_key: str) -> None:
     offset, record = entry.offset, entry.record
+    step.last_offset = offset
+    step.inputs.offsets[log_key] = offset + 1
+    if record is None:
+        return
     assert isinstance(record, StepRecord)
     inputs = step.inputs
     cols = inputs.interactions
@@ -160,4 +198,3 @@ def _fold(step: LoggedStep, entry: Entry, log_key: str) -> None:
     inputs.offsets.update(record.offsets)
     inputs.offsets[log_key] = offset + 1
     step.dead += record.dead
-    step.last_offset = offset

@@ -14,6 +14,7 @@ from confluent_kafka import (
     OFFSET_BEGINNING,
     OFFSET_END,
     Consumer,
+    IsolationLevel,
     KafkaError,
     KafkaException,
     Producer,
@@ -80,9 +81,12 @@ def admin(settings: LetheSettings) -> AdminClient:
 
 
 def end_offsets(client: AdminClient, topic: str, parts: list[int]) -> dict[str, int]:
-    """Log-end offset of each partition, asked of the broker now (one try)."""
+    """End offset of each partition as a committed read sees it (the last stable offset:
+    where a transaction still open stops the readers), asked of the broker now (one try)."""
     ask = {TopicPartition(topic, p): OffsetSpec.latest() for p in parts}
-    futures = client.list_offsets(ask, request_timeout=10)
+    futures = client.list_offsets(
+        ask, isolation_level=IsolationLevel.READ_COMMITTED, request_timeout=10
+    )
     return {tp_key(tp.topic, tp.partition): f.result().offset for tp, f in futures.items()}
 
 

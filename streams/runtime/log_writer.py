@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from typing import ClassVar
 
 from confluent_kafka import KafkaError, KafkaException
@@ -131,9 +132,13 @@ class LogWriter:
         txlog: TransactionalLog,
         log_topic: str,
         offsets: dict[str, int],
+        before_commit: Callable[[], None] = lambda: None,
     ) -> None:
         self.settings = settings
         self.txlog = txlog
+        #: flushes the dead letters of the records a step passes before the step is logged
+        #: (a crash after the commit must not lose them; one before it repeats them)
+        self.before_commit = before_commit
         self.log_topic = log_topic
         self._offsets = dict(offsets)
         self.steps_written = 0
@@ -164,6 +169,7 @@ class LogWriter:
     def _write(self, inputs: Inputs, dead: int) -> None:
         limit = self.settings.limits.max_message_bytes
         values = step_records(inputs, dead, limit)
+        self.before_commit()
         self.txlog.commit([(self.log_topic, v, None) for v in values])
         self._offsets.update(inputs.offsets)
         self.steps_written += 1

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from streams import metrics as m
 from streams.config import LetheSettings
@@ -56,6 +56,8 @@ log = logging.getLogger("lethe.replica")
 
 #: change-log records taken per read
 _READ_CHUNK = 2_000
+#: the election group's session timeout: how long a dead writer keeps the role
+_SESSION_TIMEOUT_S = 6.0
 
 
 def writer_group(settings: LetheSettings) -> str:
@@ -65,6 +67,11 @@ def writer_group(settings: LetheSettings) -> str:
 def request_group(settings: LetheSettings) -> str:
     """Replicas that answer ``rec-requests`` share them through this group."""
     return f"{settings.client_id}-imcorrect-{settings.topic_prefix}"
+
+
+class LogGone(RuntimeError):
+    """The change log no longer holds what this replica must apply next (retention passed
+    it): the replica cannot catch up from the log and stops."""
 
 
 class ReplicaRuntime:
@@ -81,11 +88,14 @@ class ReplicaRuntime:
         self.log_key = kafka.tp_key(self.log_topic, 0)
         self._stop = False
         self._want_writer = False
+        self._recheck_at = 0.0
         self.sequencer: Runtime | None = None
         self.writer: LogWriter | None = None
         self.writer_since = 0.0
         #: (change-log offset of the deletion, receipt) not yet published
         self.pending: list[tuple[int, DeletionReceipt]] = []
+        #: change-log records of a writer step whose last slice is not read yet
+        self._partial: list[Entry] = []
         #: published by this writer, marker not read back yet
         self._in_flight: set[tuple[str, str]] = set()
         self.roster = Roster(self.cfg.replica_timeout_s)
@@ -123,9 +133,24 @@ class ReplicaRuntime:
                     "isolation.level": "read_committed",
                     "fetch.wait.max.ms": 20,
                     "max.partition.fetch.bytes": 4 << 20,
+                    # never skip ahead silently: a position the log no longer holds is fatal
+                    "auto.offset.reset": "error",
                 },
             )
-            start = self.service.offsets.get(self.log_key, OFFSET_BEGINNING)
+            start = self.service.offsets.get(self.log_key, 0)
+            low, _ = self.follower.get_watermark_offsets(
+                TopicPartition(self.log_topic, 0), timeout=10
+            )
+            if start < low:
+                log.critical(
+                    "replica %s must apply the change log from offset %d, but it begins at %d "
+                    "(retention): start it from a copy of another replica's state folder "
+                    "(docs/scale-out.md)",
+                    self.replica,
+                    start,
+                    low,
+                )
+                raise SystemExit(4)
             self.follower.assign([TopicPartition(self.log_topic, 0, start)])
             self.election = self._election_consumer()
             if self.cfg.answer_requests:
@@ -137,6 +162,9 @@ class ReplicaRuntime:
             try:
                 while not self._stop:
                     self._iteration()
+            except LogGone as exc:
+                log.critical("%s", exc)
+                raise SystemExit(4) from None
             finally:
                 self._leave()
         finally:
@@ -167,7 +195,7 @@ class ReplicaRuntime:
             **{
                 "group.id": writer_group(self.settings),
                 "partition.assignment.strategy": "cooperative-sticky",
-                "session.timeout.ms": 6000,
+                "session.timeout.ms": int(_SESSION_TIMEOUT_S * 1000),
                 "heartbeat.interval.ms": 1000,
                 "auto.offset.reset": "latest",
                 "fetch.wait.max.ms": 20,
@@ -189,6 +217,7 @@ class ReplicaRuntime:
     # -- one iteration ------------------------------------------------------------------------
     def _iteration(self) -> None:
         self._read_heartbeats()
+        self._recheck()
         if self._want_writer and self.sequencer is None:
             self._become_writer()
         elif not self._want_writer and self.sequencer is not None:
@@ -200,6 +229,7 @@ class ReplicaRuntime:
                 self.sequencer.step()
             except Fenced as exc:
                 self._stop_writing(f"fenced ({exc})")
+                self._recheck_later()
             wrote = self.writer is not None and self.writer.steps_written > before
         idle_wait = self.cfg.batch_max_wait_ms / 1000
         self._follow(0.05 if wrote else (0.0 if self.sequencer is not None else idle_wait))
@@ -207,41 +237,46 @@ class ReplicaRuntime:
             self.server.serve(0.0)
         self._heartbeat()
         if self.sequencer is not None:
+            self._read_heartbeats()  # the newest word of every replica, after a long step
             self._publish_due()
         self._maybe_snapshot()
         self._gauges()
 
     # -- following the change log -------------------------------------------------------------
     def _follow(self, wait_s: float) -> int:
-        """Apply what the change log has; returns the records applied."""
+        """Apply the writer's steps the change log has; returns the records read."""
         first = self.follower.poll(wait_s)
         if first is None:
             self._past_markers()
             return 0
-        entries: list[Entry] = []
-        events = self._decode([first], entries)
+        fresh: list[Entry] = []
+        events = self._decode([first], fresh)
         while not self._stop and events < self.cfg.batch_max_events:
             more = self.follower.consume(_READ_CHUNK, 0)
-            if not more and self._log_behind(entries[-1].offset if entries else first.offset()):
-                # a backlog beyond what is fetched: wait for the next fetch rather than apply
-                # a sliver of it (each step is one correction of the mapping)
-                more = self.follower.consume(_READ_CHUNK, 0.5)
+            if not more and self._log_behind(fresh[-1].offset if fresh else first.offset()):
+                # a backlog beyond what is fetched: wait for the next fetch (poll returns at
+                # its first record) rather than apply a sliver of it
+                nxt = self.follower.poll(0.5)
+                more = [] if nxt is None else [nxt, *self.follower.consume(_READ_CHUNK, 0)]
             if not more:
                 break
-            events += self._decode(more, entries)
-        for unit in merge_steps(entries, self.log_key, self.cfg.batch_max_events):
+            events += self._decode(more, fresh)
+        units, self._partial = merge_steps(self._partial + fresh, self.log_key)
+        for unit in units:
             if isinstance(unit, LoggedStep):
                 self._apply(unit)
             else:
                 self._published(unit)
         self._past_markers()
-        return len(entries)
+        return len(fresh)
 
     def _decode(self, msgs: list, entries: list[Entry]) -> int:
         """Decode change-log records onto ``entries``; returns the events they hold."""
         events = 0
         for msg in msgs:
             if msg.error() is not None:
+                if msg.error().code() == KafkaError._AUTO_OFFSET_RESET:
+                    raise LogGone(f"the change log no longer holds offset {self._applied()}")
                 log.warning("change-log consumer error: %s", msg.error())
                 continue
             try:
@@ -263,7 +298,10 @@ class ReplicaRuntime:
 
     def _past_markers(self) -> None:
         """Move the applied position over transaction markers the consumer skipped (a log
-        that ends in a commit marker is applied to its end, not to one before it)."""
+        that ends in a commit marker is applied to its end, not to one before it); never
+        past a step still being read."""
+        if self._partial:
+            return
         (pos,) = self.follower.position([TopicPartition(self.log_topic, 0)])
         if pos.offset > self._applied():
             self.service.note_dead_letters(0, {self.log_key: pos.offset})
@@ -273,7 +311,7 @@ class ReplicaRuntime:
         dead letter), so they still apply the same log."""
         if self.sequencer is not None:
             self.publisher.dead_letter(msg, ContractError(str(exc)), "imcorrect-log")
-        return Entry(msg.offset(), StepRecord(event_ids=[], user_ids=[], item_ids=[], ts=[]))
+        return Entry(msg.offset(), None)
 
     def _apply(self, step: LoggedStep) -> None:
         inputs = step.inputs
@@ -341,11 +379,14 @@ class ReplicaRuntime:
             txlog.start()
         except (Fenced, KafkaException) as exc:
             log.warning("replica %s: could not take the writer's role yet: %s", self.replica, exc)
+            self._recheck_later()
             return
         end = self.io.end_offsets(self.log_topic, [0])[self.log_key]
-        self._follow_to(end)
+        if not self._follow_to(end):
+            txlog.close()
+            return  # stopped, or the role moved on while catching up
         offsets = {k: v for k, v in self.service.offsets.items() if k != self.log_key}
-        writer = LogWriter(self.settings, txlog, self.log_topic, offsets)
+        writer = LogWriter(self.settings, txlog, self.log_topic, offsets, self.publisher.flush)
         sequencer = Runtime(self.settings, lambda _s: writer, self.io, name=writer.name)
         sequencer.attach(writer, self.publisher)
         self.writer, self.sequencer = writer, sequencer
@@ -354,13 +395,30 @@ class ReplicaRuntime:
         m.IMCORRECT_WRITER.labels(self.replica).set(1)
         log.info("replica %s is the writer (change log applied to %d)", self.replica, end)
 
-    def _follow_to(self, end: int) -> None:
-        """Apply the change log up to ``end`` (its end once earlier writers are fenced)."""
-        deadline = time.monotonic() + 300
+    def _follow_to(self, end: int) -> bool:
+        """Apply the change log up to ``end`` (its end once earlier writers are fenced),
+        staying a live member of the group and reporting progress meanwhile; False when the
+        replica stops or loses the role first."""
         while self._applied() < end:
+            if self._stop or not self._want_writer:
+                return False
             self._follow(0.2)
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the change log did not reach offset {end} in 300 s")
+            self._read_heartbeats()
+            self._heartbeat()
+        return True
+
+    def _recheck_later(self) -> None:
+        """After a refused start or a fence: stop trying until the group has settled (a
+        member whose revocation is still on its way must not fence the new writer back),
+        then look at the assignment itself."""
+        self._want_writer = False
+        self._recheck_at = time.monotonic() + _SESSION_TIMEOUT_S
+
+    def _recheck(self) -> None:
+        if self._recheck_at and time.monotonic() >= self._recheck_at:
+            self._recheck_at = 0.0
+            topic = self.topics["imcorrect-replicas"]
+            self._want_writer = any(tp.topic == topic for tp in self.election.assignment())
 
     def _stop_writing(self, reason: str) -> None:
         assert self.sequencer is not None and self.writer is not None
@@ -392,6 +450,7 @@ class ReplicaRuntime:
             self.writer.publish_receipts(self.topics["deletion-receipts"], receipts)
         except Fenced as exc:
             self._stop_writing(f"fenced ({exc})")
+            self._recheck_later()
             return
         self._in_flight |= {(r.request_id, r.status) for r in receipts}
         self.publisher.count_receipts(receipts)

@@ -22,6 +22,7 @@ from streams.reader import end_offsets
 from streams.replay import to_event
 from streams.runtime import changelog, kafka
 from streams.runtime.admin import create_topics
+from streams.state import model_digest
 from streams.topics import topic_name
 from tests.integration.replica_harness import Replica, caught_up, read_committed, wait_for
 from tests.integration.worker_harness import (
@@ -128,6 +129,9 @@ def test_two_replicas_stay_identical_and_exact_through_two_writer_kills(settings
     assert sa.users.by_index == sb.users.by_index, "user indices differ"
     assert sa.items.by_index == sb.items.by_index, "item indices differ"
     assert (sa.model.interactions != sb.model.interactions).nnz == 0
+    # the same calls in the same order: the same version, and the same state digest
+    assert sa.model.version == sb.model.version
+    assert model_digest(sa.model) == model_digest(sb.model)
     assert float(np.max(np.abs(sa.model.mapping - sb.model.mapping))) <= 1e-8
 
 

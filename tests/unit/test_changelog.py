@@ -8,6 +8,7 @@ import pytest
 from streams.config import LimitSettings
 from streams.contracts import DeletionRequest
 from streams.runtime.changelog import (
+    Entry,
     LogDecodeError,
     LoggedStep,
     PublishedRecord,
@@ -51,12 +52,13 @@ def _entries(values: list[bytes], first_offset: int = 0):
 def test_a_large_step_is_sliced_and_merged_back_whole():
     inputs = _inputs(5_000, deletions=2)
     values = step_records(inputs, dead=3, max_bytes=64_000)
-    assert len(values) > 5 and all(len(v) <= 64_000 for v in values)
+    assert len(values) > 2 and all(len(v) <= 64_000 for v in values)
     records = [msgspec.msgpack.decode(v, type=StepRecord) for v in values]
-    # deletions, offsets and dead letters travel with the last slice only
-    assert all(not r.deletions and not r.offsets and r.dead == 0 for r in records[:-1])
-    (step,) = merge_steps(_entries(values, first_offset=40), LOG, max_events=10**6)
-    assert isinstance(step, LoggedStep)
+    # offsets, dead letters and the end of the step travel with the last record only
+    assert all(not r.offsets and r.dead == 0 and not r.last for r in records[:-1])
+    assert records[-1].last and records[-1].deletions
+    (step,), partial = merge_steps(_entries(values, first_offset=40), LOG)
+    assert isinstance(step, LoggedStep) and partial == []
     got = step.inputs
     assert got.interactions.event_ids == inputs.interactions.event_ids
     assert got.interactions.user_ids == inputs.interactions.user_ids
@@ -68,28 +70,73 @@ def test_a_large_step_is_sliced_and_merged_back_whole():
     assert step.dead == 3 and step.last_offset == 40 + len(values) - 1
 
 
-def test_interactions_after_a_deletion_never_merge_before_it():
+def test_each_writer_step_is_applied_as_one_step():
     values = step_records(_inputs(10, deletions=1, tag="a"), 0, 1 << 20)
     values += step_records(_inputs(10, tag="b"), 0, 1 << 20)
-    steps = merge_steps(_entries(values), LOG, max_events=10**6)
+    steps, partial = merge_steps(_entries(values), LOG)
+    assert partial == []
     assert [len(s.inputs.interactions) for s in steps] == [10, 10]
     assert [len(s.inputs.deletions) for s in steps] == [1, 0]
     assert steps[0].inputs.offsets[LOG] == 1 and steps[1].inputs.offsets[LOG] == 2
 
 
-def test_steps_without_deletions_merge_up_to_the_batch_limit():
-    values = []
-    for tag in "abcd":
-        values += step_records(_inputs(10, tag=tag), 0, 1 << 20)
-    steps = merge_steps(_entries(values), LOG, max_events=20)
-    assert [len(s.inputs.interactions) for s in steps] == [20, 20]
+def test_a_step_whose_last_slice_is_not_read_yet_waits():
+    values = step_records(_inputs(3_000, deletions=1), 0, 40_000)
+    assert len(values) > 2
+    entries = _entries(values)
+    steps, partial = merge_steps(entries[:-1], LOG)
+    assert steps == [] and partial == entries[:-1]
+    (step,), partial = merge_steps(partial + entries[-1:], LOG)
+    assert len(step.inputs.interactions) == 3_000 and partial == []
+
+
+def test_records_stay_under_the_limit_with_long_non_ascii_ids_and_many_deletions():
+    n = 2_000
+    cols = InteractionColumns(
+        positions=list(range(n)),
+        event_ids=["é" * 128 + str(i) for i in range(n)],
+        user_ids=["ü" * 128] * n,
+        item_ids=["漢" * 128] * n,
+        ts=[1] * n,
+    )
+    dels = [
+        DeletionRequest(
+            request_id=f"r{k}",
+            scope="interactions",
+            reason="privacy",
+            ts=5,
+            user_id="u" * 128,
+            item_ids=["i" * 128] * 200,
+        )
+        for k in range(20)
+    ]
+    inputs = Inputs(
+        interactions=cols,
+        deletions=dels,
+        deletion_sources=[("p.deletions:0", k) for k in range(20)],
+        offsets={"p.interactions:0": n},
+    )
+    limit = 64 * 1024
+    values = step_records(inputs, dead=0, max_bytes=limit)
+    assert max(len(v) for v in values) <= limit
+    (step,), _ = merge_steps(_entries(values), LOG)
+    assert step.inputs.interactions.item_ids == cols.item_ids
+    assert step.inputs.deletions == dels
+
+
+def test_a_foreign_record_only_moves_the_offset():
+    values = step_records(_inputs(3, tag="a"), 0, 1 << 20)
+    entries = _entries(values) + [Entry(1, None)]
+    steps, _ = merge_steps(entries, LOG)
+    assert [s.inputs.offsets[LOG] for s in steps] == [1, 2]
+    assert len(steps[1].inputs.interactions) == 0 and not steps[1].inputs
 
 
 def test_a_marker_stays_between_the_steps_around_it():
     values = step_records(_inputs(3, tag="a"), 0, 1 << 20)
     values.append(encode(PublishedRecord(receipts=[("r1", "applied")])))
     values += step_records(_inputs(3, tag="b"), 0, 1 << 20)
-    units = merge_steps(_entries(values), LOG, max_events=10**6)
+    units, _ = merge_steps(_entries(values), LOG)
     assert [type(u).__name__ for u in units] == ["LoggedStep", "Entry", "LoggedStep"]
     assert units[1].offset == 1 and units[1].record.receipts == [("r1", "applied")]
 
