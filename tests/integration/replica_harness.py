@@ -14,12 +14,12 @@ from streams.topics import topic_name
 from tests.integration.worker_harness import WorkerProcess, snapshot_meta
 
 
-def replica_settings(settings: LetheSettings, replica: str) -> LetheSettings:
+def replica_settings(settings: LetheSettings, replica: str, answer: bool = False) -> LetheSettings:
     imcorrect = settings.imcorrect.model_copy(
         update={
             "replicated": True,
             "replica_id": replica,
-            "answer_requests": False,
+            "answer_requests": answer,
             "replica_timeout_s": 6.0,
         }
     )
@@ -29,8 +29,10 @@ def replica_settings(settings: LetheSettings, replica: str) -> LetheSettings:
 class Replica:
     """One replica id, restarted as new processes (each with a log file of its own)."""
 
-    def __init__(self, settings: LetheSettings, replica: str, logs: Path) -> None:
-        self.settings = replica_settings(settings, replica)
+    def __init__(
+        self, settings: LetheSettings, replica: str, logs: Path, answer: bool = False
+    ) -> None:
+        self.settings = replica_settings(settings, replica, answer)
         self.id = replica
         self.logs = logs
         self.runs = 0

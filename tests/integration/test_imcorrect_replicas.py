@@ -15,7 +15,7 @@ import pytest
 
 from models.datasets import load
 from streams.client import LetheProducer
-from streams.contracts import DeletionReceipt, decode
+from streams.contracts import DeletionReceipt, Recommendation, decode
 from streams.erasure import verify_erasure
 from streams.keys import keyring_for
 from streams.reader import end_offsets
@@ -225,3 +225,50 @@ def test_readers_reach_the_end_of_a_topic_written_in_transactions(settings):
     committed = [b"committed-0", b"committed-1", b"committed-2"]
     assert sorted(runtime_view) == sorted(sdk_view) == committed
     assert time.monotonic() - start < 8, "a reader waited for a record that never comes"
+
+
+def test_replicas_that_answer_requests_share_them(settings, tmp_path):
+    """With ``answer_requests``, replicas share ``rec-requests`` through one group: each
+    request gets one answer, from whichever replica owns its partition."""
+    asyncio.run(create_topics(settings))
+    events = [to_event(r) for r in load("ml-100k").replay()][:5_000]
+    users = sorted({e.user_id for e in events})
+    a = Replica(settings, "a", tmp_path, answer=True).start()
+    b = Replica(settings, "b", tmp_path, answer=True).start()
+    both = (a, b)
+    try:
+        wait_for(lambda: a.is_writer() or b.is_writer(), 60, "a writer", both)
+
+        async def publish() -> None:
+            async with LetheProducer(settings) as p:
+                for e in events:
+                    await p.send("interactions", e.user_id, e)
+
+        asyncio.run(publish())
+        (end,) = asyncio.run(end_offsets(settings, ["imcorrect-log"])).values()
+        wait_for(lambda: all(caught_up(settings, r, end) for r in both), 60, "applied", both)
+        time.sleep(2.0)  # both members hold partitions of rec-requests
+
+        async def ask() -> list[str]:
+            async with LetheProducer(settings, for_requests=True) as p:
+                sent = [(await p.request_recommendations(u, k=5)).request_id for u in users]
+                await p.flush()
+                return sent
+
+        sent = asyncio.run(ask())
+        deadline = time.monotonic() + 60
+        while True:
+            answers = [
+                decode(Recommendation, r.value)
+                for r in asyncio.run(read_all(settings, "recommendations"))
+            ]
+            if len(answers) >= len(sent) or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert a.proc.stop() == 0 and b.proc.stop() == 0
+    finally:
+        for r in both:
+            r.proc.kill()
+    ids = [r.request_id for r in answers]
+    assert sorted(ids) == sorted(sent), "every request answered exactly once"
+    assert all(r.strategy == "personal" and len(r.items) == 5 for r in answers)
