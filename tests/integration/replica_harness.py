@@ -90,3 +90,17 @@ def caught_up(settings: LetheSettings, replica: Replica, log_end: int) -> bool:
     log_key = f"{topic_name(settings, 'imcorrect-log')}:0"
     inputs_done = all(offsets.get(k, 0) >= v for k, v in ends.items())
     return inputs_done and offsets.get(log_key, 0) >= log_end
+
+
+def publish_and_apply(settings: LetheSettings, events: list, replicas) -> None:
+    """Send ``events`` and wait until every replica has applied the change log to its end."""
+    from streams.client import LetheProducer
+
+    async def publish() -> None:
+        async with LetheProducer(settings) as p:
+            for e in events:
+                await p.send("interactions", e.user_id, e)
+
+    asyncio.run(publish())
+    (end,) = asyncio.run(end_offsets(settings, ["imcorrect-log"])).values()
+    wait_for(lambda: all(caught_up(settings, r, end) for r in replicas), 60, "applied", replicas)

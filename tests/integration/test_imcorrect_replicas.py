@@ -24,7 +24,13 @@ from streams.runtime import changelog, kafka
 from streams.runtime.admin import create_topics
 from streams.state import model_digest
 from streams.topics import topic_name
-from tests.integration.replica_harness import Replica, caught_up, read_committed, wait_for
+from tests.integration.replica_harness import (
+    Replica,
+    caught_up,
+    publish_and_apply,
+    read_committed,
+    wait_for,
+)
 from tests.integration.worker_harness import (
     assert_equals_batch_fit,
     load_state,
@@ -162,15 +168,7 @@ def test_a_receipt_waits_for_every_live_replica_and_names_them(settings, tmp_pat
     try:
         wait_for(lambda: a.is_writer() or b.is_writer(), 60, "a writer", both)
         writer, follower = (a, b) if a.is_writer() else (b, a)
-
-        async def publish() -> None:
-            async with LetheProducer(settings) as p:
-                for e in events:
-                    await p.send("interactions", e.user_id, e)
-
-        asyncio.run(publish())
-        (end,) = asyncio.run(end_offsets(settings, ["imcorrect-log"])).values()
-        wait_for(lambda: all(caught_up(settings, r, end) for r in both), 60, "applied", both)
+        publish_and_apply(settings, events, both)
         time.sleep(6.5)  # the new writer's first timeout: it has heard from everyone
 
         os.kill(follower.proc.proc.pid, signal.SIGSTOP)
@@ -238,15 +236,7 @@ def test_replicas_that_answer_requests_share_them(settings, tmp_path):
     both = (a, b)
     try:
         wait_for(lambda: a.is_writer() or b.is_writer(), 60, "a writer", both)
-
-        async def publish() -> None:
-            async with LetheProducer(settings) as p:
-                for e in events:
-                    await p.send("interactions", e.user_id, e)
-
-        asyncio.run(publish())
-        (end,) = asyncio.run(end_offsets(settings, ["imcorrect-log"])).values()
-        wait_for(lambda: all(caught_up(settings, r, end) for r in both), 60, "applied", both)
+        publish_and_apply(settings, events, both)
         time.sleep(2.0)  # both members hold partitions of rec-requests
 
         async def ask() -> list[str]:
