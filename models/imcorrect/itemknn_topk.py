@@ -196,8 +196,7 @@ class ItemKNNTopK(ListMerge, Mapping):
         # items (colliding keys silently dropped pairs from the merge)
         rows = np.asarray(rows, dtype=np.int64)
         cols = np.asarray(cols, dtype=np.int64)
-        g_old = self.counts.get(rows, cols)
-        self.counts.add(rows, cols, deltas)
+        g_old = self.counts.add(rows, cols, deltas)
         g_new = g_old + deltas  # the same addition the store performed
         on_diag = rows == cols
         diag_items = rows[on_diag]
@@ -258,6 +257,8 @@ class ItemKNNTopK(ListMerge, Mapping):
     def _score_roots(self, g: np.ndarray, root_row: np.ndarray, root_col: np.ndarray) -> np.ndarray:
         """:meth:`_score` from the square roots of the degrees (the same bits)."""
         denom = root_row * root_col + self.shrink
+        if self.shrink > 0:  # roots are ≥ 0, so no denominator is 0: a plain division
+            return g / denom
         return np.divide(g, denom, out=np.zeros(len(g)), where=denom > 0)
 
     # -- selection from scratch -------------------------------------------------------------
@@ -269,9 +270,7 @@ class ItemKNNTopK(ListMerge, Mapping):
         for chunk in np.split(items, np.flatnonzero(np.diff(chunk_of)) + 1):
             if len(chunk) == 0:
                 continue
-            owner, cols, vals = self.counts.rows(chunk)
-            keep = cols != chunk[owner]
-            owner, cols, vals = owner[keep], cols[keep], vals[keep]
+            owner, cols, vals = self.counts.rows(chunk, skip_diagonal=chunk)
             if self.counts.extra.nnz:
                 order = np.argsort(owner, kind="stable")
                 owner, cols, vals = owner[order], cols[order], vals[order]
