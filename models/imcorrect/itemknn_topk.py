@@ -36,6 +36,7 @@ from models.imcorrect.cooccurrence import Cooccurrence
 from models.imcorrect.lowrank import RowChange
 from models.imcorrect.topk import PAD, select, sort_rows
 from models.imcorrect.topk_merge import ListMerge
+from models.imcorrect.topk_rows import DegreeRows
 
 #: entries gathered at once when recomputing or merging many rows (bounds temporary memory)
 _CHUNK_ENTRIES = 4_000_000
@@ -43,7 +44,7 @@ _CHUNK_ENTRIES = 4_000_000
 _RECOMPUTE_ALL_SHARE = 0.5
 
 
-class ItemKNNTopK(ListMerge, Mapping):
+class ItemKNNTopK(DegreeRows, ListMerge, Mapping):
     """Cosine item-kNN over sparse co-occurrences, each item's ``k`` best neighbours kept.
 
     Parameters
@@ -218,31 +219,17 @@ class ItemKNNTopK(ListMerge, Mapping):
             self._mapping = None
             return
         dirty = [self._merge_pairs(pj, pc, go, gn, degree_old)]
-        # ... and every stored neighbour j of an item c ∈ D (G is symmetric). Each row of D
-        # is read once: the same scores select that row from scratch and, read as column c,
-        # are the moved s_jc of its neighbours (the product of the two square roots is
-        # commutative, so s_cj and s_jc are the same bits). Rows are taken in groups that
-        # fit one chunk: a row's pairs may be merged over several passes, since each pass
-        # leaves the list exact for the scores moved so far.
+        # ... and every stored neighbour j of an item c ∈ D, read off the rows of D
+        # (:mod:`.topk_rows`). A row's pairs may be merged over several passes, since each
+        # pass leaves the list exact for the scores moved so far; the floor is taken once
+        # (bounds only rise while merging, so it stays a floor).
         known = np.sort(pj * n + pc)
         root = np.sqrt(np.maximum(self.degree, 0.0))
         root_old = np.sqrt(np.maximum(degree_old, 0.0))
         fell = bool(np.all(self.degree[changed_degree] <= degree_old[changed_degree]))
-        for group, owner, js, vals in self._chunk_rows(changed_degree):
-            cs = group[owner]
-            s_new = self._score_roots(vals, root[cs], root[js])
-            self._store_chunk(group, owner, js, s_new)
-            # the count of these pairs did not change, only c's degree; a moved s_jc matters
-            # to j only if it reaches j's bound (or j's list holds every candidate): below
-            # it, c was no member, does not enter and leaves the bound as it is
-            if fell and vals.min(initial=0.0) >= 0:
-                high = s_new  # degrees only fell and counts are ≥ 0: no score fell
-            else:
-                high = np.maximum(s_new, self._score_roots(vals, root_old[cs], root[js]))
-            floor = np.where(self.fill == self.k, self.bound, -np.inf)
-            floor[changed_degree] = np.inf  # rows of D are selected above
-            near = np.flatnonzero(high >= floor[js])
-            js, cs, vals = js[near], cs[near], vals[near]
+        floor = np.where(self.fill == self.k, self.bound, -np.inf)
+        floor[changed_degree] = np.inf  # rows of D are selected from scratch
+        for js, cs, vals in self._degree_rows(changed_degree, root, root_old, fell, floor):
             if len(known):
                 keys = js * n + cs
                 at = np.minimum(np.searchsorted(known, keys), len(known) - 1)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from unittest import mock
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from models.imcorrect import IMCorrect
+from models.imcorrect import IMCorrect, topk_rows
 from models.imcorrect.topk import select, select_segments
 from tests.unit.imcorrect_contract import MappingContract
 
@@ -69,6 +71,18 @@ step = st.one_of(
 )
 
 
+def _run(model: IMCorrect, kind: str, arg) -> None:
+    if kind == "learn":
+        users, items = zip(*arg, strict=True)
+        model.learn(users, items)
+    elif kind == "users":
+        model.forget(users=arg)
+    elif kind == "items":
+        model.forget(items=arg)
+    else:
+        model.forget(interactions=arg)
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     seed=st.integers(0, 2**16),
@@ -81,16 +95,33 @@ def test_random_learn_forget_sequences_keep_the_lists_of_a_fresh_fit(seed, k, sh
     x = sp.csr_matrix((rng.random((30, 20)) < 0.25).astype(float))
     model = IMCorrect("itemknn-topk", k=k, shrink=shrink, refit_rank_ratio=float("inf")).fit(x)
     for kind, arg in ops:
-        if kind == "learn":
-            users, items = zip(*arg, strict=True)
-            model.learn(users, items)
-        elif kind == "users":
-            model.forget(users=arg)
-        elif kind == "items":
-            model.forget(items=arg)
-        else:
-            model.forget(interactions=arg)
+        _run(model, kind, arg)
         assert_same_as_fresh_fit(model, k, shrink)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 2**16),
+    k=st.integers(1, 6),
+    shrink=st.sampled_from([0.0, 3.0]),
+    ops=st.lists(step, min_size=1, max_size=8),
+)
+def test_rows_read_one_by_one_and_in_chunks_give_the_same_lists(seed, k, shrink, ops):
+    # small changes read the rows of D one at a time, large ones in vectorised chunks
+    rng = np.random.default_rng(seed)
+    x = sp.csr_matrix((rng.random((30, 20)) < 0.25).astype(float))
+    models = []
+    for limit in (0, 10**9):
+        with mock.patch.object(topk_rows, "_ROW_BY_ROW", limit):
+            model = IMCorrect("itemknn-topk", k=k, shrink=shrink, refit_rank_ratio=np.inf)
+            model.fit(x)
+            for kind, arg in ops:
+                _run(model, kind, arg)
+            assert_same_as_fresh_fit(model, k, shrink)
+        models.append(model._mapping)
+    chunked, one_by_one = models
+    for name in ("nbr_idx", "nbr_val", "bound", "bound_idx", "worst_val", "worst_idx"):
+        np.testing.assert_array_equal(getattr(chunked, name), getattr(one_by_one, name))
 
 
 def test_k_at_least_n_is_the_dense_cosine_itemknn():

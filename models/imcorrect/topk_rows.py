@@ -1,0 +1,107 @@
+"""The rows of the items whose degree changed, for :mod:`.itemknn_topk`.
+
+When d_c changes, every score in row c moves: that row is selected again from all its
+candidates, and the same scores, read as column c (G is symmetric and the product of the
+two square roots is commutative, so s_cj and s_jc are the same bits), are the moved s_jc of
+c's neighbours j. Each row is read once for both.
+
+Few rows (one user's items) are taken one at a time, straight from the CSR slices: each
+row's work stays in cache and no array of the rows' total length is built. Many rows are
+taken in chunks of about ``_CHUNK_ENTRIES`` entries with vectorised selection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from models.imcorrect.topk import PAD, select
+
+#: at most this many degree-changed rows are read one at a time
+_ROW_BY_ROW = 1024
+
+Pairs = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+class DegreeRows:
+    """Mixed into :class:`.ItemKNNTopK`; uses its counts, lists and score expression."""
+
+    k: int
+    bound: np.ndarray
+    bound_idx: np.ndarray
+    # and from the class: ``counts``, ``_score_roots``, ``_chunk_rows`` and the stores of
+    # :class:`.ListMerge`
+
+    def _degree_rows(
+        self,
+        changed: np.ndarray,
+        root: np.ndarray,
+        root_old: np.ndarray,
+        fell: bool,
+        floor: np.ndarray,
+    ) -> Iterator[Pairs]:
+        """Reselect the rows ``changed`` and yield the pairs ``(j, c, G_jc)``, c ∈ changed,
+        whose moved score s_jc reaches ``floor[j]`` (j's bound, or −inf while j's list holds
+        every candidate; +inf for the rows of ``changed``).
+
+        Below the floor, c was no member of j's list (its old score was no higher: degrees
+        only fell and counts are ≥ 0, or the higher of the two scores is compared), does
+        not enter it and leaves j's bound as it is.
+        """
+        if len(changed) <= _ROW_BY_ROW:
+            yield from self._rows_one_by_one(changed, root, root_old, fell, floor)
+            return
+        for group, owner, js, vals in self._chunk_rows(changed):
+            cs = group[owner]
+            s_new = self._score_roots(vals, root[cs], root[js])
+            self._store_chunk(group, owner, js, s_new)
+            high = s_new
+            if not (fell and vals.min(initial=0.0) >= 0):
+                high = np.maximum(s_new, self._score_roots(vals, root_old[cs], root[js]))
+            near = np.flatnonzero(high >= floor[js])
+            yield js[near], cs[near], vals[near]
+
+    def _rows_one_by_one(
+        self,
+        changed: np.ndarray,
+        root: np.ndarray,
+        root_old: np.ndarray,
+        fell: bool,
+        floor: np.ndarray,
+    ) -> Iterator[Pairs]:
+        shape = (len(changed), self.k)
+        ranked_idx = np.full(shape, PAD, dtype=np.int64)
+        ranked_val = np.full(shape, -np.inf)
+        bound = np.full(len(changed), -np.inf)
+        bound_idx = np.full(len(changed), PAD, dtype=np.int64)
+        near_j, near_c, near_v = [], [], []
+        for r, c in enumerate(changed.tolist()):
+            cols, vals = self._row_entries(c)
+            s_new = self._score_roots(vals, root[c], root[cols])
+            idx, val, bound[r], bound_idx[r] = select(cols, s_new, self.k)
+            ranked_idx[r, : len(idx)] = idx
+            ranked_val[r, : len(idx)] = val
+            high = s_new
+            if not (fell and vals.min(initial=0.0) >= 0):
+                high = np.maximum(s_new, self._score_roots(vals, root_old[c], root[cols]))
+            near = np.flatnonzero(high >= floor[cols])
+            near_j.append(cols[near])
+            near_c.append(np.full(len(near), c, dtype=np.int64))
+            near_v.append(vals[near])
+        self._store_ranked(changed, ranked_idx, ranked_val)
+        self.bound[changed], self.bound_idx[changed] = bound, bound_idx
+        if near_j:
+            yield np.concatenate(near_j), np.concatenate(near_c), np.concatenate(near_v)
+
+    def _row_entries(self, item: int) -> tuple[np.ndarray, np.ndarray]:
+        """Candidates of one row: ``(cols, G)`` off the diagonal, zero counts left out."""
+        counts = self.counts
+        a, b = counts.base.indptr[item], counts.base.indptr[item + 1]
+        cols, vals = counts.base.indices[a:b], counts.base.data[a:b]
+        if counts.extra.nnz:
+            a, b = counts.extra.indptr[item], counts.extra.indptr[item + 1]
+            cols = np.concatenate([cols, counts.extra.indices[a:b]])
+            vals = np.concatenate([vals, counts.extra.data[a:b]])
+        keep = (vals != 0) & (cols != item)
+        return cols[keep].astype(np.int64), vals[keep]
