@@ -86,7 +86,7 @@ class DegreeRows:
             if not (fell and vals.min(initial=0.0) >= 0):
                 high = np.maximum(s_new, self._score_roots(vals, root_old[c], root[cols]))
             near = np.flatnonzero(high >= floor[cols])
-            near_j.append(cols[near])
+            near_j.append(cols[near].astype(np.int64))
             near_c.append(np.full(len(near), c, dtype=np.int64))
             near_v.append(vals[near])
         self._store_ranked(changed, ranked_idx, ranked_val)
@@ -104,4 +104,4 @@ class DegreeRows:
             cols = np.concatenate([cols, counts.extra.indices[a:b]])
             vals = np.concatenate([vals, counts.extra.data[a:b]])
         keep = (vals != 0) & (cols != item)
-        return cols[keep].astype(np.int64), vals[keep]
+        return cols[keep], vals[keep]  # the index type (int32) indexes as well as int64
