@@ -290,3 +290,34 @@ def test_pair_keys_do_not_overflow_on_catalogues_past_46341_items():
     assert model.mapping[10, 100] != before
     fresh = IMCorrect("itemknn-topk", k=5, shrink=1.0).fit(model.interactions)
     assert abs(model.mapping - fresh.mapping).max() <= 1e-12
+
+
+def _star(counts: list[int]) -> sp.csr_matrix:
+    """Users pairing item 0 with item x, ``counts[x - 1]`` of them each: with shrink 0,
+    s_0x = √G_0x / √d_0, so row 0 ranks 1, 2, 3, ... by count."""
+    pairs = [(x, u) for x, c in enumerate(counts, start=1) for u in range(c)]
+    rows = np.repeat(np.arange(len(pairs)), 2)
+    cols = np.array([[0, x] for x, _ in pairs]).ravel()
+    return sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(pairs), 5))
+
+
+def test_a_forgotten_member_is_replaced_by_the_bound_candidate_without_a_reselect():
+    model = IMCorrect("itemknn-topk", k=2, refit_rank_ratio=float("inf")).fit(_star([5, 4, 3, 2]))
+    assert model._mapping.bound_idx[0] == 3  # row 0 lists 1 and 2; item 3 is the best left out
+    model.forget(items=[1])
+    assert model._mapping.last_recomputed == 1  # item 1's own row; row 0 took item 3 in place
+    assert_same_as_fresh_fit(model, 2, 0.0)
+
+
+def test_a_bound_no_longer_attained_is_not_promoted():
+    # one interaction of item 3 goes: G_03 and d_3 fall together, so s_03 falls (to item
+    # 4's score; the tie goes to 3) and row 0's bound is left above every outsider. Taking
+    # the bound's candidate at the bound's score would store a stale s_03
+    model = IMCorrect("itemknn-topk", k=2, refit_rank_ratio=float("inf")).fit(_star([5, 4, 3, 2]))
+    stale = model._mapping.bound[0]
+    model.forget(interactions=[(9, 3)])
+    assert model._mapping.bound[0] == stale
+    model.forget(items=[1])
+    assert model._mapping.last_recomputed == 2  # row 0 is selected again
+    assert_same_as_fresh_fit(model, 2, 0.0)
+    assert model.mapping[0, 3] < stale
