@@ -20,6 +20,8 @@ from models.imcorrect.topk import PAD, select
 
 #: at most this many degree-changed rows are read one at a time
 _ROW_BY_ROW = 1024
+#: rows with at least this many candidates are selected from a shortlist (see below)
+_SHORTLIST_MIN = 2048
 
 Pairs = tuple[np.ndarray, np.ndarray, np.ndarray]
 
@@ -76,10 +78,22 @@ class DegreeRows:
         bound = np.full(len(changed), -np.inf)
         bound_idx = np.full(len(changed), PAD, dtype=np.int64)
         near_j, near_c, near_v = [], [], []
+        lowest = self._members_lowest(changed, root)
         for r, c in enumerate(changed.tolist()):
             cols, vals = self._row_entries(c)
             s_new = self._score_roots(vals, root[c], root[cols])
-            idx, val, bound[r], bound_idx[r] = select(cols, s_new, self.k)
+            if len(cols) >= _SHORTLIST_MIN and lowest[r] > -np.inf:
+                # every entry of the new list scores ≥ lowest (the k-th best new score is no
+                # lower than the lowest of any k candidates'), and the best left out of a
+                # shortlist of more than k beats every entry below it: same list and bound
+                top = np.flatnonzero(s_new >= lowest[r])
+                if len(top) > self.k:
+                    cols_r, s_r = cols[top], s_new[top]
+                else:
+                    cols_r, s_r = cols, s_new
+            else:
+                cols_r, s_r = cols, s_new
+            idx, val, bound[r], bound_idx[r] = select(cols_r, s_r, self.k)
             ranked_idx[r, : len(idx)] = idx
             ranked_val[r, : len(idx)] = val
             high = s_new
@@ -93,6 +107,18 @@ class DegreeRows:
         self.bound[changed], self.bound_idx[changed] = bound, bound_idx
         if near_j:
             yield np.concatenate(near_j), np.concatenate(near_c), np.concatenate(near_v)
+
+    def _members_lowest(self, rows: np.ndarray, root: np.ndarray) -> np.ndarray:
+        """Per row, the lowest new score among its k listed items (−inf unless all k are
+        still candidates): a lower bound on the row's new k-th best score."""
+        k = self.k
+        members = self.nbr_idx[rows].astype(np.int64)
+        owner = np.repeat(rows, k)
+        g = self.counts.get(owner, members.ravel()).reshape(len(rows), k)
+        scores = self._score_roots(g.ravel(), root[owner], root[members.ravel()])
+        scores = scores.reshape(len(rows), k)
+        alive = (members >= 0) & (g != 0)
+        return np.where(alive.all(axis=1), scores.min(axis=1), -np.inf)
 
     def _row_entries(self, item: int) -> tuple[np.ndarray, np.ndarray]:
         """Candidates of one row: ``(cols, G)`` off the diagonal, zero counts left out."""

@@ -106,22 +106,26 @@ def test_random_learn_forget_sequences_keep_the_lists_of_a_fresh_fit(seed, k, sh
     shrink=st.sampled_from([0.0, 3.0]),
     ops=st.lists(step, min_size=1, max_size=8),
 )
-def test_rows_read_one_by_one_and_in_chunks_give_the_same_lists(seed, k, shrink, ops):
+def test_rows_one_by_one_in_chunks_or_from_a_shortlist_give_the_same_lists(seed, k, shrink, ops):
     # small changes read the rows of D one at a time, large ones in vectorised chunks
     rng = np.random.default_rng(seed)
     x = sp.csr_matrix((rng.random((30, 20)) < 0.25).astype(float))
+    # (the second and third differ in the shortlist: off, then on for every row)
     models = []
-    for limit in (0, 10**9):
-        with mock.patch.object(topk_rows, "_ROW_BY_ROW", limit):
+    for rows, shortlist in ((0, 0), (10**9, 10**9), (10**9, 0)):
+        with (
+            mock.patch.object(topk_rows, "_ROW_BY_ROW", rows),
+            mock.patch.object(topk_rows, "_SHORTLIST_MIN", shortlist),
+        ):
             model = IMCorrect("itemknn-topk", k=k, shrink=shrink, refit_rank_ratio=np.inf)
             model.fit(x)
             for kind, arg in ops:
                 _run(model, kind, arg)
             assert_same_as_fresh_fit(model, k, shrink)
         models.append(model._mapping)
-    chunked, one_by_one = models
-    for name in ("nbr_idx", "nbr_val", "bound", "bound_idx", "worst_val", "worst_idx"):
-        np.testing.assert_array_equal(getattr(chunked, name), getattr(one_by_one, name))
+    for other in models[1:]:
+        for name in ("nbr_idx", "nbr_val", "bound", "bound_idx", "worst_val", "worst_idx"):
+            np.testing.assert_array_equal(getattr(models[0], name), getattr(other, name))
 
 
 def test_k_at_least_n_is_the_dense_cosine_itemknn():
@@ -321,3 +325,20 @@ def test_a_bound_no_longer_attained_is_not_promoted():
     assert model._mapping.last_recomputed == 2  # row 0 is selected again
     assert_same_as_fresh_fit(model, 2, 0.0)
     assert model.mapping[0, 3] < stale
+
+
+@pytest.mark.parametrize("shortlist", [0, 10**9])
+def test_with_shrink_a_degree_change_alone_can_reorder_a_row(shortlist):
+    # s_0j = G_0j / (√d_0 √d_j + shrink): item 1 (G 2, d 2) against item 2 (G 3, d 9). With
+    # d_0 = 100 the degrees dominate and item 1 leads; forgetting the 95 users who hold only
+    # item 0 leaves d_0 = 5, the shrink dominates and item 2 leads. No count of row 0 moves,
+    # so a list kept as the same set with rescaled scores would be wrong
+    rows = [[0, 1]] * 2 + [[0, 2]] * 3 + [[2]] * 6 + [[0]] * 95
+    users = np.repeat(np.arange(len(rows)), [len(r) for r in rows])
+    x = sp.csr_matrix((np.ones(len(users)), (users, np.concatenate(rows))), shape=(len(rows), 3))
+    with mock.patch.object(topk_rows, "_SHORTLIST_MIN", shortlist):
+        model = IMCorrect("itemknn-topk", k=1, shrink=10.0, refit_rank_ratio=np.inf).fit(x)
+        assert model._mapping.neighbours()[0][0, 0] == 1
+        model.forget(users=range(11, 106))
+    assert model._mapping.neighbours()[0][0, 0] == 2
+    assert_same_as_fresh_fit(model, 1, 10.0)
