@@ -42,6 +42,8 @@ from models.imcorrect.topk_rows import DegreeRows
 _CHUNK_ENTRIES = 4_000_000
 #: a change whose degree-changed rows reach this share of all pairs reselects every row
 _RECOMPUTE_ALL_SHARE = 0.5
+#: rows with at least this many stored pairs are selected one at a time (:mod:`.topk_rows`)
+_LONG_ROW = 256
 
 
 class ItemKNNTopK(DegreeRows, ListMerge, Mapping):
@@ -281,7 +283,9 @@ class ItemKNNTopK(DegreeRows, ListMerge, Mapping):
     def _recompute(self, items: np.ndarray) -> None:
         items = np.unique(np.asarray(items, dtype=np.int64))
         root = np.sqrt(np.maximum(self.degree, 0.0))
-        for chunk, owner, cols, vals in self._chunk_rows(items):
+        long_rows = self.counts.row_lengths(items) >= _LONG_ROW
+        self._reselect_one_by_one(items[long_rows], root)
+        for chunk, owner, cols, vals in self._chunk_rows(items[~long_rows]):
             scores = self._score_roots(vals, root[chunk[owner]], root[cols])
             self._store_chunk(chunk, owner, cols, scores)
 

@@ -72,11 +72,7 @@ class DegreeRows:
         fell: bool,
         floor: np.ndarray,
     ) -> Iterator[Pairs]:
-        shape = (len(changed), self.k)
-        ranked_idx = np.full(shape, PAD, dtype=np.int64)
-        ranked_val = np.full(shape, -np.inf)
-        bound = np.full(len(changed), -np.inf)
-        bound_idx = np.full(len(changed), PAD, dtype=np.int64)
+        lists = _Lists(len(changed), self.k)
         near_j, near_c, near_v = [], [], []
         lowest = self._members_lowest(changed, root)
         for r, c in enumerate(changed.tolist()):
@@ -93,9 +89,7 @@ class DegreeRows:
                     cols_r, s_r = cols, s_new
             else:
                 cols_r, s_r = cols, s_new
-            idx, val, bound[r], bound_idx[r] = select(cols_r, s_r, self.k)
-            ranked_idx[r, : len(idx)] = idx
-            ranked_val[r, : len(idx)] = val
+            lists.put(r, *select(cols_r, s_r, self.k))
             high = s_new
             if not (fell and vals.min(initial=0.0) >= 0):
                 high = np.maximum(s_new, self._score_roots(vals, root_old[c], root[cols]))
@@ -103,10 +97,19 @@ class DegreeRows:
             near_j.append(cols[near].astype(np.int64))
             near_c.append(np.full(len(near), c, dtype=np.int64))
             near_v.append(vals[near])
-        self._store_ranked(changed, ranked_idx, ranked_val)
-        self.bound[changed], self.bound_idx[changed] = bound, bound_idx
+        lists.store(self, changed)
         if near_j:
             yield np.concatenate(near_j), np.concatenate(near_c), np.concatenate(near_v)
+
+    def _reselect_one_by_one(self, rows: np.ndarray, root: np.ndarray) -> None:
+        """Select ``rows`` from all their candidates, one row at a time: for long rows, whose
+        work then stays in cache (chunks of many rows pass over arrays of their total size
+        several times)."""
+        lists = _Lists(len(rows), self.k)
+        for r, c in enumerate(rows.tolist()):
+            cols, vals = self._row_entries(c)
+            lists.put(r, *select(cols, self._score_roots(vals, root[c], root[cols]), self.k))
+        lists.store(self, rows)
 
     def _members_lowest(self, rows: np.ndarray, root: np.ndarray) -> np.ndarray:
         """Per row, the lowest new score among its k listed items (−inf unless all k are
@@ -131,3 +134,22 @@ class DegreeRows:
             vals = np.concatenate([vals, counts.extra.data[a:b]])
         keep = (vals != 0) & (cols != item)
         return cols[keep], vals[keep]  # the index type (int32) indexes as well as int64
+
+
+class _Lists:
+    """Lists selected row by row, stored together (ranked, ``PAD`` padding)."""
+
+    def __init__(self, n_rows: int, k: int) -> None:
+        self.idx = np.full((n_rows, k), PAD, dtype=np.int64)
+        self.val = np.full((n_rows, k), -np.inf)
+        self.bound = np.full(n_rows, -np.inf)
+        self.bound_idx = np.full(n_rows, PAD, dtype=np.int64)
+
+    def put(self, r: int, idx: np.ndarray, val: np.ndarray, bound: float, bound_idx: int) -> None:
+        self.idx[r, : len(idx)] = idx
+        self.val[r, : len(idx)] = val
+        self.bound[r], self.bound_idx[r] = bound, bound_idx
+
+    def store(self, model: DegreeRows, rows: np.ndarray) -> None:
+        model._store_ranked(rows, self.idx, self.val)
+        model.bound[rows], model.bound_idx[rows] = self.bound, self.bound_idx

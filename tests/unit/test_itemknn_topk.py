@@ -10,7 +10,7 @@ import scipy.sparse as sp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from models.imcorrect import IMCorrect, topk_rows
+from models.imcorrect import IMCorrect, itemknn_topk, topk_rows
 from models.imcorrect.topk import select, select_segments
 from tests.unit.imcorrect_contract import MappingContract
 
@@ -110,12 +110,15 @@ def test_rows_one_by_one_in_chunks_or_from_a_shortlist_give_the_same_lists(seed,
     # small changes read the rows of D one at a time, large ones in vectorised chunks
     rng = np.random.default_rng(seed)
     x = sp.csr_matrix((rng.random((30, 20)) < 0.25).astype(float))
-    # (the second and third differ in the shortlist: off, then on for every row)
+    # (the second and third differ in the shortlist: off, then on for every row; the last
+    # also selects every row of a fit or a recompute one at a time, as long rows are)
     models = []
-    for rows, shortlist in ((0, 0), (10**9, 10**9), (10**9, 0)):
+    variants = ((0, 0, 10**9), (10**9, 10**9, 10**9), (10**9, 0, 10**9), (10**9, 0, 0))
+    for rows, shortlist, long_row in variants:
         with (
             mock.patch.object(topk_rows, "_ROW_BY_ROW", rows),
             mock.patch.object(topk_rows, "_SHORTLIST_MIN", shortlist),
+            mock.patch.object(itemknn_topk, "_LONG_ROW", long_row),
         ):
             model = IMCorrect("itemknn-topk", k=k, shrink=shrink, refit_rank_ratio=np.inf)
             model.fit(x)
