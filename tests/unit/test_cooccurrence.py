@@ -22,9 +22,8 @@ def test_row_by_row_and_vectorised_lookups_agree(monkeypatch):
     rows = rng.integers(0, 300, size=5_000)
     cols = rng.integers(0, 300, size=5_000)
     rows[:2000] = np.sort(rows[:2000])  # a grouped part and an unordered one
-    for limit in (1, 10**9):  # every query vectorised, then every query row by row
-        monkeypatch.setattr(cooccurrence, "_FEW_ROWS", limit)
-        monkeypatch.setattr(cooccurrence, "_ROW_QUERIES", 10**9 if limit == 1 else 1)
+    for per_row in (10**9, 1):  # every query vectorised, then every query row by row
+        monkeypatch.setattr(cooccurrence, "_ROW_QUERIES", per_row)
         pos = find(m, rows, cols)
         hit = pos >= 0
         assert np.array_equal(hit, dense[rows, cols] != 0)
