@@ -50,8 +50,9 @@ def find(m: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """Position of each (row, col) in ``m.data``, or -1 where ``m`` stores no such entry.
 
     ``m`` must have sorted indices. Queries many to a row (one user's items: |I|² pairs in
-    |I| rows; 1 % of the users: 10M pairs in 25k rows) take one ``searchsorted`` per row;
-    otherwise (a few interactions of many users) one vectorised binary search runs for all.
+    |I| rows; 1 % of the users at 25k items: 1.9M pairs in 12.7k rows) take one
+    ``searchsorted`` per row; otherwise (a few interactions of many users) one vectorised
+    binary search runs for all.
     """
     rows = np.asarray(rows, dtype=np.int64)
     cols = np.asarray(cols, dtype=np.int64)

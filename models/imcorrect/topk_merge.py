@@ -13,7 +13,8 @@ A change moves some scores s_jc; :meth:`ListMerge._merge_pairs` folds them in:
   common case of a forget, where degrees fall and scores rise, costs no sorting at all);
 * rows where an entry enters or leaves are merged by sorting list ∪ changed candidates; the
   result is exact when its k-th entry ranks before the better of j's bound and the best
-  entry left out;
+  entry left out; a row left one entry short takes the bound's own candidate when its
+  current score is the bound (:meth:`ListMerge._promote_bound`);
 * otherwise (a member fell behind an outsider) the row is returned to be reselected.
 
 Membership of c in j's list is decided by comparing c's *old* score with j's worst entry:
