@@ -22,6 +22,8 @@ from models.imcorrect.topk import PAD, select
 _ROW_BY_ROW = 1024
 #: rows with at least this many candidates are selected from a shortlist (see below)
 _SHORTLIST_MIN = 2048
+#: rows selected one at a time are stored in groups of this many
+_STORE_ROWS = 4096
 
 Pairs = tuple[np.ndarray, np.ndarray, np.ndarray]
 
@@ -105,11 +107,14 @@ class DegreeRows:
         """Select ``rows`` from all their candidates, one row at a time: for long rows, whose
         work then stays in cache (chunks of many rows pass over arrays of their total size
         several times)."""
-        lists = _Lists(len(rows), self.k)
-        for r, c in enumerate(rows.tolist()):
-            cols, vals = self._row_entries(c)
-            lists.put(r, *select(cols, self._score_roots(vals, root[c], root[cols]), self.k))
-        lists.store(self, rows)
+        for start in range(0, len(rows), _STORE_ROWS):  # bounds the buffers (rows × k)
+            group = rows[start : start + _STORE_ROWS]
+            lists = _Lists(len(group), self.k)
+            for r, c in enumerate(group.tolist()):
+                cols, vals = self._row_entries(c)
+                scores = self._score_roots(vals, root[c], root[cols])
+                lists.put(r, *select(cols, scores, self.k))
+            lists.store(self, group)
 
     def _members_lowest(self, rows: np.ndarray, root: np.ndarray) -> np.ndarray:
         """Per row, the lowest new score among its k listed items (−inf unless all k are
