@@ -20,8 +20,10 @@ from models.imcorrect.topk import PAD, select
 
 #: at most this many degree-changed rows are read one at a time
 _ROW_BY_ROW = 1024
-#: rows with at least this many candidates are selected from a shortlist (see below)
+#: rows with at least this many candidates (and 8·k) are selected from a shortlist
 _SHORTLIST_MIN = 2048
+#: the shortlist's threshold is the k-th best of every this-many-th candidate
+_SAMPLE_STEP = 8
 #: rows selected one at a time are stored in groups of this many
 _STORE_ROWS = 4096
 
@@ -76,22 +78,10 @@ class DegreeRows:
     ) -> Iterator[Pairs]:
         lists = _Lists(len(changed), self.k)
         near_j, near_c, near_v = [], [], []
-        lowest = self._members_lowest(changed, root)
         for r, c in enumerate(changed.tolist()):
             cols, vals = self._row_entries(c)
             s_new = self._score_roots(vals, root[c], root[cols])
-            if len(cols) >= _SHORTLIST_MIN and lowest[r] > -np.inf:
-                # every entry of the new list scores ≥ lowest (the k-th best new score is no
-                # lower than the lowest of any k candidates'), and the best left out of a
-                # shortlist of more than k beats every entry below it: same list and bound
-                top = np.flatnonzero(s_new >= lowest[r])
-                if len(top) > self.k:
-                    cols_r, s_r = cols[top], s_new[top]
-                else:
-                    cols_r, s_r = cols, s_new
-            else:
-                cols_r, s_r = cols, s_new
-            lists.put(r, *select(cols_r, s_r, self.k))
+            lists.put(r, *select(*self._shortlist(cols, s_new), self.k))
             high = s_new
             if not (fell and vals.min(initial=0.0) >= 0):
                 high = np.maximum(s_new, self._score_roots(vals, root_old[c], root[cols]))
@@ -103,6 +93,22 @@ class DegreeRows:
         if near_j:
             yield np.concatenate(near_j), np.concatenate(near_c), np.concatenate(near_v)
 
+    def _shortlist(self, cols: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The candidates of a long row that can reach its list, and their scores.
+
+        The k-th best of every ``_SAMPLE_STEP``-th candidate is no higher than the row's k-th
+        best (the k-th best of a subset never is), so every entry of the list scores at least
+        that; selecting from the more than k entries above it gives the same list and the
+        same bound (the best left out beats every entry below it). About ``_SAMPLE_STEP`` · k
+        entries are ranked instead of the whole row.
+        """
+        k = self.k
+        if len(cols) < max(_SHORTLIST_MIN, _SAMPLE_STEP * k):
+            return cols, scores
+        sample = scores[::_SAMPLE_STEP]
+        top = np.flatnonzero(scores >= np.partition(sample, len(sample) - k)[len(sample) - k])
+        return (cols[top], scores[top]) if len(top) > k else (cols, scores)
+
     def _reselect_one_by_one(self, rows: np.ndarray, root: np.ndarray) -> None:
         """Select ``rows`` from all their candidates, one row at a time: for long rows, whose
         work then stays in cache (chunks of many rows pass over arrays of their total size
@@ -113,20 +119,8 @@ class DegreeRows:
             for r, c in enumerate(group.tolist()):
                 cols, vals = self._row_entries(c)
                 scores = self._score_roots(vals, root[c], root[cols])
-                lists.put(r, *select(cols, scores, self.k))
+                lists.put(r, *select(*self._shortlist(cols, scores), self.k))
             lists.store(self, group)
-
-    def _members_lowest(self, rows: np.ndarray, root: np.ndarray) -> np.ndarray:
-        """Per row, the lowest new score among its k listed items (−inf unless all k are
-        still candidates): a lower bound on the row's new k-th best score."""
-        k = self.k
-        members = self.nbr_idx[rows].astype(np.int64)
-        owner = np.repeat(rows, k)
-        g = self.counts.get(owner, members.ravel()).reshape(len(rows), k)
-        scores = self._score_roots(g.ravel(), root[owner], root[members.ravel()])
-        scores = scores.reshape(len(rows), k)
-        alive = (members >= 0) & (g != 0)
-        return np.where(alive.all(axis=1), scores.min(axis=1), -np.inf)
 
     def _row_entries(self, item: int) -> tuple[np.ndarray, np.ndarray]:
         """Candidates of one row: ``(cols, G)`` off the diagonal, zero counts left out."""

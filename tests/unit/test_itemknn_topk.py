@@ -120,6 +120,7 @@ def test_rows_one_by_one_in_chunks_or_from_a_shortlist_give_the_same_lists(seed,
             mock.patch.object(topk_rows, "_SHORTLIST_MIN", shortlist),
             mock.patch.object(itemknn_topk, "_LONG_ROW", long_row),
             mock.patch.object(topk_rows, "_STORE_ROWS", 3),  # rows stored in several groups
+            mock.patch.object(topk_rows, "_SAMPLE_STEP", 2),  # short rows sampled too
         ):
             model = IMCorrect("itemknn-topk", k=k, shrink=shrink, refit_rank_ratio=np.inf)
             model.fit(x)
