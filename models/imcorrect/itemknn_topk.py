@@ -36,14 +36,17 @@ from models.imcorrect.cooccurrence import Cooccurrence
 from models.imcorrect.lowrank import RowChange
 from models.imcorrect.topk import PAD, select, sort_rows
 from models.imcorrect.topk_merge import ListMerge
+from models.imcorrect.topk_rows import DegreeRows
 
 #: entries gathered at once when recomputing or merging many rows (bounds temporary memory)
 _CHUNK_ENTRIES = 4_000_000
 #: a change whose degree-changed rows reach this share of all pairs reselects every row
 _RECOMPUTE_ALL_SHARE = 0.5
+#: rows with at least this many stored pairs are selected one at a time (:mod:`.topk_rows`)
+_LONG_ROW = 256
 
 
-class ItemKNNTopK(ListMerge, Mapping):
+class ItemKNNTopK(DegreeRows, ListMerge, Mapping):
     """Cosine item-kNN over sparse co-occurrences, each item's ``k`` best neighbours kept.
 
     Parameters
@@ -196,8 +199,7 @@ class ItemKNNTopK(ListMerge, Mapping):
         # items (colliding keys silently dropped pairs from the merge)
         rows = np.asarray(rows, dtype=np.int64)
         cols = np.asarray(cols, dtype=np.int64)
-        g_old = self.counts.get(rows, cols)
-        self.counts.add(rows, cols, deltas)
+        g_old = self.counts.add(rows, cols, deltas)
         g_new = g_old + deltas  # the same addition the store performed
         on_diag = rows == cols
         diag_items = rows[on_diag]
@@ -219,31 +221,17 @@ class ItemKNNTopK(ListMerge, Mapping):
             self._mapping = None
             return
         dirty = [self._merge_pairs(pj, pc, go, gn, degree_old)]
-        # ... and every stored neighbour j of an item c ∈ D (G is symmetric). Each row of D
-        # is read once: the same scores select that row from scratch and, read as column c,
-        # are the moved s_jc of its neighbours (the product of the two square roots is
-        # commutative, so s_cj and s_jc are the same bits). Rows are taken in groups that
-        # fit one chunk: a row's pairs may be merged over several passes, since each pass
-        # leaves the list exact for the scores moved so far.
+        # ... and every stored neighbour j of an item c ∈ D, read off the rows of D
+        # (:mod:`.topk_rows`). A row's pairs may be merged over several passes, since each
+        # pass leaves the list exact for the scores moved so far; the floor is taken once
+        # (bounds only rise while merging, so it stays a floor).
         known = np.sort(pj * n + pc)
         root = np.sqrt(np.maximum(self.degree, 0.0))
         root_old = np.sqrt(np.maximum(degree_old, 0.0))
         fell = bool(np.all(self.degree[changed_degree] <= degree_old[changed_degree]))
-        for group, owner, js, vals in self._chunk_rows(changed_degree):
-            cs = group[owner]
-            s_new = self._score_roots(vals, root[cs], root[js])
-            self._store_chunk(group, owner, js, s_new)
-            # the count of these pairs did not change, only c's degree; a moved s_jc matters
-            # to j only if it reaches j's bound (or j's list holds every candidate): below
-            # it, c was no member, does not enter and leaves the bound as it is
-            if fell and vals.min(initial=0.0) >= 0:
-                high = s_new  # degrees only fell and counts are ≥ 0: no score fell
-            else:
-                high = np.maximum(s_new, self._score_roots(vals, root_old[cs], root[js]))
-            floor = np.where(self.fill == self.k, self.bound, -np.inf)
-            floor[changed_degree] = np.inf  # rows of D are selected above
-            near = np.flatnonzero(high >= floor[js])
-            js, cs, vals = js[near], cs[near], vals[near]
+        floor = np.where(self.fill == self.k, self.bound, -np.inf)
+        floor[changed_degree] = np.inf  # rows of D are selected from scratch
+        for js, cs, vals in self._degree_rows(changed_degree, root, root_old, fell, floor):
             if len(known):
                 keys = js * n + cs
                 at = np.minimum(np.searchsorted(known, keys), len(known) - 1)
@@ -258,6 +246,8 @@ class ItemKNNTopK(ListMerge, Mapping):
     def _score_roots(self, g: np.ndarray, root_row: np.ndarray, root_col: np.ndarray) -> np.ndarray:
         """:meth:`_score` from the square roots of the degrees (the same bits)."""
         denom = root_row * root_col + self.shrink
+        if self.shrink > 0:  # roots are ≥ 0, so no denominator is 0: a plain division
+            return g / denom
         return np.divide(g, denom, out=np.zeros(len(g)), where=denom > 0)
 
     # -- selection from scratch -------------------------------------------------------------
@@ -269,9 +259,7 @@ class ItemKNNTopK(ListMerge, Mapping):
         for chunk in np.split(items, np.flatnonzero(np.diff(chunk_of)) + 1):
             if len(chunk) == 0:
                 continue
-            owner, cols, vals = self.counts.rows(chunk)
-            keep = cols != chunk[owner]
-            owner, cols, vals = owner[keep], cols[keep], vals[keep]
+            owner, cols, vals = self.counts.rows(chunk, skip_diagonal=chunk)
             if self.counts.extra.nnz:
                 order = np.argsort(owner, kind="stable")
                 owner, cols, vals = owner[order], cols[order], vals[order]
@@ -295,7 +283,9 @@ class ItemKNNTopK(ListMerge, Mapping):
     def _recompute(self, items: np.ndarray) -> None:
         items = np.unique(np.asarray(items, dtype=np.int64))
         root = np.sqrt(np.maximum(self.degree, 0.0))
-        for chunk, owner, cols, vals in self._chunk_rows(items):
+        long_rows = self.counts.row_lengths(items) >= _LONG_ROW
+        self._reselect_one_by_one(items[long_rows], root)
+        for chunk, owner, cols, vals in self._chunk_rows(items[~long_rows]):
             scores = self._score_roots(vals, root[chunk[owner]], root[cols])
             self._store_chunk(chunk, owner, cols, scores)
 

@@ -87,3 +87,18 @@ def shrink_rows_in_place(x: sp.csr_matrix, rows: np.ndarray, new: sp.csr_matrix)
     x.indptr[:] = old_ptr
     x.data, x.indices = data[:write], indices[:write]
     return True
+
+
+def drop_entries(x: sp.csr_matrix, positions: np.ndarray) -> sp.csr_matrix:
+    """A new X without the entries at ``positions`` (sorted, unique, into ``x.data``).
+
+    One vectorised pass over X's arrays: forgetting a popular item touches the rows of all
+    its users, which a row-by-row splice visits in a Python loop (~0.5 s for 40k users).
+    """
+    keep = np.ones(x.nnz, dtype=bool)
+    keep[positions] = False
+    # each row start moves left by the entries dropped before it
+    indptr = x.indptr - np.searchsorted(positions, x.indptr).astype(x.indptr.dtype)
+    out = sp.csr_matrix((x.data[keep], x.indices[keep], indptr), shape=x.shape, copy=False)
+    out.has_sorted_indices = x.has_sorted_indices
+    return out

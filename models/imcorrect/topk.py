@@ -25,8 +25,11 @@ def select(
     if len(cols) <= k:
         order = np.lexsort((cols, -scores))
         return cols[order], scores[order], -np.inf, PAD
-    # the k-th largest score splits the candidates; ties at it are settled by index
-    kth = -np.partition(-scores, k - 1)[k - 1]
+    # the k-th largest score splits the candidates; ties at it are settled by index. One
+    # partition also places the (k+1)-th largest, the best score left out when no tie spills
+    n = len(scores)
+    parted = np.partition(scores, (n - k - 1, n - k))
+    kth, next_best = parted[n - k], parted[n - k - 1]
     above = np.flatnonzero(scores > kth)
     tied = np.flatnonzero(scores == kth)
     need = k - len(above)
@@ -36,12 +39,9 @@ def select(
     chosen = chosen[order]
     if len(tied) > need:
         return cols[chosen], scores[chosen], float(kth), int(cols[tied[need]])
-    below = np.flatnonzero(scores < kth)
-    if len(below) == 0:
-        return cols[chosen], scores[chosen], -np.inf, PAD
-    best = scores[below].max()
-    at_best = below[scores[below] == best]
-    return cols[chosen], scores[chosen], float(best), int(cols[at_best].min())
+    # exactly k candidates reach the k-th score, so the (k+1)-th largest is below it
+    at_best = np.flatnonzero(scores == next_best)
+    return cols[chosen], scores[chosen], float(next_best), int(cols[at_best].min())
 
 
 def sort_rows(idx: np.ndarray, val: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -13,7 +13,8 @@ A change moves some scores s_jc; :meth:`ListMerge._merge_pairs` folds them in:
   common case of a forget, where degrees fall and scores rise, costs no sorting at all);
 * rows where an entry enters or leaves are merged by sorting list ∪ changed candidates; the
   result is exact when its k-th entry ranks before the better of j's bound and the best
-  entry left out;
+  entry left out; a row left one entry short takes the bound's own candidate when its
+  current score is the bound (:meth:`ListMerge._promote_bound`);
 * otherwise (a member fell behind an outsider) the row is returned to be reselected.
 
 Membership of c in j's list is decided by comparing c's *old* score with j's worst entry:
@@ -124,7 +125,10 @@ class ListMerge:
 
         if grows.any():
             sel = general[pj] & (member | insert)
-            dirty.append(self._merge_sorted(pj[sel], pc[sel], s_new[sel], alive[sel], member[sel]))
+            merged = self._merge_sorted(
+                pj[sel], pc[sel], s_new[sel], alive[sel], member[sel], degree_old
+            )
+            dirty.append(merged)
         return np.unique(np.concatenate(dirty))
 
     def _rescan_worst(self, rows: np.ndarray) -> None:
@@ -182,6 +186,7 @@ class ListMerge:
         s_new: np.ndarray,
         alive: np.ndarray,
         member: np.ndarray,
+        degree_old: np.ndarray,
     ) -> np.ndarray:
         """General merge: list ∪ changed candidates, sorted by the tie rule, top k kept."""
         k = self.k
@@ -217,10 +222,53 @@ class ListMerge:
             self._raise_bounds(affected, val[:, k], idx[:, k])
         bound, bound_idx = self.bound[affected], self.bound_idx[affected]
         exact = (bound == -np.inf) | ranks_before(val[:, k - 1], idx[:, k - 1], bound, bound_idx)
+        exact |= self._promote_bound(affected, idx, val, ~exact, degree_old)
         keep = affected[exact]
         self._store_ranked(keep, idx[exact, :k], val[exact, :k])
         dirty.append(affected[~exact])
         return np.concatenate(dirty)
+
+    def _promote_bound(
+        self,
+        rows: np.ndarray,
+        idx: np.ndarray,
+        val: np.ndarray,
+        todo: np.ndarray,
+        degree_old: np.ndarray,
+    ) -> np.ndarray:
+        """Rows of ``todo`` left one entry short of k (a member's count fell to zero, as when
+        a popular item is forgotten) take the bound's own candidate as their k-th entry,
+        where it is a real outsider whose current score is the bound bit for bit. Every
+        other outsider ranks after the bound, so the list is exact, and the bound, now that
+        entry, still ranks at or before every outsider (it is no longer attained). Returns
+        the rows filled; ``idx``/``val`` (ranked merges of ``rows``) are edited in place.
+
+        Only candidates whose degree did not change qualify: their score moves only with
+        ΔG pairs, all of which reach the first merge of a change.
+        """
+        k = self.k
+        bound, bound_idx = self.bound[rows], self.bound_idx[rows]
+        short = todo & (idx[:, k - 1] == PAD) & (bound_idx != PAD)
+        if k > 1:  # the k − 1 entries left must all rank before the bound
+            short &= ranks_before(val[:, k - 2], idx[:, k - 2], bound, bound_idx)
+        cand = np.flatnonzero(short)
+        filled = np.zeros(len(rows), dtype=bool)
+        if len(cand) == 0:
+            return filled
+        r, c = rows[cand], bound_idx[cand]
+        g = self.counts.get(r, c)
+        real = (
+            (self.degree[c] == degree_old[c])
+            & (self.degree[r] == degree_old[r])
+            & ~np.any(idx[cand] == c[:, None], axis=1)
+            & (g != 0)
+            & (self._score(g, self.degree[r], self.degree[c]) == bound[cand])
+        )
+        cand = cand[real]
+        idx[cand, k - 1] = bound_idx[cand]
+        val[cand, k - 1] = bound[cand]
+        filled[cand] = True
+        return filled
 
     def _store_ranked(self, rows: np.ndarray, idx: np.ndarray, val: np.ndarray) -> None:
         """Store rows given in the tie order (``PAD`` padding) in slot order."""

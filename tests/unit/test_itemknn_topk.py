@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from unittest import mock
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from models.imcorrect import IMCorrect
+from models.imcorrect import IMCorrect, itemknn_topk, topk_rows
 from models.imcorrect.topk import select, select_segments
 from tests.unit.imcorrect_contract import MappingContract
 
@@ -69,6 +71,18 @@ step = st.one_of(
 )
 
 
+def _run(model: IMCorrect, kind: str, arg) -> None:
+    if kind == "learn":
+        users, items = zip(*arg, strict=True)
+        model.learn(users, items)
+    elif kind == "users":
+        model.forget(users=arg)
+    elif kind == "items":
+        model.forget(items=arg)
+    else:
+        model.forget(interactions=arg)
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     seed=st.integers(0, 2**16),
@@ -81,16 +95,42 @@ def test_random_learn_forget_sequences_keep_the_lists_of_a_fresh_fit(seed, k, sh
     x = sp.csr_matrix((rng.random((30, 20)) < 0.25).astype(float))
     model = IMCorrect("itemknn-topk", k=k, shrink=shrink, refit_rank_ratio=float("inf")).fit(x)
     for kind, arg in ops:
-        if kind == "learn":
-            users, items = zip(*arg, strict=True)
-            model.learn(users, items)
-        elif kind == "users":
-            model.forget(users=arg)
-        elif kind == "items":
-            model.forget(items=arg)
-        else:
-            model.forget(interactions=arg)
+        _run(model, kind, arg)
         assert_same_as_fresh_fit(model, k, shrink)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 2**16),
+    k=st.integers(1, 6),
+    shrink=st.sampled_from([0.0, 3.0]),
+    ops=st.lists(step, min_size=1, max_size=8),
+)
+def test_rows_one_by_one_in_chunks_or_from_a_shortlist_give_the_same_lists(seed, k, shrink, ops):
+    # small changes read the rows of D one at a time, large ones in vectorised chunks
+    rng = np.random.default_rng(seed)
+    x = sp.csr_matrix((rng.random((30, 20)) < 0.25).astype(float))
+    # (the second and third differ in the shortlist: off, then on for every row; the last
+    # also selects every row of a fit or a recompute one at a time, as long rows are)
+    models = []
+    variants = ((0, 0, 10**9), (10**9, 10**9, 10**9), (10**9, 0, 10**9), (10**9, 0, 0))
+    for rows, shortlist, long_row in variants:
+        with (
+            mock.patch.object(topk_rows, "_ROW_BY_ROW", rows),
+            mock.patch.object(topk_rows, "_SHORTLIST_MIN", shortlist),
+            mock.patch.object(itemknn_topk, "_LONG_ROW", long_row),
+            mock.patch.object(topk_rows, "_STORE_ROWS", 3),  # rows stored in several groups
+            mock.patch.object(topk_rows, "_SAMPLE_STEP", 2),  # short rows sampled too
+        ):
+            model = IMCorrect("itemknn-topk", k=k, shrink=shrink, refit_rank_ratio=np.inf)
+            model.fit(x)
+            for kind, arg in ops:
+                _run(model, kind, arg)
+            assert_same_as_fresh_fit(model, k, shrink)
+        models.append(model._mapping)
+    for other in models[1:]:
+        for name in ("nbr_idx", "nbr_val", "bound", "bound_idx", "worst_val", "worst_idx"):
+            np.testing.assert_array_equal(getattr(models[0], name), getattr(other, name))
 
 
 def test_k_at_least_n_is_the_dense_cosine_itemknn():
@@ -259,3 +299,51 @@ def test_pair_keys_do_not_overflow_on_catalogues_past_46341_items():
     assert model.mapping[10, 100] != before
     fresh = IMCorrect("itemknn-topk", k=5, shrink=1.0).fit(model.interactions)
     assert abs(model.mapping - fresh.mapping).max() <= 1e-12
+
+
+def _star(counts: list[int]) -> sp.csr_matrix:
+    """Users pairing item 0 with item x, ``counts[x - 1]`` of them each: with shrink 0,
+    s_0x = √G_0x / √d_0, so row 0 ranks 1, 2, 3, ... by count."""
+    pairs = [(x, u) for x, c in enumerate(counts, start=1) for u in range(c)]
+    rows = np.repeat(np.arange(len(pairs)), 2)
+    cols = np.array([[0, x] for x, _ in pairs]).ravel()
+    return sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(pairs), 5))
+
+
+def test_a_forgotten_member_is_replaced_by_the_bound_candidate_without_a_reselect():
+    model = IMCorrect("itemknn-topk", k=2, refit_rank_ratio=float("inf")).fit(_star([5, 4, 3, 2]))
+    assert model._mapping.bound_idx[0] == 3  # row 0 lists 1 and 2; item 3 is the best left out
+    model.forget(items=[1])
+    assert model._mapping.last_recomputed == 1  # item 1's own row; row 0 took item 3 in place
+    assert_same_as_fresh_fit(model, 2, 0.0)
+
+
+def test_a_bound_no_longer_attained_is_not_promoted():
+    # one interaction of item 3 goes: G_03 and d_3 fall together, so s_03 falls (to item
+    # 4's score; the tie goes to 3) and row 0's bound is left above every outsider. Taking
+    # the bound's candidate at the bound's score would store a stale s_03
+    model = IMCorrect("itemknn-topk", k=2, refit_rank_ratio=float("inf")).fit(_star([5, 4, 3, 2]))
+    stale = model._mapping.bound[0]
+    model.forget(interactions=[(9, 3)])
+    assert model._mapping.bound[0] == stale
+    model.forget(items=[1])
+    assert model._mapping.last_recomputed == 2  # row 0 is selected again
+    assert_same_as_fresh_fit(model, 2, 0.0)
+    assert model.mapping[0, 3] < stale
+
+
+@pytest.mark.parametrize("shortlist", [0, 10**9])
+def test_with_shrink_a_degree_change_alone_can_reorder_a_row(shortlist):
+    # s_0j = G_0j / (√d_0 √d_j + shrink): item 1 (G 2, d 2) against item 2 (G 3, d 9). With
+    # d_0 = 100 the degrees dominate and item 1 leads; forgetting the 95 users who hold only
+    # item 0 leaves d_0 = 5, the shrink dominates and item 2 leads. No count of row 0 moves,
+    # so a list kept as the same set with rescaled scores would be wrong
+    rows = [[0, 1]] * 2 + [[0, 2]] * 3 + [[2]] * 6 + [[0]] * 95
+    users = np.repeat(np.arange(len(rows)), [len(r) for r in rows])
+    x = sp.csr_matrix((np.ones(len(users)), (users, np.concatenate(rows))), shape=(len(rows), 3))
+    with mock.patch.object(topk_rows, "_SHORTLIST_MIN", shortlist):
+        model = IMCorrect("itemknn-topk", k=1, shrink=10.0, refit_rank_ratio=np.inf).fit(x)
+        assert model._mapping.neighbours()[0][0, 0] == 1
+        model.forget(users=range(11, 106))
+    assert model._mapping.neighbours()[0][0, 0] == 2
+    assert_same_as_fresh_fit(model, 1, 10.0)

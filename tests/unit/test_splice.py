@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from models.imcorrect import IMCorrect
-from models.imcorrect.sparse_rows import shrink_rows_in_place, splice_rows
+from models.imcorrect.sparse_rows import drop_entries, shrink_rows_in_place, splice_rows
 
 
 def _random_x(seed: int, shape: tuple[int, int] = (30, 12)) -> sp.csr_matrix:
@@ -59,3 +59,22 @@ def test_forgetting_never_edits_the_matrix_the_model_was_fitted_on():
     fresh = IMCorrect("itemknn-topk", k=3).fit(model.interactions)
     assert abs(model.mapping - fresh.mapping).max() <= 1e-12 if fresh.mapping.nnz else True
     assert (x != before).nnz == 0
+
+
+@settings(max_examples=50, deadline=None)
+@given(seed=st.integers(0, 2**16), items=st.sets(st.integers(0, 11), min_size=1, max_size=4))
+def test_dropping_the_entries_of_some_items_equals_the_splice_of_their_rows(seed, items):
+    x = _random_x(seed)
+    hit = np.flatnonzero(np.isin(x.indices, sorted(items)))
+    users = np.unique(np.searchsorted(x.indptr, hit, side="right") - 1)
+    new = x[users].tocsr()
+    new.data[np.isin(new.indices, sorted(items))] = 0.0
+    new.eliminate_zeros()
+    expected = splice_rows(x, users, new) if len(users) else x
+    before = x.copy()
+    out = drop_entries(x, hit)
+    assert out.has_sorted_indices
+    np.testing.assert_array_equal(out.indptr, expected.indptr)
+    np.testing.assert_array_equal(out.indices, expected.indices)
+    np.testing.assert_array_equal(out.data, expected.data)
+    assert (x != before).nnz == 0  # the input is left as it was
