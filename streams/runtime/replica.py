@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from confluent_kafka import KafkaException
 
 from streams import metrics as m
 from streams.config import LetheSettings
@@ -39,10 +39,8 @@ from streams.runtime.changelog import (
     LogDecodeError,
     LoggedStep,
     PublishedRecord,
-    StepRecord,
-    decode,
-    merge_steps,
 )
+from streams.runtime.follower import LogFollower, LogGone
 from streams.runtime.lock import StateLock
 from streams.runtime.log_writer import Fenced, LogWriter, TransactionalLog
 from streams.runtime.loop import _TOPICS, Runtime
@@ -54,8 +52,6 @@ from streams.topics import topic_name
 
 log = logging.getLogger("lethe.replica")
 
-#: change-log records taken per read
-_READ_CHUNK = 2_000
 #: the election group's session timeout: how long a dead writer keeps the role
 _SESSION_TIMEOUT_S = 6.0
 
@@ -67,11 +63,6 @@ def writer_group(settings: LetheSettings) -> str:
 def request_group(settings: LetheSettings) -> str:
     """Replicas that answer ``rec-requests`` share them through this group."""
     return f"{settings.client_id}-imcorrect-{settings.topic_prefix}"
-
-
-class LogGone(RuntimeError):
-    """The change log no longer holds what this replica must apply next (retention passed
-    it): the replica cannot catch up from the log and stops."""
 
 
 class ReplicaRuntime:
@@ -94,8 +85,6 @@ class ReplicaRuntime:
         self.writer_since = 0.0
         #: (change-log offset of the deletion, receipt) not yet published
         self.pending: list[tuple[int, DeletionReceipt]] = []
-        #: change-log records of a writer step whose last slice is not read yet
-        self._partial: list[Entry] = []
         #: published by this writer, marker not read back yet
         self._in_flight: set[tuple[str, str]] = set()
         self.roster = Roster(self.cfg.replica_timeout_s)
@@ -127,31 +116,12 @@ class ReplicaRuntime:
             self._restore_pending()
             m.IMCORRECT_WRITER.labels(self.replica).set(0)
             self._saved_offsets = dict(self.service.offsets)
-            self.follower = kafka.consumer(
-                cfg,
-                **{
-                    "isolation.level": "read_committed",
-                    "fetch.wait.max.ms": 20,
-                    "max.partition.fetch.bytes": 4 << 20,
-                    # never skip ahead silently: a position the log no longer holds is fatal
-                    "auto.offset.reset": "error",
-                },
-            )
-            start = self.service.offsets.get(self.log_key, 0)
-            low, _ = self.follower.get_watermark_offsets(
-                TopicPartition(self.log_topic, 0), timeout=10
-            )
-            if start < low:
-                log.critical(
-                    "replica %s must apply the change log from offset %d, but it begins at %d "
-                    "(retention): start it from a copy of another replica's state folder "
-                    "(docs/scale-out.md)",
-                    self.replica,
-                    start,
-                    low,
-                )
-                raise SystemExit(4)
-            self.follower.assign([TopicPartition(self.log_topic, 0, start)])
+            try:
+                start = self.service.offsets.get(self.log_key, 0)
+                self.follower = LogFollower(cfg, self.log_topic, start, self._foreign)
+            except LogGone as exc:
+                log.critical("replica %s: %s", self.replica, exc)
+                raise SystemExit(4) from None
             self.election = self._election_consumer()
             if self.cfg.answer_requests:
                 from streams.runtime.serve import RequestServer
@@ -244,74 +214,23 @@ class ReplicaRuntime:
 
     # -- following the change log -------------------------------------------------------------
     def _follow(self, wait_s: float) -> int:
-        """Apply the writer's steps the change log has; returns the records read."""
-        first = self.follower.poll(wait_s)
-        if first is None:
-            self._past_markers()
-            return 0
-        fresh: list[Entry] = []
-        events = self._decode([first], fresh)
-        while not self._stop and events < self.cfg.batch_max_events:
-            more = self.follower.consume(_READ_CHUNK, 0)
-            if not more and self._log_behind(fresh[-1].offset if fresh else first.offset()):
-                # a backlog beyond what is fetched: wait for the next fetch (poll returns at
-                # its first record) rather than apply a sliver of it
-                nxt = self.follower.poll(0.5)
-                more = [] if nxt is None else [nxt, *self.follower.consume(_READ_CHUNK, 0)]
-            if not more:
-                break
-            events += self._decode(more, fresh)
-        units, self._partial = merge_steps(self._partial + fresh, self.log_key)
+        """Apply the writer's steps and markers the change log has; returns how many."""
+        units = self.follower.read(wait_s, self.cfg.batch_max_events)
         for unit in units:
             if isinstance(unit, LoggedStep):
                 self._apply(unit)
             else:
                 self._published(unit)
-        self._past_markers()
-        return len(fresh)
+        # over transaction markers the consumer skipped: a log that ends in a commit marker
+        # is applied to its end, not to one before it
+        position = self.follower.settled_position()
+        if position is not None and position > self._applied():
+            self.service.note_dead_letters(0, {self.log_key: position})
+        return len(units)
 
-    def _decode(self, msgs: list, entries: list[Entry]) -> int:
-        """Decode change-log records onto ``entries``; returns the events they hold."""
-        events = 0
-        for msg in msgs:
-            if msg.error() is not None:
-                if msg.error().code() == KafkaError._AUTO_OFFSET_RESET:
-                    raise LogGone(f"the change log no longer holds offset {self._applied()}")
-                log.warning("change-log consumer error: %s", msg.error())
-                continue
-            try:
-                entry = decode(msg.offset(), msg.value(), self.settings.limits)
-            except LogDecodeError as exc:
-                entry = self._foreign(msg, exc)
-            if isinstance(entry.record, StepRecord):
-                events += len(entry.record.event_ids)
-            entries.append(entry)
-        return events
-
-    def _log_behind(self, last_offset: int) -> bool:
-        """More of the change log exists than was fetched (by the last fetch's high mark;
-        the one offset after a transaction is its commit marker)."""
-        _, high = self.follower.get_watermark_offsets(
-            TopicPartition(self.log_topic, 0), cached=True
-        )
-        return high - (last_offset + 1) > 1
-
-    def _past_markers(self) -> None:
-        """Move the applied position over transaction markers the consumer skipped (a log
-        that ends in a commit marker is applied to its end, not to one before it); never
-        past a step still being read."""
-        if self._partial:
-            return
-        (pos,) = self.follower.position([TopicPartition(self.log_topic, 0)])
-        if pos.offset > self._applied():
-            self.service.note_dead_letters(0, {self.log_key: pos.offset})
-
-    def _foreign(self, msg: Any, exc: LogDecodeError) -> Entry:
-        """A record no writer wrote: passed over by every replica alike (the writer files a
-        dead letter), so they still apply the same log."""
-        if self.sequencer is not None:
+    def _foreign(self, msg: Any, exc: LogDecodeError) -> None:
+        if self.sequencer is not None:  # one dead letter, from the writer
             self.publisher.dead_letter(msg, ContractError(str(exc)), "imcorrect-log")
-        return Entry(msg.offset(), None)
 
     def _apply(self, step: LoggedStep) -> None:
         inputs = step.inputs
@@ -477,8 +396,6 @@ class ReplicaRuntime:
             return
         self._gauges_at = now
         self.service.gauges()
-        _, high = self.follower.get_watermark_offsets(
-            TopicPartition(self.log_topic, 0), cached=True
-        )
+        high = self.follower.high_watermark()
         if high >= 0:
             m.IMCORRECT_LOG_LAG.labels(self.replica).set(max(0, high - self._applied()))

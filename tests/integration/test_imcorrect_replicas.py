@@ -32,6 +32,7 @@ from tests.integration.replica_harness import (
     wait_for,
 )
 from tests.integration.worker_harness import (
+    WorkerProcess,
     assert_equals_batch_fit,
     load_state,
     read_all,
@@ -262,3 +263,21 @@ def test_replicas_that_answer_requests_share_them(settings, tmp_path):
     ids = [r.request_id for r in answers]
     assert sorted(ids) == sorted(sent), "every request answered exactly once"
     assert all(r.strategy == "personal" and len(r.items) == 5 for r in answers)
+
+
+def test_a_replica_the_log_has_left_behind_stops_instead_of_skipping(settings, tmp_path):
+    """A replica whose next change-log record retention has removed cannot become equal to
+    the others from the log: it exits with code 4 and says why, applying nothing."""
+    asyncio.run(create_topics(settings))
+    topic = topic_name(settings, "imcorrect-log")
+    producer = kafka.producer(settings)
+    for _ in range(3):
+        producer.produce(topic, value=b"a record retention will remove")
+    producer.flush(10)
+    admin = kafka.admin(settings)
+    (future,) = admin.delete_records([kafka.TopicPartition(topic, 0, 2)]).values()
+    future.result(10)
+    late = Replica(settings, "late", tmp_path).settings
+    proc = WorkerProcess(late, tmp_path / "late.log").start()
+    assert proc.proc.wait(timeout=60) == 4, proc.log_tail()
+    assert "the change log begins at offset 2" in proc.log_tail()
