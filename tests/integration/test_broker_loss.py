@@ -95,6 +95,9 @@ def _stream(settings: LetheSettings, events: list, forgotten: list[str]):
         for k, e in enumerate(events):
             producer.produce(interactions, e.to_bytes(), e.user_id.encode(), on_delivery=delivered)
             if k % 2000 == 1999 and k // 2000 < 3:
+                # a deletion follows the events *published* (acknowledged) before it: wait for
+                # the acks, which a lost broker's partitions give only after their leaders move
+                assert producer.flush(120) == 0
                 for user in forgotten[(k // 2000) * 10 : (k // 2000) * 10 + 10]:
                     request = DeletionRequest(
                         request_id=f"r-{user}-{k}",
