@@ -80,18 +80,25 @@ def admin(settings: LetheSettings) -> AdminClient:
     return AdminClient(librdkafka_config(settings))
 
 
-def end_offsets(client: AdminClient, topic: str, parts: list[int]) -> dict[str, int]:
-    """End offset of each partition as a committed read sees it (the last stable offset:
-    where a transaction still open stops the readers), asked of the broker now (one try)."""
+def end_offsets(
+    client: AdminClient, topic: str, parts: list[int], committed: bool = False
+) -> dict[str, int]:
+    """Log-end offset of each partition, asked of the broker now (one try); ``committed``:
+    the last stable offset instead, where a transaction still open stops committed reads
+    (for reading to the end; the deletion barrier keeps the log end, which the broker-loss
+    test holds it to)."""
     ask = {TopicPartition(topic, p): OffsetSpec.latest() for p in parts}
-    futures = client.list_offsets(
-        ask, isolation_level=IsolationLevel.READ_COMMITTED, request_timeout=10
-    )
+    level = IsolationLevel.READ_COMMITTED if committed else IsolationLevel.READ_UNCOMMITTED
+    futures = client.list_offsets(ask, isolation_level=level, request_timeout=10)
     return {tp_key(tp.topic, tp.partition): f.result().offset for tp, f in futures.items()}
 
 
 def end_offsets_retrying(
-    settings: LetheSettings, topic: str, parts: list[int], client: AdminClient | None = None
+    settings: LetheSettings,
+    topic: str,
+    parts: list[int],
+    client: AdminClient | None = None,
+    committed: bool = False,
 ) -> tuple[dict[str, int], AdminClient]:
     """:func:`end_offsets`, retried through leader elections and lost brokers (about a
     minute) with a fresh client each time (a client that was answered FENCED_LEADER_EPOCH
@@ -101,7 +108,7 @@ def end_offsets_retrying(
     client = client or admin(settings)
     while True:
         try:
-            return end_offsets(client, topic, parts), client
+            return end_offsets(client, topic, parts, committed), client
         except KafkaException as exc:
             error = exc.args[0]
             if not (error.retriable() or error.code() in _LEADERLESS):
@@ -139,7 +146,7 @@ def read_range(
     reader = consumer(settings)
     try:
         parts = partitions(reader, topic)
-        ends, _ = end_offsets_retrying(settings, topic, parts)
+        ends, _ = end_offsets_retrying(settings, topic, parts, committed=True)
         todo = {p for p in parts if ends[tp_key(topic, p)] > start.get(tp_key(topic, p), 0)}
         if not todo:
             return
