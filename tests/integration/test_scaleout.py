@@ -56,9 +56,11 @@ def test_two_scorers_answer_every_request_through_a_sigkill(settings, tmp_path):
     try:
         first.start().wait_ready(120)
         second.start().wait_ready(120)  # ready once the group gave it partitions
-        time.sleep(1.0)
+        deadline = time.monotonic() + 30  # the first member's share comes with a rebalance
         for replica in (first, second):
-            assert "partitions assigned" in replica.log_tail(200), replica.log_tail()
+            while "partitions assigned" not in replica.log_tail(200):
+                assert time.monotonic() < deadline, replica.log_tail()
+                time.sleep(0.2)
         schedule = Scripted(users, RATE, TOTAL / RATE, {KILL_AFTER: second.kill})
         latencies, sends, all_sends = open_loop(
             settings, users, RATE, TOTAL / RATE, 100, schedule=schedule
