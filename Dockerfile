@@ -2,7 +2,8 @@
 FROM python:3.11-slim
 
 ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
-    LETHE_STATE_DIR=/var/lib/lethe LETHE_METRICS_HOST=0.0.0.0 LETHE_LOG_JSON=true
+    LETHE_STATE_DIR=/var/lib/lethe LETHE_METRICS_HOST=0.0.0.0 LETHE_LOG_JSON=true \
+    NUMBA_CACHE_DIR=/var/lib/lethe/.numba-cache
 WORKDIR /opt/lethe
 
 COPY pyproject.toml README.md ./

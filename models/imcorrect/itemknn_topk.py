@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from models.imcorrect import topk_kernel
 from models.imcorrect.base import Mapping
 from models.imcorrect.cooccurrence import Cooccurrence
 from models.imcorrect.lowrank import RowChange
@@ -42,8 +43,6 @@ from models.imcorrect.topk_rows import DegreeRows
 _CHUNK_ENTRIES = 4_000_000
 #: a change whose degree-changed rows reach this share of all pairs reselects every row
 _RECOMPUTE_ALL_SHARE = 0.5
-#: rows with at least this many stored pairs are selected one at a time (:mod:`.topk_rows`)
-_LONG_ROW = 256
 
 
 class ItemKNNTopK(DegreeRows, ListMerge, Mapping):
@@ -73,6 +72,7 @@ class ItemKNNTopK(DegreeRows, ListMerge, Mapping):
         #: rows selected from scratch by the last change (the rest were merged in place)
         self.last_recomputed = 0
         self._mapping: sp.csr_matrix | None = None
+        topk_kernel.warm()  # compiled here, not inside the first forget
 
     def config(self) -> dict[str, Any]:
         return {"k": self.k, "shrink": self.shrink}
@@ -111,8 +111,9 @@ class ItemKNNTopK(DegreeRows, ListMerge, Mapping):
 
     # -- scores -----------------------------------------------------------------------------
     def _score(self, g: np.ndarray, d_row: np.ndarray, d_col: np.ndarray) -> np.ndarray:
-        # the one expression every score comes from, so that a score recomputed later from
-        # the same inputs is bit-identical to the stored one (membership tests rely on it)
+        # the one expression every score comes from (the compiled selection of
+        # :mod:`.topk_kernel` performs the same operations), so that a score recomputed later
+        # from the same inputs is bit-identical to the stored one (membership tests rely on it)
         denom = np.sqrt(np.maximum(d_row, 0.0)) * np.sqrt(np.maximum(d_col, 0.0)) + self.shrink
         return np.divide(g, denom, out=np.zeros(len(g)), where=denom > 0)
 
@@ -243,14 +244,7 @@ class ItemKNNTopK(DegreeRows, ListMerge, Mapping):
         self._recompute(dirty)
         self._mapping = None
 
-    def _score_roots(self, g: np.ndarray, root_row: np.ndarray, root_col: np.ndarray) -> np.ndarray:
-        """:meth:`_score` from the square roots of the degrees (the same bits)."""
-        denom = root_row * root_col + self.shrink
-        if self.shrink > 0:  # roots are ≥ 0, so no denominator is 0: a plain division
-            return g / denom
-        return np.divide(g, denom, out=np.zeros(len(g)), where=denom > 0)
-
-    # -- selection from scratch -------------------------------------------------------------
+    # -- the numpy reference selection (``drift`` checks the lists against it) ---------------
     def _chunk_rows(self, items: np.ndarray):
         """Yield ``(chunk, owner, cols, vals)``: the off-diagonal entries of ``items``' rows in
         chunks of about ``_CHUNK_ENTRIES``, grouped by owner (an index into ``chunk``)."""
@@ -282,12 +276,7 @@ class ItemKNNTopK(DegreeRows, ListMerge, Mapping):
 
     def _recompute(self, items: np.ndarray) -> None:
         items = np.unique(np.asarray(items, dtype=np.int64))
-        root = np.sqrt(np.maximum(self.degree, 0.0))
-        long_rows = self.counts.row_lengths(items) >= _LONG_ROW
-        self._reselect_one_by_one(items[long_rows], root)
-        for chunk, owner, cols, vals in self._chunk_rows(items[~long_rows]):
-            scores = self._score_roots(vals, root[chunk[owner]], root[cols])
-            self._store_chunk(chunk, owner, cols, scores)
+        self._reselect(items, np.sqrt(np.maximum(self.degree, 0.0)))
 
     def neighbours(self) -> tuple[np.ndarray, np.ndarray]:
         """Every item's list in the tie order (stored lists are kept as unordered sets)."""

@@ -1,7 +1,7 @@
 """Storing and repairing the top-k lists of :mod:`.itemknn_topk` in place.
 
-A list selected from scratch is stored by :meth:`ListMerge._store_chunk` (slots by item
-index, its worst entry, its bound).
+A list selected from scratch is stored by :meth:`ListMerge._store_ranked` (slots by item
+index, its worst entry) with its bound.
 
 Row j (an item whose degree did not change) holds a set of neighbours with exact scores,
 its worst entry and a bound: a (score, index) ranking at or before every candidate left out.
@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.imcorrect.topk import PAD, ranks_before, select_segments, sort_rows
+from models.imcorrect.topk import PAD, ranks_before, sort_rows
+from models.imcorrect.topk_kernel import find_slots
 
 
 class ListMerge:
@@ -45,35 +46,6 @@ class ListMerge:
     bound_idx: np.ndarray
     # and from the class: ``n_items``, ``counts`` and ``_score`` (the one expression every
     # score uses)
-
-    def _store_chunk(
-        self, chunk: np.ndarray, owner: np.ndarray, cols: np.ndarray, scores: np.ndarray
-    ) -> None:
-        """Select the lists of the rows ``chunk`` from all their candidates and store them."""
-        chosen, bound, bound_idx = select_segments(owner, cols, scores, len(chunk), self.k)
-        own, idx, val = owner[chosen], cols[chosen], scores[chosen]
-        if self.counts.extra.nnz:  # a row is its base entries, then its extra ones
-            order = np.lexsort((idx, own))
-            own, idx, val = own[order], idx[order], val[order]
-        fill = np.bincount(own, minlength=len(chunk))
-        starts = np.zeros(len(chunk) + 1, dtype=np.int64)
-        np.cumsum(fill, out=starts[1:])
-        slot = np.arange(len(own)) - starts[own]
-        self.nbr_idx[chunk] = -1
-        self.nbr_val[chunk] = -np.inf
-        self.nbr_idx[chunk[own], slot] = idx
-        self.nbr_val[chunk[own], slot] = val
-        self.fill[chunk] = fill
-        # the worst entry: lowest score, then the highest index at it
-        full = fill > 0
-        heads = starts[:-1][full]
-        worst = np.full(len(chunk), np.inf)
-        worst_idx = np.full(len(chunk), -1, dtype=np.int64)
-        if len(heads):
-            worst[full] = np.minimum.reduceat(val, heads)
-            worst_idx[full] = np.maximum.reduceat(np.where(val == worst[own], idx, -1), heads)
-        self.worst_val[chunk], self.worst_idx[chunk] = worst, worst_idx
-        self.bound[chunk], self.bound_idx[chunk] = bound, bound_idx
 
     def _merge_pairs(
         self,
@@ -159,25 +131,10 @@ class ListMerge:
         self.worst_idx[rows[later]] = low_idx[rows[later]]
 
     def _slots(self, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Slot of item ``cols[q]`` in row ``rows[q]`` (binary search: slots are sorted by
-        item index, padding last), and whether it is there."""
-        k = self.k
-        # a fixed number of halvings over the flat slot array, every query at once: cheaper
-        # than fancy-indexing the 2-D array and compacting the active queries each step
-        flat = self.nbr_idx.reshape(-1)
-        base = np.asarray(rows, dtype=np.int64) * k
-        cols = np.asarray(cols, dtype=np.int64)
-        lo = np.zeros(len(rows), dtype=np.int64)
-        hi = np.full(len(rows), k, dtype=np.int64)
-        for _ in range(k.bit_length()):
-            active = lo < hi
-            mid = (lo + hi) >> 1
-            at = flat[base + np.minimum(mid, k - 1)]
-            right = active & (at >= 0) & (at < cols)
-            lo = np.where(right, mid + 1, lo)
-            hi = np.where(active & ~right, mid, hi)
-        at = np.minimum(lo, k - 1)
-        return at, (lo < k) & (flat[base + at] == cols)
+        """Slot of item ``cols[q]`` in row ``rows[q]`` (slots are sorted by item index,
+        padding last), and whether it is there."""
+        rows = np.asarray(rows, dtype=np.int64)
+        return find_slots(self.nbr_idx, rows, np.asarray(cols, dtype=np.int64))
 
     def _merge_sorted(
         self,

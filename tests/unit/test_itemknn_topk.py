@@ -10,8 +10,8 @@ import scipy.sparse as sp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from models.imcorrect import IMCorrect, itemknn_topk, topk_rows
-from models.imcorrect.topk import select, select_segments
+from models.imcorrect import IMCorrect, topk_kernel, topk_rows
+from models.imcorrect.topk import PAD, select
 from tests.unit.imcorrect_contract import MappingContract
 
 
@@ -106,21 +106,16 @@ def test_random_learn_forget_sequences_keep_the_lists_of_a_fresh_fit(seed, k, sh
     shrink=st.sampled_from([0.0, 3.0]),
     ops=st.lists(step, min_size=1, max_size=8),
 )
-def test_rows_one_by_one_in_chunks_or_from_a_shortlist_give_the_same_lists(seed, k, shrink, ops):
-    # small changes read the rows of D one at a time, large ones in vectorised chunks
+def test_rows_selected_in_groups_of_any_size_give_the_same_lists(seed, k, shrink, ops):
+    # rows are selected in groups bounded by entries and by rows: one row per group, a few
+    # rows and entries per group, and everything in one group agree bit for bit
     rng = np.random.default_rng(seed)
     x = sp.csr_matrix((rng.random((30, 20)) < 0.25).astype(float))
-    # (the second and third differ in the shortlist: off, then on for every row; the last
-    # also selects every row of a fit or a recompute one at a time, as long rows are)
     models = []
-    variants = ((0, 0, 10**9), (10**9, 10**9, 10**9), (10**9, 0, 10**9), (10**9, 0, 0))
-    for rows, shortlist, long_row in variants:
+    for entries, rows in ((1, 1), (7, 3), (10**9, 10**9)):
         with (
-            mock.patch.object(topk_rows, "_ROW_BY_ROW", rows),
-            mock.patch.object(topk_rows, "_SHORTLIST_MIN", shortlist),
-            mock.patch.object(itemknn_topk, "_LONG_ROW", long_row),
-            mock.patch.object(topk_rows, "_STORE_ROWS", 3),  # rows stored in several groups
-            mock.patch.object(topk_rows, "_SAMPLE_STEP", 2),  # short rows sampled too
+            mock.patch.object(topk_rows, "_GROUP_ENTRIES", entries),
+            mock.patch.object(topk_rows, "_GROUP_ROWS", rows),
         ):
             model = IMCorrect("itemknn-topk", k=k, shrink=shrink, refit_rank_ratio=np.inf)
             model.fit(x)
@@ -157,25 +152,97 @@ def test_tie_rule_prefers_the_lower_item_index():
     assert (bound, bound_idx) == (0.1, 5)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(
     rows=st.lists(
-        st.lists(st.tuples(st.integers(0, 40), st.integers(0, 3)), max_size=15), max_size=8
+        st.lists(st.tuples(st.integers(0, 40), st.integers(-1, 4)), max_size=15),
+        min_size=1,
+        max_size=8,
     ),
     k=st.integers(1, 6),
+    split=st.integers(0, 2**16),
+    floor_level=st.integers(-1, 5),
+    degrees=st.sampled_from(["unit", "fell", "moved"]),
+    shrink=st.sampled_from([0.0, 2.0]),
 )
-def test_selecting_many_rows_at_once_matches_one_row_at_a_time(rows, k):
-    # scores from four levels: many exact ties, settled by the lower index
-    rows = [dict(r) for r in rows]  # one score per (row, column)
+def test_the_compiled_selection_matches_the_numpy_one_row_by_row(
+    rows, k, split, floor_level, degrees, shrink
+):
+    # counts from a few levels (0 is a stored zero, not a candidate; -1 a weighted change's
+    # negative count); unit degrees make many exact ties, settled by the lower index;
+    # entries are spread over both CSR parts of G
+    n = 41
+    rng = np.random.default_rng(split)
+    rows = [dict(r) for r in rows]  # one count per (row, column)
     owner = np.repeat(np.arange(len(rows)), [len(r) for r in rows]).astype(np.int64)
     cols = np.array([c for r in rows for c in r], dtype=np.int64)
-    scores = np.array([v / 4 for r in rows for v in r.values()], dtype=float)
-    chosen, bound, bound_idx = select_segments(owner, cols, scores, len(rows), k)
+    counts = np.array([v for r in rows for v in r.values()], dtype=np.float32)
+    in_extra = rng.random(len(cols)) < 0.3
+    parts = [
+        sp.csr_matrix((counts[m], (owner[m], cols[m])), shape=(n, n)) for m in (~in_extra, in_extra)
+    ]
+    for part in parts:
+        part.sort_indices()
+    # degrees ≥ 1: a count is never above its items' degrees, so a zero degree has no
+    # candidates (and a zero denominator, scored 0, never meets a stored count)
+    root = np.ones(n) if degrees == "unit" else np.sqrt(rng.integers(1, 6, n).astype(float))
+    # before the change: the same, or higher (every degree fell), or anything
+    root_old = {
+        "unit": root,
+        "fell": root + rng.integers(0, 2, n),
+        "moved": np.sqrt(rng.integers(1, 6, n).astype(float)),
+    }[degrees]
+    fell = degrees != "moved"
+    floor = np.full(n, floor_level / 2)
+    floor[rng.random(n) < 0.1] = -np.inf  # lists holding every candidate
+    group = np.arange(len(rows), dtype=np.int64)
+    idx = np.empty((len(rows), k), dtype=np.int64)
+    val, bound, bound_idx = (
+        np.empty((len(rows), k)),
+        np.empty(len(rows)),
+        np.empty(len(rows), np.int64),
+    )
+    near = [np.empty(len(cols), dtype=t) for t in (np.int64, np.int64, np.float64)]
+    # candidates offered first (any items: stored or not, the row's own, repeated, padding)
+    seeds = rng.integers(-1, n, size=(len(rows), 4)).astype(np.int32)
+    found = topk_kernel.select_rows(
+        *[(p.indptr, p.indices, p.data) for p in parts],
+        group,
+        seeds,
+        root,
+        root_old,
+        shrink,
+        k,
+        floor,
+        fell,
+        True,
+        idx,
+        val,
+        bound,
+        bound_idx,
+        *near,
+    )
+
+    def score(g: np.ndarray, r_row: np.ndarray, r_col: np.ndarray) -> np.ndarray:
+        denom = r_row * r_col + shrink
+        return np.divide(g, denom, out=np.zeros(len(g)), where=denom > 0)
+
+    g = counts.astype(float)
+    s_new = score(g, root[owner], root[cols])
+    s_old = score(g, root_old[owner], root[cols])
+    candidate = (counts != 0) & (cols != owner)
     for q in range(len(rows)):
-        mine = owner == q
-        idx, _, b, b_idx = select(cols[mine], scores[mine], k)
-        assert sorted(cols[mine & chosen]) == sorted(idx)
+        mine = (owner == q) & candidate
+        want_idx, want_val, b, b_idx = select(cols[mine], s_new[mine], k)
+        np.testing.assert_array_equal(idx[q, : len(want_idx)], want_idx)
+        np.testing.assert_array_equal(val[q, : len(want_idx)], want_val)
+        assert np.all(idx[q, len(want_idx) :] == PAD)
         assert (bound[q], bound_idx[q]) == (b, b_idx)
+    reached = candidate & (np.maximum(s_new, s_old) >= floor[cols])
+    want = {(int(j), int(c)) for c, j, ok in zip(owner, cols, reached, strict=True) if ok}
+    got = set(zip(near[0][:found].tolist(), near[1][:found].tolist(), strict=True))
+    assert got == want
+    assert len(got) == found  # each pair once
 
 
 def test_each_item_keeps_at_most_k_neighbours_of_its_best_cosines():
@@ -332,8 +399,7 @@ def test_a_bound_no_longer_attained_is_not_promoted():
     assert model.mapping[0, 3] < stale
 
 
-@pytest.mark.parametrize("shortlist", [0, 10**9])
-def test_with_shrink_a_degree_change_alone_can_reorder_a_row(shortlist):
+def test_with_shrink_a_degree_change_alone_can_reorder_a_row():
     # s_0j = G_0j / (√d_0 √d_j + shrink): item 1 (G 2, d 2) against item 2 (G 3, d 9). With
     # d_0 = 100 the degrees dominate and item 1 leads; forgetting the 95 users who hold only
     # item 0 leaves d_0 = 5, the shrink dominates and item 2 leads. No count of row 0 moves,
@@ -341,9 +407,8 @@ def test_with_shrink_a_degree_change_alone_can_reorder_a_row(shortlist):
     rows = [[0, 1]] * 2 + [[0, 2]] * 3 + [[2]] * 6 + [[0]] * 95
     users = np.repeat(np.arange(len(rows)), [len(r) for r in rows])
     x = sp.csr_matrix((np.ones(len(users)), (users, np.concatenate(rows))), shape=(len(rows), 3))
-    with mock.patch.object(topk_rows, "_SHORTLIST_MIN", shortlist):
-        model = IMCorrect("itemknn-topk", k=1, shrink=10.0, refit_rank_ratio=np.inf).fit(x)
-        assert model._mapping.neighbours()[0][0, 0] == 1
-        model.forget(users=range(11, 106))
+    model = IMCorrect("itemknn-topk", k=1, shrink=10.0, refit_rank_ratio=np.inf).fit(x)
+    assert model._mapping.neighbours()[0][0, 0] == 1
+    model.forget(users=range(11, 106))
     assert model._mapping.neighbours()[0][0, 0] == 2
     assert_same_as_fresh_fit(model, 1, 10.0)

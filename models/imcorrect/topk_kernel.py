@@ -1,0 +1,429 @@
+"""Compiled row selection for :mod:`.itemknn_topk`: one pass over each sparse row.
+
+Selecting a row's top-k in numpy takes a dozen passes over arrays of the row's length
+(gather the entries, mask zeros and the diagonal, score, partition, compare, ...). The rows
+of a forgotten user's items hold millions of entries on a 100k-item catalogue, and those
+passes were most of a one-user forget. Here each entry is read once: it is scored with the
+same expression as :meth:`.ItemKNNTopK._score` (the same IEEE operations in the same
+order, so the same bits), pushed through a k-slot heap ordered by the tie rule of
+:mod:`.topk`, and, when asked, reported as a moved score reaching a neighbour's floor.
+
+The numpy selection (:func:`.topk.select`, used by ``drift``) stays as the independent
+reference the kernel is tested against.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import scipy.sparse as sp
+
+from models.imcorrect.topk import PAD
+
+_PAD = PAD  # a global constant for the compiled code
+
+
+@numba.njit(cache=True, inline="always")
+def _before(sa: float, ia: int, sb: float, ib: int) -> bool:
+    """(sa, ia) ranks strictly before (sb, ib): higher score, then lower index."""
+    return sa > sb or (sa == sb and ia < ib)
+
+
+@numba.njit(cache=True, inline="always")
+def _score(g: float, root_row: float, root_col: float, shrink: float) -> float:
+    denom = root_row * root_col + shrink
+    if shrink > 0.0 or denom > 0.0:
+        return g / denom
+    return 0.0
+
+
+#: a score g / denom is certainly below t > 0 when g < t · denom · _MARGIN: the margin
+#: dwarfs the rounding of both sides, so the comparison agrees with the rounded quotient
+_MARGIN = 1.0 - 1e-9
+
+
+@numba.njit(cache=True, inline="always")
+def _surely_below(g: float, denom: float, t: float) -> bool:
+    """g / denom (as :func:`_score` rounds it) ranks after t, decided by one multiplication
+    where it is certain; a division costs several times more and most entries of a long
+    row are far below its list."""
+    return t > 0.0 and denom > 0.0 and g < t * denom * _MARGIN
+
+
+@numba.njit(cache=True)
+def _sift_down(hs: np.ndarray, hi: np.ndarray, size: int, at: int) -> None:
+    # min-heap in rank order: the root is the entry ranked last
+    while True:
+        left = 2 * at + 1
+        if left >= size:
+            return
+        low = left
+        right = left + 1
+        if right < size and _before(hs[low], hi[low], hs[right], hi[right]):
+            low = right
+        if not _before(hs[at], hi[at], hs[low], hi[low]):
+            return
+        hs[at], hs[low] = hs[low], hs[at]
+        hi[at], hi[low] = hi[low], hi[at]
+        at = low
+
+
+@numba.njit(cache=True)
+def _sift_up(hs: np.ndarray, hi: np.ndarray, at: int) -> None:
+    while at > 0:
+        parent = (at - 1) // 2
+        if not _before(hs[parent], hi[parent], hs[at], hi[at]):
+            return
+        hs[at], hs[parent] = hs[parent], hs[at]
+        hi[at], hi[parent] = hi[parent], hi[at]
+        at = parent
+
+
+@numba.njit(cache=True)
+def _scan(
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    data: np.ndarray,
+    c: int,
+    r_c: float,
+    r_old: float,
+    root_floor: np.ndarray,
+    shrink: float,
+    k: int,
+    fell: bool,
+    report: bool,
+    hs: np.ndarray,
+    hi: np.ndarray,
+    seeded: np.ndarray,
+    size: int,
+    best_s: float,
+    best_i: int,
+    near_j: np.ndarray,
+    near_c: np.ndarray,
+    near_g: np.ndarray,
+    n_near: int,
+) -> tuple[int, float, int, int]:
+    """Push the candidates of row ``c`` held in one CSR part, except those ``seeded``,
+    through the heap.
+
+    Most entries of a long row score below both the row's best left-out candidate (once
+    one exists, every member ranks before it) and their neighbour's floor; one
+    multiplication each proves it, in a loop kept free of the heap's code. The rest are
+    offered to :func:`_offer`.
+    """
+    for p in range(indptr[c], indptr[c + 1]):
+        g = np.float64(data[p])
+        j = np.int64(indices[p])
+        r_j = root_floor[j, 0]
+        denom = r_c * r_j + shrink
+        # of the new and the old score, the one with the smaller denominator is the higher
+        # (a negative count is below any positive floor either way); when every degree
+        # fell, that is the new one
+        low = denom if fell else min(denom, r_old * r_j + shrink)
+        if (not report or _surely_below(g, low, root_floor[j, 1])) and _surely_below(
+            g, denom, best_s
+        ):
+            continue
+        if g == 0.0 or j == c or seeded[j]:
+            continue
+        size, best_s, best_i, n_near = _offer(
+            g,
+            j,
+            c,
+            r_c,
+            r_old,
+            r_j,
+            root_floor[j, 1],
+            shrink,
+            k,
+            fell,
+            report,
+            hs,
+            hi,
+            size,
+            best_s,
+            best_i,
+            near_j,
+            near_c,
+            near_g,
+            n_near,
+        )
+    return size, best_s, best_i, n_near
+
+
+@numba.njit(cache=True)
+def _offer(
+    g: float,
+    j: int,
+    c: int,
+    r_c: float,
+    r_old: float,
+    r_j: float,
+    f: float,
+    shrink: float,
+    k: int,
+    fell: bool,
+    report: bool,
+    hs: np.ndarray,
+    hi: np.ndarray,
+    size: int,
+    best_s: float,
+    best_i: int,
+    near_j: np.ndarray,
+    near_c: np.ndarray,
+    near_g: np.ndarray,
+    n_near: int,
+) -> tuple[int, float, int, int]:
+    """Score one candidate (c, j); report it if it reaches j's floor ``f``; push it through
+    the heap."""
+    s = _score(g, r_c, r_j, shrink)
+    if report:
+        high = s
+        if not fell or g < 0.0:
+            # the old score can be the higher one (when every degree fell and the count is
+            # ≥ 0, the old denominator is no smaller, so it is not)
+            high = max(s, _score(g, r_old, r_j, shrink))
+        if high >= f:
+            near_j[n_near] = j
+            near_c[n_near] = c
+            near_g[n_near] = g
+            n_near += 1
+    if size < k:
+        hs[size] = s
+        hi[size] = j
+        _sift_up(hs, hi, size)
+        size += 1
+    elif _before(s, j, hs[0], hi[0]):
+        # the heap's last entry leaves the list: it may be the best left out
+        if _before(hs[0], hi[0], best_s, best_i):
+            best_s, best_i = hs[0], hi[0]
+        hs[0] = s
+        hi[0] = j
+        _sift_down(hs, hi, k, 0)
+    elif _before(s, j, best_s, best_i):
+        best_s, best_i = s, j
+    return size, best_s, best_i, n_near
+
+
+@numba.njit(cache=True)
+def _count(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, c: int, j: int) -> float:
+    """G_cj as stored in one CSR part (0 if absent): a binary search of row c."""
+    lo, hi = indptr[c], indptr[c + 1]
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if indices[mid] < j:
+            lo = mid + 1
+        else:
+            hi = mid
+    if lo < indptr[c + 1] and indices[lo] == j:
+        return np.float64(data[lo])
+    return 0.0
+
+
+@numba.njit(cache=True)
+def select_rows(
+    base: tuple[np.ndarray, np.ndarray, np.ndarray],
+    extra: tuple[np.ndarray, np.ndarray, np.ndarray],
+    rows: np.ndarray,
+    seeds: np.ndarray,
+    root: np.ndarray,
+    root_old: np.ndarray,
+    shrink: float,
+    k: int,
+    floor: np.ndarray,
+    fell: bool,
+    report: bool,
+    out_idx: np.ndarray,
+    out_val: np.ndarray,
+    out_bound: np.ndarray,
+    out_bound_idx: np.ndarray,
+    near_j: np.ndarray,
+    near_c: np.ndarray,
+    near_g: np.ndarray,
+) -> int:
+    """Select the top-k of every row of ``rows`` into ``out_*`` (ranked, ``PAD``/−inf
+    padding, bound = best candidate left out or (−inf, PAD)).
+
+    ``base`` and ``extra`` are the two CSR parts of G as ``(indptr, indices, data)``; a
+    row's candidates are its non-zero, off-diagonal entries in both. ``seeds[q]`` (−1
+    padding) are candidates offered first: the row's previous list, which is most often
+    most of the new one, so that few later candidates displace an entry of the heap (the
+    result does not depend on the order). With ``report``, each entry (c, j) whose score
+    reaches ``floor[j]`` is written to ``near_*`` as (j, c, G_jc): its new score or, unless
+    every degree ``fell``, the higher of that and its score under ``root_old[c]``. Returns
+    how many were.
+    """
+    # each candidate reads its root and floor: side by side, one cache line serves both
+    root_floor = np.empty((len(root), 2))
+    root_floor[:, 0] = root
+    if report:
+        root_floor[:, 1] = floor
+    seeded = np.zeros(len(root), dtype=np.bool_)
+    hs = np.empty(k)
+    hi = np.empty(k, dtype=np.int64)
+    b_ptr, b_idx, b_val = base
+    e_ptr, e_idx, e_val = extra
+    n_near = 0
+    for q in range(len(rows)):
+        c = rows[q]
+        r_c, r_old = root[c], root_old[c]
+        size, best_s, best_i = 0, -np.inf, _PAD
+        for t in range(seeds.shape[1]):
+            j = np.int64(seeds[q, t])
+            if j < 0 or j == c or seeded[j]:
+                continue
+            g = _count(b_ptr, b_idx, b_val, c, j) + _count(e_ptr, e_idx, e_val, c, j)
+            if g == 0.0:  # (a pair lives in one part only)
+                continue
+            seeded[j] = True
+            size, best_s, best_i, n_near = _offer(
+                g,
+                j,
+                c,
+                r_c,
+                r_old,
+                root[j],
+                root_floor[j, 1],
+                shrink,
+                k,
+                fell,
+                report,
+                hs,
+                hi,
+                size,
+                best_s,
+                best_i,
+                near_j,
+                near_c,
+                near_g,
+                n_near,
+            )
+        # two calls, not a loop over the parts: their array types may differ
+        size, best_s, best_i, n_near = _scan(
+            b_ptr,
+            b_idx,
+            b_val,
+            c,
+            r_c,
+            r_old,
+            root_floor,
+            shrink,
+            k,
+            fell,
+            report,
+            hs,
+            hi,
+            seeded,
+            size,
+            best_s,
+            best_i,
+            near_j,
+            near_c,
+            near_g,
+            n_near,
+        )
+        size, best_s, best_i, n_near = _scan(
+            e_ptr,
+            e_idx,
+            e_val,
+            c,
+            r_c,
+            r_old,
+            root_floor,
+            shrink,
+            k,
+            fell,
+            report,
+            hs,
+            hi,
+            seeded,
+            size,
+            best_s,
+            best_i,
+            near_j,
+            near_c,
+            near_g,
+            n_near,
+        )
+        for t in range(seeds.shape[1]):
+            if seeds[q, t] >= 0:
+                seeded[seeds[q, t]] = False
+        # popping the root (ranked last) fills the list from its end
+        for slot in range(k - 1, size - 1, -1):
+            out_idx[q, slot] = _PAD
+            out_val[q, slot] = -np.inf
+        while size > 0:
+            size -= 1
+            out_idx[q, size] = hi[0]
+            out_val[q, size] = hs[0]
+            hs[0] = hs[size]
+            hi[0] = hi[size]
+            _sift_down(hs, hi, size, 0)
+        out_bound[q] = best_s
+        out_bound_idx[q] = best_i
+    return n_near
+
+
+@numba.njit(cache=True)
+def find_slots(
+    nbr_idx: np.ndarray, rows: np.ndarray, cols: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Slot of item ``cols[q]`` in list ``nbr_idx[rows[q]]`` (slots sorted by item index,
+    −1 padding last), and whether it is there: one binary search per query."""
+    k = nbr_idx.shape[1]
+    at = np.empty(len(rows), dtype=np.int64)
+    found = np.zeros(len(rows), dtype=np.bool_)
+    for q in range(len(rows)):
+        row, col = rows[q], cols[q]
+        lo, hi = 0, k
+        while lo < hi:
+            mid = (lo + hi) // 2
+            item = nbr_idx[row, mid]
+            if item >= 0 and item < col:
+                lo = mid + 1
+            else:
+                hi = mid
+        slot = min(lo, k - 1)
+        at[q] = slot
+        found[q] = lo < k and nbr_idx[row, slot] == col
+    return at, found
+
+
+_warm = False
+
+
+def warm() -> None:
+    """Compile (or load from numba's cache) the kernels for binary counts (float32 counts,
+    int32 indices) now, once per process, so that no first forget pays for it."""
+    global _warm
+    if _warm:
+        return
+    g = sp.csr_matrix(np.array([[2.0, 1.0], [1.0, 1.0]], dtype=np.float32))
+    empty = sp.csr_matrix((2, 2), dtype=np.float32)
+    rows, root = np.arange(2, dtype=np.int64), np.ones(2)
+    lists = np.full((2, 1), -1, dtype=np.int32)
+    near = [np.empty(4, dtype=t) for t in (np.int64, np.int64, np.float64)]
+    for part in (g, empty):
+        part.indices = part.indices.astype(np.int32)
+        part.indptr = part.indptr.astype(np.int32)
+    for fell in (True, False):
+        select_rows(
+            (g.indptr, g.indices, g.data),
+            (empty.indptr, empty.indices, empty.data),
+            rows,
+            lists,
+            root,
+            root,
+            1.0,
+            1,
+            root,
+            fell,
+            True,
+            np.empty((2, 1), dtype=np.int64),
+            np.empty((2, 1)),
+            np.empty(2),
+            np.empty(2, dtype=np.int64),
+            *near,
+        )
+    find_slots(lists, rows, rows)
+    _warm = True
