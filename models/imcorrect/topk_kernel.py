@@ -37,16 +37,18 @@ def _score(g: float, root_row: float, root_col: float, shrink: float) -> float:
     return 0.0
 
 
-#: a score g / denom is certainly below t > 0 when g < t · denom · _MARGIN: the margin
-#: dwarfs the rounding of both sides, so the comparison agrees with the rounded quotient
-_MARGIN = 1.0 - 1e-9
+#: a score g / denom is certainly below t > 0 when g < t · denom · _MARGIN, with denom and
+#: t computed from float32 copies of the roots and floors (relative error ≤ 2⁻²⁴ each):
+#: the margin dwarfs that and the rounding of both sides, so the test agrees with the exact
+#: quotient
+_MARGIN = 1.0 - 1e-6
 
 
 @numba.njit(cache=True, inline="always")
 def _surely_below(g: float, denom: float, t: float) -> bool:
-    """g / denom (as :func:`_score` rounds it) ranks after t, decided by one multiplication
-    where it is certain; a division costs several times more and most entries of a long
-    row are far below its list."""
+    """g / denom (as :func:`_score` rounds it from the exact roots) ranks after t, decided by
+    one multiplication where it is certain: a division costs several times more, and most
+    entries of a long row are far below its list."""
     return t > 0.0 and denom > 0.0 and g < t * denom * _MARGIN
 
 
@@ -87,7 +89,9 @@ def _scan(
     c: int,
     r_c: float,
     r_old: float,
-    root_floor: np.ndarray,
+    approx: np.ndarray,
+    root: np.ndarray,
+    floor: np.ndarray,
     shrink: float,
     k: int,
     fell: bool,
@@ -114,16 +118,20 @@ def _scan(
     for p in range(indptr[c], indptr[c + 1]):
         g = np.float64(data[p])
         j = np.int64(indices[p])
-        r_j = root_floor[j, 0]
+        r_j = np.float64(approx[j, 0])
         denom = r_c * r_j + shrink
-        # of the new and the old score, the one with the smaller denominator is the higher
-        # (a negative count is below any positive floor either way); when every degree
-        # fell, that is the new one
-        low = denom if fell else min(denom, r_old * r_j + shrink)
-        if (not report or _surely_below(g, low, root_floor[j, 1])) and _surely_below(
-            g, denom, best_s
-        ):
-            continue
+        if not report:
+            if _surely_below(g, denom, best_s):
+                continue
+        elif fell:
+            # the new score is the higher of new and old (its denominator is the smaller; a
+            # negative count is below any positive floor either way): one test for both
+            if _surely_below(g, denom, min(best_s, np.float64(approx[j, 1]))):
+                continue
+        elif _surely_below(g, min(denom, r_old * r_j + shrink), approx[j, 1]):
+            # the higher of the two scores has the smaller denominator
+            if _surely_below(g, denom, best_s):
+                continue
         if g == 0.0 or j == c or seeded[j]:
             continue
         size, best_s, best_i, n_near = _offer(
@@ -132,8 +140,8 @@ def _scan(
             c,
             r_c,
             r_old,
-            r_j,
-            root_floor[j, 1],
+            root[j],
+            floor[j],
             shrink,
             k,
             fell,
@@ -253,11 +261,15 @@ def select_rows(
     every degree ``fell``, the higher of that and its score under ``root_old[c]``. Returns
     how many were.
     """
-    # each candidate reads its root and floor: side by side, one cache line serves both
-    root_floor = np.empty((len(root), 2))
-    root_floor[:, 0] = root
+    # every candidate reads its neighbour's root and floor: float32 copies side by side
+    # take a quarter of the cache of the two float64 arrays (the exact values are read
+    # only for the few candidates the test cannot dismiss)
+    approx = np.empty((len(root), 2), dtype=np.float32)
+    approx[:, 0] = root
     if report:
-        root_floor[:, 1] = floor
+        approx[:, 1] = floor
+    else:
+        approx[:, 1] = np.inf
     seeded = np.zeros(len(root), dtype=np.bool_)
     hs = np.empty(k)
     hi = np.empty(k, dtype=np.int64)
@@ -283,7 +295,7 @@ def select_rows(
                 r_c,
                 r_old,
                 root[j],
-                root_floor[j, 1],
+                floor[j],
                 shrink,
                 k,
                 fell,
@@ -306,7 +318,9 @@ def select_rows(
             c,
             r_c,
             r_old,
-            root_floor,
+            approx,
+            root,
+            floor,
             shrink,
             k,
             fell,
@@ -329,7 +343,9 @@ def select_rows(
             c,
             r_c,
             r_old,
-            root_floor,
+            approx,
+            root,
+            floor,
             shrink,
             k,
             fell,
