@@ -32,6 +32,7 @@ from models.imcorrect.serving import FrozenScores
 from models.imcorrect.sparse_rows import (
     as_csr,
     drop_entries,
+    drop_entries_in_place,
     shrink_rows_in_place,
     splice_rows,
     valid_indices,
@@ -274,8 +275,11 @@ class IMCorrect(Persistence):
         new.data[np.isin(new.indices, items)] = 0.0
         new.eliminate_zeros()
         n_removed = int(old.nnz - new.nnz)
-        self._x = drop_entries(x, hit)  # a new X: the caller's arrays stay untouched
-        self._owns_x = True
+        if self._owns_x:
+            drop_entries_in_place(x, hit)
+        else:
+            self._x = drop_entries(x, hit)  # a new X: the caller's arrays stay untouched
+            self._owns_x = True
         if self.correct_mapping:
             self._mapping.remove_items(items, RowChange(old, new, np.ones(0), np.ones(0)))
         self.version += 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import numba
 import numpy as np
 import scipy.sparse as sp
 
@@ -102,3 +103,29 @@ def drop_entries(x: sp.csr_matrix, positions: np.ndarray) -> sp.csr_matrix:
     out = sp.csr_matrix((x.data[keep], x.indices[keep], indptr), shape=x.shape, copy=False)
     out.has_sorted_indices = x.has_sorted_indices
     return out
+
+
+@numba.njit(cache=True)
+def _close_gaps(data: np.ndarray, indices: np.ndarray, positions: np.ndarray) -> int:
+    """Move every entry left over the ``positions`` (sorted, unique) before it; returns the
+    new number of entries."""
+    write = positions[0]
+    for q in range(len(positions)):
+        stop = positions[q + 1] if q + 1 < len(positions) else len(data)
+        for p in range(positions[q] + 1, stop):
+            data[write] = data[p]
+            indices[write] = indices[p]
+            write += 1
+    return write
+
+
+def drop_entries_in_place(x: sp.csr_matrix, positions: np.ndarray) -> None:
+    """:func:`drop_entries` inside x's own arrays: one move of the entries after the first
+    position, with no new array of X's size (a popular item's users are spread over all
+    of X, so the copy :func:`drop_entries` makes was most of forgetting the item)."""
+    if len(positions) == 0:
+        return
+    positions = np.asarray(positions, dtype=np.int64)
+    end = _close_gaps(x.data, x.indices, positions)
+    x.indptr[:] = x.indptr - np.searchsorted(positions, x.indptr).astype(x.indptr.dtype)
+    x.data, x.indices = x.data[:end], x.indices[:end]

@@ -81,141 +81,86 @@ def _sift_up(hs: np.ndarray, hi: np.ndarray, at: int) -> None:
         at = parent
 
 
+# A row's selection in progress is passed around as
+#   heap = (scores, items, ints, best): a min-heap in rank order (the root ranks last), with
+#          ints = [size, best left-out item, pairs reported so far], best = [its score];
+#   near = (items j, items c, counts): the reported pairs;
+#   ctx  = (approx, root, floor, shrink, k, fell, report, seeded): what every row shares.
+_SIZE, _BEST_ITEM, _REPORTED = 0, 1, 2
+
+
 @numba.njit(cache=True)
-def _scan(
-    indptr: np.ndarray,
-    indices: np.ndarray,
-    data: np.ndarray,
-    c: int,
-    r_c: float,
-    r_old: float,
-    approx: np.ndarray,
-    root: np.ndarray,
-    floor: np.ndarray,
-    shrink: float,
-    k: int,
-    fell: bool,
-    report: bool,
-    hs: np.ndarray,
-    hi: np.ndarray,
-    seeded: np.ndarray,
-    size: int,
-    best_s: float,
-    best_i: int,
-    near_j: np.ndarray,
-    near_c: np.ndarray,
-    near_g: np.ndarray,
-    n_near: int,
-) -> tuple[int, float, int, int]:
-    """Push the candidates of row ``c`` held in one CSR part, except those ``seeded``,
-    through the heap.
+def _offer(g: float, j: int, c: int, r_c: float, r_old: float, ctx, heap, near) -> None:
+    """Score one candidate (c, j), report it if it reaches j's floor, push it through the
+    heap."""
+    _, root, floor, shrink, k, fell, report, _ = ctx
+    hs, hi, ints, best = heap
+    s = _score(g, r_c, root[j], shrink)
+    if report:
+        high = s
+        if not fell or g < 0.0:
+            # the old score can be the higher one (when every degree fell and the count is
+            # ≥ 0, the old denominator is no smaller, so it is not)
+            high = max(s, _score(g, r_old, root[j], shrink))
+        if high >= floor[j]:
+            n = ints[_REPORTED]
+            near[0][n], near[1][n], near[2][n] = j, c, g
+            ints[_REPORTED] = n + 1
+    size = ints[_SIZE]
+    if size < k:
+        hs[size] = s
+        hi[size] = j
+        _sift_up(hs, hi, size)
+        ints[_SIZE] = size + 1
+    elif _before(s, j, hs[0], hi[0]):
+        # the heap's last entry leaves the list: it may be the best left out
+        if _before(hs[0], hi[0], best[0], ints[_BEST_ITEM]):
+            best[0], ints[_BEST_ITEM] = hs[0], hi[0]
+        hs[0] = s
+        hi[0] = j
+        _sift_down(hs, hi, k, 0)
+    elif _before(s, j, best[0], ints[_BEST_ITEM]):
+        best[0], ints[_BEST_ITEM] = s, j
+
+
+@numba.njit(cache=True)
+def _scan(part, c: int, r_c: float, r_old: float, ctx, heap, near) -> None:
+    """Offer the candidates of row ``c`` held in one CSR part ``(indptr, indices, data)``,
+    except those seeded.
 
     Most entries of a long row score below both the row's best left-out candidate (once
     one exists, every member ranks before it) and their neighbour's floor; one
-    multiplication each proves it, in a loop kept free of the heap's code. The rest are
-    offered to :func:`_offer`.
+    multiplication each proves it, in a loop kept free of the heap's code.
     """
+    indptr, indices, data = part
+    approx, _, _, shrink, _, fell, report, seeded = ctx
+    best = heap[3]
     for p in range(indptr[c], indptr[c + 1]):
         g = np.float64(data[p])
         j = np.int64(indices[p])
         r_j = np.float64(approx[j, 0])
         denom = r_c * r_j + shrink
         if not report:
-            if _surely_below(g, denom, best_s):
+            if _surely_below(g, denom, best[0]):
                 continue
         elif fell:
             # the new score is the higher of new and old (its denominator is the smaller; a
             # negative count is below any positive floor either way): one test for both
-            if _surely_below(g, denom, min(best_s, np.float64(approx[j, 1]))):
+            if _surely_below(g, denom, min(best[0], np.float64(approx[j, 1]))):
                 continue
         elif _surely_below(g, min(denom, r_old * r_j + shrink), approx[j, 1]):
             # the higher of the two scores has the smaller denominator
-            if _surely_below(g, denom, best_s):
+            if _surely_below(g, denom, best[0]):
                 continue
         if g == 0.0 or j == c or seeded[j]:
             continue
-        size, best_s, best_i, n_near = _offer(
-            g,
-            j,
-            c,
-            r_c,
-            r_old,
-            root[j],
-            floor[j],
-            shrink,
-            k,
-            fell,
-            report,
-            hs,
-            hi,
-            size,
-            best_s,
-            best_i,
-            near_j,
-            near_c,
-            near_g,
-            n_near,
-        )
-    return size, best_s, best_i, n_near
+        _offer(g, j, c, r_c, r_old, ctx, heap, near)
 
 
 @numba.njit(cache=True)
-def _offer(
-    g: float,
-    j: int,
-    c: int,
-    r_c: float,
-    r_old: float,
-    r_j: float,
-    f: float,
-    shrink: float,
-    k: int,
-    fell: bool,
-    report: bool,
-    hs: np.ndarray,
-    hi: np.ndarray,
-    size: int,
-    best_s: float,
-    best_i: int,
-    near_j: np.ndarray,
-    near_c: np.ndarray,
-    near_g: np.ndarray,
-    n_near: int,
-) -> tuple[int, float, int, int]:
-    """Score one candidate (c, j); report it if it reaches j's floor ``f``; push it through
-    the heap."""
-    s = _score(g, r_c, r_j, shrink)
-    if report:
-        high = s
-        if not fell or g < 0.0:
-            # the old score can be the higher one (when every degree fell and the count is
-            # ≥ 0, the old denominator is no smaller, so it is not)
-            high = max(s, _score(g, r_old, r_j, shrink))
-        if high >= f:
-            near_j[n_near] = j
-            near_c[n_near] = c
-            near_g[n_near] = g
-            n_near += 1
-    if size < k:
-        hs[size] = s
-        hi[size] = j
-        _sift_up(hs, hi, size)
-        size += 1
-    elif _before(s, j, hs[0], hi[0]):
-        # the heap's last entry leaves the list: it may be the best left out
-        if _before(hs[0], hi[0], best_s, best_i):
-            best_s, best_i = hs[0], hi[0]
-        hs[0] = s
-        hi[0] = j
-        _sift_down(hs, hi, k, 0)
-    elif _before(s, j, best_s, best_i):
-        best_s, best_i = s, j
-    return size, best_s, best_i, n_near
-
-
-@numba.njit(cache=True)
-def _count(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, c: int, j: int) -> float:
+def _count(part, c: int, j: int) -> float:
     """G_cj as stored in one CSR part (0 if absent): a binary search of row c."""
+    indptr, indices, data = part
     lo, hi = indptr[c], indptr[c + 1]
     while lo < hi:
         mid = (lo + hi) // 2
@@ -271,103 +216,32 @@ def select_rows(
     else:
         approx[:, 1] = np.inf
     seeded = np.zeros(len(root), dtype=np.bool_)
-    hs = np.empty(k)
-    hi = np.empty(k, dtype=np.int64)
-    b_ptr, b_idx, b_val = base
-    e_ptr, e_idx, e_val = extra
-    n_near = 0
+    ctx = (approx, root, floor, shrink, k, fell, report, seeded)
+    hs, hi = np.empty(k), np.empty(k, dtype=np.int64)
+    ints, best = np.zeros(3, dtype=np.int64), np.empty(1)
+    heap = (hs, hi, ints, best)
+    near = (near_j, near_c, near_g)
     for q in range(len(rows)):
         c = rows[q]
         r_c, r_old = root[c], root_old[c]
-        size, best_s, best_i = 0, -np.inf, _PAD
+        ints[_SIZE], ints[_BEST_ITEM], best[0] = 0, _PAD, -np.inf
         for t in range(seeds.shape[1]):
             j = np.int64(seeds[q, t])
             if j < 0 or j == c or seeded[j]:
                 continue
-            g = _count(b_ptr, b_idx, b_val, c, j) + _count(e_ptr, e_idx, e_val, c, j)
-            if g == 0.0:  # (a pair lives in one part only)
-                continue
-            seeded[j] = True
-            size, best_s, best_i, n_near = _offer(
-                g,
-                j,
-                c,
-                r_c,
-                r_old,
-                root[j],
-                floor[j],
-                shrink,
-                k,
-                fell,
-                report,
-                hs,
-                hi,
-                size,
-                best_s,
-                best_i,
-                near_j,
-                near_c,
-                near_g,
-                n_near,
-            )
-        # two calls, not a loop over the parts: their array types may differ
-        size, best_s, best_i, n_near = _scan(
-            b_ptr,
-            b_idx,
-            b_val,
-            c,
-            r_c,
-            r_old,
-            approx,
-            root,
-            floor,
-            shrink,
-            k,
-            fell,
-            report,
-            hs,
-            hi,
-            seeded,
-            size,
-            best_s,
-            best_i,
-            near_j,
-            near_c,
-            near_g,
-            n_near,
-        )
-        size, best_s, best_i, n_near = _scan(
-            e_ptr,
-            e_idx,
-            e_val,
-            c,
-            r_c,
-            r_old,
-            approx,
-            root,
-            floor,
-            shrink,
-            k,
-            fell,
-            report,
-            hs,
-            hi,
-            seeded,
-            size,
-            best_s,
-            best_i,
-            near_j,
-            near_c,
-            near_g,
-            n_near,
-        )
+            g = _count(base, c, j) + _count(extra, c, j)  # a pair lives in one part only
+            if g != 0.0:
+                seeded[j] = True
+                _offer(g, j, c, r_c, r_old, ctx, heap, near)
+        for part in numba.literal_unroll((base, extra)):  # their array types may differ
+            _scan(part, c, r_c, r_old, ctx, heap, near)
         for t in range(seeds.shape[1]):
             if seeds[q, t] >= 0:
                 seeded[seeds[q, t]] = False
         # popping the root (ranked last) fills the list from its end
-        for slot in range(k - 1, size - 1, -1):
-            out_idx[q, slot] = _PAD
-            out_val[q, slot] = -np.inf
+        size = ints[_SIZE]
+        out_idx[q, size:] = _PAD
+        out_val[q, size:] = -np.inf
         while size > 0:
             size -= 1
             out_idx[q, size] = hi[0]
@@ -375,9 +249,9 @@ def select_rows(
             hs[0] = hs[size]
             hi[0] = hi[size]
             _sift_down(hs, hi, size, 0)
-        out_bound[q] = best_s
-        out_bound_idx[q] = best_i
-    return n_near
+        out_bound[q] = best[0]
+        out_bound_idx[q] = ints[_BEST_ITEM]
+    return ints[_REPORTED]
 
 
 @numba.njit(cache=True)

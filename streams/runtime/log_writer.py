@@ -18,10 +18,9 @@ from confluent_kafka import KafkaError, KafkaException
 
 from streams.config import LetheSettings
 from streams.contracts import DeletionReceipt, RecRequest
-from streams.retention import TopicRetention
 from streams.runtime import kafka
 from streams.runtime.changelog import PublishedRecord, encode, step_records
-from streams.services.base import Effects, Inputs, Outbox
+from streams.services.base import Effects, Inputs, NoOutbox
 
 log = logging.getLogger("lethe.replica")
 
@@ -112,7 +111,7 @@ def _classify(exc: KafkaException) -> Exception:
     return Fenced(str(exc.args[0])) if _is_fenced(exc.args[0]) else exc
 
 
-class LogWriter:
+class LogWriter(NoOutbox):
     """The sequencer's service: a runtime step goes into the change log, not into a model.
 
     It runs inside a :class:`streams.runtime.loop.Runtime` (decoding, dead letters, the
@@ -188,21 +187,8 @@ class LogWriter:
     def tick(self) -> Effects:
         return Effects()
 
-    def use_retention(self, retention: dict[str, TopicRetention]) -> None:
-        return None
-
     def answer(self, requests: list[RecRequest]) -> list[bytes]:
         raise NotImplementedError("replicas answer requests, the sequencer does not")
-
-    @property
-    def outbox(self) -> Outbox:
-        return Outbox()
-
-    def stage(self, effects: Effects, receipts_end_offsets: dict[str, int]) -> None:
-        return None
-
-    def clear_outbox(self) -> None:
-        return None
 
     def save(self, *, for_receipt: bool = False) -> None:
         return None

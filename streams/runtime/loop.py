@@ -37,6 +37,7 @@ from streams.runtime.decode import decode_interactions, decode_one
 from streams.runtime.lock import StateLock
 from streams.runtime.memory import MemoryIO
 from streams.runtime.publish import Publisher
+from streams.runtime.snapshots import SnapshotClock
 from streams.services.base import Effects, Inputs, Service
 from streams.topics import topic_name
 
@@ -101,8 +102,7 @@ class Runtime:
         self.logical = {v: k for k, v in self.topics.items()}
         self.barrier = OrderedBarrier()
         self._stop = False
-        self._last_snapshot = time.monotonic()
-        self._snapshot_offsets: dict[str, int] = {}
+        self.snapshots = SnapshotClock()
         self._lag_at = 0.0
 
     def stop(self) -> None:
@@ -121,7 +121,7 @@ class Runtime:
             # short-lived objects pass without a collection every 700 allocations
             gc.freeze()
             gc.set_threshold(100_000, 50, 100)
-            self._snapshot_offsets = dict(self.service.offsets)
+            self.snapshots.track(self.service)
             port = m.serve(cfg.metrics_host, cfg.metrics_port)
             self.io.create_topics()
             self.consumer = self.io.consumer()
@@ -158,7 +158,7 @@ class Runtime:
         lock, the metrics port and ``publisher`` (the IMCorrect writer's sequencer)."""
         self.service = service
         self.publisher = publisher
-        self._snapshot_offsets = dict(service.offsets)
+        self.snapshots.track(service)
         self.consumer = self.io.consumer()
         self._assign()
 
@@ -407,23 +407,16 @@ class Runtime:
 
     # -- snapshots and gauges -----------------------------------------------------------------
     def _maybe_snapshot(self) -> None:
-        due = time.monotonic() - self._last_snapshot >= self.service.snapshot_interval_s
-        if due and self.service.offsets != self._snapshot_offsets:
-            self._snapshot()  # an idle worker rewrites nothing
-        elif due:
-            self._last_snapshot = time.monotonic()
+        if self.snapshots.due(self.service):
+            self._snapshot()
 
     def _snapshot(self, for_receipt: bool = False) -> None:
         self.publisher.flush()  # dead letters of records the snapshot passes are out
-        start = time.perf_counter()
-        self.service.save(for_receipt=for_receipt)
-        m.SNAPSHOT_SECONDS.observe(time.perf_counter() - start)
-        self._last_snapshot = time.monotonic()
-        self._snapshot_offsets = dict(self.service.offsets)
+        self.snapshots.save(self.service, for_receipt=for_receipt)
 
     def _gauges(self) -> None:
         now = time.monotonic()
-        m.SNAPSHOT_AGE.set(now - self._last_snapshot)
+        m.SNAPSHOT_AGE.set(self.snapshots.age_s)
         oldest = self.barrier.oldest_ts()
         m.DELETION_PENDING_AGE.set(max(0.0, time.time() - oldest / 1000) if oldest else 0.0)
         if now - self._lag_at < 2.0:

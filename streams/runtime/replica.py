@@ -46,6 +46,7 @@ from streams.runtime.log_writer import Fenced, LogWriter, TransactionalLog
 from streams.runtime.loop import _TOPICS, Runtime
 from streams.runtime.publish import Publisher
 from streams.runtime.roster import Heartbeat, Roster
+from streams.runtime.snapshots import SnapshotClock
 from streams.services.base import Effects
 from streams.services.imcorrect import IMCorrectService, imcorrect_folder
 from streams.topics import topic_name
@@ -91,8 +92,7 @@ class ReplicaRuntime:
         self.server = None
         self._beat_at = 0.0
         self._gauges_at = 0.0
-        self._saved_at = time.monotonic()
-        self._saved_offsets: dict[str, int] = {}
+        self.snapshots = SnapshotClock()
 
     def stop(self) -> None:
         self._stop = True
@@ -115,7 +115,7 @@ class ReplicaRuntime:
                 self.service.use_retention(retention)
             self._restore_pending()
             m.IMCORRECT_WRITER.labels(self.replica).set(0)
-            self._saved_offsets = dict(self.service.offsets)
+            self.snapshots.track(self.service)
             try:
                 start = self.service.offsets.get(self.log_key, 0)
                 self.follower = LogFollower(cfg, self.log_topic, start, self._foreign)
@@ -376,22 +376,15 @@ class ReplicaRuntime:
 
     # -- snapshots and gauges -----------------------------------------------------------------
     def _maybe_snapshot(self) -> None:
-        due = time.monotonic() - self._saved_at >= self.cfg.snapshot_interval_s
-        if due and self.service.offsets != self._saved_offsets:
+        if self.snapshots.due(self.service):
             self._save()
-        elif due:
-            self._saved_at = time.monotonic()
 
     def _save(self, for_receipt: bool = False) -> None:
-        start = time.perf_counter()
-        self.service.save(for_receipt=for_receipt)
-        m.SNAPSHOT_SECONDS.observe(time.perf_counter() - start)
-        self._saved_at = time.monotonic()
-        self._saved_offsets = dict(self.service.offsets)
+        self.snapshots.save(self.service, for_receipt=for_receipt)
 
     def _gauges(self) -> None:
         now = time.monotonic()
-        m.SNAPSHOT_AGE.set(now - self._saved_at)
+        m.SNAPSHOT_AGE.set(self.snapshots.age_s)
         if now - self._gauges_at < 2.0:
             return
         self._gauges_at = now

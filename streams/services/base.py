@@ -159,3 +159,21 @@ class Service(Protocol):
     def close(self) -> None:
         """Release what the service holds besides its files (threads, sessions)."""
         ...
+
+
+class NoOutbox:
+    """The outbox half of :class:`Service` for a service that publishes no receipts and no
+    announcements of its own (mixed into it)."""
+
+    def use_retention(self, retention: dict[str, TopicRetention]) -> None:
+        return None  # no receipt to name the retention in
+
+    @property
+    def outbox(self) -> Outbox:
+        return Outbox()
+
+    def stage(self, effects: Effects, receipts_end_offsets: dict[str, int]) -> None:
+        return None
+
+    def clear_outbox(self) -> None:
+        return None

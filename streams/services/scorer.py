@@ -33,7 +33,6 @@ from streams.config import LetheSettings
 from streams.contracts import ModelUpdate, ModelVersions, RecRequest, recommendation_bytes
 from streams.keys import keyring_for
 from streams.model_auth import UpdateRefused, authenticate, update_key
-from streams.retention import TopicRetention
 from streams.scorer_models import (
     Catalogue,
     IMCorrectView,
@@ -44,14 +43,14 @@ from streams.scorer_models import (
     load_served_model,
     score_batch,
 )
-from streams.services.base import Effects, Inputs, Outbox
+from streams.services.base import Effects, Inputs, NoOutbox
 from streams.services.imcorrect import imcorrect_folder
 from streams.services.scorer_state import ScorerState
 
 log = logging.getLogger("lethe.scorer")
 
 
-class ScorerService:
+class ScorerService(NoOutbox):
     """Score requests; keep sequences and forgotten ids; swap models. No Kafka here."""
 
     name: ClassVar[str] = "scorer"
@@ -101,21 +100,8 @@ class ScorerService:
     def batch_max_wait_ms(self) -> float:
         return self.cfg.idle_wait_ms
 
-    def use_retention(self, retention: dict[str, TopicRetention]) -> None:
-        return None  # the scorer writes no receipts
-
     def note_dead_letters(self, n: int, offsets: dict[str, int]) -> None:
         self.state.offsets.update(offsets)
-
-    @property
-    def outbox(self) -> Outbox:
-        return Outbox()
-
-    def stage(self, effects: Effects, receipts_end_offsets: dict[str, int]) -> None:
-        return None
-
-    def clear_outbox(self) -> None:
-        return None
 
     def save(self, *, for_receipt: bool = False) -> None:
         write_json_atomically(self.state_file, self.state.to_dict())

@@ -8,7 +8,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from models.imcorrect import IMCorrect
-from models.imcorrect.sparse_rows import drop_entries, shrink_rows_in_place, splice_rows
+from models.imcorrect.sparse_rows import (
+    drop_entries,
+    drop_entries_in_place,
+    shrink_rows_in_place,
+    splice_rows,
+)
 
 
 def _random_x(seed: int, shape: tuple[int, int] = (30, 12)) -> sp.csr_matrix:
@@ -78,3 +83,6 @@ def test_dropping_the_entries_of_some_items_equals_the_splice_of_their_rows(seed
     np.testing.assert_array_equal(out.indices, expected.indices)
     np.testing.assert_array_equal(out.data, expected.data)
     assert (x != before).nnz == 0  # the input is left as it was
+    drop_entries_in_place(x, hit)  # and in x's own arrays, the same matrix
+    for name in ("indptr", "indices", "data"):
+        np.testing.assert_array_equal(getattr(x, name), getattr(expected, name))
