@@ -150,11 +150,14 @@ class ItemKNNTopK(DegreeRows, ListMerge, Mapping):
             # a few entries of long rows changed (learning): ΔG = DᵀR + RᵀD + DᵀD with
             # D = new − old, R = old has |D|·|R| terms instead of the |R|² of Aᵀ S A
             cross = diff.T @ old
-            delta = (cross + cross.T + diff.T @ diff).tocoo()
+            delta = (cross + cross.T + diff.T @ diff).tocsr()
         else:
             # whole rows appear or vanish: ΔG = Aᵀ S A on the touched columns
             sub = a[:, touched]
-            delta = (sub.T @ sp.diags(signs) @ sub).tocoo()
+            delta = (sub.T @ sp.diags(signs) @ sub).tocsr()
+        # sorted within each row, the pairs are found in G by galloping along its rows
+        delta.sort_indices()
+        delta = delta.tocoo()
         nz = delta.data != 0
         self._apply_delta(touched[delta.row[nz]], touched[delta.col[nz]], delta.data[nz])
 

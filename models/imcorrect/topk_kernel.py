@@ -18,6 +18,7 @@ import numba
 import numpy as np
 import scipy.sparse as sp
 
+from models.imcorrect.cooccurrence import find
 from models.imcorrect.topk import PAD
 
 _PAD = PAD  # a global constant for the compiled code
@@ -316,4 +317,5 @@ def warm() -> None:
             *near,
         )
     find_slots(lists, rows, rows)
+    find(g, rows, rows)
     _warm = True

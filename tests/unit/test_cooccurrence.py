@@ -15,20 +15,26 @@ def _random_csr(rng: np.random.Generator, n: int, density: float) -> sp.csr_matr
     return m
 
 
-def test_row_by_row_and_vectorised_lookups_agree(monkeypatch):
+def test_lookups_in_any_order_agree_with_the_dense_matrix():
     rng = np.random.default_rng(0)
     m = _random_csr(rng, 300, 0.05)
     dense = m.toarray()
     rows = rng.integers(0, 300, size=5_000)
     cols = rng.integers(0, 300, size=5_000)
-    rows[:2000] = np.sort(rows[:2000])  # a grouped part and an unordered one
-    for per_row in (10**9, 1):  # every query vectorised, then every query row by row
-        monkeypatch.setattr(cooccurrence, "_ROW_QUERIES", per_row)
-        pos = find(m, rows, cols)
-        hit = pos >= 0
-        assert np.array_equal(hit, dense[rows, cols] != 0)
-        assert np.array_equal(m.data[pos[hit]], dense[rows[hit], cols[hit]])
-        assert np.array_equal(m.indices[pos[hit]], cols[hit])
+    # grouped by row with sorted columns (a change's pairs), grouped with unsorted ones,
+    # repeated queries, and no order at all
+    order = np.lexsort((cols[:2000], rows[:2000]))
+    rows[:2000], cols[:2000] = rows[:2000][order], cols[:2000][order]
+    rows[2000:3000] = np.sort(rows[2000:3000])
+    rows[3000:3100], cols[3000:3100] = rows[2900:3000], cols[2900:3000]
+    pos = find(m, rows, cols)
+    hit = pos >= 0
+    assert np.array_equal(hit, dense[rows, cols] != 0)
+    assert np.array_equal(m.data[pos[hit]], dense[rows[hit], cols[hit]])
+    assert np.array_equal(m.indices[pos[hit]], cols[hit])
+    # every stored entry is found where it is
+    r, c = m.nonzero()
+    assert np.array_equal(find(m, r, c), np.arange(m.nnz))
     assert len(find(m, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))) == 0
 
 
@@ -59,3 +65,17 @@ def test_add_returns_the_values_before_it_and_rows_can_skip_the_diagonal():
     assert not np.any(cols_out == items[owner])
     owner_all, cols_all, _ = counts.rows(items)
     assert np.sum(cols_all == items[owner_all]) == 2
+
+
+def test_sorted_lookups_along_a_long_row_find_every_entry_and_nothing_else():
+    # the gallop from one query to the next over gaps of every size, both ends included
+    rng = np.random.default_rng(3)
+    n = 20_000
+    cols = np.sort(rng.choice(n, size=5_000, replace=False))
+    m = sp.csr_matrix((np.ones(len(cols)), (np.zeros(len(cols), dtype=np.int64), cols)), (2, n))
+    queries = np.unique(np.concatenate([rng.choice(n, 3_000), cols[::7], [0, n - 1]]))
+    pos = find(m, np.zeros(len(queries), dtype=np.int64), queries)
+    stored = np.isin(queries, cols)
+    assert np.array_equal(pos >= 0, stored)
+    assert np.array_equal(m.indices[pos[stored]], queries[stored])
+    assert np.all(find(m, np.ones(3, dtype=np.int64), np.array([0, 5, n - 1])) == -1)
