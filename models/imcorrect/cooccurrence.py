@@ -21,9 +21,10 @@ float64 first.
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 import scipy.sparse as sp
+
+from models.imcorrect.jit import njit
 
 #: merge ``extra`` into ``base`` when it holds more than this share of ``base``'s pairs
 COMPACT_SHARE = 0.05
@@ -57,7 +58,7 @@ def find(m: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     return _find(m.indptr, m.indices, rows, cols)
 
 
-@numba.njit(cache=True)
+@njit
 def _find(indptr: np.ndarray, indices: np.ndarray, rows: np.ndarray, cols: np.ndarray):
     out = np.full(len(rows), -1, dtype=np.int64)
     prev_row, prev_col, start = -1, -1, 0
@@ -259,6 +260,8 @@ class Cooccurrence:
             ),
             shape=(n_items, n_items),
         )
+        # every index in range (the compiled lookups do not check bounds)
+        out.base.check_format(full_check=True)
         out.base.sort_indices()
         everything = np.arange(n_items)
         out.max_diag = float(np.abs(out.get(everything, everything)).max(initial=0.0))

@@ -364,11 +364,14 @@ class ItemKNNTopK(DegreeRows, ListMerge, Mapping):
         self.bound = np.array(arrays["bound"], dtype=np.float64)
         self.bound_idx = np.array(arrays["bound_idx"], dtype=np.int64)
         n = len(self.degree)
+        if self.nbr_idx.shape[1] != self.k:
+            kept = self.nbr_idx.shape[1]
+            raise ValueError(f"snapshot keeps {kept} neighbours per item, config says k={self.k}")
+        if self.nbr_idx.shape[0] != n or int(self.nbr_idx.max(initial=-1)) >= n:
+            # the compiled kernels index by these without bounds checks
+            raise ValueError(f"snapshot's neighbour lists do not fit its {n} items")
         self.fill = np.zeros(n, dtype=np.int64)
         self.worst_val = np.full(n, np.inf)
         self.worst_idx = np.full(n, -1, dtype=np.int64)
         self._rescan_worst(np.arange(n))
-        if self.nbr_idx.shape[1] != self.k:
-            kept = self.nbr_idx.shape[1]
-            raise ValueError(f"snapshot keeps {kept} neighbours per item, config says k={self.k}")
         self._mapping = None

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-import numba
 import numpy as np
 import scipy.sparse as sp
+
+from models.imcorrect.jit import njit
 
 
 def as_csr(x: sp.spmatrix | np.ndarray) -> sp.csr_matrix:
@@ -105,7 +106,7 @@ def drop_entries(x: sp.csr_matrix, positions: np.ndarray) -> sp.csr_matrix:
     return out
 
 
-@numba.njit(cache=True)
+@njit
 def _close_gaps(data: np.ndarray, indices: np.ndarray, positions: np.ndarray) -> int:
     """Move every entry left over the ``positions`` (sorted, unique) before it; returns the
     new number of entries."""

@@ -14,23 +14,25 @@ reference the kernel is tested against.
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 import scipy.sparse as sp
+from numba import literal_unroll
 
 from models.imcorrect.cooccurrence import find
+from models.imcorrect.jit import njit
+from models.imcorrect.sparse_rows import drop_entries_in_place
 from models.imcorrect.topk import PAD
 
 _PAD = PAD  # a global constant for the compiled code
 
 
-@numba.njit(cache=True, inline="always")
+@njit(inline="always")
 def _before(sa: float, ia: int, sb: float, ib: int) -> bool:
     """(sa, ia) ranks strictly before (sb, ib): higher score, then lower index."""
     return sa > sb or (sa == sb and ia < ib)
 
 
-@numba.njit(cache=True, inline="always")
+@njit(inline="always")
 def _score(g: float, root_row: float, root_col: float, shrink: float) -> float:
     denom = root_row * root_col + shrink
     if shrink > 0.0 or denom > 0.0:
@@ -38,14 +40,25 @@ def _score(g: float, root_row: float, root_col: float, shrink: float) -> float:
     return 0.0
 
 
-#: a score g / denom is certainly below t > 0 when g < t · denom · _MARGIN, with denom and
-#: t computed from float32 copies of the roots and floors (relative error ≤ 2⁻²⁴ each):
-#: the margin dwarfs that and the rounding of both sides, so the test agrees with the exact
-#: quotient
+#: a score g / denom is certainly below t > 0 when g < t · denom · _MARGIN, where denom and
+#: t may come from :func:`toward_zero32` copies of the roots and floors: those are no larger
+#: than the exact values, so they only make the test more cautious, and the margin dwarfs
+#: the rounding of the products
 _MARGIN = 1.0 - 1e-6
 
 
-@numba.njit(cache=True, inline="always")
+def toward_zero32(values: np.ndarray) -> np.ndarray:
+    """float32 copies of ``values`` rounded toward zero: none larger in magnitude than its
+    float64 value (an overflow gives the largest float32, an underflow rounds down, ±inf
+    stays), for the dismissal test of :func:`_scan`."""
+    with np.errstate(over="ignore"):  # an overflow is handled below
+        out = values.astype(np.float32)
+    over = np.abs(out.astype(np.float64)) > np.abs(values)
+    out[over] = np.nextafter(out[over], np.float32(0))
+    return out
+
+
+@njit(inline="always")
 def _surely_below(g: float, denom: float, t: float) -> bool:
     """g / denom (as :func:`_score` rounds it from the exact roots) ranks after t, decided by
     one multiplication where it is certain: a division costs several times more, and most
@@ -53,7 +66,7 @@ def _surely_below(g: float, denom: float, t: float) -> bool:
     return t > 0.0 and denom > 0.0 and g < t * denom * _MARGIN
 
 
-@numba.njit(cache=True)
+@njit
 def _sift_down(hs: np.ndarray, hi: np.ndarray, size: int, at: int) -> None:
     # min-heap in rank order: the root is the entry ranked last
     while True:
@@ -71,7 +84,7 @@ def _sift_down(hs: np.ndarray, hi: np.ndarray, size: int, at: int) -> None:
         at = low
 
 
-@numba.njit(cache=True)
+@njit
 def _sift_up(hs: np.ndarray, hi: np.ndarray, at: int) -> None:
     while at > 0:
         parent = (at - 1) // 2
@@ -90,7 +103,7 @@ def _sift_up(hs: np.ndarray, hi: np.ndarray, at: int) -> None:
 _SIZE, _BEST_ITEM, _REPORTED = 0, 1, 2
 
 
-@numba.njit(cache=True)
+@njit
 def _offer(g: float, j: int, c: int, r_c: float, r_old: float, ctx, heap, near) -> None:
     """Score one candidate (c, j), report it if it reaches j's floor, push it through the
     heap."""
@@ -124,7 +137,7 @@ def _offer(g: float, j: int, c: int, r_c: float, r_old: float, ctx, heap, near) 
         best[0], ints[_BEST_ITEM] = s, j
 
 
-@numba.njit(cache=True)
+@njit
 def _scan(part, c: int, r_c: float, r_old: float, ctx, heap, near) -> None:
     """Offer the candidates of row ``c`` held in one CSR part ``(indptr, indices, data)``,
     except those seeded.
@@ -158,7 +171,7 @@ def _scan(part, c: int, r_c: float, r_old: float, ctx, heap, near) -> None:
         _offer(g, j, c, r_c, r_old, ctx, heap, near)
 
 
-@numba.njit(cache=True)
+@njit
 def _count(part, c: int, j: int) -> float:
     """G_cj as stored in one CSR part (0 if absent): a binary search of row c."""
     indptr, indices, data = part
@@ -174,12 +187,13 @@ def _count(part, c: int, j: int) -> float:
     return 0.0
 
 
-@numba.njit(cache=True)
+@njit
 def select_rows(
     base: tuple[np.ndarray, np.ndarray, np.ndarray],
     extra: tuple[np.ndarray, np.ndarray, np.ndarray],
     rows: np.ndarray,
     seeds: np.ndarray,
+    approx: np.ndarray,
     root: np.ndarray,
     root_old: np.ndarray,
     shrink: float,
@@ -202,20 +216,13 @@ def select_rows(
     row's candidates are its non-zero, off-diagonal entries in both. ``seeds[q]`` (−1
     padding) are candidates offered first: the row's previous list, which is most often
     most of the new one, so that few later candidates displace an entry of the heap (the
-    result does not depend on the order). With ``report``, each entry (c, j) whose score
+    result does not depend on the order). ``approx`` holds :func:`toward_zero32` copies of
+    ``root`` and ``floor`` side by side: every candidate reads its neighbour's, and they take
+    a quarter of the cache of the two float64 arrays. With ``report``, each entry (c, j) whose score
     reaches ``floor[j]`` is written to ``near_*`` as (j, c, G_jc): its new score or, unless
     every degree ``fell``, the higher of that and its score under ``root_old[c]``. Returns
     how many were.
     """
-    # every candidate reads its neighbour's root and floor: float32 copies side by side
-    # take a quarter of the cache of the two float64 arrays (the exact values are read
-    # only for the few candidates the test cannot dismiss)
-    approx = np.empty((len(root), 2), dtype=np.float32)
-    approx[:, 0] = root
-    if report:
-        approx[:, 1] = floor
-    else:
-        approx[:, 1] = np.inf
     seeded = np.zeros(len(root), dtype=np.bool_)
     ctx = (approx, root, floor, shrink, k, fell, report, seeded)
     hs, hi = np.empty(k), np.empty(k, dtype=np.int64)
@@ -234,7 +241,7 @@ def select_rows(
             if g != 0.0:
                 seeded[j] = True
                 _offer(g, j, c, r_c, r_old, ctx, heap, near)
-        for part in numba.literal_unroll((base, extra)):  # their array types may differ
+        for part in literal_unroll((base, extra)):  # their array types may differ
             _scan(part, c, r_c, r_old, ctx, heap, near)
         for t in range(seeds.shape[1]):
             if seeds[q, t] >= 0:
@@ -255,7 +262,7 @@ def select_rows(
     return ints[_REPORTED]
 
 
-@numba.njit(cache=True)
+@njit
 def find_slots(
     nbr_idx: np.ndarray, rows: np.ndarray, cols: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -284,38 +291,43 @@ _warm = False
 
 
 def warm() -> None:
-    """Compile (or load from numba's cache) the kernels for binary counts (float32 counts,
-    int32 indices) now, once per process, so that no first forget pays for it."""
+    """Compile (or load from numba's cache) the kernels now, once per process, for binary
+    counts (float32) and weighted ones (float64), so that no first forget pays for it."""
     global _warm
     if _warm:
         return
-    g = sp.csr_matrix(np.array([[2.0, 1.0], [1.0, 1.0]], dtype=np.float32))
-    empty = sp.csr_matrix((2, 2), dtype=np.float32)
     rows, root = np.arange(2, dtype=np.int64), np.ones(2)
     lists = np.full((2, 1), -1, dtype=np.int32)
     near = [np.empty(4, dtype=t) for t in (np.int64, np.int64, np.float64)]
-    for part in (g, empty):
-        part.indices = part.indices.astype(np.int32)
-        part.indptr = part.indptr.astype(np.int32)
-    for fell in (True, False):
-        select_rows(
-            (g.indptr, g.indices, g.data),
-            (empty.indptr, empty.indices, empty.data),
-            rows,
-            lists,
-            root,
-            root,
-            1.0,
-            1,
-            root,
-            fell,
-            True,
-            np.empty((2, 1), dtype=np.int64),
-            np.empty((2, 1)),
-            np.empty(2),
-            np.empty(2, dtype=np.int64),
-            *near,
-        )
+    approx = toward_zero32(np.column_stack([root, root]))
+    for dtype in (np.float32, np.float64):
+        g = sp.csr_matrix(np.array([[2.0, 1.0], [1.0, 1.0]], dtype=dtype))
+        empty = sp.csr_matrix((2, 2), dtype=dtype)
+        for part in (g, empty):
+            part.indices = part.indices.astype(np.int32)
+            part.indptr = part.indptr.astype(np.int32)
+        for fell in (True, False):
+            select_rows(
+                (g.indptr, g.indices, g.data),
+                (empty.indptr, empty.indices, empty.data),
+                rows,
+                lists,
+                approx,
+                root,
+                root,
+                1.0,
+                1,
+                root,
+                fell,
+                True,
+                np.empty((2, 1), dtype=np.int64),
+                np.empty((2, 1)),
+                np.empty(2),
+                np.empty(2, dtype=np.int64),
+                *near,
+            )
+        find(g, rows, rows)
     find_slots(lists, rows, rows)
-    find(g, rows, rows)
+    x = sp.csr_matrix(np.eye(2))  # X: float64 values, int32 indices
+    drop_entries_in_place(x, np.array([0]))
     _warm = True

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from models.imcorrect.topk import PAD
-from models.imcorrect.topk_kernel import select_rows
+from models.imcorrect.topk_kernel import select_rows, toward_zero32
 
 #: a group of rows holds about this many stored entries (one row may hold more) ...
 _GROUP_ENTRIES = 4_000_000
@@ -72,6 +72,9 @@ class DegreeRows:
         extra = (counts.extra.indptr, counts.extra.indices, counts.extra.data)
         rows = np.asarray(rows, dtype=np.int64)
         lengths = counts.row_lengths(rows)
+        approx = toward_zero32(
+            np.column_stack([root, floor if report else np.full_like(root, np.inf)])
+        )
         for lo, hi in _groups(lengths):
             group = rows[lo:hi]
             lists = _Lists(len(group), self.k)
@@ -84,6 +87,7 @@ class DegreeRows:
                 extra,
                 group,
                 self.nbr_idx[group],  # the previous lists (−1 padding) are offered first
+                approx,
                 root,
                 root_old,
                 float(self.shrink),

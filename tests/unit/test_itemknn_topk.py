@@ -10,7 +10,7 @@ import scipy.sparse as sp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from models.imcorrect import IMCorrect, topk_kernel, topk_rows
+from models.imcorrect import IMCorrect, itemknn_topk, topk_kernel, topk_rows
 from models.imcorrect.topk import PAD, select
 from tests.unit.imcorrect_contract import MappingContract
 
@@ -209,6 +209,7 @@ def test_the_compiled_selection_matches_the_numpy_one_row_by_row(
         *[(p.indptr, p.indices, p.data) for p in parts],
         group,
         seeds,
+        topk_kernel.toward_zero32(np.column_stack([root, floor])),
         root,
         root_old,
         shrink,
@@ -301,6 +302,19 @@ def test_rejects_bad_parameters_and_a_snapshot_of_another_k(tmp_path):
     (tmp_path / "snap.json").write_text(meta)
     with pytest.raises(ValueError, match="neighbours"):
         IMCorrect.load(tmp_path / "snap")
+
+
+def test_a_snapshot_naming_items_beyond_its_catalogue_is_refused():
+    # the compiled kernels index by the lists and the counts without bounds checks
+    model = IMCorrect("itemknn-topk", k=2).fit(sp.csr_matrix(np.ones((3, 4))))
+    arrays = {name: np.array(a) for name, a in model._mapping.state().items()}
+    bad_list = {**arrays, "nbr_idx": np.where(arrays["nbr_idx"] == 1, 7, arrays["nbr_idx"])}
+    with pytest.raises(ValueError, match="do not fit"):
+        itemknn_topk.ItemKNNTopK(k=2).load_state(bad_list)
+    bad_counts = {**arrays, "g_indices": np.where(arrays["g_indices"] == 1, 9, arrays["g_indices"])}
+    with pytest.raises(ValueError):
+        itemknn_topk.ItemKNNTopK(k=2).load_state(bad_counts)
+    itemknn_topk.ItemKNNTopK(k=2).load_state(arrays)  # the real one loads
 
 
 def test_forgetting_one_user_recomputes_only_a_few_rows():
@@ -412,3 +426,26 @@ def test_with_shrink_a_degree_change_alone_can_reorder_a_row():
     model.forget(users=range(11, 106))
     assert model._mapping.neighbours()[0][0, 0] == 2
     assert_same_as_fresh_fit(model, 1, 10.0)
+
+
+@pytest.mark.parametrize("weight", [1.0, 1e40, 7.5e-46])
+def test_weights_beyond_float32s_range_do_not_hide_a_neighbour(weight):
+    # the compiled selection dismisses candidates against float32 copies of the roots: a
+    # root of 1e40 overflows float32 and one of 7.5e-46 is subnormal there; rounded toward
+    # zero the copies only make the test more cautious, so item 3 stays item 0's neighbour
+    entries = [(0, 0, 1), (0, 1, 1), (1, 0, 1), (1, 2, 1), (2, 1, 1), (3, 2, 1), (4, 2, 1)]
+    entries += [(5, 0, 1), (5, 3, weight)]
+    users, items, values = zip(*entries, strict=True)
+    x = sp.csr_matrix((np.array(values, dtype=float), (users, items)), shape=(6, 4))
+    model = IMCorrect("itemknn-topk", k=1, shrink=0.0).fit(x)
+    assert model._mapping.neighbours()[0][0, 0] == 3
+    assert model._mapping.drift(model.interactions, np.random.default_rng(0), 4) == 0.0
+    assert_same_as_fresh_fit(model, 1, 0.0)
+
+
+def test_float32_copies_round_toward_zero():
+    values = np.array([1e40, -1e40, 7.5e-46, 1 / 3, -1 / 3, np.inf, -np.inf, 0.0, 2.0])
+    copies = topk_kernel.toward_zero32(values)
+    assert copies.dtype == np.float32
+    assert np.all(np.abs(copies.astype(np.float64)) <= np.abs(values))
+    assert copies[0] == np.finfo(np.float32).max and copies[5] == np.inf and copies[8] == 2.0
