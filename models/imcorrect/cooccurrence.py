@@ -58,6 +58,18 @@ def find(m: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     return _find(m.indptr, m.indices, rows, cols)
 
 
+@njit(inline="always")
+def lower_bound(indices: np.ndarray, lo: int, hi: int, col: int) -> int:
+    """The first position in ``indices[lo:hi]`` (sorted) at or past ``col``, else ``hi``."""
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if indices[mid] < col:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
 @njit
 def _find(indptr: np.ndarray, indices: np.ndarray, rows: np.ndarray, cols: np.ndarray):
     out = np.full(len(rows), -1, dtype=np.int64)
@@ -74,12 +86,7 @@ def _find(indptr: np.ndarray, indices: np.ndarray, rows: np.ndarray, cols: np.nd
                 lo = hi + 1
                 hi = min(lo + step, end)
                 step *= 2
-        while lo < hi:  # the first position in [lo, hi) at or past col, else hi
-            mid = (lo + hi) // 2
-            if indices[mid] < col:
-                lo = mid + 1
-            else:
-                hi = mid
+        lo = lower_bound(indices, lo, hi, col)
         if lo < end and indices[lo] == col:
             out[q] = lo
         prev_row, prev_col, start = row, col, lo

@@ -18,7 +18,7 @@ import numpy as np
 import scipy.sparse as sp
 from numba import literal_unroll
 
-from models.imcorrect.cooccurrence import find
+from models.imcorrect.cooccurrence import find, lower_bound
 from models.imcorrect.jit import njit
 from models.imcorrect.sparse_rows import drop_entries_in_place
 from models.imcorrect.topk import PAD
@@ -175,15 +175,10 @@ def _scan(part, c: int, r_c: float, r_old: float, ctx, heap, near) -> None:
 def _count(part, c: int, j: int) -> float:
     """G_cj as stored in one CSR part (0 if absent): a binary search of row c."""
     indptr, indices, data = part
-    lo, hi = indptr[c], indptr[c + 1]
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if indices[mid] < j:
-            lo = mid + 1
-        else:
-            hi = mid
-    if lo < indptr[c + 1] and indices[lo] == j:
-        return np.float64(data[lo])
+    end = np.int64(indptr[c + 1])
+    at = lower_bound(indices, np.int64(indptr[c]), end, j)
+    if at < end and indices[at] == j:
+        return np.float64(data[at])
     return 0.0
 
 
@@ -218,10 +213,10 @@ def select_rows(
     most of the new one, so that few later candidates displace an entry of the heap (the
     result does not depend on the order). ``approx`` holds :func:`toward_zero32` copies of
     ``root`` and ``floor`` side by side: every candidate reads its neighbour's, and they take
-    a quarter of the cache of the two float64 arrays. With ``report``, each entry (c, j) whose score
-    reaches ``floor[j]`` is written to ``near_*`` as (j, c, G_jc): its new score or, unless
-    every degree ``fell``, the higher of that and its score under ``root_old[c]``. Returns
-    how many were.
+    a quarter of the cache of the two float64 arrays. With ``report``, each entry (c, j)
+    whose score reaches ``floor[j]`` is written to ``near_*`` as (j, c, G_jc): its new score
+    or, unless every degree ``fell``, the higher of that and its score under
+    ``root_old[c]``. Returns how many were.
     """
     seeded = np.zeros(len(root), dtype=np.bool_)
     ctx = (approx, root, floor, shrink, k, fell, report, seeded)
