@@ -24,6 +24,9 @@ class Mapping(ABC):
     name: ClassVar[str]
     #: n×n float64 arrays alive at the peak (G, the derived matrix, a materialised M)
     dense_arrays: ClassVar[int] = 3
+    #: whether :meth:`remove_items` reads the users' rows (slicing the rows of a popular
+    #: item's users costs more than some mappings' whole removal)
+    item_removal_reads_rows: ClassVar[bool] = True
 
     def __init__(self) -> None:
         self.gram = np.zeros((0, 0))
@@ -63,8 +66,10 @@ class Mapping(ABC):
         touched = add_gram_change(self.gram, a, signs)
         self._correct(a, signs, touched, change)
 
-    def remove_items(self, items: np.ndarray, change: RowChange) -> None:
-        """Drop item columns from X; ``change`` holds the rows of users who had them."""
+    def remove_items(self, items: np.ndarray, change: RowChange | None) -> None:
+        """Drop item columns from X; ``change`` holds the rows of users who had them (None
+        where ``item_removal_reads_rows`` is false)."""
+        assert change is not None, f"{self.name} reads the removed items' rows"
         self.apply(change)
 
     def grow(self, n_items: int) -> None:

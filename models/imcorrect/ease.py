@@ -20,6 +20,7 @@ from models.imcorrect.lowrank import RowChange, symmetric_rank_update
 class EASE(Mapping):
     name = "ease"
     dense_arrays = 4  # G, G + λI being factorised, the identity solved into P, P's symmetrisation
+    item_removal_reads_rows = False  # a Schur complement of P
 
     def __init__(self, l2: float = 500.0) -> None:
         super().__init__()
@@ -43,7 +44,7 @@ class EASE(Mapping):
         symmetric_rank_update(self.inverse, ap, np.linalg.inv(inner))
         self._mapping = None
 
-    def remove_items(self, items: np.ndarray, change: RowChange) -> None:
+    def remove_items(self, items: np.ndarray, change: RowChange | None) -> None:
         """Zero the items' rows/columns of G; P follows by a block Schur complement.
 
         Removing column j of X changes G only in row/column j, so the retained block of P is

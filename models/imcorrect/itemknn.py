@@ -6,12 +6,14 @@ from typing import Any
 
 import numpy as np
 
+from models.imcorrect.lowrank import RowChange
 from models.imcorrect.normalized import NormalizedGram
 
 
 class ItemKNN(NormalizedGram):
     name = "itemknn"
     zero_diagonal = True
+    item_removal_reads_rows = False  # zeroes G's rows and columns
 
     def __init__(self, shrink: float = 0.0) -> None:
         super().__init__()
@@ -22,7 +24,7 @@ class ItemKNN(NormalizedGram):
     def config(self) -> dict[str, Any]:
         return {"shrink": self.shrink}
 
-    def remove_items(self, items: np.ndarray, change) -> None:
+    def remove_items(self, items: np.ndarray, change: RowChange | None) -> None:
         """Removing column j of X only zeroes row/column j of G, and no other item's norm
         (diag G) changes, so only the removed items' rows/columns of M are recomputed."""
         items = np.unique(np.asarray(items, dtype=np.int64))

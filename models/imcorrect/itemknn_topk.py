@@ -57,6 +57,7 @@ class ItemKNNTopK(DegreeRows, ListMerge, Mapping):
     """
 
     name = "itemknn-topk"
+    item_removal_reads_rows = False  # ΔG is read off G
 
     def __init__(self, k: int = 100, shrink: float = 0.0) -> None:
         # Mapping.__init__ would allocate a dense Gram matrix: this class keeps none
@@ -161,7 +162,7 @@ class ItemKNNTopK(DegreeRows, ListMerge, Mapping):
         nz = delta.data != 0
         self._apply_delta(touched[delta.row[nz]], touched[delta.col[nz]], delta.data[nz])
 
-    def remove_items(self, items: np.ndarray, change: RowChange) -> None:
+    def remove_items(self, items: np.ndarray, change: RowChange | None) -> None:
         """Zero the items' rows and columns of G: ΔG is minus those entries."""
         items = np.unique(np.asarray(items, dtype=np.int64))
         items = items[items < self.n_items]

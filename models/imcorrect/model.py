@@ -274,20 +274,22 @@ class IMCorrect(Persistence):
             return 0
         owners = np.searchsorted(x.indptr, hit, side="right") - 1  # sorted, as hit is
         users = owners[np.concatenate([[True], owners[1:] != owners[:-1]])]
-        old = self._rows(users)  # a new matrix: sliced from X's arrays
-        new = old.copy()
-        new.data[forgotten[new.indices]] = 0.0
-        new.eliminate_zeros()
-        n_removed = int(old.nnz - new.nnz)
+        change = None
+        if self.correct_mapping and self._mapping.item_removal_reads_rows:
+            old = self._rows(users)  # a new matrix: sliced from X's arrays
+            new = old.copy()
+            new.data[forgotten[new.indices]] = 0.0
+            new.eliminate_zeros()
+            change = RowChange(old, new, np.ones(0), np.ones(0))
         if self._owns_x:
             drop_entries_in_place(x, hit)
         else:
             self._x = drop_entries(x, hit)  # a new X: the caller's arrays stay untouched
             self._owns_x = True
         if self.correct_mapping:
-            self._mapping.remove_items(items, RowChange(old, new, np.ones(0), np.ones(0)))
+            self._mapping.remove_items(items, change)
         self.version += 1
-        return n_removed
+        return len(hit)
 
     # -- scoring ----------------------------------------------------------------------------
     def score(
