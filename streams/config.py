@@ -113,6 +113,9 @@ class IMCorrectWorkerSettings(BaseModel):
     shrink: float = Field(default=0.0, ge=0)
     #: neighbours per item of the sparse ``itemknn-topk`` mapping (large catalogues)
     k: int = Field(default=100, ge=1)
+    #: candidates each ``itemknn-topk`` list keeps in order after its k (refills without a
+    #: reselection when members are forgotten)
+    reserve: int = Field(default=4, ge=0)
     #: cap on the dense mappings' n×n arrays; None: half the machine's memory
     memory_budget_gb: float | None = Field(default=None, gt=0)
     #: a batch takes whatever is already fetched, up to this many events: small when the

@@ -9,7 +9,13 @@ The dense mappings keep n×n arrays; this one keeps only
   s_ij = G_ij / (√d_i √d_j + shrink), j ≠ i, G_ij ≠ 0, ranked by the rule of
   :mod:`.topk` (higher score first, then lower item index), and
 * ``bound[i]``, ``bound_idx[i]``: a (score, index) that ranks at or before every candidate
-  of i outside its list (an upper bound in the tie order).
+  of i outside its list (an upper bound in the tie order), and
+* a *reserve* of up to ``reserve`` candidates that rank next, in order, with exact scores
+  (``res_idx[i]``, ``res_val[i]``; ``res_fill[i]`` of them), and ``beyond[i]``,
+  ``beyond_idx[i]``, which ranks at or before every other candidate left out. A row whose
+  members vanish (a forgotten popular item) refills from its reserve instead of being
+  selected again; a change that moves a reserve entry, or lifts an outsider to the reserve,
+  empties it (``res_fill[i] = 0``: then the bound alone stands for the outsiders).
 
 M is the sparse matrix whose row i holds i's neighbours, and S = X·M. With k ≥ n it is the
 dense cosine ItemKNN. Memory: O(stored pairs + n·k).
@@ -35,7 +41,7 @@ from models.imcorrect import topk_kernel
 from models.imcorrect.base import Mapping
 from models.imcorrect.cooccurrence import Cooccurrence
 from models.imcorrect.lowrank import RowChange
-from models.imcorrect.topk import PAD, select, sort_rows
+from models.imcorrect.topk import PAD, ranks_before, select, sort_rows
 from models.imcorrect.topk_merge import ListMerge
 from models.imcorrect.topk_rows import DegreeRows
 
@@ -54,19 +60,25 @@ class ItemKNNTopK(DegreeRows, ListMerge, Mapping):
         Neighbours kept per item (``k ≥ n_items`` keeps every co-occurring item).
     shrink:
         Added to the cosine denominator; damps similarities built on few co-occurrences.
+    reserve:
+        Candidates kept in order after the ``k`` neighbours of each item (not part of M):
+        that many members can vanish from a list before it must be selected again.
     """
 
     name = "itemknn-topk"
     item_removal_reads_rows = False  # ΔG is read off G
 
-    def __init__(self, k: int = 100, shrink: float = 0.0) -> None:
+    def __init__(self, k: int = 100, shrink: float = 0.0, reserve: int = 4) -> None:
         # Mapping.__init__ would allocate a dense Gram matrix: this class keeps none
         if int(k) < 1:
             raise ValueError("k must be at least 1")
         if shrink < 0:
             raise ValueError("shrink must be non-negative")
+        if int(reserve) < 0:
+            raise ValueError("reserve must be non-negative")
         self.k = int(k)
         self.shrink = float(shrink)
+        self.reserve = int(reserve)
         self.counts = Cooccurrence(0)
         self.degree = np.zeros(0)
         self._empty_lists(0)
@@ -76,7 +88,7 @@ class ItemKNNTopK(DegreeRows, ListMerge, Mapping):
         topk_kernel.warm()  # compiled here, not inside the first forget
 
     def config(self) -> dict[str, Any]:
-        return {"k": self.k, "shrink": self.shrink}
+        return {"k": self.k, "shrink": self.shrink, "reserve": self.reserve}
 
     def _empty_lists(self, n: int) -> None:
         # slots of a row: its entries by ascending item index, then -1 padding
@@ -88,6 +100,16 @@ class ItemKNNTopK(DegreeRows, ListMerge, Mapping):
         self.worst_idx = np.full(n, -1, dtype=np.int64)
         self.bound = np.full(n, -np.inf)
         self.bound_idx = np.full(n, PAD, dtype=np.int64)
+        self._empty_reserve(n)
+
+    def _empty_reserve(self, n: int) -> None:
+        # ranked (PAD / −inf padding); int32 items: the reserve is compared against every
+        # moved pair of a row that holds one
+        self.res_idx = np.full((n, self.reserve), -1, dtype=np.int32)
+        self.res_val = np.full((n, self.reserve), -np.inf)
+        self.res_fill = np.zeros(n, dtype=np.int64)
+        self.beyond = np.full(n, -np.inf)
+        self.beyond_idx = np.full(n, PAD, dtype=np.int64)
 
     def check_budget(self, n_items: int) -> None:
         """Nothing to refuse: no array here grows with n² (the budget is for dense mappings)."""
@@ -108,6 +130,8 @@ class ItemKNNTopK(DegreeRows, ListMerge, Mapping):
         lists = self.nbr_idx.nbytes + self.nbr_val.nbytes + self.fill.nbytes
         lists += self.bound.nbytes + self.bound_idx.nbytes
         lists += self.worst_val.nbytes + self.worst_idx.nbytes
+        lists += self.res_idx.nbytes + self.res_val.nbytes + self.res_fill.nbytes
+        lists += self.beyond.nbytes + self.beyond_idx.nbytes
         return int(sparse + lists + self.degree.nbytes)
 
     # -- scores -----------------------------------------------------------------------------
@@ -184,11 +208,9 @@ class ItemKNNTopK(DegreeRows, ListMerge, Mapping):
 
     def _grow_derived(self, old_n: int, new_n: int) -> None:
         self.degree = np.concatenate([self.degree, np.zeros(new_n - old_n)])
-        kept = {
-            name: getattr(self, name)
-            for name in ("nbr_idx", "nbr_val", "fill", "worst_val", "worst_idx", "bound")
-        }
-        kept["bound_idx"] = self.bound_idx
+        names = ("nbr_idx", "nbr_val", "fill", "worst_val", "worst_idx", "bound", "bound_idx")
+        names += ("res_idx", "res_val", "res_fill", "beyond", "beyond_idx")
+        kept = {name: getattr(self, name) for name in names}
         self._empty_lists(new_n)
         for name, old in kept.items():
             getattr(self, name)[:old_n] = old
@@ -234,7 +256,8 @@ class ItemKNNTopK(DegreeRows, ListMerge, Mapping):
         root = np.sqrt(np.maximum(self.degree, 0.0))
         root_old = np.sqrt(np.maximum(degree_old, 0.0))
         fell = bool(np.all(self.degree[changed_degree] <= degree_old[changed_degree]))
-        floor = np.where(self.fill == self.k, self.bound, -np.inf)
+        # below the floor a moved score neither enters j's list nor touches its reserve
+        floor = np.where(self.fill == self.k, self._outsiders_floor()[0], -np.inf)
         floor[changed_degree] = np.inf  # rows of D are selected from scratch
         for js, cs, vals in self._degree_rows(changed_degree, root, root_old, fell, floor):
             if len(known):
@@ -264,19 +287,25 @@ class ItemKNNTopK(DegreeRows, ListMerge, Mapping):
             yield chunk, owner, cols, vals
 
     def _select_chunk(
-        self, chunk: np.ndarray, owner: np.ndarray, cols: np.ndarray, scores: np.ndarray
+        self,
+        chunk: np.ndarray,
+        owner: np.ndarray,
+        cols: np.ndarray,
+        scores: np.ndarray,
+        width: int,
     ):
         """Yield ``(item, indices, scores, bound, bound_idx)`` for each row of a chunk."""
         bounds = np.searchsorted(owner, np.arange(len(chunk) + 1))
         for r, item in enumerate(chunk.tolist()):
             lo, hi = bounds[r], bounds[r + 1]
-            yield (item, *select(cols[lo:hi], scores[lo:hi], self.k))
+            yield (item, *select(cols[lo:hi], scores[lo:hi], width))
 
-    def _select_rows(self, items: np.ndarray):
-        """Yield ``(item, indices, scores, bound, bound_idx)`` selected from each sparse row."""
+    def _select_rows(self, items: np.ndarray, width: int):
+        """Yield ``(item, indices, scores, bound, bound_idx)``: each sparse row's top
+        ``width``."""
         for chunk, owner, cols, vals in self._chunk_rows(items):
             scores = self._score(vals, self.degree[chunk[owner]], self.degree[cols])
-            yield from self._select_chunk(chunk, owner, cols, scores)
+            yield from self._select_chunk(chunk, owner, cols, scores, width)
 
     def _recompute(self, items: np.ndarray) -> None:
         items = np.unique(np.asarray(items, dtype=np.int64))
@@ -320,7 +349,8 @@ class ItemKNNTopK(DegreeRows, ListMerge, Mapping):
         """Largest error of degrees, of G on a few random columns and of their lists.
 
         Degrees are checked against X and against G's diagonal everywhere (O(nnz X));
-        a list whose neighbour set differs from a fresh selection counts as an infinite error.
+        a list whose neighbour set differs from a fresh selection, or a reserve that is not
+        the candidates ranked next, counts as an infinite error.
         """
         n = self.n_items
         if n == 0:
@@ -335,15 +365,34 @@ class ItemKNNTopK(DegreeRows, ListMerge, Mapping):
         fresh = (x[:, cols].T @ x).tocsr()
         diff = abs(stored - fresh)
         err = max(err, float(diff.max()) if diff.nnz else 0.0)
-        for item, idx, val, _, _ in self._select_rows(cols):
+        k = self.k
+        for item, idx, val, b, b_idx in self._select_rows(cols, k + self.reserve):
             real = self.nbr_idx[item] >= 0
             have, have_val = self.nbr_idx[item][real], self.nbr_val[item][real]
-            mine, theirs = np.argsort(have), np.argsort(idx)
-            if not np.array_equal(have[mine], idx[theirs]):
+            mine, theirs = np.argsort(have), np.argsort(idx[:k])
+            if not np.array_equal(have[mine], idx[:k][theirs]):
                 return float("inf")
-            gap = np.abs(have_val[mine] - val[theirs])
+            gap = np.abs(have_val[mine] - val[:k][theirs])
             err = max(err, float(np.max(gap, initial=0.0)))
+            err = max(err, self._reserve_error(item, idx[k:], val[k:], b, b_idx))
         return err
+
+    def _reserve_error(
+        self, item: int, idx: np.ndarray, val: np.ndarray, b: float, b_idx: int
+    ) -> float:
+        """Error of ``item``'s reserve against the candidates ranked after its list in a fresh
+        selection (``idx``, ``val``, then ``(b, b_idx)``); inf where it is not those."""
+        m = int(self.res_fill[item])
+        if m == 0:
+            return 0.0
+        held = self.res_idx[item, :m].astype(np.int64)
+        if len(idx) < m or not np.array_equal(held, idx[:m]):
+            return float("inf")
+        # the candidate ranked next must not rank before ``beyond``
+        nxt, nxt_idx = (val[m], idx[m]) if len(idx) > m else (b, b_idx)
+        if ranks_before(nxt, nxt_idx, self.beyond[item], self.beyond_idx[item]):
+            return float("inf")
+        return float(np.max(np.abs(self.res_val[item, :m] - val[:m])))
 
     # -- persistence ------------------------------------------------------------------------
     def state(self) -> dict[str, np.ndarray]:
@@ -355,6 +404,10 @@ class ItemKNNTopK(DegreeRows, ListMerge, Mapping):
             "nbr_val": self.nbr_val,
             "bound": self.bound,
             "bound_idx": self.bound_idx,
+            "res_idx": self.res_idx,
+            "res_val": self.res_val,
+            "beyond": self.beyond,
+            "beyond_idx": self.beyond_idx,
         }
 
     def load_state(self, arrays: dict[str, np.ndarray]) -> None:
@@ -375,4 +428,14 @@ class ItemKNNTopK(DegreeRows, ListMerge, Mapping):
         self.worst_val = np.full(n, np.inf)
         self.worst_idx = np.full(n, -1, dtype=np.int64)
         self._rescan_worst(np.arange(n))
+        self._empty_reserve(n)  # a snapshot without one (or of another size) keeps none
+        res = arrays.get("res_idx")
+        if res is not None and res.shape == self.res_idx.shape:
+            if int(np.max(res, initial=-1)) >= n:
+                raise ValueError(f"snapshot's reserves do not fit its {n} items")
+            self.res_idx = np.array(res, dtype=np.int32)
+            self.res_val = np.array(arrays["res_val"], dtype=np.float64)
+            self.res_fill = (self.res_idx >= 0).sum(axis=1).astype(np.int64)
+            self.beyond = np.array(arrays["beyond"], dtype=np.float64)
+            self.beyond_idx = np.array(arrays["beyond_idx"], dtype=np.int64)
         self._mapping = None

@@ -54,7 +54,11 @@ def make_mapping(name: MappingName, **params: float) -> Mapping:
     """
     budget_gb = params.pop("memory_budget_gb", None)
     if name == "itemknn-topk":
-        return ItemKNNTopK(k=int(params.get("k", 100)), shrink=params.get("shrink", 0.0))
+        return ItemKNNTopK(
+            k=int(params.get("k", 100)),
+            shrink=params.get("shrink", 0.0),
+            reserve=int(params.get("reserve", 4)),
+        )
     if name == "ease":
         mapping: Mapping = EASE(l2=params.get("l2", 500.0))
     elif name == "itemknn":
@@ -95,8 +99,8 @@ class IMCorrect(Persistence):
         A row change whose rank bound (2 × changed users) reaches this share of the item
         count is applied by refitting from X instead of a low-rank correction.
     **params:
-        Mapping hyper-parameters (``l2`` for EASE, ``shrink`` for ItemKNN, ``k`` and
-        ``shrink`` for itemknn-topk; ``memory_budget_gb`` caps the dense mappings).
+        Mapping hyper-parameters (``l2`` for EASE, ``shrink`` for ItemKNN, ``k``,
+        ``shrink`` and ``reserve`` for itemknn-topk; ``memory_budget_gb`` caps the dense mappings).
     """
 
     def __init__(

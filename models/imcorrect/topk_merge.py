@@ -17,6 +17,12 @@ A change moves some scores s_jc; :meth:`ListMerge._merge_pairs` folds them in:
   current score is the bound (:meth:`ListMerge._promote_bound`);
 * otherwise (a member fell behind an outsider) the row is returned to be reselected.
 
+A row's reserve (the candidates ranked next, exact, and ``beyond``, at or before every
+other outsider) joins the sorted merge as further candidates, so a list that loses members
+refills from it, and what the merge leaves out ahead of ``beyond`` becomes the new reserve.
+A moved score that reaches the reserve (or moves an entry of it) empties the reserve
+instead; a vanished candidate simply leaves it.
+
 Membership of c in j's list is decided by comparing c's *old* score with j's worst entry:
 the stored list is the exact top-k, and the old score is recomputed bit for bit from the old
 count and degrees with the same expression that produced the list.
@@ -44,6 +50,12 @@ class ListMerge:
     worst_idx: np.ndarray
     bound: np.ndarray
     bound_idx: np.ndarray
+    reserve: int
+    res_idx: np.ndarray
+    res_val: np.ndarray
+    res_fill: np.ndarray
+    beyond: np.ndarray
+    beyond_idx: np.ndarray
     # and from the class: ``n_items``, ``counts`` and ``_score`` (the one expression every
     # score uses)
 
@@ -70,6 +82,7 @@ class ListMerge:
         insert = ~member & alive & (~full | ranks_before(s_new, pc, kth_val, kth_idx))
         outside = ~member & alive & ~insert
         self._raise_bounds(pj[outside], s_new[outside], pc[outside])
+        self._reserve_moves(pj, pc, s_new, member, alive, outside)
 
         # rows that gain or lose an entry are merged by sorting (rare: a new pair, a pair
         # that vanished, an outsider that overtook); the others keep their set of entries
@@ -146,8 +159,9 @@ class ListMerge:
         degree_old: np.ndarray,
     ) -> np.ndarray:
         """General merge: list ∪ changed candidates, sorted by the tie rule, top k kept."""
-        k = self.k
+        k, n = self.k, self.n_items
         affected, loc = np.unique(pj, return_inverse=True)
+        held = self.res_fill[affected] > 0
         idx = self.nbr_idx[affected].astype(np.int64)
         val = self.nbr_val[affected].copy()
         idx[idx < 0] = PAD
@@ -174,16 +188,128 @@ class ListMerge:
             extra_val[i_rows, slot] = i_val
             idx = np.hstack([idx, extra_idx])
             val = np.hstack([val, extra_val])
+        if held.any():
+            q_idx, q_val = self._reserve_block(affected)
+            if len(i_rows):
+                # an inserted candidate takes part with its new score: its reserve copy is
+                # stale
+                ins_keys = np.sort(i_rows * n + i_c)
+                q_rows = np.broadcast_to(np.arange(len(affected))[:, None], q_idx.shape)
+                real = q_idx != PAD
+                keys = q_rows[real] * n + q_idx[real]
+                at = np.minimum(np.searchsorted(ins_keys, keys), len(ins_keys) - 1)
+                stale = np.zeros_like(real)
+                stale[real] = ins_keys[at] == keys
+                q_idx[stale], q_val[stale] = PAD, -np.inf
+            idx = np.hstack([idx, q_idx])
+            val = np.hstack([val, q_val])
         idx, val = sort_rows(idx, val)
-        if width:
-            self._raise_bounds(affected, val[:, k], idx[:, k])
-        bound, bound_idx = self.bound[affected], self.bound_idx[affected]
-        exact = (bound == -np.inf) | ranks_before(val[:, k - 1], idx[:, k - 1], bound, bound_idx)
-        exact |= self._promote_bound(affected, idx, val, ~exact, degree_old)
+        if idx.shape[1] > k:
+            self._raise_bounds(affected[~held], val[~held, k], idx[~held, k])
+        # what every candidate left out of this merge ranks at or after
+        thr = np.where(held, self.beyond[affected], self.bound[affected])
+        thr_idx = np.where(held, self.beyond_idx[affected], self.bound_idx[affected])
+        exact = (thr == -np.inf) | ranks_before(val[:, k - 1], idx[:, k - 1], thr, thr_idx)
+        exact |= self._promote_bound(affected, idx, val, ~exact & ~held, degree_old)
         keep = affected[exact]
         self._store_ranked(keep, idx[exact, :k], val[exact, :k])
+        refill = exact & held
+        self._store_reserve(
+            affected[refill], idx[refill, k:], val[refill, k:], thr[refill], thr_idx[refill]
+        )
         dirty.append(affected[~exact])
         return np.concatenate(dirty)
+
+    # -- reserves ---------------------------------------------------------------------------
+    def _outsiders_floor(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per row, a (score, index) at or before which every outsider outside the reserve
+        ranks: ``beyond`` where the reserve holds entries, else the bound."""
+        held = self.res_fill > 0
+        return (
+            np.where(held, self.beyond, self.bound),
+            np.where(held, self.beyond_idx, self.bound_idx),
+        )
+
+    def _reserve_block(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The reserves of ``rows`` as ranked ``(idx, val)`` blocks (``PAD`` / −inf padding)."""
+        idx = self.res_idx[rows].astype(np.int64)
+        idx[idx < 0] = PAD
+        return idx, self.res_val[rows].copy()
+
+    def _store_reserve(
+        self,
+        rows: np.ndarray,
+        idx: np.ndarray,
+        val: np.ndarray,
+        beyond: np.ndarray,
+        beyond_idx: np.ndarray,
+    ) -> None:
+        """Store ranked candidates that follow the lists of ``rows`` (``PAD`` padding), every
+        other outsider ranking at or after ``beyond``, as their reserves: the entries ahead
+        of ``beyond``, at most ``reserve`` of them (``beyond`` moves up to the first one left
+        out). The bound becomes the reserve's first entry, or ``beyond``."""
+        if len(rows) == 0:
+            return
+        r = self.reserve
+        beyond, beyond_idx = beyond.copy(), beyond_idx.copy()
+        ahead = (idx != PAD) & ranks_before(val, idx, beyond[:, None], beyond_idx[:, None])
+        count = ahead.sum(axis=1)  # ranked: the entries ahead of beyond come first
+        over = np.flatnonzero(count > r)
+        if len(over):
+            beyond[over], beyond_idx[over] = val[over, r], idx[over, r]
+        count = np.minimum(count, r)
+        width = min(r, idx.shape[1])
+        kept = np.arange(width)[None, :] < count[:, None]
+        res_idx = np.full((len(rows), r), -1, dtype=np.int32)
+        res_val = np.full((len(rows), r), -np.inf)
+        res_idx[:, :width] = np.where(kept, idx[:, :width], -1)
+        res_val[:, :width] = np.where(kept, val[:, :width], -np.inf)
+        self.res_idx[rows], self.res_val[rows], self.res_fill[rows] = res_idx, res_val, count
+        self.beyond[rows], self.beyond_idx[rows] = beyond, beyond_idx
+        first = count > 0
+        if r:
+            beyond = np.where(first, res_val[:, 0], beyond)
+            beyond_idx = np.where(first, res_idx[:, 0], beyond_idx)
+        self.bound[rows], self.bound_idx[rows] = beyond, beyond_idx
+
+    def _reserve_moves(
+        self,
+        pj: np.ndarray,
+        pc: np.ndarray,
+        s_new: np.ndarray,
+        member: np.ndarray,
+        alive: np.ndarray,
+        outside: np.ndarray,
+    ) -> None:
+        """Keep reserves exact under moved scores s_jc of non-members c (inserted ones are
+        handled by the merge): a vanished candidate leaves j's reserve; an outsider moving
+        within or into it empties it (the bound, already raised, stands for all outsiders)."""
+        if self.reserve == 0:
+            return
+        cand = np.flatnonzero(~member & (self.res_fill[pj] > 0))
+        if len(cand) == 0:
+            return
+        j, c = pj[cand], pc[cand]
+        hit = self.res_idx[j] == c[:, None]
+        in_reserve = hit.any(axis=1)
+        moved = outside[cand] & (
+            in_reserve | ranks_before(s_new[cand], c, self.beyond[j], self.beyond_idx[j])
+        )
+        emptied = np.unique(j[moved])
+        self.res_idx[emptied], self.res_val[emptied], self.res_fill[emptied] = -1, -np.inf, 0
+        gone = in_reserve & ~alive[cand] & (self.res_fill[j] > 0)
+        if not gone.any():
+            return
+        rows, slot = j[gone], hit[gone].argmax(axis=1)
+        self.res_idx[rows, slot], self.res_val[rows, slot] = -1, -np.inf
+        rows = np.unique(rows)
+        idx, val = sort_rows(*self._reserve_block(rows))
+        fill = (idx != PAD).sum(axis=1)
+        self.res_idx[rows] = np.where(idx == PAD, -1, idx).astype(np.int32)
+        self.res_val[rows], self.res_fill[rows] = val, fill
+        # a reserve left empty hands its beyond to the bound (every outsider ranks after it)
+        spent = rows[fill == 0]
+        self.bound[spent], self.bound_idx[spent] = self.beyond[spent], self.beyond_idx[spent]
 
     def _promote_bound(
         self,

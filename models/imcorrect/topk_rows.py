@@ -29,11 +29,11 @@ class DegreeRows:
     """Mixed into :class:`.ItemKNNTopK`; uses its counts, lists and shrinkage."""
 
     k: int
+    reserve: int
     shrink: float
     nbr_idx: np.ndarray
-    bound: np.ndarray
-    bound_idx: np.ndarray
-    # and from the class: ``counts`` and ``_store_ranked`` of :class:`.ListMerge`
+    # and from the class: ``counts``, and ``_store_ranked`` and ``_store_reserve`` of
+    # :class:`.ListMerge`
 
     def _degree_rows(
         self,
@@ -44,8 +44,9 @@ class DegreeRows:
         floor: np.ndarray,
     ) -> Iterator[Pairs]:
         """Reselect the rows ``changed`` and yield the pairs ``(j, c, G_jc)``, c ∈ changed,
-        whose moved score s_jc reaches ``floor[j]`` (j's bound, or −inf while j's list holds
-        every candidate; +inf for the rows of ``changed``).
+        whose moved score s_jc reaches ``floor[j]`` (what j's outsiders beyond its reserve
+        rank after, or −inf while j's list holds every candidate; +inf for the rows of
+        ``changed``).
 
         Below the floor, c was no member of j's list (its old score was no higher: degrees
         only fell and counts are ≥ 0, or the higher of the two scores is compared), does
@@ -54,7 +55,7 @@ class DegreeRows:
         yield from self._select(changed, root, root_old, fell, floor)
 
     def _reselect(self, rows: np.ndarray, root: np.ndarray) -> None:
-        """Select ``rows`` from all their candidates."""
+        """Select ``rows`` (their lists and reserves) from all their candidates."""
         for _ in self._select(rows, root, root, True, None):
             pass
 
@@ -77,7 +78,7 @@ class DegreeRows:
         )
         for lo, hi in _groups(lengths):
             group = rows[lo:hi]
-            lists = _Lists(len(group), self.k)
+            lists = _Lists(len(group), self.k + self.reserve)
             room = int(lengths[lo:hi].sum()) if report else 0
             near_j = np.empty(room, dtype=np.int64)
             near_c = np.empty(room, dtype=np.int64)
@@ -91,7 +92,7 @@ class DegreeRows:
                 root,
                 root_old,
                 float(self.shrink),
-                self.k,
+                self.k + self.reserve,
                 floor if report else root,
                 fell,
                 report,
@@ -122,15 +123,16 @@ def _groups(lengths: np.ndarray) -> Iterator[tuple[int, int]]:
 
 
 class _Lists:
-    """Lists of a group of rows, filled by the kernel (ranked, ``PAD`` padding) and stored
-    together."""
+    """The top k + reserve of a group of rows, filled by the kernel (ranked, ``PAD``
+    padding, the best left out as the bound), stored together as lists and reserves."""
 
-    def __init__(self, n_rows: int, k: int) -> None:
-        self.idx = np.full((n_rows, k), PAD, dtype=np.int64)
-        self.val = np.full((n_rows, k), -np.inf)
+    def __init__(self, n_rows: int, width: int) -> None:
+        self.idx = np.full((n_rows, width), PAD, dtype=np.int64)
+        self.val = np.full((n_rows, width), -np.inf)
         self.bound = np.full(n_rows, -np.inf)
         self.bound_idx = np.full(n_rows, PAD, dtype=np.int64)
 
     def store(self, model: DegreeRows, rows: np.ndarray) -> None:
-        model._store_ranked(rows, self.idx, self.val)
-        model.bound[rows], model.bound_idx[rows] = self.bound, self.bound_idx
+        k = model.k
+        model._store_ranked(rows, self.idx[:, :k], self.val[:, :k])
+        model._store_reserve(rows, self.idx[:, k:], self.val[:, k:], self.bound, self.bound_idx)

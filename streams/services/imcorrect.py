@@ -43,7 +43,7 @@ def new_state(settings: LetheSettings) -> WorkerState:
     params: dict[str, float] = {
         "ease": {"l2": cfg.l2},
         "itemknn": {"shrink": cfg.shrink},
-        "itemknn-topk": {"k": cfg.k, "shrink": cfg.shrink},
+        "itemknn-topk": {"k": cfg.k, "shrink": cfg.shrink, "reserve": cfg.reserve},
     }.get(cfg.mapping, {})
     if cfg.memory_budget_gb is not None and cfg.mapping != "itemknn-topk":
         params["memory_budget_gb"] = cfg.memory_budget_gb

@@ -31,8 +31,9 @@ def _lists(model: IMCorrect) -> tuple[np.ndarray, np.ndarray]:
     return model._mapping.neighbours()
 
 
-def assert_same_as_fresh_fit(model: IMCorrect, k: int, shrink: float) -> None:
-    fresh = IMCorrect("itemknn-topk", k=k, shrink=shrink).fit(model.interactions)
+def assert_same_as_fresh_fit(model: IMCorrect, k: int, shrink: float, reserve: int = 4) -> None:
+    fresh = IMCorrect("itemknn-topk", k=k, shrink=shrink, reserve=reserve)
+    fresh.fit(model.interactions)
     idx, val = _lists(model)
     fidx, fval = _lists(fresh)
     np.testing.assert_array_equal(idx, fidx)
@@ -55,6 +56,25 @@ def assert_same_as_fresh_fit(model: IMCorrect, k: int, shrink: float) -> None:
         stored = model._mapping.nbr_idx[i]
         assert sorted(stored[stored >= 0]) == sorted(idx[i][idx[i] >= 0])
     assert np.all(s.max(axis=1, initial=-np.inf) <= model._mapping.bound + 1e-12)
+    assert_reserves_rank_next(model._mapping, s)
+
+
+def assert_reserves_rank_next(mapping, outsiders: np.ndarray) -> None:
+    """Each held reserve is the outsiders ranked first (tie rule: higher score, then lower
+    index), with their scores, and every other outsider ranks at or after ``beyond``."""
+    for i in range(outsiders.shape[0]):
+        m = int(mapping.res_fill[i])
+        assert m == int((mapping.res_idx[i] >= 0).sum())
+        if m == 0:
+            continue
+        cand = np.flatnonzero(outsiders[i] > -np.inf)
+        order = cand[np.lexsort((cand, -outsiders[i, cand]))]
+        np.testing.assert_array_equal(mapping.res_idx[i, :m], order[:m])
+        np.testing.assert_allclose(mapping.res_val[i, :m], outsiders[i, order[:m]], atol=1e-12)
+        for j in order[m:]:
+            beyond, at = mapping.beyond[i], mapping.beyond_idx[i]
+            assert outsiders[i, j] < beyond + 1e-12
+            assert not (abs(outsiders[i, j] - beyond) < 1e-12 and j < at)
 
 
 step = st.one_of(
@@ -83,20 +103,24 @@ def _run(model: IMCorrect, kind: str, arg) -> None:
         model.forget(interactions=arg)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     seed=st.integers(0, 2**16),
     k=st.integers(1, 6),
     shrink=st.sampled_from([0.0, 0.5, 3.0]),
+    reserve=st.sampled_from([0, 1, 2, 8]),
     ops=st.lists(step, min_size=1, max_size=10),
 )
-def test_random_learn_forget_sequences_keep_the_lists_of_a_fresh_fit(seed, k, shrink, ops):
+def test_random_learn_forget_sequences_keep_the_lists_of_a_fresh_fit(seed, k, shrink, reserve, ops):
     rng = np.random.default_rng(seed)
     x = sp.csr_matrix((rng.random((30, 20)) < 0.25).astype(float))
-    model = IMCorrect("itemknn-topk", k=k, shrink=shrink, refit_rank_ratio=float("inf")).fit(x)
+    model = IMCorrect(
+        "itemknn-topk", k=k, shrink=shrink, reserve=reserve, refit_rank_ratio=float("inf")
+    ).fit(x)
     for kind, arg in ops:
         _run(model, kind, arg)
-        assert_same_as_fresh_fit(model, k, shrink)
+        assert_same_as_fresh_fit(model, k, shrink, reserve)
+        assert model._mapping.drift(model.interactions, rng, n_columns=20) < 1e-12
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -124,7 +148,9 @@ def test_rows_selected_in_groups_of_any_size_give_the_same_lists(seed, k, shrink
             assert_same_as_fresh_fit(model, k, shrink)
         models.append(model._mapping)
     for other in models[1:]:
-        for name in ("nbr_idx", "nbr_val", "bound", "bound_idx", "worst_val", "worst_idx"):
+        names = ("nbr_idx", "nbr_val", "bound", "bound_idx", "worst_val", "worst_idx")
+        names += ("res_idx", "res_val", "res_fill", "beyond", "beyond_idx")
+        for name in names:
             np.testing.assert_array_equal(getattr(models[0], name), getattr(other, name))
 
 
@@ -270,7 +296,9 @@ def test_memory_and_snapshot_grow_with_pairs_not_n_squared(tmp_path):
     pairs = model.gram.nnz
     assert pairs < 30 * n_users  # ≤ 25 pairs per user plus diagonal
     mapping = model._mapping
-    assert mapping.memory_bytes() < 12 * pairs + 8 * n_items * (3 + 2 * 10) + 8 * (n_items + 1)
+    # per item: k neighbours and a reserve (index and score each) and a few scalars
+    per_item = 8 * (6 + 2 * (10 + mapping.reserve))
+    assert mapping.memory_bytes() < 12 * pairs + per_item * n_items + 8 * (n_items + 1)
     model.save(tmp_path / "snap")
     size = (tmp_path / "snap.npz").stat().st_size
     assert size < 2 * (mapping.memory_bytes() + 12 * x.nnz) < 8 * n_items**2 / 50
@@ -382,34 +410,64 @@ def test_pair_keys_do_not_overflow_on_catalogues_past_46341_items():
     assert abs(model.mapping - fresh.mapping).max() <= 1e-12
 
 
-def _star(counts: list[int]) -> sp.csr_matrix:
+def _star(counts: list[int], n_items: int = 5) -> sp.csr_matrix:
     """Users pairing item 0 with item x, ``counts[x - 1]`` of them each: with shrink 0,
     s_0x = √G_0x / √d_0, so row 0 ranks 1, 2, 3, ... by count."""
     pairs = [(x, u) for x, c in enumerate(counts, start=1) for u in range(c)]
     rows = np.repeat(np.arange(len(pairs)), 2)
     cols = np.array([[0, x] for x, _ in pairs]).ravel()
-    return sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(pairs), 5))
+    return sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(pairs), n_items))
 
 
 def test_a_forgotten_member_is_replaced_by_the_bound_candidate_without_a_reselect():
-    model = IMCorrect("itemknn-topk", k=2, refit_rank_ratio=float("inf")).fit(_star([5, 4, 3, 2]))
+    # without a reserve: the bound alone stands for the outsiders
+    model = IMCorrect("itemknn-topk", k=2, reserve=0, refit_rank_ratio=float("inf"))
+    model.fit(_star([5, 4, 3, 2]))
     assert model._mapping.bound_idx[0] == 3  # row 0 lists 1 and 2; item 3 is the best left out
     model.forget(items=[1])
     assert model._mapping.last_recomputed == 1  # item 1's own row; row 0 took item 3 in place
     assert_same_as_fresh_fit(model, 2, 0.0)
 
 
+def test_a_list_refills_from_its_reserve_until_it_runs_out():
+    # row 0 ranks items 1..6 (counts 7..2): with k = 2 and a reserve of 2 it lists 1, 2 and
+    # holds 3, 4 in reserve; item 5 is its beyond
+    x = _star([7, 6, 5, 4, 3, 2], n_items=7)
+    model = IMCorrect("itemknn-topk", k=2, reserve=2, refit_rank_ratio=float("inf")).fit(x)
+    mapping = model._mapping
+    assert mapping.res_idx[0].tolist() == [3, 4] and mapping.beyond_idx[0] == 5
+    for item, recomputed in ((1, 1), (2, 1), (3, 1), (4, 2)):
+        model.forget(items=[item])
+        # item's own row, and row 0 only once its reserve and then its bound are spent
+        # (after item 2, the bound is item 5 itself; after item 3 it is no longer attained)
+        assert mapping.last_recomputed == recomputed, item
+        assert_same_as_fresh_fit(model, 2, 0.0, reserve=2)
+
+
+def test_a_moved_reserve_entry_empties_the_reserve():
+    x = _star([7, 6, 5, 4, 3, 2], n_items=7)
+    model = IMCorrect("itemknn-topk", k=2, reserve=2, refit_rank_ratio=float("inf")).fit(x)
+    model.forget(interactions=[(18, 4)])  # user 18 holds items 0 and 4: s_04 falls
+    assert model._mapping.res_fill[0] == 0
+    assert_same_as_fresh_fit(model, 2, 0.0, reserve=2)
+    model.forget(items=[1])  # the bound (item 3, still attained) takes the free slot
+    assert model._mapping.last_recomputed == 1
+    assert_same_as_fresh_fit(model, 2, 0.0, reserve=2)
+
+
 def test_a_bound_no_longer_attained_is_not_promoted():
     # one interaction of item 3 goes: G_03 and d_3 fall together, so s_03 falls (to item
     # 4's score; the tie goes to 3) and row 0's bound is left above every outsider. Taking
-    # the bound's candidate at the bound's score would store a stale s_03
-    model = IMCorrect("itemknn-topk", k=2, refit_rank_ratio=float("inf")).fit(_star([5, 4, 3, 2]))
+    # the bound's candidate at the bound's score would store a stale s_03 (no reserve: the
+    # bound alone stands for the outsiders)
+    model = IMCorrect("itemknn-topk", k=2, reserve=0, refit_rank_ratio=float("inf"))
+    model.fit(_star([5, 4, 3, 2]))
     stale = model._mapping.bound[0]
     model.forget(interactions=[(9, 3)])
     assert model._mapping.bound[0] == stale
     model.forget(items=[1])
     assert model._mapping.last_recomputed == 2  # row 0 is selected again
-    assert_same_as_fresh_fit(model, 2, 0.0)
+    assert_same_as_fresh_fit(model, 2, 0.0, reserve=0)
     assert model.mapping[0, 3] < stale
 
 
