@@ -117,6 +117,17 @@ def _stream(settings: LetheSettings, events: list, forgotten: list[str]):
     return threading.Thread(target=publish), failures
 
 
+def _subjects_with_earlier_events(events: list, forgotten: list[str]) -> dict[str, int]:
+    """Forgotten users with an event published before their deletion, and the index of the
+    event their deletion follows (as :func:`_stream` sends them)."""
+    out = {}
+    for block in range(3):
+        k = 2000 * block + 1999
+        seen = {e.user_id for e in events[: k + 1]}
+        out.update({u: k for u in forgotten[block * 10 : block * 10 + 10] if u in seen})
+    return out
+
+
 def _events_and_forgotten() -> tuple[list, list[str]]:
     events = [to_event(r) for r in load("ml-100k").replay()][:20_000]
     users = sorted({e.user_id for e in events[:5000]})
@@ -153,13 +164,21 @@ def test_a_lost_broker_loses_nothing_and_stops_no_worker(cluster, tmp_path):
         for r in asyncio.run(read_all(settings, "deletion-receipts"))
     ]
     assert len(receipts) == 30 and len({r.request_id for r in receipts}) == 30
-    # Known defect (docs/scale-out.md): while a lost broker's partitions change leader, a
-    # deletion can pass the barrier before events acknowledged ahead of it are read; its
-    # receipt then says "unknown user", and those events are dropped on arrival as older
-    # than the deletion. The subject is still gone and the state exact (checked below).
-    early = [r for r in receipts if r.status != "applied"]
-    assert all(r.status == "rejected" and r.detail.startswith("unknown user") for r in early)
-    print(f"\n[lethe tests] deletions released early during the leader change: {len(early)}")
+    # 8 of the 30 subjects have no event published before their deletion (they first appear
+    # in a later block): "unknown user" is then the right answer, unless the worker happened
+    # to read their later events before it released the deletion. Such later events carry
+    # an older ts than the deletion and are dropped either way. Open question
+    # (docs/scale-out.md): whether a subject *with* earlier events was ever answered so
+    # during a leader change; the test reports it, and the state is exact (checked below).
+    unknown = [r for r in receipts if r.status != "applied"]
+    assert all(r.status == "rejected" and r.detail.startswith("unknown user") for r in unknown)
+    earlier = _subjects_with_earlier_events(events, forgotten)
+    ids = {f"r-{user}-{k}": user for user, k in earlier.items()}
+    early = [r for r in unknown if r.request_id in ids]
+    print(
+        f"\n[lethe tests] 'unknown user' receipts: {len(unknown)}, of which for a subject "
+        f"with events published before its deletion: {len(early)}"
+    )
     keys = keyring_for(settings, create=False)
     for receipt in receipts:
         if receipt.status == "applied":
