@@ -72,9 +72,11 @@ def assert_reserves_rank_next(mapping, outsiders: np.ndarray) -> None:
         np.testing.assert_array_equal(mapping.res_idx[i, :m], order[:m])
         np.testing.assert_allclose(mapping.res_val[i, :m], outsiders[i, order[:m]], atol=1e-12)
         for j in order[m:]:
+            # the same expression gives the same bits: a tie is an exact equality (a score
+            # one rounding step below beyond ranks after it, whatever its index)
             beyond, at = mapping.beyond[i], mapping.beyond_idx[i]
-            assert outsiders[i, j] < beyond + 1e-12
-            assert not (abs(outsiders[i, j] - beyond) < 1e-12 and j < at)
+            assert outsiders[i, j] <= beyond
+            assert not (outsiders[i, j] == beyond and j < at)
 
 
 step = st.one_of(
@@ -147,10 +149,11 @@ def test_rows_selected_in_groups_of_any_size_give_the_same_lists(seed, k, shrink
                 _run(model, kind, arg)
             assert_same_as_fresh_fit(model, k, shrink)
         models.append(model._mapping)
+    # the lists agree bit for bit; bounds and reserves are only checked to be valid (by
+    # assert_same_as_fresh_fit): group sizes decide how many passes a change's merge takes,
+    # and a bound or reserve may end at another valid value
     for other in models[1:]:
-        names = ("nbr_idx", "nbr_val", "bound", "bound_idx", "worst_val", "worst_idx")
-        names += ("res_idx", "res_val", "res_fill", "beyond", "beyond_idx")
-        for name in names:
+        for name in ("nbr_idx", "nbr_val", "worst_val", "worst_idx"):
             np.testing.assert_array_equal(getattr(models[0], name), getattr(other, name))
 
 
