@@ -50,12 +50,23 @@ _MARGIN = 1.0 - 1e-6
 def toward_zero32(values: np.ndarray) -> np.ndarray:
     """float32 copies of ``values`` rounded toward zero: none larger in magnitude than its
     float64 value (an overflow gives the largest float32, an underflow rounds down, ±inf
-    stays), for the dismissal test of :func:`_scan`."""
-    with np.errstate(over="ignore"):  # an overflow is handled below
-        out = values.astype(np.float32)
-    over = np.abs(out.astype(np.float64)) > np.abs(values)
-    out[over] = np.nextafter(out[over], np.float32(0))
+    stays), for the dismissal test of :func:`_scan`. One compiled pass: the numpy version
+    took several passes and milliseconds per forget on 100k items."""
+    values = np.ascontiguousarray(values, dtype=np.float64)
+    out = np.empty(values.shape, dtype=np.float32)
+    _toward_zero32(values.reshape(-1), out.reshape(-1))
     return out
+
+
+@njit
+def _toward_zero32(values: np.ndarray, out: np.ndarray) -> None:
+    zero = np.float32(0.0)
+    for q in range(len(values)):
+        v = values[q]
+        f = np.float32(v)  # round to nearest (an overflow gives ±inf)
+        if abs(np.float64(f)) > abs(v):
+            f = np.nextafter(f, zero)
+        out[q] = f
 
 
 @njit(inline="always")

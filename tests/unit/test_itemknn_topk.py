@@ -510,3 +510,15 @@ def test_float32_copies_round_toward_zero():
     assert copies.dtype == np.float32
     assert np.all(np.abs(copies.astype(np.float64)) <= np.abs(values))
     assert copies[0] == np.finfo(np.float32).max and copies[5] == np.inf and copies[8] == 2.0
+    assert copies[1] == -np.finfo(np.float32).max and copies[6] == -np.inf
+    # each copy is the float32 nearest to its value from the zero side: the next float32
+    # away from zero is too large
+    rng = np.random.default_rng(3)
+    many = np.column_stack([rng.random(1000) * 10.0 ** rng.integers(-50, 50, 1000)] * 2)
+    many[:, 1] *= -1
+    got = topk_kernel.toward_zero32(many)
+    assert got.shape == many.shape
+    assert np.all(np.abs(got.astype(np.float64)) <= np.abs(many))
+    with np.errstate(over="ignore"):  # past the largest float32 is inf, as it should be
+        away = np.nextafter(got, np.copysign(np.float32(np.inf), got))
+    assert np.all((np.abs(away.astype(np.float64)) > np.abs(many)) | (got == 0) & (many == 0))
