@@ -41,7 +41,7 @@ from models.imcorrect import topk_kernel
 from models.imcorrect.base import Mapping
 from models.imcorrect.cooccurrence import Cooccurrence
 from models.imcorrect.lowrank import RowChange
-from models.imcorrect.topk import PAD, ranks_before, select, sort_rows
+from models.imcorrect.topk import PAD, padded, ranks_before, select, sort_rows
 from models.imcorrect.topk_merge import ListMerge
 from models.imcorrect.topk_rows import DegreeRows
 
@@ -313,9 +313,7 @@ class ItemKNNTopK(DegreeRows, ListMerge, Mapping):
 
     def neighbours(self) -> tuple[np.ndarray, np.ndarray]:
         """Every item's list in the tie order (stored lists are kept as unordered sets)."""
-        idx = self.nbr_idx.astype(np.int64)
-        idx[idx < 0] = PAD
-        idx, val = sort_rows(idx, self.nbr_val)
+        idx, val = sort_rows(padded(self.nbr_idx), self.nbr_val)
         return np.where(idx == PAD, -1, idx), val
 
     # -- the mapping M ----------------------------------------------------------------------

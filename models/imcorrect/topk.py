@@ -44,6 +44,18 @@ def select(
     return cols[chosen], scores[chosen], float(next_best), int(cols[at_best].min())
 
 
+def padded(slots: np.ndarray) -> np.ndarray:
+    """Stored slots (item indices, −1 padding) as int64 with ``PAD`` padding, to sort by."""
+    idx = slots.astype(np.int64)
+    idx[idx < 0] = PAD
+    return idx
+
+
+def slots(idx: np.ndarray) -> np.ndarray:
+    """The inverse of :func:`padded`: int32 item indices with −1 padding, as stored."""
+    return np.where(idx == PAD, -1, idx).astype(np.int32)
+
+
 def sort_rows(idx: np.ndarray, val: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Sort every row of a block by the tie rule (empty slots: ``PAD`` / −inf, last)."""
     by_index = np.argsort(idx, axis=1, kind="stable")

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.imcorrect.topk import PAD, ranks_before, sort_rows
+from models.imcorrect.topk import PAD, padded, ranks_before, slots, sort_rows
 from models.imcorrect.topk_kernel import find_slots
 
 
@@ -162,9 +162,8 @@ class ListMerge:
         k, n = self.k, self.n_items
         affected, loc = np.unique(pj, return_inverse=True)
         held = self.res_fill[affected] > 0
-        idx = self.nbr_idx[affected].astype(np.int64)
+        idx = padded(self.nbr_idx[affected])
         val = self.nbr_val[affected].copy()
-        idx[idx < 0] = PAD
         dirty = [np.zeros(0, dtype=np.int64)]
         m_rows, m_c = loc[member], pc[member]
         pos, found = _positions(idx, m_rows, m_c)
@@ -207,8 +206,7 @@ class ListMerge:
         if idx.shape[1] > k:
             self._raise_bounds(affected[~held], val[~held, k], idx[~held, k])
         # what every candidate left out of this merge ranks at or after
-        thr = np.where(held, self.beyond[affected], self.bound[affected])
-        thr_idx = np.where(held, self.beyond_idx[affected], self.bound_idx[affected])
+        thr, thr_idx = self._outsiders_floor(affected)
         exact = (thr == -np.inf) | ranks_before(val[:, k - 1], idx[:, k - 1], thr, thr_idx)
         exact |= self._promote_bound(affected, idx, val, ~exact & ~held, degree_old)
         keep = affected[exact]
@@ -221,20 +219,21 @@ class ListMerge:
         return np.concatenate(dirty)
 
     # -- reserves ---------------------------------------------------------------------------
-    def _outsiders_floor(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per row, a (score, index) at or before which every outsider outside the reserve
-        ranks: ``beyond`` where the reserve holds entries, else the bound."""
-        held = self.res_fill > 0
+    def _outsiders_floor(
+        self, rows: np.ndarray | slice = slice(None)
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Per row of ``rows`` (all by default), a (score, index) at or before which every
+        outsider outside the reserve ranks: ``beyond`` where the reserve holds entries, else
+        the bound."""
+        held = self.res_fill[rows] > 0
         return (
-            np.where(held, self.beyond, self.bound),
-            np.where(held, self.beyond_idx, self.bound_idx),
+            np.where(held, self.beyond[rows], self.bound[rows]),
+            np.where(held, self.beyond_idx[rows], self.bound_idx[rows]),
         )
 
     def _reserve_block(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The reserves of ``rows`` as ranked ``(idx, val)`` blocks (``PAD`` / −inf padding)."""
-        idx = self.res_idx[rows].astype(np.int64)
-        idx[idx < 0] = PAD
-        return idx, self.res_val[rows].copy()
+        return padded(self.res_idx[rows]), self.res_val[rows].copy()
 
     def _store_reserve(
         self,
@@ -305,7 +304,7 @@ class ListMerge:
         rows = np.unique(rows)
         idx, val = sort_rows(*self._reserve_block(rows))
         fill = (idx != PAD).sum(axis=1)
-        self.res_idx[rows] = np.where(idx == PAD, -1, idx).astype(np.int32)
+        self.res_idx[rows] = slots(idx)
         self.res_val[rows], self.res_fill[rows] = val, fill
         # a reserve left empty hands its beyond to the bound (every outsider ranks after it)
         spent = rows[fill == 0]
@@ -365,7 +364,7 @@ class ListMerge:
         self.worst_idx[rows] = np.where(fill > 0, idx[here, last], -1)
         order = np.argsort(idx, axis=1, kind="stable")  # PAD sorts last
         idx = np.take_along_axis(idx, order, axis=1)
-        self.nbr_idx[rows] = np.where(idx == PAD, -1, idx).astype(np.int32)
+        self.nbr_idx[rows] = slots(idx)
         self.nbr_val[rows] = np.take_along_axis(val, order, axis=1)
 
     def _raise_bounds(self, rows: np.ndarray, vals: np.ndarray, cols: np.ndarray) -> None:
