@@ -276,10 +276,10 @@ class IMCorrect(Persistence):
         hit = np.flatnonzero(forgotten[x.indices])
         if len(hit) == 0:
             return 0
-        owners = np.searchsorted(x.indptr, hit, side="right") - 1  # sorted, as hit is
-        users = owners[np.concatenate([[True], owners[1:] != owners[:-1]])]
         change = None
         if self.correct_mapping and self._mapping.item_removal_reads_rows:
+            owners = np.searchsorted(x.indptr, hit, side="right") - 1  # sorted, as hit is
+            users = owners[np.concatenate([[True], owners[1:] != owners[:-1]])]
             old = self._rows(users)  # a new matrix: sliced from X's arrays
             new = old.copy()
             new.data[forgotten[new.indices]] = 0.0
