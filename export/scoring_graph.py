@@ -53,33 +53,48 @@ class SASRecScorer(nn.Module):
         # additive causal mask: 0 where a position may attend, -inf above the diagonal
         causal = torch.full((cfg.max_len, cfg.max_len), float("-inf")).triu(1)
         self.register_buffer("causal", causal, persistent=False)
+        # -1e9 rather than -inf, applied by multiplication: exp underflows to exactly 0 all
+        # the same, and the graph needs no shape-dependent Where/Expand for the batch axis
+        padded_key = (1.0 - torch.eye(cfg.max_len)) * -1e9
+        self.register_buffer("padded_key", padded_key, persistent=False)
         self.register_buffer("positions", torch.arange(cfg.max_len), persistent=False)
 
     def forward(self, seq: torch.Tensor) -> torch.Tensor:
         x = self.item_emb(seq) * self.hidden**0.5 + self.pos_emb(self.positions)[None]
-        x = x.masked_fill((seq == 0)[..., None], 0.0)
+        pad = seq == 0
+        x = x.masked_fill(pad[..., None], 0.0)
         last = len(self.blocks) - 1
         for k, block in enumerate(self.blocks):
-            x = self._block(block, x, only_last=k == last)
+            x = self._block(block, x, pad, only_last=k == last)
         return self.final_norm(x[:, -1, :]) @ self.item_emb.weight.T
 
-    def _block(self, block: _Block, x: torch.Tensor, only_last: bool) -> torch.Tensor:
+    def _block(
+        self, block: _Block, x: torch.Tensor, pad: torch.Tensor, only_last: bool
+    ) -> torch.Tensor:
         h = block.norm1(x)
         q_w, kv_w = block.in_proj_weight.split([self.hidden, 2 * self.hidden])
         q_b, kv_b = block.in_proj_bias.split([self.hidden, 2 * self.hidden])
         k, v = F.linear(h, kv_w, kv_b).split(self.hidden, dim=-1)
         rows = 1 if only_last else self.length
         q = F.linear(h[:, -rows:, :], q_w, q_b)
-        attn = self._attend(q, k, v, rows)
+        attn = self._attend(q, k, v, self._mask(pad, rows), rows)
         x = (x[:, -1:, :] if only_last else x) + block.out_proj(attn)
         return x + block.linear2(block.activation(block.linear1(block.norm2(x))))
 
-    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: int) -> torch.Tensor:
+    def _mask(self, pad: torch.Tensor, rows: int) -> torch.Tensor:
+        """B × 1 × rows × L additive mask of ``SASRec``'s: no later positions, no padded keys
+        (a padded position still sees itself)."""
+        blocked = pad.to(torch.float32)[:, None, None, :] * self.padded_key[-rows:]
+        return blocked + self.causal[-rows:]
+
+    def _attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, rows: int
+    ) -> torch.Tensor:
         """Multi-head attention of the last ``rows`` positions over all positions."""
         heads, d = self.heads, self.head_dim
         q = q.reshape(-1, rows, heads, d).transpose(1, 2)
         k = k.reshape(-1, self.length, heads, d).transpose(1, 2)
         v = v.reshape(-1, self.length, heads, d).transpose(1, 2)
-        logits = q @ k.transpose(-1, -2) * (1.0 / math.sqrt(d)) + self.causal[-rows:]
+        logits = q @ k.transpose(-1, -2) * (1.0 / math.sqrt(d)) + mask
         out = torch.softmax(logits, dim=-1) @ v
         return out.transpose(1, 2).reshape(-1, rows, self.hidden)

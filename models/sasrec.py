@@ -3,6 +3,11 @@
 The forward pass is export-friendly: a batch of left-padded item-id sequences in, scores over
 all items (column 0 is padding) for the last position out. ``hidden_states`` exposes every
 position for training.
+
+Padding is invisible to real positions (their attention never reaches a padded key) and
+positions are counted back from the newest item, so a batch with its all-padding leading
+columns cut off gives the same scores as the full-width batch: training trims batches of
+short sequences to their real width (docs/models.md, "SASRec").
 """
 
 from __future__ import annotations
@@ -48,21 +53,32 @@ class SASRec(nn.Module):
         self.final_norm = nn.LayerNorm(config.hidden)
         causal = torch.triu(torch.ones(config.max_len, config.max_len, dtype=torch.bool), 1)
         self.register_buffer("causal_mask", causal, persistent=False)
+        eye = torch.eye(config.max_len, dtype=torch.bool)
+        self.register_buffer("diagonal", eye, persistent=False)
         nn.init.normal_(self.item_emb.weight, std=0.02)
         nn.init.normal_(self.pos_emb.weight, std=0.02)
 
     def hidden_states(self, seq: torch.Tensor) -> torch.Tensor:
-        """B × L item ids (0 = padding) → B × L × H."""
-        length = seq.shape[1]
-        positions = torch.arange(length, device=seq.device)
+        """B × L item ids (0 = padding, L ≤ max_len) → B × L × H."""
+        length, max_len = seq.shape[1], self.config.max_len
+        positions = torch.arange(max_len - length, max_len, device=seq.device)
         x = self.item_emb(seq) * self.config.hidden**0.5 + self.pos_emb(positions)[None]
         x = self.dropout(x)
         pad = seq == 0
         x = x.masked_fill(pad[..., None], 0.0)
-        # Left padding: fully padded prefixes only attend among themselves (masked out of
-        # the loss); real positions never see padding because it precedes them causally.
-        x = self.encoder(x, mask=self.causal_mask[:length, :length], is_causal=True)
+        x = self.encoder(x, mask=self._attention_mask(pad))
         return self.final_norm(x)
+
+    def _attention_mask(self, pad: torch.Tensor) -> torch.Tensor:
+        """(B·heads) × L × L, True where attention is blocked: later positions and padded keys.
+
+        A padded position still sees itself, so its (unused) row of attention is never empty
+        and cannot turn into NaN that would reach real positions through the values."""
+        length = pad.shape[1]
+        blocked = self.causal_mask[:length, :length] | (
+            pad[:, None, :] & ~self.diagonal[:length, :length]
+        )
+        return blocked.repeat_interleave(self.config.heads, dim=0)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return hidden @ self.item_emb.weight.T

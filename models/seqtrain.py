@@ -12,7 +12,7 @@ import torch
 
 from models.metrics import evaluate_scores
 from models.sasrec import SASRec, sequence_ce_loss
-from models.sequences import EvalSet, TrainingSequences
+from models.sequences import EvalSet, TrainingSequences, length_grouped_batches
 
 
 def set_seed(seed: int) -> None:
@@ -72,19 +72,19 @@ def train_sasrec(
 ) -> TrainReport:
     """Plain CE training (the SASRec-alone baseline and the pretraining stage).
 
+    Batches group rows of similar length and are cut to their longest row, which on
+    long-tailed data (ML-1M at length 200) about halves the work of the encoder.
     Pass ``optimizer`` to continue training across calls without resetting Adam's moments.
     """
     device = device or next(model.parameters()).device
     opt = optimizer or torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
     steps, loss_value, start = 0, float("nan"), time.perf_counter()
+    lengths = data.lengths()
     for epoch in range(epochs):
-        order = torch.randperm(len(data))
-        for b in range(0, len(data), batch_size):
-            idx = order[b : b + batch_size]
-            loss = sequence_ce_loss(
-                model, data.inputs[idx].to(device), data.targets[idx].to(device)
-            )
+        for idx in length_grouped_batches(lengths, batch_size):
+            inputs, targets = data.batch(idx)
+            loss = sequence_ce_loss(model, inputs.to(device), targets.to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
