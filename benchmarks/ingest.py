@@ -218,7 +218,7 @@ def main() -> None:
                 worker.kill()
         state = SnapshotStore(settings.state_dir / "imcorrect").load()
         assert state is not None
-        fit = IMCorrect("ease", l2=settings.imcorrect.l2).fit(state.model.interactions)
+        fit = IMCorrect("ease", l2=settings.imcorrect.ease.l2).fit(state.model.interactions)
         diff = float(np.max(np.abs(state.model.mapping - fit.mapping)))
         lat_ms = np.array(latencies) * 1000
         emit(

@@ -21,6 +21,15 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from models.imcorrect import (
+    EASEConfig,
+    GFCFConfig,
+    ItemKNNConfig,
+    ItemKNNTopKConfig,
+    MappingConfig,
+)
+from models.imcorrect.model import MappingName
+
 DAY_MS = 24 * 3600 * 1000
 
 
@@ -108,14 +117,13 @@ class ProducerSettings(BaseModel):
 class IMCorrectWorkerSettings(BaseModel):
     """The streaming IMCorrect worker: model, micro-batching, snapshots."""
 
-    mapping: Literal["ease", "itemknn", "gfcf", "itemknn-topk"] = "ease"
-    l2: float = Field(default=200.0, gt=0)
-    shrink: float = Field(default=0.0, ge=0)
-    #: neighbours per item of the sparse ``itemknn-topk`` mapping (large catalogues)
-    k: int = Field(default=100, ge=1)
-    #: candidates each ``itemknn-topk`` list keeps in order after its k (refills without a
-    #: reselection when members are forgotten)
-    reserve: int = Field(default=4, ge=0)
+    mapping: MappingName = "ease"
+    #: each mapping's own config (models.imcorrect), e.g. LETHE_IMCORRECT__EASE__L2 or
+    #: LETHE_IMCORRECT__ITEMKNN_TOPK__K; only the one ``mapping`` names is used
+    ease: EASEConfig = EASEConfig()
+    itemknn: ItemKNNConfig = ItemKNNConfig()
+    gfcf: GFCFConfig = GFCFConfig()
+    itemknn_topk: ItemKNNTopKConfig = ItemKNNTopKConfig()
     #: cap on the dense mappings' n×n arrays; None: half the machine's memory
     memory_budget_gb: float | None = Field(default=None, gt=0)
     #: a batch takes whatever is already fetched, up to this many events: small when the
@@ -137,6 +145,35 @@ class IMCorrectWorkerSettings(BaseModel):
     #: a replica silent this long is no longer waited for by receipts
     replica_timeout_s: float = Field(default=10.0, gt=0)
     heartbeat_interval_s: float = Field(default=0.5, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_retired_fields(cls, data: object) -> object:
+        # these were flat fields once; ignoring them would silently run the defaults
+        retired = {
+            "l2": ("ease",),
+            "shrink": ("itemknn", "itemknn_topk"),
+            "k": ("itemknn_topk",),
+            "reserve": ("itemknn_topk",),
+        }
+        if isinstance(data, dict):
+            for name, sections in retired.items():
+                if name in data:
+                    where = " or ".join(
+                        f"LETHE_IMCORRECT__{section.upper()}__{name.upper()}"
+                        for section in sections
+                    )
+                    raise ValueError(f"imcorrect.{name} moved into its mapping's section: {where}")
+        return data
+
+    def mapping_config(self) -> MappingConfig:
+        """The config of the mapping the worker runs."""
+        return {
+            "ease": self.ease,
+            "itemknn": self.itemknn,
+            "gfcf": self.gfcf,
+            "itemknn-topk": self.itemknn_topk,
+        }[self.mapping]
 
 
 class TrainerSettings(BaseModel):

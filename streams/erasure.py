@@ -170,7 +170,7 @@ def _check_imcorrect(
         f"{len(unmapped_rows)} row(s) and {len(unmapped_cols)} column(s) with data but no id "
         f"({verdict.figures['orphan_interactions']} interaction(s)); {x.nnz} retained",
     )
-    refit = IMCorrect(model.mapping_name, **model.state_meta()["params"]).fit(x)
+    refit = IMCorrect(model.config).fit(x)
     diff = float(np.max(np.abs(model.mapping - refit.mapping))) if model.n_items else 0.0
     verdict.figures["mapping_max_abs_diff"] = diff
     verdict.figures["tolerance"] = tolerance

@@ -45,11 +45,21 @@ def settings_env(settings: LetheSettings) -> dict[str, str]:
     if settings.hash_key_file is not None:
         env["LETHE_HASH_KEY_FILE"] = str(settings.hash_key_file)
     for section in ("imcorrect", "trainer", "scorer"):
-        for key, value in getattr(settings, section).model_dump().items():
-            if value is None:
-                continue  # unset stays unset (the child's default), never the string "None"
-            text = ("true" if value else "false") if isinstance(value, bool) else str(value)
-            env[f"LETHE_{section.upper()}__{key.upper()}"] = text
+        env.update(
+            _section_env(f"LETHE_{section.upper()}", getattr(settings, section).model_dump())
+        )
+    return env
+
+
+def _section_env(prefix: str, fields: dict) -> dict[str, str]:
+    """``PREFIX__KEY`` variables for ``fields``; nested configs (a mapping's own) recurse."""
+    env: dict[str, str] = {}
+    for key, value in fields.items():
+        name = f"{prefix}__{key.upper()}"
+        if isinstance(value, dict):
+            env.update(_section_env(name, value))
+        elif value is not None:  # unset stays unset (the child's default), never "None"
+            env[name] = ("true" if value else "false") if isinstance(value, bool) else str(value)
     return env
 
 

@@ -8,6 +8,7 @@ each mapping folds into M without refitting (see :mod:`models.imcorrect.lowrank`
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
@@ -27,6 +28,9 @@ class Mapping(ABC):
     #: whether :meth:`remove_items` reads the users' rows (slicing the rows of a popular
     #: item's users costs more than some mappings' whole removal)
     item_removal_reads_rows: ClassVar[bool] = True
+
+    #: the mapping's hyper-parameters: a frozen dataclass owned by the mapping's module
+    config: Any
 
     def __init__(self) -> None:
         self.gram = np.zeros((0, 0))
@@ -124,9 +128,9 @@ class Mapping(ABC):
         self._load_derived(arrays)
         self._mapping = None
 
-    @abstractmethod
-    def config(self) -> dict[str, Any]:
-        """Hyper-parameters, JSON-serialisable."""
+    def params(self) -> dict[str, Any]:
+        """Hyper-parameters as JSON-serialisable fields of :attr:`config`."""
+        return dataclasses.asdict(self.config)
 
     # -- hooks for subclasses ---------------------------------------------------------------
     @abstractmethod

@@ -7,7 +7,7 @@ complement; catalogue growth appends a λ⁻¹I block (new items have no interac
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.linalg as sla
@@ -17,20 +17,31 @@ from models.imcorrect.base import Mapping
 from models.imcorrect.lowrank import RowChange, symmetric_rank_update
 
 
+@dataclass(frozen=True)
+class EASEConfig:
+    """EASE's hyper-parameters; the worker's settings embed this class."""
+
+    #: λ, the ridge added to the Gram matrix's diagonal
+    l2: float = 200.0
+
+    def __post_init__(self) -> None:
+        if not self.l2 > 0:
+            raise ValueError("l2 must be positive")
+
+
 class EASE(Mapping):
     name = "ease"
     dense_arrays = 4  # G, G + λI being factorised, the identity solved into P, P's symmetrisation
     item_removal_reads_rows = False  # a Schur complement of P
 
-    def __init__(self, l2: float = 500.0) -> None:
+    def __init__(self, config: EASEConfig = EASEConfig()) -> None:
         super().__init__()
-        if l2 <= 0:
-            raise ValueError("l2 must be positive")
-        self.l2 = float(l2)
+        self.config = config
         self.inverse = np.zeros((0, 0))
 
-    def config(self) -> dict[str, Any]:
-        return {"l2": self.l2}
+    @property
+    def l2(self) -> float:
+        return float(self.config.l2)
 
     def _fit_derived(self, x: sp.csr_matrix) -> None:
         self.inverse = _spd_inverse(self.gram, self.l2)

@@ -10,7 +10,7 @@ the linear filter, for which forgetting is exact.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
@@ -20,16 +20,19 @@ from models.imcorrect.lowrank import RowChange
 from models.imcorrect.normalized import NormalizedGram, row_sums
 
 
+@dataclass(frozen=True)
+class GFCFConfig:
+    """The linear GF-CF filter has no hyper-parameters; the class keeps the settings uniform."""
+
+
 class GFCF(NormalizedGram):
     name = "gfcf"
     zero_diagonal = False
 
-    def __init__(self) -> None:
+    def __init__(self, config: GFCFConfig = GFCFConfig()) -> None:
         super().__init__()
+        self.config = config
         self.item_degree = np.zeros(0)
-
-    def config(self) -> dict[str, Any]:
-        return {}
 
     def row_weights(self, rows: sp.csr_matrix) -> np.ndarray:
         d = row_sums(rows)

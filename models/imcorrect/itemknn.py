@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -10,19 +10,27 @@ from models.imcorrect.lowrank import RowChange
 from models.imcorrect.normalized import NormalizedGram
 
 
+@dataclass(frozen=True)
+class ItemKNNConfig:
+    """Dense cosine ItemKNN's hyper-parameters; the worker's settings embed this class."""
+
+    #: added to the cosine denominator; damps similarities built on few co-occurrences
+    shrink: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.shrink >= 0:
+            raise ValueError("shrink must be non-negative")
+
+
 class ItemKNN(NormalizedGram):
     name = "itemknn"
     zero_diagonal = True
     item_removal_reads_rows = False  # zeroes G's rows and columns
 
-    def __init__(self, shrink: float = 0.0) -> None:
+    def __init__(self, config: ItemKNNConfig = ItemKNNConfig()) -> None:
         super().__init__()
-        if shrink < 0:
-            raise ValueError("shrink must be non-negative")
-        self.shrink = float(shrink)
-
-    def config(self) -> dict[str, Any]:
-        return {"shrink": self.shrink}
+        self.config = config
+        self.shrink = float(config.shrink)
 
     def remove_items(self, items: np.ndarray, change: RowChange | None) -> None:
         """Removing column j of X only zeroes row/column j of G, and no other item's norm

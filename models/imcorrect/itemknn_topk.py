@@ -32,7 +32,7 @@ degree changed. Then:
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
@@ -51,34 +51,38 @@ _CHUNK_ENTRIES = 4_000_000
 _RECOMPUTE_ALL_SHARE = 0.5
 
 
-class ItemKNNTopK(DegreeRows, ListMerge, Mapping):
-    """Cosine item-kNN over sparse co-occurrences, each item's ``k`` best neighbours kept.
+@dataclass(frozen=True)
+class ItemKNNTopKConfig:
+    """Sparse top-k ItemKNN's hyper-parameters; the worker's settings embed this class."""
 
-    Parameters
-    ----------
-    k:
-        Neighbours kept per item (``k ≥ n_items`` keeps every co-occurring item).
-    shrink:
-        Added to the cosine denominator; damps similarities built on few co-occurrences.
-    reserve:
-        Candidates kept in order after the ``k`` neighbours of each item (not part of M):
-        that many members can vanish from a list before it must be selected again.
-    """
+    #: neighbours kept per item (``k ≥ n_items`` keeps every co-occurring item)
+    k: int = 100
+    #: added to the cosine denominator; damps similarities built on few co-occurrences
+    shrink: float = 0.0
+    #: candidates kept in order after the ``k`` neighbours of each item (not part of M):
+    #: that many members can vanish from a list before it must be selected again
+    reserve: int = 4
+
+    def __post_init__(self) -> None:
+        if not self.k >= 1:
+            raise ValueError("k must be at least 1")
+        if not self.shrink >= 0:
+            raise ValueError("shrink must be non-negative")
+        if not self.reserve >= 0:
+            raise ValueError("reserve must be non-negative")
+
+
+class ItemKNNTopK(DegreeRows, ListMerge, Mapping):
+    """Cosine item-kNN over sparse co-occurrences, each item's ``k`` best neighbours kept
+    (:class:`ItemKNNTopKConfig`)."""
 
     name = "itemknn-topk"
     item_removal_reads_rows = False  # ΔG is read off G
 
-    def __init__(self, k: int = 100, shrink: float = 0.0, reserve: int = 4) -> None:
+    def __init__(self, config: ItemKNNTopKConfig = ItemKNNTopKConfig()) -> None:
         # Mapping.__init__ would allocate a dense Gram matrix: this class keeps none
-        if int(k) < 1:
-            raise ValueError("k must be at least 1")
-        if shrink < 0:
-            raise ValueError("shrink must be non-negative")
-        if int(reserve) < 0:
-            raise ValueError("reserve must be non-negative")
-        self.k = int(k)
-        self.shrink = float(shrink)
-        self.reserve = int(reserve)
+        self.config = config
+        self.k, self.shrink, self.reserve = int(config.k), float(config.shrink), int(config.reserve)
         self.counts = Cooccurrence(0)
         self.degree = np.zeros(0)
         self._empty_lists(0)
@@ -86,9 +90,6 @@ class ItemKNNTopK(DegreeRows, ListMerge, Mapping):
         self.last_recomputed = 0
         self._mapping: sp.csr_matrix | None = None
         topk_kernel.warm()  # compiled here, not inside the first forget
-
-    def config(self) -> dict[str, Any]:
-        return {"k": self.k, "shrink": self.shrink, "reserve": self.reserve}
 
     def _empty_lists(self, n: int) -> None:
         # slots of a row: its entries by ascending item index, then -1 padding

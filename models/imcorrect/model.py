@@ -22,10 +22,10 @@ import numpy as np
 import scipy.sparse as sp
 
 from models.imcorrect.base import Mapping
-from models.imcorrect.ease import EASE
-from models.imcorrect.gfcf import GFCF
-from models.imcorrect.itemknn import ItemKNN
-from models.imcorrect.itemknn_topk import ItemKNNTopK
+from models.imcorrect.ease import EASE, EASEConfig
+from models.imcorrect.gfcf import GFCF, GFCFConfig
+from models.imcorrect.itemknn import ItemKNN, ItemKNNConfig
+from models.imcorrect.itemknn_topk import ItemKNNTopK, ItemKNNTopKConfig
 from models.imcorrect.lowrank import RowChange
 from models.imcorrect.persist import Persistence
 from models.imcorrect.serving import FrozenScores
@@ -45,30 +45,44 @@ MappingName = Literal["ease", "itemknn", "gfcf", "itemknn-topk"]
 DEFAULT_DRIFT_TOLERANCE = 1e-9
 
 
-def make_mapping(name: MappingName, **params: float) -> Mapping:
-    """Factory for the supported mappings.
+#: every mapping's config class, embedded by type in the worker's settings
+MappingConfig = EASEConfig | ItemKNNConfig | GFCFConfig | ItemKNNTopKConfig
+
+#: name → (config class, mapping class): the one table of supported mappings
+_MAPPINGS: dict[str, tuple[type, type[Mapping]]] = {
+    "ease": (EASEConfig, EASE),
+    "itemknn": (ItemKNNConfig, ItemKNN),
+    "gfcf": (GFCFConfig, GFCF),
+    "itemknn-topk": (ItemKNNTopKConfig, ItemKNNTopK),
+}
+
+
+def mapping_config(name: MappingName, **params: float) -> MappingConfig:
+    """The config of mapping ``name`` with ``params`` set (a TypeError names any parameter
+    that mapping does not have)."""
+    if name not in _MAPPINGS:
+        raise ValueError(f"unknown mapping {name!r}: choose ease, itemknn, gfcf or itemknn-topk")
+    return _MAPPINGS[name][0](**params)
+
+
+def mapping_name(config: MappingConfig) -> MappingName:
+    """The name of the mapping ``config`` configures."""
+    for name, (config_class, _) in _MAPPINGS.items():
+        if type(config) is config_class:
+            return name  # type: ignore[return-value]
+    raise TypeError(f"not a mapping config: {config!r}")
+
+
+def make_mapping(config: MappingConfig, memory_budget_gb: float | None = None) -> Mapping:
+    """The mapping ``config`` configures.
 
     ``memory_budget_gb`` (dense mappings only) caps their n×n float64 arrays; a larger
     catalogue raises :class:`~models.imcorrect.budget.DenseBudgetError` before allocating.
     The default is half the machine's physical memory.
     """
-    budget_gb = params.pop("memory_budget_gb", None)
-    if name == "itemknn-topk":
-        return ItemKNNTopK(
-            k=int(params.get("k", 100)),
-            shrink=params.get("shrink", 0.0),
-            reserve=int(params.get("reserve", 4)),
-        )
-    if name == "ease":
-        mapping: Mapping = EASE(l2=params.get("l2", 500.0))
-    elif name == "itemknn":
-        mapping = ItemKNN(shrink=params.get("shrink", 0.0))
-    elif name == "gfcf":
-        mapping = GFCF()
-    else:
-        raise ValueError(f"unknown mapping {name!r}: choose ease, itemknn, gfcf or itemknn-topk")
-    if budget_gb is not None:
-        mapping.memory_budget_bytes = float(budget_gb) * 1e9
+    mapping = _MAPPINGS[mapping_name(config)][1](config)
+    if memory_budget_gb is not None:
+        mapping.memory_budget_bytes = float(memory_budget_gb) * 1e9
     return mapping
 
 
@@ -89,8 +103,10 @@ class IMCorrect(Persistence):
     Parameters
     ----------
     mapping:
-        ``"ease"``, ``"itemknn"``, ``"gfcf"`` (linear filter) or ``"itemknn-topk"`` (sparse
-        top-k cosine neighbours, for catalogues too large for n×n arrays).
+        A mapping's config (:data:`MappingConfig`), or its name with its fields in
+        ``params``: ``"ease"``, ``"itemknn"``, ``"gfcf"`` (linear filter) or
+        ``"itemknn-topk"`` (sparse top-k cosine neighbours, for catalogues too large for
+        n×n arrays).
     correct_mapping:
         When False only X is corrected (the fast, incomplete "interaction-only" peer).
     drift_tolerance, check_every:
@@ -98,25 +114,33 @@ class IMCorrect(Persistence):
     refit_rank_ratio:
         A row change whose rank bound (2 × changed users) reaches this share of the item
         count is applied by refitting from X instead of a low-rank correction.
+    memory_budget_gb:
+        Caps the dense mappings' n×n arrays (see :func:`make_mapping`).
     **params:
-        Mapping hyper-parameters (``l2`` for EASE, ``shrink`` for ItemKNN, ``k``,
-        ``shrink`` and ``reserve`` for itemknn-topk; ``memory_budget_gb`` caps the dense mappings).
+        Fields of the named mapping's config (``l2`` for EASE, ``shrink`` for ItemKNN,
+        ``k``, ``shrink`` and ``reserve`` for itemknn-topk).
     """
 
     def __init__(
         self,
-        mapping: MappingName = "ease",
+        mapping: MappingName | MappingConfig = "ease",
         *,
         correct_mapping: bool = True,
         drift_tolerance: float = DEFAULT_DRIFT_TOLERANCE,
         check_every: int = 64,
         refit_rank_ratio: float = 0.5,
         seed: int = 0,
+        memory_budget_gb: float | None = None,
         **params: float,
     ) -> None:
-        self.mapping_name: MappingName = mapping
-        self.params = dict(params)
-        self._mapping = make_mapping(mapping, **params)
+        if isinstance(mapping, str):
+            config = mapping_config(mapping, **params)
+        elif params:
+            raise TypeError("give a mapping config or a mapping name with parameters, not both")
+        else:
+            config = mapping
+        self.mapping_name: MappingName = mapping_name(config)
+        self._mapping = make_mapping(config, memory_budget_gb)
         self.correct_mapping = correct_mapping
         self.drift_tolerance = drift_tolerance
         self.check_every = check_every
@@ -133,6 +157,11 @@ class IMCorrect(Persistence):
         self.last_drift = 0.0
 
     # -- read-only views --------------------------------------------------------------------
+    @property
+    def config(self) -> MappingConfig:
+        """The mapping's hyper-parameters."""
+        return self._mapping.config
+
     @property
     def n_users(self) -> int:
         return self._x.shape[0]

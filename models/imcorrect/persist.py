@@ -36,7 +36,7 @@ class Persistence:
         return {
             "format": FORMAT_VERSION,
             "mapping": self.mapping_name,
-            "params": self._mapping.config(),
+            "params": self._mapping.params(),
             "correct_mapping": self.correct_mapping,
             "drift_tolerance": self.drift_tolerance,
             "check_every": self.check_every,

@@ -10,13 +10,13 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from models.imcorrect.ease import EASE
+from models.imcorrect.ease import EASE, EASEConfig
 
 
 class ShardedEASE:
     """``n_shards`` EASE models on a random partition of users; scores are their mean."""
 
-    def __init__(self, n_shards: int = 8, l2: float = 500.0, seed: int = 0) -> None:
+    def __init__(self, n_shards: int = 8, l2: float = EASEConfig.l2, seed: int = 0) -> None:
         self.n_shards = n_shards
         self.l2 = l2
         self.seed = seed
@@ -33,7 +33,7 @@ class ShardedEASE:
 
     def _fit_shard(self, shard: int) -> np.ndarray:
         rows = np.flatnonzero(self.shard_of_user == shard)
-        model = EASE(self.l2)
+        model = EASE(EASEConfig(l2=self.l2))
         model.fit(self.x[rows])
         return np.array(model.mapping)
 

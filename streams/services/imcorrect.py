@@ -40,14 +40,8 @@ def imcorrect_folder(settings: LetheSettings) -> str:
 
 def new_state(settings: LetheSettings) -> WorkerState:
     cfg = settings.imcorrect
-    params: dict[str, float] = {
-        "ease": {"l2": cfg.l2},
-        "itemknn": {"shrink": cfg.shrink},
-        "itemknn-topk": {"k": cfg.k, "shrink": cfg.shrink, "reserve": cfg.reserve},
-    }.get(cfg.mapping, {})
-    if cfg.memory_budget_gb is not None and cfg.mapping != "itemknn-topk":
-        params["memory_budget_gb"] = cfg.memory_budget_gb
-    return WorkerState(model=IMCorrect(cfg.mapping, **params), dedup=DedupWindow(cfg.dedup_window))
+    model = IMCorrect(cfg.mapping_config(), memory_budget_gb=cfg.memory_budget_gb)
+    return WorkerState(model=model, dedup=DedupWindow(cfg.dedup_window))
 
 
 class IMCorrectService:

@@ -188,7 +188,7 @@ def test_a_lost_broker_loses_nothing_and_stops_no_worker(cluster, tmp_path):
     assert not gone & {u for u in state.users.by_index if u is not None}
     # a forgotten user's later events carry an older ts than the deletion: dropped
     retained = [(e.user_id, e.item_id) for e in events if e.user_id not in gone]
-    assert_equals_batch_fit(state, retained, settings.imcorrect.l2)
+    assert_equals_batch_fit(state, retained, settings.imcorrect.ease.l2)
 
 
 def test_hot_replicas_lose_nothing_when_the_change_logs_leader_broker_dies(cluster, tmp_path):
@@ -235,5 +235,5 @@ def test_hot_replicas_lose_nothing_when_the_change_logs_leader_broker_dies(clust
     states = [load_state(settings.state_dir, f"imcorrect-{r.id}") for r in replicas]
     for state in states:
         assert state.counters["events_accepted"] == len(events), "an event was lost or doubled"
-        assert_equals_batch_fit(state, retained, settings.imcorrect.l2)
+        assert_equals_batch_fit(state, retained, settings.imcorrect.ease.l2)
     assert states[0].items.by_index == states[1].items.by_index

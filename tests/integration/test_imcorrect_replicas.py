@@ -123,7 +123,7 @@ def test_two_replicas_stay_identical_and_exact_through_two_writer_kills(settings
     retained = [(e.user_id, e.item_id) for e in events if e.user_id not in gone]
     states = [load_state(settings.state_dir, f"imcorrect-{r.id}") for r in both]
     for state in states:
-        assert_equals_batch_fit(state, retained, settings.imcorrect.l2)
+        assert_equals_batch_fit(state, retained, settings.imcorrect.ease.l2)
         assert state.counters["events_accepted"] == len(events), "an event lost or doubled"
         assert not gone & set(u for u in state.users.by_index if u is not None)
     # each replica's files prove erasures on their own (a sample: each check is a refit)

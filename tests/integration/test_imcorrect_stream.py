@@ -78,7 +78,7 @@ def test_replay_ml100k_then_forget_5pct_equals_batch_fit(settings, ml100k, tmp_p
     state = load_state(settings.state_dir)
     gone = set(forgotten)
     retained = [(e.user_id, e.item_id) for e in events if e.user_id not in gone]
-    assert_equals_batch_fit(state, retained, settings.imcorrect.l2)
+    assert_equals_batch_fit(state, retained, settings.imcorrect.ease.l2)
     assert state.counters["events_accepted"] == len(events)
 
     # after the receipts, no file under the state directory names a forgotten user
@@ -133,7 +133,7 @@ def test_sigkill_three_times_loses_nothing_and_applies_nothing_twice(settings, m
     state = load_state(settings.state_dir)
     gone = set(forgotten)
     retained = [(e.user_id, e.item_id) for e in events if e.user_id not in gone]
-    assert_equals_batch_fit(state, retained, settings.imcorrect.l2)
+    assert_equals_batch_fit(state, retained, settings.imcorrect.ease.l2)
     assert state.counters["events_accepted"] == len(events), "an event was lost or applied twice"
     assert state.counters.get("duplicates", 0) == 0
     receipts = [
@@ -220,7 +220,9 @@ def test_malformed_messages_go_to_dead_letters_while_good_ones_apply(settings, m
     state = load_state(settings.state_dir)
     assert state.counters["events_accepted"] == len(good)
     assert state.counters["dead_letters"] == 1001
-    assert_equals_batch_fit(state, [(e.user_id, e.item_id) for e in good], settings.imcorrect.l2)
+    assert_equals_batch_fit(
+        state, [(e.user_id, e.item_id) for e in good], settings.imcorrect.ease.l2
+    )
 
 
 def test_receipts_pending_at_a_crash_are_published_exactly_once(settings, tmp_path):
@@ -250,7 +252,7 @@ def test_receipts_pending_at_a_crash_are_published_exactly_once(settings, tmp_pa
             await p.send("deletion-receipts", sent.request_id, sent)
 
     asyncio.run(publish_first())
-    state = WorkerState(model=IMCorrect("ease", l2=settings.imcorrect.l2))
+    state = WorkerState(model=IMCorrect("ease", l2=settings.imcorrect.ease.l2))
     state.pending_receipts = [sent.model_dump_json(), lost.model_dump_json()]
     state.receipts_end_offsets = {}  # from the start of every partition
     SnapshotStore(settings.state_dir / "imcorrect").save(state)
@@ -297,7 +299,7 @@ def test_a_standby_takes_over_when_the_worker_is_killed(settings, ml100k, tmp_pa
     state = load_state(settings.state_dir)
     gone = set(forgotten)
     retained = [(e.user_id, e.item_id) for e in events if e.user_id not in gone]
-    assert_equals_batch_fit(state, retained, settings.imcorrect.l2)
+    assert_equals_batch_fit(state, retained, settings.imcorrect.ease.l2)
     assert state.counters["events_accepted"] == len(events), "an event was lost or applied twice"
     receipts = asyncio.run(read_all(settings, "deletion-receipts"))
     ids = [decode(DeletionReceipt, r.value).request_id for r in receipts]

@@ -65,7 +65,9 @@ def test_a_backlog_in_every_codec_is_applied(settings, events, tmp_path):
     state = load_state(settings.state_dir)
     assert state.counters["events_accepted"] == len(events)
     assert state.counters.get("dead_letters", 0) == 0
-    assert_equals_batch_fit(state, [(e.user_id, e.item_id) for e in events], settings.imcorrect.l2)
+    assert_equals_batch_fit(
+        state, [(e.user_id, e.item_id) for e in events], settings.imcorrect.ease.l2
+    )
 
 
 def _poison() -> list[tuple[bytes, str]]:
@@ -146,4 +148,4 @@ def test_poison_input_is_dead_lettered_and_the_worker_goes_on(settings, events, 
     assert state.counters["events_accepted"] == len(good) + 1
     assert state.counters["dead_letters"] == len(poison) + 2
     pairs = [(e.user_id, e.item_id) for e in good] + [("b", "c")]
-    assert_equals_batch_fit(state, pairs, settings.imcorrect.l2)
+    assert_equals_batch_fit(state, pairs, settings.imcorrect.ease.l2)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from pydantic import ValidationError
 
+from models.imcorrect import EASEConfig, IMCorrect, ItemKNNTopKConfig
 from models.imcorrect.budget import DenseBudgetError
 from streams.config import load_settings
 from streams.services import imcorrect as worker
@@ -13,18 +15,18 @@ from streams.services import imcorrect as worker
 
 def test_environment_selects_the_sparse_mapping_and_its_k(monkeypatch, tmp_path):
     monkeypatch.setenv("LETHE_IMCORRECT__MAPPING", "itemknn-topk")
-    monkeypatch.setenv("LETHE_IMCORRECT__K", "7")
-    monkeypatch.setenv("LETHE_IMCORRECT__SHRINK", "2.5")
-    monkeypatch.setenv("LETHE_IMCORRECT__RESERVE", "3")
+    monkeypatch.setenv("LETHE_IMCORRECT__ITEMKNN_TOPK__K", "7")
+    monkeypatch.setenv("LETHE_IMCORRECT__ITEMKNN_TOPK__SHRINK", "2.5")
+    monkeypatch.setenv("LETHE_IMCORRECT__ITEMKNN_TOPK__RESERVE", "3")
     state = worker.new_state(load_settings())
     model = state.model
     assert model.mapping_name == "itemknn-topk"
-    assert model._mapping.config() == {"k": 7, "shrink": 2.5, "reserve": 3}
+    assert model.config == ItemKNNTopKConfig(k=7, shrink=2.5, reserve=3)
     model.learn([0, 0, 1], [0, 200_000, 0])  # a catalogue no dense mapping would take
     assert sp.issparse(model.freeze()._mapping)
     model.save(tmp_path / "snap")
     loaded = type(model).load(tmp_path / "snap")
-    assert loaded._mapping.config() == {"k": 7, "shrink": 2.5, "reserve": 3}
+    assert loaded.config == ItemKNNTopKConfig(k=7, shrink=2.5, reserve=3)
     np.testing.assert_array_equal(loaded.score([0]), model.score([0]))
 
 
@@ -34,3 +36,56 @@ def test_dense_mapping_budget_comes_from_the_settings(monkeypatch):
     model = worker.new_state(load_settings()).model
     with pytest.raises(DenseBudgetError, match="itemknn-topk"):
         model.learn([0], [5_000])
+
+
+def test_each_mapping_reads_its_own_section(monkeypatch):
+    monkeypatch.setenv("LETHE_IMCORRECT__EASE__L2", "35.5")
+    monkeypatch.setenv("LETHE_IMCORRECT__ITEMKNN_TOPK__K", "9")  # another mapping's: unused
+    model = worker.new_state(load_settings()).model
+    assert model.mapping_name == "ease" and model.config == EASEConfig(l2=35.5)
+
+
+def test_the_settings_default_is_the_mappings_own():
+    settings = load_settings()
+    assert settings.imcorrect.mapping_config() == EASEConfig()
+    assert settings.imcorrect.itemknn_topk == ItemKNNTopKConfig()
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("LETHE_IMCORRECT__L2", "LETHE_IMCORRECT__EASE__L2"),
+        ("LETHE_IMCORRECT__K", "LETHE_IMCORRECT__ITEMKNN_TOPK__K"),
+        ("LETHE_IMCORRECT__RESERVE", "LETHE_IMCORRECT__ITEMKNN_TOPK__RESERVE"),
+        ("LETHE_IMCORRECT__SHRINK", "LETHE_IMCORRECT__ITEMKNN__SHRINK"),
+    ],
+)
+def test_a_retired_flat_setting_is_refused_naming_its_new_place(monkeypatch, old, new):
+    monkeypatch.setenv(old, "3")
+    with pytest.raises(ValidationError, match=new):
+        load_settings()
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"LETHE_IMCORRECT__EASE__L2": "0"},
+        {"LETHE_IMCORRECT__EASE__L2": "nan"},
+        {"LETHE_IMCORRECT__ITEMKNN__SHRINK": "-1"},
+        {"LETHE_IMCORRECT__ITEMKNN_TOPK__K": "0"},
+        {"LETHE_IMCORRECT__ITEMKNN_TOPK__RESERVE": "-2"},
+        {"LETHE_IMCORRECT__ITEMKNN_TOPK__K": "2.5"},
+    ],
+)
+def test_the_mappings_own_checks_reject_bad_values(monkeypatch, env):
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(ValidationError):
+        load_settings()
+
+
+def test_a_name_with_a_parameter_it_does_not_have_is_refused():
+    with pytest.raises(TypeError, match="l2"):
+        IMCorrect("itemknn", l2=5.0)
+    with pytest.raises(TypeError, match="not both"):
+        IMCorrect(EASEConfig(), l2=5.0)

@@ -341,11 +341,13 @@ def test_a_snapshot_naming_items_beyond_its_catalogue_is_refused():
     arrays = {name: np.array(a) for name, a in model._mapping.state().items()}
     bad_list = {**arrays, "nbr_idx": np.where(arrays["nbr_idx"] == 1, 7, arrays["nbr_idx"])}
     with pytest.raises(ValueError, match="do not fit"):
-        itemknn_topk.ItemKNNTopK(k=2).load_state(bad_list)
+        itemknn_topk.ItemKNNTopK(itemknn_topk.ItemKNNTopKConfig(k=2)).load_state(bad_list)
     bad_counts = {**arrays, "g_indices": np.where(arrays["g_indices"] == 1, 9, arrays["g_indices"])}
     with pytest.raises(ValueError):
-        itemknn_topk.ItemKNNTopK(k=2).load_state(bad_counts)
-    itemknn_topk.ItemKNNTopK(k=2).load_state(arrays)  # the real one loads
+        itemknn_topk.ItemKNNTopK(itemknn_topk.ItemKNNTopKConfig(k=2)).load_state(bad_counts)
+    itemknn_topk.ItemKNNTopK(itemknn_topk.ItemKNNTopKConfig(k=2)).load_state(
+        arrays
+    )  # the real one loads
 
 
 def test_forgetting_one_user_recomputes_only_a_few_rows():

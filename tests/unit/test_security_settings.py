@@ -116,13 +116,19 @@ def _a_ca_pem(tmp_path) -> str:
     return cert.read_text()
 
 
-def test_a_worker_process_sees_unset_settings_as_unset():
-    from streams.config import LetheSettings
+def test_a_worker_process_sees_unset_settings_as_unset(monkeypatch):
+    from streams.config import LetheSettings, load_settings
     from streams.procs import settings_env
 
-    env = settings_env(LetheSettings(imcorrect={"memory_budget_gb": None, "k": 7}))
+    parent = LetheSettings(
+        imcorrect={"memory_budget_gb": None, "mapping": "itemknn-topk", "itemknn_topk": {"k": 7}}
+    )
+    env = settings_env(parent)
     assert "LETHE_IMCORRECT__MEMORY_BUDGET_GB" not in env
-    assert env["LETHE_IMCORRECT__K"] == "7"
+    assert env["LETHE_IMCORRECT__ITEMKNN_TOPK__K"] == "7"
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert load_settings().imcorrect == parent.imcorrect
 
 
 def test_a_worker_process_shares_its_parents_keys(tmp_path, monkeypatch):
