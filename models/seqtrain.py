@@ -12,7 +12,7 @@ import torch
 
 from models.metrics import evaluate_scores
 from models.sasrec import SASRec, sequence_ce_loss
-from models.sequences import EvalSet, TrainingSequences, length_grouped_batches
+from models.sequences import EvalSet, TrainingSequences
 
 
 def set_seed(seed: int) -> None:
@@ -72,17 +72,17 @@ def train_sasrec(
 ) -> TrainReport:
     """Plain CE training (the SASRec-alone baseline and the pretraining stage).
 
-    Batches group rows of similar length and are cut to their longest row, which on
-    long-tailed data (ML-1M at length 200) about halves the work of the encoder.
+    Each batch is cut to its longest row. Batches stay uniformly random: grouping rows of
+    similar length would halve ML-1M's encoder work, but it slowed learning per epoch on
+    ML-100K (validation NDCG@10 0.094 against 0.103 after 20 epochs, seed 0).
     Pass ``optimizer`` to continue training across calls without resetting Adam's moments.
     """
     device = device or next(model.parameters()).device
     opt = optimizer or torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
     steps, loss_value, start = 0, float("nan"), time.perf_counter()
-    lengths = data.lengths()
     for epoch in range(epochs):
-        for idx in length_grouped_batches(lengths, batch_size):
+        for idx in torch.randperm(len(data)).split(batch_size):
             inputs, targets = data.batch(idx)
             loss = sequence_ce_loss(model, inputs.to(device), targets.to(device))
             opt.zero_grad(set_to_none=True)

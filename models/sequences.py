@@ -39,10 +39,6 @@ class TrainingSequences:
     def subset(self, idx: torch.Tensor) -> TrainingSequences:
         return TrainingSequences(self.inputs[idx], self.targets[idx], self.users[idx])
 
-    def lengths(self) -> torch.Tensor:
-        """Real (non-padding) positions per row."""
-        return (self.inputs != PAD).sum(dim=1)
-
     def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Inputs and targets of rows ``idx``, the columns that are padding in every row cut.
 
@@ -50,24 +46,6 @@ class TrainingSequences:
         inputs, targets = self.inputs[idx], self.targets[idx]
         width = max(int((inputs != PAD).sum(dim=1).max()), 1)
         return inputs[:, -width:], targets[:, -width:]
-
-
-def length_grouped_batches(
-    lengths: torch.Tensor, batch_size: int, pool_batches: int = 8
-) -> list[torch.Tensor]:
-    """One epoch of row indices in shuffled batches of rows of similar length.
-
-    Rows are shuffled (torch's global generator), cut into pools of ``pool_batches`` batches,
-    sorted by length within each pool and cut into batches, which are shuffled. A batch then
-    pads to little more than its own rows' lengths, while its members still change from
-    epoch to epoch (one pool of the whole set would fix them)."""
-    order = torch.randperm(len(lengths))
-    batches: list[torch.Tensor] = []
-    for start in range(0, len(order), batch_size * pool_batches):
-        pool = order[start : start + batch_size * pool_batches]
-        pool = pool[torch.argsort(lengths[pool], stable=True)]
-        batches.extend(pool.split(batch_size))
-    return [batches[i] for i in torch.randperm(len(batches)).tolist()]
 
 
 def training_sequences(split: LeaveOneOut, max_len: int, users: np.ndarray | None = None):

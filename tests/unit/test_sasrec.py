@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from models.sasrec import SASRec, SASRecConfig, sequence_ce_loss
-from models.sequences import TrainingSequences, length_grouped_batches
+from models.sequences import TrainingSequences
 
 L, N_ITEMS = 12, 25
 
@@ -66,19 +66,3 @@ def test_the_training_loss_is_the_same_on_a_cut_batch():
         torch.testing.assert_close(
             sequence_ce_loss(model, inputs, cut_targets), sequence_ce_loss(model, seq, targets)
         )
-
-
-def test_length_grouped_batches_hold_every_row_once_and_group_lengths():
-    torch.manual_seed(3)
-    lengths = torch.randint(1, 200, (1000,))
-    batches = length_grouped_batches(lengths, batch_size=32, pool_batches=4)
-    rows = torch.cat(batches)
-    assert sorted(rows.tolist()) == list(range(1000))
-    assert all(len(b) <= 32 for b in batches)
-    padded = sum(int(lengths[b].max()) * len(b) for b in batches)
-    shuffled = sum(int(lengths[b].max()) * len(b) for b in torch.randperm(1000).split(32))
-    assert padded < 0.8 * shuffled
-    again = length_grouped_batches(lengths, batch_size=32, pool_batches=4)
-    assert {tuple(sorted(b.tolist())) for b in batches} != {
-        tuple(sorted(b.tolist())) for b in again
-    }
