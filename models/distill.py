@@ -1,4 +1,4 @@
-"""LLMD4Rec mutual distillation between SASRec (CRM) and the LLM recommender (DESIGN.md §4).
+"""LLMD4Rec mutual distillation between SASRec (CRM) and the LLM recommender (docs/models.md).
 
 Schedule: pretrain SASRec → train the LLM side on SASRec's item embeddings → ``rounds`` ×
 [(up) SASRec learns CE + w₂·KL(p_llm ∥ p_crm) at T₂; inject SASRec's embeddings into the LLM
@@ -55,7 +55,7 @@ def target_ranks(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def sample_weight(r_student: torch.Tensor, r_teacher: torch.Tensor) -> torch.Tensor:
-    """DESIGN.md §4: above 1 (≤ 2) when the teacher ranks the target better, toward 0 when the
+    """docs/models.md: above 1 (≤ 2) when the teacher ranks the target better, toward 0 when the
     student already does; exactly 1 on ties. Ranks are 0-based, hence the max(r, 1)."""
     rs, rt = r_student.float(), r_teacher.float()
     teacher_better = 1 + (rs - rt) / rt.clamp(min=1)

@@ -1,7 +1,8 @@
 """What items are, as text for the LLM side: strings, token tables and cached LM encodings.
 
 Each item of a bundled dataset becomes one short string (``"Toy Story (1995); Animation,
-Children's, Comedy"``) in dense-index order. The LLM side uses it two ways (DESIGN.md §4):
+Children's, Comedy"``) in dense-index order. The LLM side uses it two ways
+(docs/distillation.md §1):
 
 - *hybrid tokens*: the first ``T`` tokens of an item's text, embedded by the LM's own input
   table, are placed before that item's projected ID soft token (:func:`token_table`);

@@ -1,4 +1,4 @@
-"""Typed event contracts for every Lethe topic (DESIGN.md §2).
+"""Typed event contracts for every Lethe topic (README "Architecture").
 
 All values are UTF-8 JSON objects. :func:`decode` is the one door in: it bounds the message
 size, parses, validates strictly (JSON types only: ``"5"`` is not an int) and turns every
