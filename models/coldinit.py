@@ -11,25 +11,11 @@ exactly its parameters (names and shapes): the map is used once, then dropped.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import numpy as np
 import torch
 
+from models.llmd4rec_config import ColdInitConfig
 from models.sasrec import SASRec
-
-
-@dataclass(frozen=True)
-class ColdInitConfig:
-    min_count: int = 1  # items with fewer training occurrences get text-derived rows
-    ridge: float = 1.0  # L2 penalty of the map, relative to the mean eigenvalue of XᵀX
-    scale: float = 1.0  # multiplies the mapped rows (ridge shrinks them; chosen on validation)
-    #: an item with ``0 < count < min_count`` keeps ``count / min_count`` of its trained row
-    #: (mixed with the mapped one) instead of losing it; False: the mapped row alone
-    blend: bool = False
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def fit_linear_map(

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,32 +18,10 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from models.llmd4rec_config import DistillConfig
 from models.llmrec import LLMRecommender
 from models.sasrec import SASRec, sequence_ce_loss
 from models.sequences import TrainingSequences
-
-
-@dataclass(frozen=True)
-class DistillConfig:
-    rounds: int = 2
-    # temperatures chosen on ML-100K validation (T ∈ {1, 2, 4} × w ∈ {0.5, 1}; README)
-    t1: float = 4.0  # down (CRM → LLM) temperature
-    t2: float = 4.0  # up (LLM → CRM) temperature
-    w1: float = 0.5  # weight of the KL term when the LLM side learns
-    w2: float = 0.5  # weight of the KL term when SASRec learns
-    up_epochs: int = 1
-    down_epochs: int = 1
-    crm_batch: int = 128
-    llm_batch: int = 16
-    crm_lr: float = 1e-3
-    llm_lr: float = 1e-3
-    sample_weights: bool = True
-    inject: bool = True
-    max_steps_per_stage: int | None = None  # the budget
-    one_way: bool = False  # peer: LLM → SASRec only (no down step)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def target_ranks(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,6 @@ import copy
 import hashlib
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,31 +21,11 @@ import torch
 
 from models.coldinit import ColdInitConfig, init_cold_embeddings
 from models.distill import DistillConfig, Distiller, load_checkpoint, save_checkpoint
+from models.llmd4rec_config import OnlineConfig
 from models.llmrec import build_llm_recommender
 from models.sasrec import SASRec, SASRecConfig
 from models.seqtrain import evaluate, set_seed
 from models.sequences import EvalSet, TrainingSequences, left_pad
-
-
-@dataclass(frozen=True)
-class OnlineConfig:
-    max_items: int  # item vocabulary capacity (dense indices 0..max_items-1)
-    max_len: int = 50
-    hidden: int = 64
-    llm: str = "tiny"
-    batch_size: int = 64
-    replay_users: int = 512
-    steps_per_round: int = 8
-    pretrain_steps: int = 300
-    valid_users: int = 500
-    seed: int = 0
-    distill: DistillConfig = field(default_factory=DistillConfig)
-    #: the LLM side scores items by their text too (``LLMRecConfig.text_repr``); the texts
-    #: are given with :meth:`OnlineLLMD4Rec.set_item_texts`
-    text_repr: bool = False
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def split_for_training(

@@ -9,11 +9,20 @@ values sit below the environment in priority.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, BaseModel, Field, SecretStr, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -29,6 +38,7 @@ from models.imcorrect import (
     MappingConfig,
 )
 from models.imcorrect.model import MappingName
+from models.llmd4rec_config import ColdInitConfig, OnlineConfig
 
 DAY_MS = 24 * 3600 * 1000
 
@@ -114,6 +124,63 @@ class ProducerSettings(BaseModel):
     idempotent: bool = True
 
 
+def _over_default(default: object, value: object) -> object:
+    """A partial section (one env variable, one TOML key) changes only the fields it names:
+    the others keep the settings' default instance, which may differ from the config class's
+    own defaults (the trainer reads item text; ``OnlineConfig`` alone does not)."""
+    if isinstance(value, dict) and dataclasses.is_dataclass(default):
+        return _deep_merge(dataclasses.asdict(default), value)
+    return value
+
+
+def _deep_merge(base: dict, update: dict) -> dict:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _refuse_moved(data: object, section: str, moved: dict[str, tuple[str, ...]]) -> object:
+    """Refuse settings that were flat fields once and now live in a model's own config:
+    ignoring them (extra fields are ignored) would silently run the defaults."""
+    if isinstance(data, dict):
+        for name, places in moved.items():
+            if name in data:
+                where = " or ".join(f"LETHE_{section.upper()}__{p.upper()}" for p in places)
+                raise ValueError(f"{section}.{name} moved into a model's own config: {where}")
+    return data
+
+
+_IMCORRECT_MOVED = {
+    "l2": ("ease__l2",),
+    "shrink": ("itemknn__shrink", "itemknn_topk__shrink"),
+    "k": ("itemknn_topk__k",),
+    "reserve": ("itemknn_topk__reserve",),
+}
+_TRAINER_MOVED = {
+    **{
+        name: (f"model__{name}",)
+        for name in (
+            "llm",
+            "max_items",
+            "max_len",
+            "hidden",
+            "replay_users",
+            "steps_per_round",
+            "pretrain_steps",
+            "valid_users",
+            "seed",
+        )
+    },
+    **{name: (f"model__distill__{name}",) for name in ("t1", "t2", "w1", "w2")},
+    "item_text": ("model__text_repr",),
+    **{f"cold_{name}": (f"cold__{name}",) for name in ("min_count", "ridge", "scale")},
+}
+
+
 class IMCorrectWorkerSettings(BaseModel):
     """The streaming IMCorrect worker: model, micro-batching, snapshots."""
 
@@ -149,22 +216,12 @@ class IMCorrectWorkerSettings(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _refuse_retired_fields(cls, data: object) -> object:
-        # these were flat fields once; ignoring them would silently run the defaults
-        retired = {
-            "l2": ("ease",),
-            "shrink": ("itemknn", "itemknn_topk"),
-            "k": ("itemknn_topk",),
-            "reserve": ("itemknn_topk",),
-        }
-        if isinstance(data, dict):
-            for name, sections in retired.items():
-                if name in data:
-                    where = " or ".join(
-                        f"LETHE_IMCORRECT__{section.upper()}__{name.upper()}"
-                        for section in sections
-                    )
-                    raise ValueError(f"imcorrect.{name} moved into its mapping's section: {where}")
-        return data
+        return _refuse_moved(data, "imcorrect", _IMCORRECT_MOVED)
+
+    @field_validator("ease", "itemknn", "gfcf", "itemknn_topk", mode="before")
+    @classmethod
+    def _keep_section_defaults(cls, value: object, info: ValidationInfo) -> object:
+        return _over_default(cls.model_fields[info.field_name].default, value)
 
     def mapping_config(self) -> MappingConfig:
         """The config of the mapping the worker runs."""
@@ -179,27 +236,20 @@ class IMCorrectWorkerSettings(BaseModel):
 class TrainerSettings(BaseModel):
     """The trainer consumer: micro-batched LLMD4Rec rounds, checkpoints, exports."""
 
-    llm: str = "tiny"  # "tiny" (random tiny Llama), "smollm2:N" (first N layers) or "smollm2"
-    max_items: int = Field(default=4096, ge=2)  # item vocabulary capacity of the exported model
-    max_len: int = Field(default=50, ge=2)
-    hidden: int = Field(default=64, ge=8)
+    #: the online LLMD4Rec model (models.llmd4rec_config.OnlineConfig), its distillation in
+    #: ``model.distill``: LETHE_TRAINER__MODEL__LLM, __MODEL__MAX_ITEMS, __MODEL__DISTILL__T1 …
+    #: ``model.text_repr``: item text (``items`` topic, ``catalogue_file``) for the LLM side,
+    #: and text-mapped SASRec rows (``cold``) in every export (docs/distillation.md)
+    model: OnlineConfig = OnlineConfig(text_repr=True)
+    #: SASRec rows mapped from text for items with fewer than ``cold.min_count`` training
+    #: events (models.coldinit), blended with the trained row below that count
+    cold: ColdInitConfig = ColdInitConfig(min_count=5, blend=True)
     batch_events: int = Field(default=20_000, ge=1)  # a round after this many new events …
     batch_wait_s: float = Field(default=30.0, gt=0)  # … or this long after the first new one
     min_users: int = Field(default=50, ge=1)  # no training before this many users
-    replay_users: int = Field(default=512, ge=1)  # sequences per round: new + sampled older
-    steps_per_round: int = Field(default=8, ge=1)
-    pretrain_steps: int = Field(default=300, ge=1)  # bounded warm-up of both models
     retrain_rounds: int = Field(default=1, ge=0)  # full passes after a forget's warm-up
-    valid_users: int = Field(default=500, ge=1)  # rolling validation sample
     regression_tolerance: float = Field(default=0.002, ge=0)  # NDCG@10, absolute
     keep_checkpoints: int = Field(default=6, ge=1)
-    #: T₁ = T₂ = 4, w₁ = w₂ = 0.5: best validation NDCG@10 of a T ∈ {1, 2, 4} × w ∈ {0.5, 1}
-    #: sweep on ML-100K (benchmarks/results/distill-sweep-ml-100k-h200.jsonl)
-    t1: float = Field(default=4.0, gt=0)
-    t2: float = Field(default=4.0, gt=0)
-    w1: float = Field(default=0.5, ge=0)
-    w2: float = Field(default=0.5, ge=0)
-    seed: int = 0
     threads: int = Field(default=0, ge=0)  # torch CPU threads, 0 = torch's default
     dedup_window: int = Field(default=2_000_000, ge=1)
     #: records one runtime step reads at most, and how long it waits for the first one
@@ -208,15 +258,18 @@ class TrainerSettings(BaseModel):
     batch_max_wait_ms: float = Field(default=500.0, ge=0)
     #: an idle trainer rewrites nothing; rounds and forgets snapshot when they announce
     snapshot_interval_s: float = Field(default=30.0, gt=0)
-    #: item text (``items`` topic, ``catalogue_file``) for the LLM side, and text-mapped
-    #: SASRec rows for items with fewer than ``cold_min_count`` training events in every
-    #: export (ridge and scale of the map: models.coldinit; docs/distillation.md)
-    item_text: bool = True
     #: JSONL of ItemMetadata records, or a dataset's ``.item`` file; read at every start
     catalogue_file: Path | None = None
-    cold_min_count: int = Field(default=5, ge=1)
-    cold_ridge: float = Field(default=1.0, gt=0)
-    cold_scale: float = Field(default=1.0, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_retired_fields(cls, data: object) -> object:
+        return _refuse_moved(data, "trainer", _TRAINER_MOVED)
+
+    @field_validator("model", "cold", mode="before")
+    @classmethod
+    def _keep_section_defaults(cls, value: object, info: ValidationInfo) -> object:
+        return _over_default(cls.model_fields[info.field_name].default, value)
 
 
 class ScorerSettings(BaseModel):

@@ -35,15 +35,17 @@ def demo_settings(bootstrap: str, prefix: str, root: Path, data: Dataset) -> Let
         metrics_port=-1,  # each worker gets its own port below
         imcorrect={"snapshot_interval_s": 1.0, "answer_requests": False},
         trainer={
-            "llm": "tiny",
-            "max_items": data.n_items + 32,  # room for the catalogue (and a few new items)
-            "hidden": 32,
+            "model": {
+                "llm": "tiny",
+                "max_items": data.n_items + 32,  # room for the catalogue (and a few new items)
+                "hidden": 32,
+                "pretrain_steps": 60,
+                "steps_per_round": 4,
+                "valid_users": 200,
+            },
             "batch_events": 40_000,
             "batch_wait_s": 4.0,
-            "pretrain_steps": 60,
-            "steps_per_round": 4,
             "retrain_rounds": 1,
-            "valid_users": 200,
             "regression_tolerance": 0.05,  # the demo's few steps move NDCG@10 a lot
             "threads": 1,
         },

@@ -13,7 +13,7 @@ unless it is worse by more than ``regression_tolerance`` NDCG@10.
 
 Item text (``items`` and ``catalogue_file``, :mod:`streams.services.trainer_items`) reaches
 the LLM side before every round, and every export gives the items with fewer than
-``cold_min_count`` training events that have a text a SASRec row mapped from it
+``cold.min_count`` training events that have a text a SASRec row mapped from it
 (:func:`models.coldinit.init_cold_embeddings`, on a copy: the live SASRec keeps its rows).
 
 Forgetting is :mod:`streams.services.trainer_forget`; what a crash can leave on disk and how
@@ -31,9 +31,8 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from models.coldinit import ColdInitConfig
-from models.distill import DistillConfig, load_checkpoint
-from models.online import OnlineConfig, OnlineLLMD4Rec, training_counts
+from models.distill import load_checkpoint
+from models.online import OnlineLLMD4Rec, training_counts
 from models.sasrec import SASRec
 from streams import metrics as m
 from streams.config import LetheSettings
@@ -53,23 +52,6 @@ from streams.state import DedupWindow, new_event_positions
 from streams.topics import topic_name
 
 log = logging.getLogger("lethe.trainer")
-
-
-def online_config(settings: LetheSettings) -> OnlineConfig:
-    t = settings.trainer
-    return OnlineConfig(
-        max_items=t.max_items,
-        max_len=t.max_len,
-        hidden=t.hidden,
-        llm=t.llm,
-        replay_users=t.replay_users,
-        steps_per_round=t.steps_per_round,
-        pretrain_steps=t.pretrain_steps,
-        valid_users=t.valid_users,
-        seed=t.seed,
-        distill=DistillConfig(t1=t.t1, t2=t.t2, w1=t.w1, w2=t.w2),
-        text_repr=t.item_text,
-    )
 
 
 class TrainerService:
@@ -93,7 +75,7 @@ class TrainerService:
         self.model_dir = Path(settings.model_dir)
         self.files = TrainerFiles(settings.state_dir, keyring_for(settings))
         self.state = self.files.load() or TrainerState(
-            store=SequenceStore(max_per_user=self.cfg.max_len + 2),
+            store=SequenceStore(max_per_user=self.cfg.model.max_len + 2),
             dedup=DedupWindow(self.cfg.dedup_window),
             keys=self.files.keys,
         )
@@ -104,17 +86,12 @@ class TrainerService:
             log.info("catalogue %s: %d item texts", self.cfg.catalogue_file, len(file_texts))
         self.catalogue = ItemCatalogue(self.state, file_texts)
         self.encoder = TextEncoder()
-        self.cold = ColdInitConfig(
-            min_count=self.cfg.cold_min_count,
-            ridge=self.cfg.cold_ridge,
-            scale=self.cfg.cold_scale,
-            blend=True,
-        )
+        self.cold = self.cfg.cold
         # item metadata is not training data: its offsets stay out of trained_through
         self._items_topic = topic_name(settings, "items") + ":"
         self.update_key = update_key(settings)  # signs model-updates (docs/privacy.md)
         self.retention = retention_from_settings(settings)  # for the receipts
-        self.model = OnlineLLMD4Rec(online_config(settings))
+        self.model = OnlineLLMD4Rec(self.cfg.model)
         if self.state.current is not None:
             self.model.load(self.files.checkpoint_dir(self.state.current))
         self.published_crm: dict | None = self._published_weights()
@@ -241,7 +218,7 @@ class TrainerService:
 
     def dense_sequences(self) -> dict[str, np.ndarray]:
         """Sequences as dense item indices; items past the vocabulary capacity are left out."""
-        items, capacity = self.state.items, self.cfg.max_items
+        items, capacity = self.state.items, self.cfg.model.max_items
         out = {}
         for user, seq in self.state.store.sequences.items():
             dense = []
@@ -271,11 +248,13 @@ class TrainerService:
         """Give the LLM side the current item texts and training counts before it trains
         (a restored checkpoint's tables may be older). Returns (training counts, has text)
         per dense index, for the export."""
-        counts = training_counts(sequences, self.cfg.max_items)
-        has_text = np.zeros(self.cfg.max_items, dtype=bool)
-        if self.cfg.item_text:
+        counts = training_counts(sequences, self.cfg.model.max_items)
+        has_text = np.zeros(self.cfg.model.max_items, dtype=bool)
+        if self.cfg.model.text_repr:
             texts = self.catalogue.by_index(self.state.items.by_index)
-            table, has_text = self.encoder.table(self.model.llm, texts, self.cfg.max_items + 1)
+            table, has_text = self.encoder.table(
+                self.model.llm, texts, self.cfg.model.max_items + 1
+            )
             self.model.set_item_texts(table, counts)
         return counts, has_text
 
@@ -367,7 +346,7 @@ class TrainerService:
             crm,
             version=record.version,
             items=self.state.items.by_index,
-            max_len=self.cfg.max_len,
+            max_len=self.cfg.model.max_len,
             trained_through=record.trained_through,
             metrics=metrics,
             model_dir=self.model_dir,

@@ -43,15 +43,17 @@ def serving_settings(kafka_bootstrap: str, tmp_path: Path) -> LetheSettings:
         metrics_port=-1,
         imcorrect={"snapshot_interval_s": 1.0, "answer_requests": False},
         trainer={
-            "llm": "tiny",
-            "max_items": 1700,  # ML-100K has 1,682
-            "hidden": 32,
+            "model": {
+                "llm": "tiny",
+                "max_items": 1700,  # ML-100K has 1,682
+                "hidden": 32,
+                "pretrain_steps": 60,
+                "steps_per_round": 4,
+                "valid_users": 200,
+            },
             "batch_events": 40_000,
             "batch_wait_s": 4.0,
-            "pretrain_steps": 60,
-            "steps_per_round": 4,
             "retrain_rounds": 1,
-            "valid_users": 200,
             "regression_tolerance": 0.05,
             "threads": 1,
         },

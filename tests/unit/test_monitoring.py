@@ -6,6 +6,7 @@ import json
 import re
 import shutil
 import subprocess
+import typing
 from pathlib import Path
 
 import pytest
@@ -170,3 +171,42 @@ def test_compose_cluster_override_has_three_voters_and_every_worker_knows_them()
     for name in workers:
         bootstrap = over[name]["environment"]["KAFKA_BOOTSTRAP"]
         assert bootstrap.split(",") == [f"{b}:9092" for b in ("kafka", "kafka-2", "kafka-3")]
+
+
+def _settings_path_exists(model: type, parts: list[str]) -> bool:
+    """Whether ``A__B__C`` (lower-cased) names a field of the settings, nested included."""
+    import dataclasses
+
+    name, rest = parts[0], parts[1:]
+    if dataclasses.is_dataclass(model):
+        fields = {f.name: f.type for f in dataclasses.fields(model)}
+        annotation = typing.get_type_hints(model).get(name) if name in fields else None
+    else:
+        info = model.model_fields.get(name)
+        annotation = info.annotation if info is not None else None
+        if info is None:  # an alias (KAFKA_BOOTSTRAP) is a whole name
+            return False
+    if annotation is None:
+        return False
+    if not rest:
+        return True
+    return isinstance(annotation, type) and _settings_path_exists(annotation, rest)
+
+
+def test_every_lethe_variable_in_compose_names_a_setting():
+    from streams.config import LetheSettings
+
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    names = {
+        key
+        for service in compose["services"].values()
+        for key in (service.get("environment") or {})
+        if key.startswith("LETHE_")
+    }
+    assert names, "no LETHE_ variables found"
+    unknown = {
+        key
+        for key in names
+        if not _settings_path_exists(LetheSettings, key.removeprefix("LETHE_").lower().split("__"))
+    }
+    assert not unknown, f"ignored by the settings (extra fields are ignored): {sorted(unknown)}"

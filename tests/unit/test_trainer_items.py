@@ -46,24 +46,27 @@ def warm_items() -> list[ItemMetadata]:
 NEW_META = ItemMetadata(item_id=NEW, title="Film new", genres=GENRES[0], ts=1)
 
 
-def settings_for(tmp: Path, **trainer) -> LetheSettings:
+def settings_for(tmp: Path, model: dict | None = None, **trainer) -> LetheSettings:
     return LetheSettings(
         topic_prefix="u.",
         state_dir=tmp / "state",
         model_dir=tmp / "models",
         metrics_port=-1,
         trainer={
-            "llm": "tiny",
-            "max_items": 64,
-            "max_len": 8,
-            "hidden": 16,
+            "model": {
+                "llm": "tiny",
+                "max_items": 64,
+                "max_len": 8,
+                "hidden": 16,
+                "replay_users": 64,
+                "steps_per_round": 8,
+                "pretrain_steps": 150,
+                "valid_users": 20,
+                **(model or {}),
+            },
             "batch_events": 10**6,
             "batch_wait_s": 0.001,  # tick() closes the round
             "min_users": 5,
-            "replay_users": 64,
-            "steps_per_round": 8,
-            "pretrain_steps": 150,
-            "valid_users": 20,
             "regression_tolerance": 1.0,
             "threads": 1,
             **trainer,
@@ -143,7 +146,7 @@ def test_a_new_item_known_by_its_text_ranks_with_its_genre_after_the_next_export
     assert idx - 1 in mapped.tolist() and not torch.allclose(crm.item_emb.weight[idx], live)
 
     # the same stream without text: the row CE leaves it ranks it near the bottom
-    _, plain, plain_catalogue = announced_before(tmp_path / "plain", item_text=False)
+    _, plain, plain_catalogue = announced_before(tmp_path / "plain", model={"text_repr": False})
     without = rank_among_unseen(plain, plain_catalogue, NEW, 0)
     assert without > ranks[0] + 10, (without, ranks[0])
 

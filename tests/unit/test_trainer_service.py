@@ -29,17 +29,19 @@ from tests.unit.service_contract import ScriptedIO, ServiceContract, user_deleti
 
 #: a model small enough that a round, a checkpoint and an export take well under a second
 TINY = {
-    "llm": "tiny",
-    "max_items": 48,
-    "max_len": 8,
-    "hidden": 8,
+    "model": {
+        "llm": "tiny",
+        "max_items": 48,
+        "max_len": 8,
+        "hidden": 8,
+        "replay_users": 16,
+        "steps_per_round": 1,
+        "pretrain_steps": 2,
+        "valid_users": 20,
+    },
     "batch_wait_s": 3600.0,  # rounds close by count only: where they fall is in the log
     "min_users": 5,
-    "replay_users": 16,
-    "steps_per_round": 1,
-    "pretrain_steps": 2,
     "retrain_rounds": 1,
-    "valid_users": 20,
     "regression_tolerance": 1.0,  # NDCG ≤ 1: every round is exported
     "threads": 1,
     "batch_max_wait_ms": 0.0,
