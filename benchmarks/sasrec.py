@@ -9,7 +9,7 @@ line per validation check and one final line. The public anchor (docs/models.md:
 SASRec with CE, leave-one-out, full ranking) is HR@10 0.315, NDCG@10 0.182.
 
 ``--checkpoint PATH`` saves the whole run after every check (weights, Adam's moments, the
-best weights so far, the random generators) and resumes from it, so a long CPU run can be
+best weights so far, torch's CPU and CUDA generators) and resumes from it, so a long CPU run can be
 spread over several sessions; ``--time-budget`` then counts this session's training only.
 A run resumed with other settings is refused.
 """
@@ -135,6 +135,7 @@ def _save(path: Path, run: dict, model: SASRec, optimizer: torch.optim.Optimizer
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
     }
     tmp = path.with_name(path.name + ".tmp")
     torch.save(state, tmp)
@@ -148,6 +149,9 @@ def _resume(args: argparse.Namespace, model: SASRec, optimizer: torch.optim.Opti
     model.load_state_dict(state.pop("model"))
     optimizer.load_state_dict(state.pop("optimizer"))
     torch.set_rng_state(state.pop("torch_rng"))
+    cuda_rng = state.pop("cuda_rng", None)
+    if cuda_rng is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda_rng)
     return state
 
 

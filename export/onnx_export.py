@@ -134,6 +134,9 @@ def check_parity(
     for batch in batches:
         seq = torch.randint(1, n_items + 1, (batch, length), generator=g)
         seq[0, : length // 2] = 0  # a short history
+        if batch > 2:
+            seq[1, :-1] = 0  # one item
+            seq[2, :] = 0  # none at all (only padding)
         with torch.no_grad():
             expected = module(seq)
         got = session.run(None, {"item_seq": seq.numpy()})

@@ -17,6 +17,7 @@ from typing import Literal
 from pydantic import (
     AliasChoices,
     BaseModel,
+    ConfigDict,
     Field,
     SecretStr,
     ValidationInfo,
@@ -43,7 +44,14 @@ from models.llmd4rec_config import ColdInitConfig, OnlineConfig
 DAY_MS = 24 * 3600 * 1000
 
 
-class SecuritySettings(BaseModel):
+class _Section(BaseModel):
+    """A settings section: a misspelt key (``LETHE_IMCORRECT__BATCH_MAX_EVENT``) is refused
+    rather than ignored, which would run the default without a word."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class SecuritySettings(_Section):
     """How every client reaches the brokers (translated by :mod:`streams.kafka_config` for
     aiokafka and librdkafka); secrets are never logged (SecretStr). See docs/security.md."""
 
@@ -78,7 +86,7 @@ class SecuritySettings(BaseModel):
         return self
 
 
-class LimitSettings(BaseModel):
+class LimitSettings(_Section):
     """Bounds applied to every incoming message before it reaches a model."""
 
     max_id_length: int = Field(default=128, ge=1, le=4096)
@@ -90,7 +98,7 @@ class LimitSettings(BaseModel):
     max_future_skew_ms: int = Field(default=300_000, ge=0)
 
 
-class TopicSettings(BaseModel):
+class TopicSettings(_Section):
     """Partitions, retention and cleanup for every topic Lethe owns.
 
     ``erasure_deadline_ms`` is the one bound on how long a topic that carries user data
@@ -116,7 +124,7 @@ class TopicSettings(BaseModel):
     heartbeats_retention_ms: int = Field(default=3_600_000, ge=60_000)
 
 
-class ProducerSettings(BaseModel):
+class ProducerSettings(_Section):
     linger_ms: int = Field(default=5, ge=0)
     max_batch_size: int = Field(default=262_144, ge=1024)
     compression: Literal["gzip", "lz4", "zstd", "snappy"] | None = None
@@ -129,8 +137,20 @@ def _over_default(default: object, value: object) -> object:
     the others keep the settings' default instance, which may differ from the config class's
     own defaults (the trainer reads item text; ``OnlineConfig`` alone does not)."""
     if isinstance(value, dict) and dataclasses.is_dataclass(default):
+        _refuse_unknown(type(default), value)
         return _deep_merge(dataclasses.asdict(default), value)
     return value
+
+
+def _refuse_unknown(config_class: type, value: dict, where: str = "") -> None:
+    """A misspelt key inside a model's config is refused, as in every other section."""
+    known = {f.name: f for f in dataclasses.fields(config_class)}
+    for key, item in value.items():
+        if key not in known:
+            raise ValueError(f"{where}{key} is not a field of {config_class.__name__}")
+        nested = getattr(config_class(), key) if isinstance(item, dict) else None
+        if dataclasses.is_dataclass(nested):
+            _refuse_unknown(type(nested), item, f"{where}{key}.")
 
 
 def _deep_merge(base: dict, update: dict) -> dict:
@@ -181,7 +201,7 @@ _TRAINER_MOVED = {
 }
 
 
-class IMCorrectWorkerSettings(BaseModel):
+class IMCorrectWorkerSettings(_Section):
     """The streaming IMCorrect worker: model, micro-batching, snapshots."""
 
     mapping: MappingName = "ease"
@@ -233,7 +253,7 @@ class IMCorrectWorkerSettings(BaseModel):
         }[self.mapping]
 
 
-class TrainerSettings(BaseModel):
+class TrainerSettings(_Section):
     """The trainer consumer: micro-batched LLMD4Rec rounds, checkpoints, exports."""
 
     #: the online LLMD4Rec model (models.llmd4rec_config.OnlineConfig), its distillation in
@@ -272,7 +292,7 @@ class TrainerSettings(BaseModel):
         return _over_default(cls.model_fields[info.field_name].default, value)
 
 
-class ScorerSettings(BaseModel):
+class ScorerSettings(_Section):
     """The scoring agent: dynamic batching, ONNX model, fusion with IMCorrect."""
 
     max_batch: int = Field(default=64, ge=1)

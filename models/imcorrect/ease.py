@@ -14,6 +14,7 @@ import scipy.linalg as sla
 import scipy.sparse as sp
 
 from models.imcorrect.base import Mapping
+from models.imcorrect.checks import real
 from models.imcorrect.lowrank import RowChange, symmetric_rank_update
 
 
@@ -25,8 +26,7 @@ class EASEConfig:
     l2: float = 200.0
 
     def __post_init__(self) -> None:
-        if not self.l2 > 0:
-            raise ValueError("l2 must be positive")
+        real(self, "l2", positive=True)
 
 
 class EASE(Mapping):

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from models.imcorrect.checks import real
 from models.imcorrect.lowrank import RowChange
 from models.imcorrect.normalized import NormalizedGram
 
@@ -18,8 +19,7 @@ class ItemKNNConfig:
     shrink: float = 0.0
 
     def __post_init__(self) -> None:
-        if not self.shrink >= 0:
-            raise ValueError("shrink must be non-negative")
+        real(self, "shrink", positive=False)
 
 
 class ItemKNN(NormalizedGram):

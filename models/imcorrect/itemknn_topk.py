@@ -39,6 +39,7 @@ import scipy.sparse as sp
 
 from models.imcorrect import topk_kernel
 from models.imcorrect.base import Mapping
+from models.imcorrect.checks import real, whole
 from models.imcorrect.cooccurrence import Cooccurrence
 from models.imcorrect.lowrank import RowChange
 from models.imcorrect.topk import PAD, padded, ranks_before, select, sort_rows
@@ -64,12 +65,9 @@ class ItemKNNTopKConfig:
     reserve: int = 4
 
     def __post_init__(self) -> None:
-        if not self.k >= 1:
-            raise ValueError("k must be at least 1")
-        if not self.shrink >= 0:
-            raise ValueError("shrink must be non-negative")
-        if not self.reserve >= 0:
-            raise ValueError("reserve must be non-negative")
+        whole(self, "k", minimum=1)
+        real(self, "shrink", positive=False)
+        whole(self, "reserve", minimum=0)
 
 
 class ItemKNNTopK(DegreeRows, ListMerge, Mapping):

@@ -71,6 +71,8 @@ def test_a_retired_flat_setting_is_refused_naming_its_new_place(monkeypatch, old
     [
         {"LETHE_IMCORRECT__EASE__L2": "0"},
         {"LETHE_IMCORRECT__EASE__L2": "nan"},
+        {"LETHE_IMCORRECT__EASE__L2": "inf"},
+        {"LETHE_IMCORRECT__ITEMKNN__SHRINK": "inf"},
         {"LETHE_IMCORRECT__ITEMKNN__SHRINK": "-1"},
         {"LETHE_IMCORRECT__ITEMKNN_TOPK__K": "0"},
         {"LETHE_IMCORRECT__ITEMKNN_TOPK__RESERVE": "-2"},
@@ -84,8 +86,31 @@ def test_the_mappings_own_checks_reject_bad_values(monkeypatch, env):
         load_settings()
 
 
+def test_numpy_parameters_are_stored_as_plain_numbers(tmp_path):
+    model = IMCorrect("itemknn-topk", k=np.int64(5), shrink=np.float32(0.5))
+    assert type(model.config.k) is int and type(model.config.shrink) is float
+    model.learn([0, 1], [0, 1])
+    model.save(tmp_path / "snap")  # JSON metadata: a numpy scalar would not serialise
+    assert type(model).load(tmp_path / "snap").config == model.config
+
+
 def test_a_name_with_a_parameter_it_does_not_have_is_refused():
     with pytest.raises(TypeError, match="l2"):
         IMCorrect("itemknn", l2=5.0)
     with pytest.raises(TypeError, match="not both"):
         IMCorrect(EASEConfig(), l2=5.0)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "LETHE_IMCORRECT__EASE__L3",
+        "LETHE_IMCORRECT__BATCH_MAX_EVENT",
+        "LETHE_TRAINER__MODEL__DISTILL__T3",
+        "LETHE_SCORER__MAX_BACH",
+    ],
+)
+def test_a_misspelt_setting_is_refused_not_ignored(monkeypatch, name):
+    monkeypatch.setenv(name, "2")
+    with pytest.raises(ValidationError):
+        load_settings()

@@ -72,10 +72,21 @@ def test_a_retired_flat_setting_is_refused_naming_its_new_place(monkeypatch, old
         {"LETHE_TRAINER__MODEL__DISTILL__W2": "-0.5"},
         {"LETHE_TRAINER__COLD__MIN_COUNT": "0"},
         {"LETHE_TRAINER__COLD__SCALE": "0"},
+        {"LETHE_TRAINER__COLD__RIDGE": "inf"},
+        {"LETHE_TRAINER__MODEL__DISTILL__CRM_LR": "inf"},
+        {"LETHE_TRAINER__MODEL__SEED": "1.5"},
     ],
 )
 def test_the_models_own_checks_reject_bad_values(monkeypatch, env):
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     with pytest.raises(ValidationError):
+        load_settings()
+
+
+@pytest.mark.parametrize("name", ["rounds", "up_epochs", "down_epochs", "max_steps_per_stage"])
+def test_distill_fields_the_online_model_never_reads_are_refused(monkeypatch, name):
+    # one round per micro-batch, stages bounded by pretrain_steps and steps_per_round
+    monkeypatch.setenv(f"LETHE_TRAINER__MODEL__DISTILL__{name.upper()}", "3")
+    with pytest.raises(ValidationError, match=f"distill.{name} is not used"):
         load_settings()
