@@ -7,25 +7,9 @@ Plain dataclasses that import neither torch nor transformers, so the worker's se
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 
-
-def _require(ok: bool, message: str) -> None:
-    if not ok:
-        raise ValueError(message)
-
-
-def _positive(*values: float) -> bool:
-    return all(math.isfinite(v) and v > 0 for v in values)
-
-
-def _non_negative(*values: float) -> bool:
-    return all(math.isfinite(v) and v >= 0 for v in values)
-
-
-def _whole(*values: object) -> bool:
-    return all(isinstance(v, int) and not isinstance(v, bool) for v in values)
+from models.config_checks import real, whole
 
 
 @dataclass(frozen=True)
@@ -48,14 +32,15 @@ class DistillConfig:
     one_way: bool = False  # peer: LLM → SASRec only (no down step)
 
     def __post_init__(self) -> None:
-        _require(_positive(self.t1, self.t2), "temperatures must be positive and finite")
-        _require(_non_negative(self.w1, self.w2), "KL weights must be non-negative and finite")
-        counts = (self.rounds, self.up_epochs, self.down_epochs, self.crm_batch, self.llm_batch)
-        _require(_whole(*counts), "rounds, epochs and batch sizes must be integers")
-        _require(self.rounds >= 0 and min(counts[1:]) >= 1, "epochs and batch sizes must be ≥ 1")
-        _require(_positive(self.crm_lr, self.llm_lr), "learning rates must be positive and finite")
-        budget = self.max_steps_per_stage
-        _require(budget is None or (_whole(budget) and budget >= 1), "a budget must be ≥ 1")
+        for name in ("t1", "t2", "crm_lr", "llm_lr"):
+            real(self, name, positive=True)
+        for name in ("w1", "w2"):
+            real(self, name, positive=False)
+        whole(self, "rounds", minimum=0)
+        for name in ("up_epochs", "down_epochs", "crm_batch", "llm_batch"):
+            whole(self, name, minimum=1)
+        if self.max_steps_per_stage is not None:
+            whole(self, "max_steps_per_stage", minimum=1)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -71,8 +56,9 @@ class ColdInitConfig:
     blend: bool = False
 
     def __post_init__(self) -> None:
-        _require(_whole(self.min_count) and self.min_count >= 1, "min_count must be ≥ 1")
-        _require(_positive(self.ridge, self.scale), "ridge and scale must be positive and finite")
+        whole(self, "min_count", minimum=1)
+        real(self, "ridge", positive=True)
+        real(self, "scale", positive=True)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -98,21 +84,21 @@ class OnlineConfig:
     text_repr: bool = False
 
     def __post_init__(self) -> None:
-        sizes = (self.max_items, self.max_len, self.hidden, self.batch_size, self.replay_users)
-        sizes += (self.steps_per_round, self.pretrain_steps, self.valid_users, self.seed)
-        _require(_whole(*sizes), "sizes, steps and the seed must be integers")
-        _require(self.max_items >= 2 and self.max_len >= 2, "max_items and max_len must be ≥ 2")
-        _require(self.hidden >= 8, "hidden must be at least 8")
-        _require(min(sizes[3:8]) >= 1, "batch, round and sample sizes must be ≥ 1")
+        whole(self, "max_items", minimum=2)
+        whole(self, "max_len", minimum=2)
+        whole(self, "hidden", minimum=8)
+        for name in ("batch_size", "replay_users", "steps_per_round", "pretrain_steps"):
+            whole(self, name, minimum=1)
+        whole(self, "valid_users", minimum=1)
+        whole(self, "seed", minimum=0)
         # one round per micro-batch, its stages bounded by pretrain_steps / steps_per_round:
         # these distill fields are never read here, so setting them would silently do nothing
-        unread = ("rounds", "up_epochs", "down_epochs", "max_steps_per_stage")
         default = DistillConfig()
-        for name in unread:
-            _require(
-                getattr(self.distill, name) == getattr(default, name),
-                f"distill.{name} is not used by the online model (rounds follow the stream)",
-            )
+        for name in ("rounds", "up_epochs", "down_epochs", "max_steps_per_stage"):
+            if getattr(self.distill, name) != getattr(default, name):
+                raise ValueError(
+                    f"distill.{name} is not used by the online model (rounds follow the stream)"
+                )
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -13,8 +13,8 @@ import numpy as np
 import scipy.linalg as sla
 import scipy.sparse as sp
 
+from models.config_checks import real
 from models.imcorrect.base import Mapping
-from models.imcorrect.checks import real
 from models.imcorrect.lowrank import RowChange, symmetric_rank_update
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.imcorrect.checks import real
+from models.config_checks import real
 from models.imcorrect.lowrank import RowChange
 from models.imcorrect.normalized import NormalizedGram
 

@@ -37,9 +37,9 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
+from models.config_checks import real, whole
 from models.imcorrect import topk_kernel
 from models.imcorrect.base import Mapping
-from models.imcorrect.checks import real, whole
 from models.imcorrect.cooccurrence import Cooccurrence
 from models.imcorrect.lowrank import RowChange
 from models.imcorrect.topk import PAD, padded, ranks_before, select, sort_rows

@@ -1,5 +1,6 @@
-"""Field checks shared by the mappings' config classes: values arrive from Python callers
-(numpy scalars included) and from settings, and are stored as plain JSON-safe numbers."""
+"""Field checks shared by the models' config classes (the IMCorrect mappings', the online
+LLMD4Rec model's): values arrive from Python callers (numpy scalars included) and from
+settings, and are stored as plain JSON-safe numbers."""
 
 from __future__ import annotations
 
