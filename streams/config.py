@@ -244,13 +244,8 @@ class IMCorrectWorkerSettings(_Section):
         return _over_default(cls.model_fields[info.field_name].default, value)
 
     def mapping_config(self) -> MappingConfig:
-        """The config of the mapping the worker runs."""
-        return {
-            "ease": self.ease,
-            "itemknn": self.itemknn,
-            "gfcf": self.gfcf,
-            "itemknn-topk": self.itemknn_topk,
-        }[self.mapping]
+        """The config of the mapping the worker runs (its section is named after it)."""
+        return getattr(self, self.mapping.replace("-", "_"))
 
 
 class TrainerSettings(_Section):

@@ -31,6 +31,7 @@ from tests.e2e.test_serving import model_updates, wait_for
 from tests.unit.test_trainer_items import (
     NEW,
     NEW_META,
+    TEXT_MODEL,
     genre_stream,
     new_item_events,
     rank_among_unseen,
@@ -58,16 +59,7 @@ def test_a_new_item_announced_on_the_stream_is_ranked_after_the_next_export(
         model_dir=tmp_path / "models",
         metrics_port=-1,
         trainer={
-            "model": {
-                "llm": "tiny",
-                "max_items": 64,
-                "max_len": 8,
-                "hidden": 16,
-                "replay_users": 64,
-                "steps_per_round": 8,
-                "pretrain_steps": 150,
-                "valid_users": 20,
-            },
+            "model": TEXT_MODEL,
             "batch_events": len(warm),  # the first round closes at the last warm event
             "batch_wait_s": 2.0,  # the next one two seconds after the new item's events
             "min_users": 5,

@@ -46,6 +46,19 @@ def warm_items() -> list[ItemMetadata]:
 NEW_META = ItemMetadata(item_id=NEW, title="Film new", genres=GENRES[0], ts=1)
 
 
+#: a tiny LLM side that still learns to rank a new item by its text within one export
+TEXT_MODEL = {
+    "llm": "tiny",
+    "max_items": 64,
+    "max_len": 8,
+    "hidden": 16,
+    "replay_users": 64,
+    "steps_per_round": 8,
+    "pretrain_steps": 150,
+    "valid_users": 20,
+}
+
+
 def settings_for(tmp: Path, model: dict | None = None, **trainer) -> LetheSettings:
     return LetheSettings(
         topic_prefix="u.",
@@ -53,17 +66,7 @@ def settings_for(tmp: Path, model: dict | None = None, **trainer) -> LetheSettin
         model_dir=tmp / "models",
         metrics_port=-1,
         trainer={
-            "model": {
-                "llm": "tiny",
-                "max_items": 64,
-                "max_len": 8,
-                "hidden": 16,
-                "replay_users": 64,
-                "steps_per_round": 8,
-                "pretrain_steps": 150,
-                "valid_users": 20,
-                **(model or {}),
-            },
+            "model": {**TEXT_MODEL, **(model or {})},
             "batch_events": 10**6,
             "batch_wait_s": 0.001,  # tick() closes the round
             "min_users": 5,
