@@ -8,6 +8,11 @@ Padding is invisible to real positions (their attention never reaches a padded k
 positions are counted back from the newest item, so a batch with its all-padding leading
 columns cut off gives the same scores as the full-width batch: training trims batches of
 short sequences to their real width (docs/models.md, "SASRec").
+
+The encoder layers are ``nn.TransformerEncoderLayer`` modules for their parameters (their names
+are what checkpoints store and what ``export/scoring_graph.py`` reads), but SASRec runs the
+same pre-norm block itself, so that its dropout is ``models/dropout.py`` (torch's masks, applied
+with less work on a CPU, where dropout was about 40 % of an ML-1M training step).
 """
 
 from __future__ import annotations
@@ -16,6 +21,10 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
+from torch.nn import functional as F
+
+from models.dropout import dropout
+from models.item_softmax import item_softmax_ce
 
 
 @dataclass(frozen=True)
@@ -39,7 +48,6 @@ class SASRec(nn.Module):
         self.config = config
         self.item_emb = nn.Embedding(config.n_items + 1, config.hidden, padding_idx=0)
         self.pos_emb = nn.Embedding(config.max_len, config.hidden)
-        self.dropout = nn.Dropout(config.dropout)
         layer = nn.TransformerEncoderLayer(
             d_model=config.hidden,
             nhead=config.heads,
@@ -63,22 +71,40 @@ class SASRec(nn.Module):
         length, max_len = seq.shape[1], self.config.max_len
         positions = torch.arange(max_len - length, max_len, device=seq.device)
         x = self.item_emb(seq) * self.config.hidden**0.5 + self.pos_emb(positions)[None]
-        x = self.dropout(x)
+        x = self._dropout(x)
         pad = seq == 0
         x = x.masked_fill(pad[..., None], 0.0)
-        x = self.encoder(x, mask=self._attention_mask(pad))
+        mask = torch.zeros(pad.shape[0], 1, length, length, dtype=x.dtype, device=x.device)
+        mask.masked_fill_(self.attention_blocked(pad)[:, None], float("-inf"))
+        for layer in self.encoder.layers:
+            x = self._block(layer, x, mask)
         return self.final_norm(x)
 
-    def _attention_mask(self, pad: torch.Tensor) -> torch.Tensor:
-        """(B·heads) × L × L, True where attention is blocked: later positions and padded keys.
+    def attention_blocked(self, pad: torch.Tensor) -> torch.Tensor:
+        """B × L × L, True where attention is blocked: later positions and padded keys.
 
         A padded position still sees itself, so its (unused) row of attention is never empty
         and cannot turn into NaN that would reach real positions through the values."""
         length = pad.shape[1]
-        blocked = self.causal_mask[:length, :length] | (
+        return self.causal_mask[:length, :length] | (
             pad[:, None, :] & ~self.diagonal[:length, :length]
         )
-        return blocked.repeat_interleave(self.config.heads, dim=0)
+
+    def _block(self, layer: nn.TransformerEncoderLayer, x: torch.Tensor, mask: torch.Tensor):
+        """``layer``'s pre-norm forward (norm_first, GELU) with this model's dropout."""
+        batch, length, hidden = x.shape
+        heads = self.config.heads
+        attn = layer.self_attn
+        qkv = F.linear(layer.norm1(x), attn.in_proj_weight, attn.in_proj_bias)
+        q, k, v = qkv.view(batch, length, 3, heads, hidden // heads).permute(2, 0, 3, 1, 4)
+        weights = torch.softmax(q @ k.transpose(-1, -2) * (hidden // heads) ** -0.5 + mask, -1)
+        mixed = (self._dropout(weights) @ v).transpose(1, 2).reshape(batch, length, hidden)
+        x = x + self._dropout(attn.out_proj(mixed))
+        inner = self._dropout(F.gelu(layer.linear1(layer.norm2(x))))
+        return x + self._dropout(layer.linear2(inner))
+
+    def _dropout(self, x: torch.Tensor) -> torch.Tensor:
+        return dropout(x, self.config.dropout, self.training)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return hidden @ self.item_emb.weight.T
@@ -96,9 +122,8 @@ def sequence_ce_loss(model: SASRec, inputs: torch.Tensor, targets: torch.Tensor)
     """Full-softmax CE over all items at every non-padded position.
 
     Scores are computed only where there is a target: on long-tailed data (ML-1M at length
-    200) about half the positions are padding, and the item scores dominate the cost."""
+    200) about half the positions are padding, and the item scores dominate the cost. They are
+    made a chunk of rows at a time (``models/item_softmax.py``); padding is never a class."""
     hidden = model.hidden_states(inputs)
     keep = targets != 0
-    logits = model.logits(hidden[keep])
-    logits[:, 0] = float("-inf")
-    return nn.functional.cross_entropy(logits, targets[keep])
+    return item_softmax_ce(hidden[keep], model.item_emb.weight, targets[keep])

@@ -66,3 +66,31 @@ def test_the_training_loss_is_the_same_on_a_cut_batch():
         torch.testing.assert_close(
             sequence_ce_loss(model, inputs, cut_targets), sequence_ce_loss(model, seq, targets)
         )
+
+
+def test_the_encoder_is_torchs_own_pre_norm_layer():
+    """SASRec runs its layers' block itself (for the cheaper dropout); in eval mode it must be
+    the function ``nn.TransformerEncoderLayer`` computes with the same weights and mask, so
+    checkpoints and the export (which read those modules' parameters) mean the same model."""
+    model, seq = _model(), _batch()
+    pad = seq == 0
+    with torch.no_grad():
+        x = model.item_emb(seq) * model.config.hidden**0.5 + model.pos_emb.weight[None]
+        x = x.masked_fill(pad[..., None], 0.0)
+        blocked = model.attention_blocked(pad).repeat_interleave(model.config.heads, dim=0)
+        expected = model.final_norm(model.encoder(x, mask=blocked))
+        got = model.hidden_states(seq)
+    torch.testing.assert_close(got[~pad], expected[~pad], atol=1e-5, rtol=1e-5)
+
+
+def test_training_mode_draws_dropout_and_eval_mode_does_not():
+    model, seq = _model(), _batch()
+    with torch.no_grad():
+        model.train()
+        torch.manual_seed(3)
+        a = model.hidden_states(seq)
+        b = model.hidden_states(seq)
+        model.eval()
+        c, d = model.hidden_states(seq), model.hidden_states(seq)
+    assert not torch.allclose(a, b)
+    assert torch.equal(c, d)
