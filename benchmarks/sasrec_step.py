@@ -2,9 +2,10 @@
 
     python -m benchmarks.sasrec_step --dataset ml-1m --steps 40 --batch-size 64 --threads 2
 
-The baseline is what SASRec computed before: ``nn.TransformerEncoder``'s own forward (torch's
-dropout, attention through ``scaled_dot_product_attention``) and ``cross_entropy`` over the
-materialised logits with the padding column set to −inf. Lethe's step runs the same layers'
+The baseline is what SASRec computed before: the same embedding, then
+``nn.TransformerEncoder``'s own forward (torch's dropout, attention through
+``scaled_dot_product_attention``) and ``cross_entropy`` over the materialised logits with the
+padding column set to −inf. Lethe's step runs the same layers'
 weights through its own block (``models/dropout.py``) and the chunked item softmax
 (``models/item_softmax.py``). Both run forward and backward on the same batches, alternating
 step by step, so a busy machine slows both alike; no optimiser step is taken, so every
@@ -32,12 +33,7 @@ from models.sequences import training_sequences
 
 def stock_loss(model: SASRec, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """The loss as torch's modules compute it (the baseline)."""
-    length, max_len = inputs.shape[1], model.config.max_len
-    positions = torch.arange(max_len - length, max_len)
-    x = model.item_emb(inputs) * model.config.hidden**0.5 + model.pos_emb(positions)[None]
-    x = nn.functional.dropout(x, model.config.dropout, model.training)
-    pad = inputs == 0
-    x = x.masked_fill(pad[..., None], 0.0)
+    x, pad = model.embed(inputs)
     blocked = model.attention_blocked(pad).repeat_interleave(model.config.heads, dim=0)
     hidden = model.final_norm(model.encoder(x, mask=blocked))
     keep = targets != 0

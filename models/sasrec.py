@@ -68,17 +68,23 @@ class SASRec(nn.Module):
 
     def hidden_states(self, seq: torch.Tensor) -> torch.Tensor:
         """B × L item ids (0 = padding, L ≤ max_len) → B × L × H."""
-        length, max_len = seq.shape[1], self.config.max_len
-        positions = torch.arange(max_len - length, max_len, device=seq.device)
-        x = self.item_emb(seq) * self.config.hidden**0.5 + self.pos_emb(positions)[None]
-        x = self._dropout(x)
-        pad = seq == 0
-        x = x.masked_fill(pad[..., None], 0.0)
+        x, pad = self.embed(seq)
+        length = seq.shape[1]
         mask = torch.zeros(pad.shape[0], 1, length, length, dtype=x.dtype, device=x.device)
         mask.masked_fill_(self.attention_blocked(pad)[:, None], float("-inf"))
         for layer in self.encoder.layers:
             x = self._block(layer, x, mask)
         return self.final_norm(x)
+
+    def embed(self, seq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The encoder's input (item and position embeddings, dropout, zeros at padding) and
+        the B × L padding mask."""
+        length, max_len = seq.shape[1], self.config.max_len
+        positions = torch.arange(max_len - length, max_len, device=seq.device)
+        x = self.item_emb(seq) * self.config.hidden**0.5 + self.pos_emb(positions)[None]
+        x = self._dropout(x)
+        pad = seq == 0
+        return x.masked_fill(pad[..., None], 0.0), pad
 
     def attention_blocked(self, pad: torch.Tensor) -> torch.Tensor:
         """B × L × L, True where attention is blocked: later positions and padded keys.

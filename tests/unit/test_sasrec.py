@@ -73,10 +73,8 @@ def test_the_encoder_is_torchs_own_pre_norm_layer():
     the function ``nn.TransformerEncoderLayer`` computes with the same weights and mask, so
     checkpoints and the export (which read those modules' parameters) mean the same model."""
     model, seq = _model(), _batch()
-    pad = seq == 0
     with torch.no_grad():
-        x = model.item_emb(seq) * model.config.hidden**0.5 + model.pos_emb.weight[None]
-        x = x.masked_fill(pad[..., None], 0.0)
+        x, pad = model.embed(seq)
         blocked = model.attention_blocked(pad).repeat_interleave(model.config.heads, dim=0)
         expected = model.final_norm(model.encoder(x, mask=blocked))
         got = model.hidden_states(seq)
