@@ -42,6 +42,7 @@ def main() -> None:
     parser.add_argument("--patience", type=int, default=4, help="checks without improvement")
     parser.add_argument("--time-budget", type=float, default=5400.0, help="training seconds")
     parser.add_argument("--hidden", type=int, default=64)
+    parser.add_argument("--heads", type=int, default=SASRecConfig.heads)
     parser.add_argument("--dropout", type=float, default=0.2)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch-size", type=int, default=128)
@@ -57,7 +58,9 @@ def main() -> None:
     train = training_sequences(split, L)
     valid, test = eval_set(split, L, "valid"), eval_set(split, L, "test")
     set_seed(args.seed)
-    cfg = SASRecConfig(n_items=split.n_items, max_len=L, hidden=args.hidden, dropout=args.dropout)
+    cfg = SASRecConfig(
+        n_items=split.n_items, max_len=L, hidden=args.hidden, heads=args.heads, dropout=args.dropout
+    )
     model = SASRec(cfg).to(device)
     common = {"bench": "sasrec", "dataset": args.dataset, "seed": args.seed, "device": str(device)}
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
@@ -125,7 +128,7 @@ def main() -> None:
 
 def _run_args(args: argparse.Namespace) -> dict:
     """The settings a resumed run must share (budgets and the device may change)."""
-    keys = ("dataset", "seed", "eval_every", "hidden", "dropout", "lr", "batch_size")
+    keys = ("dataset", "seed", "eval_every", "hidden", "heads", "dropout", "lr", "batch_size")
     return {k: getattr(args, k) for k in keys}
 
 
@@ -144,6 +147,7 @@ def _save(path: Path, run: dict, model: SASRec, optimizer: torch.optim.Optimizer
 
 def _resume(args: argparse.Namespace, model: SASRec, optimizer: torch.optim.Optimizer) -> dict:
     state = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+    state["args"].setdefault("heads", 2)  # checkpoints from before --heads ran with two
     if state["args"] != _run_args(args):
         raise SystemExit(f"{args.checkpoint} is a run with {state['args']}, not {_run_args(args)}")
     model.load_state_dict(state.pop("model"))
