@@ -5,8 +5,8 @@
 The baseline is what SASRec computed before: the same embedding, then
 ``nn.TransformerEncoder``'s own forward (torch's dropout, attention through
 ``scaled_dot_product_attention``) and ``cross_entropy`` over the materialised logits with the
-padding column set to −inf. Lethe's step runs the same layers'
-weights through its own block (``models/dropout.py``) and the chunked item softmax
+padding column set to −inf. Lethe's step runs the same layers' weights through SASRec's own
+block (explicit attention, torch's dropout) and the chunked item softmax
 (``models/item_softmax.py``). Both run forward and backward on the same batches, alternating
 step by step, so a busy machine slows both alike; no optimiser step is taken, so every
 batch meets the same weights. The first batch of each is a warm-up. Before timing, the two
@@ -62,11 +62,13 @@ def check_same_function(model: SASRec, inputs, targets) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", choices=sorted(MAX_LEN), default="ml-1m")
-    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--steps", type=int, default=40, help="timed steps (at least 1)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    if args.steps < 1:
+        parser.error("--steps must be at least 1")
     if args.threads:
         torch.set_num_threads(args.threads)
     split = leave_one_out(load(args.dataset))

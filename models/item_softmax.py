@@ -14,6 +14,7 @@ Row 0 of the table is padding: it is never a target and never scored, so its gra
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import once_differentiable
 
 # 256 rows × 3,706 items of float32 is 3.8 MB: one chunk's logits stay in a CPU's L3 cache.
 # A GPU has the memory for every row at once and would only pay for many small launches.
@@ -37,11 +38,13 @@ class _ItemSoftmaxCE(torch.autograd.Function):
         return total / hidden.shape[0]
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_loss: torch.Tensor):
         hidden, table, targets, lse = ctx.saved_tensors
+        want_hidden, want_table = ctx.needs_input_grad[:2]
         items = table[1:]
-        grad_hidden = torch.empty_like(hidden)
-        grad_table = torch.zeros_like(table)
+        grad_hidden = torch.empty_like(hidden) if want_hidden else None
+        grad_table = torch.zeros_like(table) if want_table else None
         scale = grad_loss / hidden.shape[0]
         for start in range(0, hidden.shape[0], ctx.chunk):
             rows = slice(start, start + ctx.chunk)
@@ -51,8 +54,10 @@ class _ItemSoftmaxCE(torch.autograd.Function):
             picked = torch.arange(h.shape[0], device=h.device)
             grad_logits[picked, targets[rows] - 1] -= 1.0
             grad_logits.mul_(scale)
-            torch.mm(grad_logits, items, out=grad_hidden[rows])
-            grad_table[1:].addmm_(grad_logits.T, h)
+            if want_hidden:
+                torch.mm(grad_logits, items, out=grad_hidden[rows])
+            if want_table:
+                grad_table[1:].addmm_(grad_logits.T, h)
         return grad_hidden, grad_table, None, None
 
 
@@ -73,16 +78,21 @@ def item_softmax_ce(
     targets
         N item ids in ``1..n_items`` (shifted ids: 0 is padding and must not occur).
     chunk_rows
-        Rows of logits made at a time; by default a cache-sized chunk on the CPU and every row
-        at once elsewhere.
+        Rows of logits made at a time (at least 1); by default a cache-sized chunk on the CPU
+        and every row at once elsewhere.
 
     Returns
     -------
     torch.Tensor
         The scalar mean loss, differentiable in ``hidden`` and ``table``.
     """
-    if targets.numel() and int(targets.min()) < 1:
+    on_cpu = hidden.device.type == "cpu"
+    # a padding target would silently score the last item (index −1); on a GPU the gather
+    # fails on it instead, and the check is skipped there because it would wait for the device
+    if on_cpu and targets.numel() and int(targets.min()) < 1:
         raise ValueError("targets are shifted item ids (1..n_items); 0 is padding")
     if chunk_rows is None:
-        chunk_rows = CPU_CHUNK_ROWS if hidden.device.type == "cpu" else max(hidden.shape[0], 1)
+        chunk_rows = CPU_CHUNK_ROWS if on_cpu else max(hidden.shape[0], 1)
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be at least 1, got {chunk_rows}")
     return _ItemSoftmaxCE.apply(hidden, table, targets, chunk_rows)

@@ -45,6 +45,29 @@ def test_the_padding_row_is_never_a_class_and_gets_no_gradient():
     assert torch.count_nonzero(grad_table[0]) == 0
 
 
+def test_only_the_gradients_asked_for_are_made():
+    h, table, targets = _inputs()
+    table.requires_grad_(False)
+    (got,) = torch.autograd.grad(item_softmax_ce(h, table, targets, chunk_rows=8), (h,))
+    (want,) = torch.autograd.grad(_plain(h, table, targets), (h,))
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+
+
+def test_a_tied_table_accumulates_into_its_existing_gradient():
+    h, table, targets = _inputs()
+    table.grad = torch.ones_like(table)
+    item_softmax_ce(h, table, targets, chunk_rows=8).backward()
+    (want,) = torch.autograd.grad(_plain(h, table, targets), (table,))
+    torch.testing.assert_close(table.grad, want + 1.0, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("chunk_rows", [0, -3])
+def test_chunks_of_no_rows_are_refused(chunk_rows):
+    h, table, targets = _inputs()
+    with pytest.raises(ValueError, match="chunk_rows"):
+        item_softmax_ce(h, table, targets, chunk_rows=chunk_rows)
+
+
 def test_padding_targets_are_refused():
     h, table, targets = _inputs()
     targets[3] = 0

@@ -68,27 +68,61 @@ def test_the_training_loss_is_the_same_on_a_cut_batch():
         )
 
 
+def _through_torchs_layers(model: SASRec, seq: torch.Tensor) -> torch.Tensor:
+    """Hidden states from the encoder modules' own forward (what SASRec ran before)."""
+    x, pad = model.embed(seq)
+    blocked = model.attention_blocked(pad).repeat_interleave(model.config.heads, dim=0)
+    return model.final_norm(model.encoder(x, mask=blocked))
+
+
 def test_the_encoder_is_torchs_own_pre_norm_layer():
     """SASRec runs its layers' block itself (for the cheaper dropout); in eval mode it must be
     the function ``nn.TransformerEncoderLayer`` computes with the same weights and mask, so
     checkpoints and the export (which read those modules' parameters) mean the same model."""
     model, seq = _model(), _batch()
+    pad = seq == 0
     with torch.no_grad():
-        x, pad = model.embed(seq)
-        blocked = model.attention_blocked(pad).repeat_interleave(model.config.heads, dim=0)
-        expected = model.final_norm(model.encoder(x, mask=blocked))
+        expected = _through_torchs_layers(model, seq)
         got = model.hidden_states(seq)
     torch.testing.assert_close(got[~pad], expected[~pad], atol=1e-5, rtol=1e-5)
 
 
-def test_training_mode_draws_dropout_and_eval_mode_does_not():
+def test_the_loss_and_its_gradients_are_torchs_cross_entropy_over_torchs_layers():
+    """The training loss (SASRec's block, the chunked item softmax) against the modules'
+    own forward and ``cross_entropy`` over every logit, in float64 with dropout off."""
     model, seq = _model(), _batch()
+    model.double()
+    targets = torch.roll(seq, -1, dims=1)
+    targets[:, -1] = 3
+    targets[seq == 0] = 0
+
+    def reference() -> torch.Tensor:
+        hidden = _through_torchs_layers(model, seq)
+        logits = model.logits(hidden[targets != 0])
+        logits[:, 0] = float("-inf")
+        return torch.nn.functional.cross_entropy(logits, targets[targets != 0])
+
+    params = list(model.parameters())
+    want = reference()
+    want_grads = torch.autograd.grad(want, params, allow_unused=True)
+    got = sequence_ce_loss(model, seq, targets)
+    got_grads = torch.autograd.grad(got, params, allow_unused=True)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    for g, w in zip(got_grads, want_grads, strict=True):
+        if w is None:
+            assert g is None or torch.count_nonzero(g) == 0
+        else:
+            torch.testing.assert_close(g, w, rtol=0, atol=1e-12)
+
+
+def test_training_mode_differs_from_eval_only_by_dropout():
+    torch.manual_seed(0)
+    model = SASRec(SASRecConfig(n_items=N_ITEMS, max_len=L, hidden=16, heads=2, dropout=0.0))
+    seq = _batch()
     with torch.no_grad():
-        model.train()
-        torch.manual_seed(3)
-        a = model.hidden_states(seq)
-        b = model.hidden_states(seq)
-        model.eval()
-        c, d = model.hidden_states(seq), model.hidden_states(seq)
-    assert not torch.allclose(a, b)
-    assert torch.equal(c, d)
+        trained = model.train().hidden_states(seq)
+        evaluated = model.eval().hidden_states(seq)
+        assert torch.equal(trained, evaluated)
+        dropping = SASRec(SASRecConfig(n_items=N_ITEMS, max_len=L, hidden=16, dropout=0.5))
+        dropping.load_state_dict(model.state_dict())
+        assert not torch.allclose(dropping.train().hidden_states(seq), evaluated)
