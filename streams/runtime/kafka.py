@@ -110,8 +110,7 @@ def end_offsets_retrying(
         try:
             return end_offsets(client, topic, parts, committed), client
         except KafkaException as exc:
-            error = exc.args[0]
-            if not (error.retriable() or error.code() in _LEADERLESS):
+            if not passes_with_leadership(exc.args[0]):
                 raise
             if time.monotonic() > deadline:
                 raise RuntimeError(f"no end offsets for {topic}: {exc}") from exc
@@ -119,13 +118,22 @@ def end_offsets_retrying(
             client = admin(settings)
 
 
-#: answers while a partition's leadership moves (a just-created topic, a lost broker)
+def passes_with_leadership(error: KafkaError) -> bool:
+    """Whether an answer to an offsets question goes away once a partition's leadership has
+    settled: librdkafka's retriable errors and the ones below, which it does not mark."""
+    return error.retriable() or error.code() in _LEADERLESS
+
+
+#: answers while a partition's leadership moves (a just-created topic, a lost broker);
+#: OFFSET_NOT_AVAILABLE: a new leader whose high watermark has not caught up yet (KIP-207)
 _LEADERLESS = (
+    KafkaError.OFFSET_NOT_AVAILABLE,
     KafkaError.NOT_LEADER_FOR_PARTITION,
     KafkaError.LEADER_NOT_AVAILABLE,
     KafkaError.FENCED_LEADER_EPOCH,
     KafkaError.UNKNOWN_LEADER_EPOCH,
     KafkaError.UNKNOWN_TOPIC_OR_PART,
+    KafkaError._UNKNOWN_PARTITION,
     KafkaError._TRANSPORT,
     KafkaError._TIMED_OUT,
     KafkaError.REQUEST_TIMED_OUT,
@@ -248,21 +256,9 @@ def assign_at_end(consumer: Consumer, topic: str, timeout_s: float = 10.0) -> No
             return
         except KafkaException as exc:
             error = exc.args[0]
-            transient = error.retriable() or error.code() in _NO_LEADER_YET
-            if not transient or time.monotonic() >= deadline:
+            if not passes_with_leadership(error) or time.monotonic() >= deadline:
                 raise RuntimeError(f"cannot read the end offsets of {topic}: {error}") from exc
             time.sleep(0.2)
-
-
-#: what a topic's partitions answer until their leaders are known
-_NO_LEADER_YET = frozenset(
-    {
-        KafkaError.NOT_LEADER_FOR_PARTITION,
-        KafkaError.LEADER_NOT_AVAILABLE,
-        KafkaError.UNKNOWN_TOPIC_OR_PART,
-        KafkaError._UNKNOWN_PARTITION,
-    }
-)
 
 
 def _ends_now(consumer: Consumer, topic: str, timeout_s: float) -> list[TopicPartition]:
