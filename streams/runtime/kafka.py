@@ -125,7 +125,8 @@ def passes_with_leadership(error: KafkaError) -> bool:
 
 
 #: answers while a partition's leadership moves (a just-created topic, a lost broker);
-#: OFFSET_NOT_AVAILABLE: a new leader whose high watermark has not caught up yet (KIP-207)
+#: OFFSET_NOT_AVAILABLE: a new leader whose high watermark has not caught up yet (retriable
+#: in Kafka's own client, not marked so by librdkafka)
 _LEADERLESS = (
     KafkaError.OFFSET_NOT_AVAILABLE,
     KafkaError.NOT_LEADER_FOR_PARTITION,
