@@ -93,6 +93,10 @@ def end_offsets(
     return {tp_key(tp.topic, tp.partition): f.result().offset for tp, f in futures.items()}
 
 
+class OffsetsUnavailable(RuntimeError):
+    """The brokers gave no end offsets for a minute (a cluster down, not a leader moving)."""
+
+
 def end_offsets_retrying(
     settings: LetheSettings,
     topic: str,
@@ -113,7 +117,7 @@ def end_offsets_retrying(
             if not passes_with_leadership(exc.args[0]):
                 raise
             if time.monotonic() > deadline:
-                raise RuntimeError(f"no end offsets for {topic}: {exc}") from exc
+                raise OffsetsUnavailable(f"no end offsets for {topic}: {exc}") from exc
             time.sleep(0.2)
             client = admin(settings)
 

@@ -14,7 +14,7 @@ import math
 from collections.abc import Callable
 from typing import ClassVar
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaError, KafkaException, Producer
 
 from streams.config import LetheSettings
 from streams.contracts import DeletionReceipt, RecRequest
@@ -34,8 +34,17 @@ _FENCED = (
 )
 
 
-class Fenced(RuntimeError):
-    """Another writer took over (or this one may not write): stop writing, keep following."""
+class WriterLost(RuntimeError):
+    """This writer can append no more: stop writing, keep following, and stand for the role
+    again later (a fresh producer's ``init_transactions`` aborts whatever this one left open)."""
+
+
+class Fenced(WriterLost):
+    """Another writer took over (or this one may not write)."""
+
+
+class TransactionsFailing(WriterLost):
+    """A transaction could be neither committed nor aborted in :data:`_ATTEMPTS` tries."""
 
 
 def writer_transactional_id(settings: LetheSettings) -> str:
@@ -46,8 +55,8 @@ class TransactionalLog:
     """Appends records (to the change log and, with markers, to the receipts topic) in
     transactions that either all appear or none does."""
 
-    def __init__(self, settings: LetheSettings) -> None:
-        self.producer = kafka.producer(
+    def __init__(self, settings: LetheSettings, producer: Producer | None = None) -> None:
+        self.producer = producer or kafka.producer(
             settings,
             **{
                 "transactional.id": writer_transactional_id(settings),
@@ -63,8 +72,11 @@ class TransactionalLog:
             raise _classify(exc) from exc
 
     def commit(self, records: list[tuple[str, bytes, bytes | None]]) -> None:
-        """Append ``(topic, value, key)`` records in one transaction."""
-        for attempt in range(_ATTEMPTS):
+        """Append ``(topic, value, key)`` records in one transaction. Any failure short of
+        fencing aborts and tries again: a broker lost mid-transaction puts the producer in
+        an abortable state that ``produce`` reports as a plain ``_STATE`` error, which
+        ``txn_requires_abort()`` does not flag."""
+        for _ in range(_ATTEMPTS):
             try:
                 self.producer.begin_transaction()
                 for topic, value, key in records:
@@ -75,11 +87,24 @@ class TransactionalLog:
                 error = exc.args[0]
                 if _is_fenced(error):
                     raise Fenced(str(error)) from exc
-                if not error.txn_requires_abort() or attempt == _ATTEMPTS - 1:
-                    raise
-                log.warning("change-log transaction aborted, retrying: %s", error)
+                log.warning("change-log transaction failed (%s), aborting and retrying", error)
+                self._abort(error)
+        raise TransactionsFailing(f"no transaction committed in {_ATTEMPTS} attempts")
+
+    def _abort(self, cause: KafkaError) -> None:
+        for _ in range(_ATTEMPTS):
+            try:
                 self.producer.abort_transaction(60)
-        raise RuntimeError("unreachable")
+                return
+            except KafkaException as exc:
+                error = exc.args[0]
+                if _is_fenced(error):
+                    raise Fenced(str(error)) from exc
+                if not error.retriable():  # e.g. no transaction open: nothing left to abort
+                    if error.code() == KafkaError._STATE:
+                        return
+                    raise TransactionsFailing(f"abort failed ({error}) after {cause}") from exc
+        raise TransactionsFailing(f"the transaction could not be aborted after {cause}")
 
     def _produce(self, topic: str, value: bytes, key: bytes | None) -> None:
         while True:
@@ -97,7 +122,7 @@ class TransactionalLog:
             except KafkaException as exc:
                 if not exc.args[0].retriable():
                     raise
-        raise RuntimeError("the change-log transaction could not be committed")
+        raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "commit kept timing out"))
 
     def close(self) -> None:
         self.producer.flush(5)

@@ -411,7 +411,7 @@ class Runtime:
             self._snapshot()
 
     def _snapshot(self, for_receipt: bool = False) -> None:
-        self.publisher.flush()  # dead letters of records the snapshot passes are out
+        self.publisher.settle()  # dead letters of records the snapshot passes are out
         self.snapshots.save(self.service, for_receipt=for_receipt)
 
     def _gauges(self) -> None:

@@ -64,8 +64,17 @@ class Publisher:
                 self.producer.poll(0.1)
         self.producer.poll(0)
 
-    def flush(self, timeout_s: float = 60) -> None:
-        self.producer.flush(timeout_s)
+    def flush(self, timeout_s: float) -> int:
+        """Wait up to ``timeout_s`` for deliveries (at shutdown: what is left stays in the
+        outbox for the next start); returns how many messages are still undelivered."""
+        return self.producer.flush(timeout_s)
+
+    def settle(self) -> None:
+        """Wait until every message produced so far has its delivery report: callers count
+        what was not reported failed as published. librdkafka reports each message within
+        its ``message.timeout.ms``, so this ends; a broker outage only makes it slow."""
+        while (left := self.producer.flush(60)) > 0:
+            log.warning("%d message(s) still awaiting delivery; waiting on", left)
 
     def dead_letter(self, msg: Any, error: ContractError, logical: str) -> None:
         value = dead_letter_bytes(
@@ -99,7 +108,7 @@ class Publisher:
                 update.kind.split("-")[0].encode(),
                 lambda err, _msg: failed.append(err) if err is not None else None,
             )
-        self.flush()
+        self.settle()
         if failed:
             raise RuntimeError(f"{len(failed)} announcement(s) not published: {failed[0]}")
 
@@ -118,7 +127,7 @@ class Publisher:
             self.produce(
                 "deletion-receipts", receipt.to_bytes(), receipt.request_id.encode(), delivered
             )
-        self.flush()
+        self.settle()
         if failed:
             # the outbox still holds them: a restart publishes what did not get out
             raise RuntimeError(f"{len(failed)} receipt(s) could not be published: {failed[0]}")

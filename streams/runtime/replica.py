@@ -42,7 +42,7 @@ from streams.runtime.changelog import (
 )
 from streams.runtime.follower import LogFollower, LogGone
 from streams.runtime.lock import StateLock
-from streams.runtime.log_writer import Fenced, LogWriter, TransactionalLog
+from streams.runtime.log_writer import LogWriter, TransactionalLog, WriterLost
 from streams.runtime.loop import _TOPICS, Runtime
 from streams.runtime.publish import Publisher
 from streams.runtime.roster import Heartbeat, Roster
@@ -197,8 +197,8 @@ class ReplicaRuntime:
             before = self.writer.steps_written
             try:
                 self.sequencer.step()
-            except Fenced as exc:
-                self._stop_writing(f"fenced ({exc})")
+            except WriterLost as exc:
+                self._stop_writing(f"{type(exc).__name__}: {exc}")
                 self._recheck_later()
             wrote = self.writer is not None and self.writer.steps_written > before
         idle_wait = self.cfg.batch_max_wait_ms / 1000
@@ -296,23 +296,32 @@ class ReplicaRuntime:
         txlog = TransactionalLog(self.settings)
         try:
             txlog.start()
-        except (Fenced, KafkaException) as exc:
-            log.warning("replica %s: could not take the writer's role yet: %s", self.replica, exc)
-            self._recheck_later()
+            end = self.io.end_offsets(self.log_topic, [0])[self.log_key]
+        except (WriterLost, KafkaException, kafka.OffsetsUnavailable) as exc:
+            self._not_the_writer_yet(txlog, exc)
             return
-        end = self.io.end_offsets(self.log_topic, [0])[self.log_key]
         if not self._follow_to(end):
             txlog.close()
             return  # stopped, or the role moved on while catching up
         offsets = {k: v for k, v in self.service.offsets.items() if k != self.log_key}
-        writer = LogWriter(self.settings, txlog, self.log_topic, offsets, self.publisher.flush)
+        writer = LogWriter(self.settings, txlog, self.log_topic, offsets, self.publisher.settle)
         sequencer = Runtime(self.settings, lambda _s: writer, self.io, name=writer.name)
-        sequencer.attach(writer, self.publisher)
+        try:
+            sequencer.attach(writer, self.publisher)
+        except KafkaException as exc:  # its partitions' metadata, asked while brokers move
+            sequencer.detach()
+            self._not_the_writer_yet(txlog, exc)
+            return
         self.writer, self.sequencer = writer, sequencer
         self.writer_since = time.monotonic()
         self._in_flight.clear()
         m.IMCORRECT_WRITER.labels(self.replica).set(1)
         log.info("replica %s is the writer (change log applied to %d)", self.replica, end)
+
+    def _not_the_writer_yet(self, txlog: TransactionalLog, exc: Exception) -> None:
+        log.warning("replica %s: could not take the writer's role yet: %s", self.replica, exc)
+        txlog.close()
+        self._recheck_later()
 
     def _follow_to(self, end: int) -> bool:
         """Apply the change log up to ``end`` (its end once earlier writers are fenced),
@@ -367,8 +376,8 @@ class ReplicaRuntime:
         receipts = [r.model_copy(update={"replicas": names}) for r in due]
         try:
             self.writer.publish_receipts(self.topics["deletion-receipts"], receipts)
-        except Fenced as exc:
-            self._stop_writing(f"fenced ({exc})")
+        except WriterLost as exc:
+            self._stop_writing(f"{type(exc).__name__}: {exc}")
             self._recheck_later()
             return
         self._in_flight |= {(r.request_id, r.status) for r in receipts}

@@ -29,8 +29,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from confluent_kafka import (
-    OFFSET_END,
     OFFSET_INVALID,
+    OFFSET_STORED,
     Consumer,
     KafkaError,
     KafkaException,
@@ -104,6 +104,7 @@ class RequestChannel:
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "auto.offset.reset": "latest",
+            "on_commit": self._on_commit,
             "fetch.wait.max.ms": fetch_max_wait_ms,
             # a replica that dies is replaced within this (its partitions wait that long)
             "session.timeout.ms": 6000,
@@ -191,13 +192,18 @@ class RequestChannel:
     def _start_positions(
         self, consumer: Consumer, parts: list[TopicPartition], timeout_s: float = 10.0
     ) -> list[TopicPartition]:
-        """The committed position of each partition; where there is none, its end now
-        (retried while a new topic's leaders are elected; OFFSET_END as a last resort)."""
+        """The committed position of each partition; where there is none, its end now.
+        Retried while leaders or the group coordinator move; as a last resort OFFSET_STORED,
+        with which librdkafka keeps asking for the committed position itself (and starts at
+        the end only where nobody committed one), so that no answered-for position is
+        skipped."""
         deadline = time.monotonic() + timeout_s
         while True:
             try:
                 start = []
                 for tp in consumer.committed(parts, timeout=timeout_s):
+                    if tp.error is not None:  # this partition's position was not read
+                        raise KafkaException(tp.error)
                     if tp.offset == OFFSET_INVALID:  # nobody answered here yet: from the end
                         _, high = consumer.get_watermark_offsets(tp, timeout=timeout_s)
                         tp = TopicPartition(tp.topic, tp.partition, high)
@@ -205,8 +211,8 @@ class RequestChannel:
                 return start
             except KafkaException as exc:
                 if time.monotonic() >= deadline:
-                    log.warning("starting positions unknown (%s): reading from the end", exc)
-                    return [TopicPartition(tp.topic, tp.partition, OFFSET_END) for tp in parts]
+                    log.warning("starting positions unknown (%s): left to the consumer", exc)
+                    return [TopicPartition(tp.topic, tp.partition, OFFSET_STORED) for tp in parts]
                 time.sleep(0.2)
 
     def _on_revoke(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
@@ -353,6 +359,22 @@ class RequestChannel:
             consumer.commit(offsets=offsets, asynchronous=not sync)
         except KafkaException as exc:  # a later commit covers it; a rebalance may repeat some
             log.warning("commit of answered requests failed: %s", exc)
+            self._uncommitted(offsets)
+
+    def _on_commit(self, err: KafkaError | None, parts: list[TopicPartition]) -> None:
+        """An asynchronous commit's outcome (on the pump thread, inside poll)."""
+        failed = [tp for tp in parts if err is not None or tp.error is not None]
+        if failed:
+            log.warning("commit of answered requests failed: %s", err or failed[0].error)
+            self._uncommitted(failed)
+
+    def _uncommitted(self, parts: list[TopicPartition]) -> None:
+        # forget these positions as committed, so that the next commit sends them again
+        # (else a coordinator moving during the commit left them to be answered twice)
+        with self._acks_lock:
+            for tp in parts:
+                if self._committed.get(tp.partition) == tp.offset:
+                    del self._committed[tp.partition]
 
     def _pump_deliveries(self) -> None:
         producer = self._producer
