@@ -59,7 +59,7 @@ class LogFollower:
                 "auto.offset.reset": "error",
             },
         )
-        low, _ = self.consumer.get_watermark_offsets(self.tp, timeout=10)
+        low = kafka.log_start(self.consumer, self.tp)
         if start < low:
             self.consumer.close()
             raise LogGone(

@@ -93,6 +93,22 @@ def end_offsets(
     return {tp_key(tp.topic, tp.partition): f.result().offset for tp, f in futures.items()}
 
 
+def log_start(client: Consumer, tp: TopicPartition, timeout_s: float = 60.0) -> int:
+    """The first offset ``tp`` still holds, asked through leader elections and lost brokers
+    like :func:`end_offsets_retrying`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            low, _ = client.get_watermark_offsets(tp, timeout=10)
+            return low
+        except KafkaException as exc:
+            if not passes_with_leadership(exc.args[0]):
+                raise
+            if time.monotonic() > deadline:
+                raise OffsetsUnavailable(f"no log start for {tp.topic}: {exc}") from exc
+            time.sleep(0.2)
+
+
 class OffsetsUnavailable(RuntimeError):
     """The brokers gave no end offsets for a minute (a cluster down, not a leader moving)."""
 

@@ -150,3 +150,20 @@ def test_a_failed_asynchronous_commit_is_sent_again_by_the_next_one():
     channel._on_commit(KafkaError(KafkaError.NOT_COORDINATOR), [TopicPartition("req", 0, 10)])
     channel._commit(sync=False)
     assert sent == [[(0, 10), (1, 20)], [(0, 10)]]
+
+
+def test_the_log_start_is_asked_again_while_the_leadership_moves(monkeypatch):
+    from confluent_kafka import TopicPartition
+
+    monkeypatch.setattr(runtime_kafka.time, "sleep", lambda s: None)
+
+    class _Watermarks:
+        answers = [KafkaException(KafkaError(KafkaError.NOT_LEADER_FOR_PARTITION)), (5, 9)]
+
+        def get_watermark_offsets(self, tp, timeout):
+            answer = self.answers.pop(0)
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+
+    assert runtime_kafka.log_start(_Watermarks(), TopicPartition("log", 0)) == 5
