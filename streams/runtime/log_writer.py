@@ -125,7 +125,12 @@ class TransactionalLog:
         raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "commit kept timing out"))
 
     def close(self) -> None:
-        self.producer.flush(5)
+        """Let what is in flight finish; a fenced producer raises its fatal error here, and
+        has nothing left that may still be appended."""
+        try:
+            self.producer.flush(5)
+        except KafkaException as exc:
+            log.info("the writer's producer closed on: %s", exc.args[0])
 
 
 def _is_fenced(error: KafkaError) -> bool:

@@ -350,9 +350,10 @@ class ReplicaRuntime:
 
     def _stop_writing(self, reason: str) -> None:
         assert self.sequencer is not None and self.writer is not None
-        self.sequencer.detach()
-        self.writer.txlog.close()
-        self.sequencer = self.writer = None
+        sequencer, writer = self.sequencer, self.writer
+        self.sequencer = self.writer = None  # no longer the writer, whatever closing raises
+        sequencer.detach()
+        writer.txlog.close()
         m.IMCORRECT_WRITER.labels(self.replica).set(0)
         log.info("replica %s stopped writing: %s", self.replica, reason)
 

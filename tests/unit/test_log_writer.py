@@ -54,6 +54,10 @@ class ScriptedProducer:
     def poll(self, timeout: float) -> int:
         return 0
 
+    def flush(self, timeout: float) -> int:
+        self._call("flush")
+        return 0
+
 
 def _log(producer: ScriptedProducer) -> TransactionalLog:
     return TransactionalLog(LetheSettings(), producer=producer)  # type: ignore[arg-type]
@@ -116,3 +120,11 @@ def test_a_writer_that_never_commits_gives_up_after_its_attempts():
     with pytest.raises(TransactionsFailing):
         _log(producer).commit(RECORDS)
     assert producer.committed == []
+
+
+def test_closing_a_fenced_writer_raises_nothing():
+    # librdkafka's flush raises the fatal error of a fenced producer (it killed a replica
+    # that had just given up the role, in the broker-loss test)
+    producer = ScriptedProducer(flush=[_error(KafkaError._FENCED, fatal=True)])
+    _log(producer).close()
+    assert producer.calls == ["flush"]
