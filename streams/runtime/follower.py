@@ -59,7 +59,11 @@ class LogFollower:
                 "auto.offset.reset": "error",
             },
         )
-        low = kafka.log_start(self.consumer, self.tp)
+        try:
+            low = kafka.log_start(self.consumer, self.tp)
+        except BaseException:
+            self.consumer.close()
+            raise
         if start < low:
             self.consumer.close()
             raise LogGone(

@@ -62,6 +62,11 @@ def producer(settings: LetheSettings, **extra: Any) -> Producer:
     return Producer(conf)
 
 
+class OffsetsUnavailable(RuntimeError):
+    """The brokers gave no partitions or offsets of a topic in time (a cluster down or a
+    topic missing, not a leader moving)."""
+
+
 def partitions(client: Consumer, topic: str, timeout_s: float = 10.0) -> list[int]:
     """Partition ids of ``topic``, waiting briefly for a freshly created topic's metadata."""
     deadline = time.monotonic() + timeout_s
@@ -71,7 +76,7 @@ def partitions(client: Consumer, topic: str, timeout_s: float = 10.0) -> list[in
         if info is not None and info.error is None and info.partitions:
             return sorted(info.partitions)
         if time.monotonic() >= deadline:
-            raise RuntimeError(f"topic {topic} has no partitions (does it exist?)")
+            raise OffsetsUnavailable(f"topic {topic} has no partitions (does it exist?)")
         time.sleep(0.2)
 
 
@@ -107,10 +112,6 @@ def log_start(client: Consumer, tp: TopicPartition, timeout_s: float = 60.0) -> 
             if time.monotonic() > deadline:
                 raise OffsetsUnavailable(f"no log start for {tp.topic}: {exc}") from exc
             time.sleep(0.2)
-
-
-class OffsetsUnavailable(RuntimeError):
-    """The brokers gave no end offsets for a minute (a cluster down, not a leader moving)."""
 
 
 def end_offsets_retrying(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable
 from typing import ClassVar
 
@@ -26,6 +27,8 @@ log = logging.getLogger("lethe.replica")
 
 #: attempts at one transaction before the writer gives up its term
 _ATTEMPTS = 10
+#: how long one commit is waited for (the producer's ``transaction.timeout.ms``)
+_COMMIT_WAIT_S = 60.0
 _FENCED = (
     KafkaError._FENCED,
     KafkaError.PRODUCER_FENCED,
@@ -44,7 +47,8 @@ class Fenced(WriterLost):
 
 
 class TransactionsFailing(WriterLost):
-    """A transaction could be neither committed nor aborted in :data:`_ATTEMPTS` tries."""
+    """No transaction committed in :data:`_ATTEMPTS` tries, one could not be aborted, or a
+    commit's outcome is unknown."""
 
 
 def writer_transactional_id(settings: LetheSettings) -> str:
@@ -60,7 +64,7 @@ class TransactionalLog:
             settings,
             **{
                 "transactional.id": writer_transactional_id(settings),
-                "transaction.timeout.ms": 60_000,
+                "transaction.timeout.ms": int(_COMMIT_WAIT_S * 1000),
             },
         )
 
@@ -72,10 +76,14 @@ class TransactionalLog:
             raise _classify(exc) from exc
 
     def commit(self, records: list[tuple[str, bytes, bytes | None]]) -> None:
-        """Append ``(topic, value, key)`` records in one transaction. Any failure short of
-        fencing aborts and tries again: a broker lost mid-transaction puts the producer in
-        an abortable state that ``produce`` reports as a plain ``_STATE`` error, which
-        ``txn_requires_abort()`` does not flag."""
+        """Append ``(topic, value, key)`` records in one transaction.
+
+        A failure a lost broker explains is aborted and the whole step written again: the
+        transaction turned abortable (which ``produce`` reports as a plain ``_STATE`` error,
+        not flagged by ``txn_requires_abort()``), or a call that timed out. Fencing ends the
+        writer's term; so does a commit whose outcome is unknown, since writing the step
+        again could append it twice (the next writer's ``init_transactions`` settles it).
+        Any other error is raised as it is."""
         for _ in range(_ATTEMPTS):
             try:
                 self.producer.begin_transaction()
@@ -87,7 +95,9 @@ class TransactionalLog:
                 error = exc.args[0]
                 if _is_fenced(error):
                     raise Fenced(str(error)) from exc
-                log.warning("change-log transaction failed (%s), aborting and retrying", error)
+                if not _passes_with_an_abort(error):
+                    raise
+                log.warning("change-log transaction failed (%s): aborting, writing it again", error)
                 self._abort(error)
         raise TransactionsFailing(f"no transaction committed in {_ATTEMPTS} attempts")
 
@@ -100,9 +110,11 @@ class TransactionalLog:
                 error = exc.args[0]
                 if _is_fenced(error):
                     raise Fenced(str(error)) from exc
-                if not error.retriable():  # e.g. no transaction open: nothing left to abort
-                    if error.code() == KafkaError._STATE:
-                        return
+                if error.code() == KafkaError._CONFLICT:  # a timed-out commit still going on
+                    raise TransactionsFailing(f"commit outcome unknown after {cause}") from exc
+                if error.code() == KafkaError._STATE:  # no transaction open: nothing to abort
+                    return
+                if not (error.retriable() or error.txn_requires_abort()):
                     raise TransactionsFailing(f"abort failed ({error}) after {cause}") from exc
         raise TransactionsFailing(f"the transaction could not be aborted after {cause}")
 
@@ -115,12 +127,15 @@ class TransactionalLog:
                 self.producer.poll(0.1)
 
     def _commit(self) -> None:
+        # a timed-out commit may be called again until it completes; bounded by the
+        # transaction's own timeout, after which the broker aborts it anyway
+        deadline = time.monotonic() + _COMMIT_WAIT_S
         for _ in range(_ATTEMPTS):
             try:
-                self.producer.commit_transaction(60)
+                self.producer.commit_transaction(max(1.0, deadline - time.monotonic()))
                 return
             except KafkaException as exc:
-                if not exc.args[0].retriable():
+                if not exc.args[0].retriable() or time.monotonic() >= deadline:
                     raise
         raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "commit kept timing out"))
 
@@ -135,6 +150,14 @@ class TransactionalLog:
 
 def _is_fenced(error: KafkaError) -> bool:
     return error.fatal() or error.code() in _FENCED
+
+
+def _passes_with_an_abort(error: KafkaError) -> bool:
+    return (
+        error.txn_requires_abort()
+        or error.retriable()
+        or error.code() in (KafkaError._STATE, KafkaError._TIMED_OUT)
+    )
 
 
 def _classify(exc: KafkaException) -> Exception:

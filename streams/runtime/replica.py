@@ -308,7 +308,7 @@ class ReplicaRuntime:
         sequencer = Runtime(self.settings, lambda _s: writer, self.io, name=writer.name)
         try:
             sequencer.attach(writer, self.publisher)
-        except KafkaException as exc:  # its partitions' metadata, asked while brokers move
+        except (KafkaException, kafka.OffsetsUnavailable) as exc:  # asked while brokers move
             sequencer.detach()
             self._not_the_writer_yet(txlog, exc)
             return

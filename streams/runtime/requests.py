@@ -177,17 +177,25 @@ class RequestChannel:
             start = self._start_positions(consumer, parts)
             consumer.incremental_assign(start)
             known = [tp for tp in start if tp.offset >= 0]
-            if known:  # a later owner starts where this one did, not at a later end
-                try:
-                    consumer.commit(offsets=known, asynchronous=False)
-                except KafkaException as exc:
-                    log.warning("could not commit the starting positions: %s", exc)
+            # a later owner starts where this one did, not at a later end
+            committed = self._commit_start(consumer, known) if known else False
             with self._acks_lock:
                 for tp in known:
-                    self._committed[tp.partition] = tp.offset
+                    if committed:
+                        self._committed[tp.partition] = tp.offset
+                    else:  # the next periodic commit sends it
+                        self._settled[tp.partition] = tp.offset
             self.assigned |= {tp.partition for tp in parts}
             log.info("rec-requests partitions assigned: %s", sorted(tp.partition for tp in parts))
         self._ready.set()
+
+    def _commit_start(self, consumer: Consumer, known: list[TopicPartition]) -> bool:
+        try:
+            consumer.commit(offsets=known, asynchronous=False)
+            return True
+        except KafkaException as exc:
+            log.warning("could not commit the starting positions yet: %s", exc)
+            return False
 
     def _start_positions(
         self, consumer: Consumer, parts: list[TopicPartition], timeout_s: float = 10.0

@@ -76,7 +76,7 @@ def test_a_clean_transaction_commits_every_record_once():
         # what produce() raises once a lost broker has made the transaction abortable
         {"produce": [None, _error(KafkaError._STATE)]},
         {"commit": [_error(KafkaError._TIMED_OUT, txn_requires_abort=True)]},
-        {"commit": [_error(KafkaError.NOT_ENOUGH_REPLICAS)]},
+        {"commit": [_error(KafkaError.NOT_ENOUGH_REPLICAS, txn_requires_abort=True)]},
         {"begin": [_error(KafkaError._STATE)]},
     ],
 )
@@ -128,3 +128,32 @@ def test_closing_a_fenced_writer_raises_nothing():
     producer = ScriptedProducer(flush=[_error(KafkaError._FENCED, fatal=True)])
     _log(producer).close()
     assert producer.calls == ["flush"]
+
+
+def test_a_commit_whose_outcome_is_unknown_is_never_written_again(monkeypatch):
+    # a timed-out commit stays in progress in librdkafka; an abort then answers _CONFLICT.
+    # Writing the step again could append it twice: the writer gives up its role instead.
+    monkeypatch.setattr("streams.runtime.log_writer._COMMIT_WAIT_S", 0.0)
+    producer = ScriptedProducer(
+        commit=[_error(KafkaError._TIMED_OUT, retriable=True)],
+        abort=[_error(KafkaError._CONFLICT)],
+    )
+    with pytest.raises(TransactionsFailing, match="outcome unknown"):
+        _log(producer).commit(RECORDS)
+    assert producer.calls.count("begin") == 1 and producer.committed == []
+
+
+def test_a_timed_out_commit_is_called_again_within_the_transaction_timeout():
+    producer = ScriptedProducer(commit=[_error(KafkaError._TIMED_OUT, retriable=True)])
+    _log(producer).commit(RECORDS)
+    assert producer.calls == ["begin", "produce", "produce", "commit", "commit"]
+    assert producer.committed == [[b"a", b"b"]]
+
+
+def test_a_permanent_error_is_raised_as_it_is():
+    # not a lost broker (here: no right to write the topic): no quiet cycling of the role
+    producer = ScriptedProducer(produce=[_error(KafkaError.TOPIC_AUTHORIZATION_FAILED)])
+    with pytest.raises(KafkaException) as raised:
+        _log(producer).commit(RECORDS)
+    assert not isinstance(raised.value, WriterLost)
+    assert "abort" not in producer.calls

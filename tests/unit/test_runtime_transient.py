@@ -167,3 +167,28 @@ def test_the_log_start_is_asked_again_while_the_leadership_moves(monkeypatch):
             return answer
 
     assert runtime_kafka.log_start(_Watermarks(), TopicPartition("log", 0)) == 5
+
+
+def test_a_starting_position_whose_commit_failed_is_committed_later():
+    from confluent_kafka import OFFSET_INVALID, TopicPartition
+
+    channel = _channel()
+
+    class _NewOwner(_Positions):
+        fail = True
+        sent: list[list[tuple[int, int]]] = []
+
+        def incremental_assign(self, parts):
+            pass
+
+        def commit(self, offsets, asynchronous):
+            if self.fail:
+                raise KafkaException(KafkaError(KafkaError.NOT_COORDINATOR))
+            self.sent.append([(tp.partition, tp.offset) for tp in offsets])
+
+    consumer = _NewOwner([[TopicPartition("req", 0, OFFSET_INVALID)]])
+    channel._on_assign(consumer, [TopicPartition("req", 0)])
+    consumer.fail = False
+    channel._consumer = consumer
+    channel._commit(sync=False)
+    assert consumer.sent == [[(0, 500)]]  # the end when assigned: a later owner starts there
