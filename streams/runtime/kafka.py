@@ -7,8 +7,8 @@ no codec package can be missing from an environment.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -24,6 +24,8 @@ from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from streams.config import LetheSettings
 from streams.kafka_config import librdkafka_config
+
+T = TypeVar("T")
 
 
 def tp_key(topic: str, partition: int) -> str:
@@ -98,20 +100,32 @@ def end_offsets(
     return {tp_key(tp.topic, tp.partition): f.result().offset for tp, f in futures.items()}
 
 
-def log_start(client: Consumer, tp: TopicPartition, timeout_s: float = 60.0) -> int:
-    """The first offset ``tp`` still holds, asked through leader elections and lost brokers
-    like :func:`end_offsets_retrying`."""
+def asked_through_leadership(
+    ask: Callable[[], T],
+    what: str,
+    timeout_s: float = 60.0,
+    after_failure: Callable[[], None] = lambda: None,
+) -> T:
+    """``ask()``, asked again while its answer is one of a moving leadership (leader
+    elections, a lost broker) for up to ``timeout_s``; raised at once for anything else."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            low, _ = client.get_watermark_offsets(tp, timeout=10)
-            return low
+            return ask()
         except KafkaException as exc:
             if not passes_with_leadership(exc.args[0]):
                 raise
             if time.monotonic() > deadline:
-                raise OffsetsUnavailable(f"no log start for {tp.topic}: {exc}") from exc
+                raise OffsetsUnavailable(f"no {what}: {exc}") from exc
             time.sleep(0.2)
+            after_failure()
+
+
+def log_start(client: Consumer, tp: TopicPartition) -> int:
+    """The first offset ``tp`` still holds."""
+    return asked_through_leadership(
+        lambda: client.get_watermark_offsets(tp, timeout=10)[0], f"log start of {tp.topic}"
+    )
 
 
 def end_offsets_retrying(
@@ -121,22 +135,20 @@ def end_offsets_retrying(
     client: AdminClient | None = None,
     committed: bool = False,
 ) -> tuple[dict[str, int], AdminClient]:
-    """:func:`end_offsets`, retried through leader elections and lost brokers (about a
-    minute) with a fresh client each time (a client that was answered FENCED_LEADER_EPOCH
-    kept asking with its stale epoch); raised at once for anything else. Returns the client
-    that answered, for the next question."""
-    deadline = time.monotonic() + 60
-    client = client or admin(settings)
-    while True:
-        try:
-            return end_offsets(client, topic, parts, committed), client
-        except KafkaException as exc:
-            if not passes_with_leadership(exc.args[0]):
-                raise
-            if time.monotonic() > deadline:
-                raise OffsetsUnavailable(f"no end offsets for {topic}: {exc}") from exc
-            time.sleep(0.2)
-            client = admin(settings)
+    """:func:`end_offsets` through leader elections, with a fresh client after each failure
+    (a client that was answered FENCED_LEADER_EPOCH kept asking with its stale epoch).
+    Returns the client that answered, for the next question."""
+    clients = [client or admin(settings)]
+
+    def renew() -> None:
+        clients[0] = admin(settings)
+
+    ends = asked_through_leadership(
+        lambda: end_offsets(clients[0], topic, parts, committed),
+        f"end offsets of {topic}",
+        after_failure=renew,
+    )
+    return ends, clients[0]
 
 
 def passes_with_leadership(error: KafkaError) -> bool:
