@@ -217,20 +217,34 @@ class TrainerService:
         return effects
 
     def dense_sequences(self) -> dict[str, np.ndarray]:
-        """Sequences as dense item indices; items past the vocabulary capacity are left out."""
-        items, capacity = self.state.items, self.cfg.model.max_items
+        """Sequences as dense item indices, users in id order.
+
+        Nothing here depends on how the partitions interleaved on arrival (the store keeps
+        users in the order they were first seen): a round trains on the same rows in the same
+        order, and new items take the same vocabulary rows, whichever partition was fetched
+        first. Items past the vocabulary capacity are left out."""
+        sequences = self.state.store.sequences
+        users = sorted(sequences)
+        self._index_new_items()
+        by_id = self.state.items.by_id
         out = {}
-        for user, seq in self.state.store.sequences.items():
-            dense = []
-            for item in seq:
-                idx = items.get(item)
-                if idx is None and len(items.by_index) < capacity:
-                    idx = items.index(item)
-                if idx is not None:
-                    dense.append(idx)
+        for user in users:
+            dense = [idx for item in sequences[user] if (idx := by_id.get(item)) is not None]
             if dense:
                 out[user] = np.asarray(dense, dtype=np.int64)
         return out
+
+    def _index_new_items(self) -> None:
+        """Give items not in the vocabulary the free rows: the most interacted-with first
+        (the ones left out when it is full are the rarest), ties by id."""
+        items = self.state.items
+        room = self.cfg.model.max_items - len(items.by_index)  # freed rows are not reused
+        if room <= 0:
+            return
+        by_id, counts = items.by_id, self.state.store.item_counts
+        new = sorted((-n, item) for item, n in counts.items() if item not in by_id)
+        for _, item in new[:room]:
+            items.index(item)
 
     def trained_on_everything(self) -> None:
         """Nothing is waiting for a round any more."""

@@ -46,7 +46,11 @@ def warm_items() -> list[ItemMetadata]:
 NEW_META = ItemMetadata(item_id=NEW, title="Film new", genres=GENRES[0], ts=1)
 
 
-#: a tiny LLM side that still learns to rank a new item by its text within one export
+#: a tiny LLM side that still learns to rank a new item by its text within one export. With
+#: 300 pretraining steps the new item follows its two unseen siblings for a genre-0 user
+#: (rank 2) in seeds 0-7, trained in one round or in two (150 steps: seed 0 of the one-round
+#: stream ranks it 3rd), and ranks past 10 for users of at least one other genre in every
+#: seed; for users of other genres it is often 3rd too, so that is all the tests claim
 TEXT_MODEL = {
     "llm": "tiny",
     "max_items": 64,
@@ -54,7 +58,7 @@ TEXT_MODEL = {
     "hidden": 16,
     "replay_users": 64,
     "steps_per_round": 8,
-    "pretrain_steps": 150,
+    "pretrain_steps": 300,
     "valid_users": 20,
 }
 

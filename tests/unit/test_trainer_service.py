@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 import random
 import zlib
-from itertools import islice
+from itertools import islice, zip_longest
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from export.onnx_export import export_sasrec
 from models.datasets import load
@@ -271,6 +272,56 @@ def test_a_full_batch_closes_a_round_at_the_event_that_completes_it(tmp_path):
     assert [u.version for u in effects.announcements] == ["2"]
     assert svc.state.new_events == 20 and svc.state.offsets == {f"{TOPIC}:0": 120}
     assert not svc.tick().announcements  # the rest waits for batch_wait_s
+
+
+def _arrived(events: list[tuple[str, str, int, int]]) -> Inputs:
+    """(user, item, partition, offset) in the order the runtime read them."""
+    cols = InteractionColumns()
+    for k, (user, item, partition, offset) in enumerate(events):
+        cols.positions.append(k)
+        cols.event_ids.append(f"e{partition}-{offset}")
+        cols.user_ids.append(user)
+        cols.item_ids.append(item)
+        cols.ts.append(1_700_000_000_000 + k)
+        cols.sources.append((f"{TOPIC}:{partition}", offset))
+    ends = {f"{TOPIC}:{p}": o + 1 for _, _, p, o in events}
+    return Inputs(interactions=cols, offsets=ends)
+
+
+def test_a_round_is_the_same_whatever_order_the_partitions_arrived_in(tmp_path):
+    """Three partitions read one after the other, or interleaved event by event: the same
+    events give the same vocabulary and the same weights (item rows and training order do not
+    follow the fetch order)."""
+    rng = np.random.default_rng(3)
+    pairs = batch(range(15), rng, 120)
+    logs: dict[int, list] = {0: [], 1: [], 2: []}
+    for user, item in pairs:  # keyed by user, as producers do
+        part = logs[int(user.removeprefix("user")) % 3]
+        part.append((user, item, int(user.removeprefix("user")) % 3, len(part)))
+    one_by_one = [e for p in (2, 0, 1) for e in logs[p]]
+    interleaved = [e for row in zip_longest(*logs.values()) for e in row if e is not None]
+    assert one_by_one != interleaved and sorted(one_by_one) == sorted(interleaved)
+
+    runs = []
+    for name, order in (("one", one_by_one), ("interleaved", interleaved)):
+        svc = TrainerService(settings_for(tmp_path / name, batch_events=len(order)))
+        (update,) = svc.apply(_arrived(order)).announcements
+        runs.append((svc.state.items.by_index, svc.model.crm.state_dict(), update))
+    (items_a, crm_a, _), (items_b, crm_b, _) = runs
+    assert items_a == items_b
+    assert crm_a.keys() == crm_b.keys()
+    assert all(torch.equal(crm_a[k], crm_b[k]) for k in crm_a)
+
+
+def test_a_full_vocabulary_leaves_out_the_rarest_new_items(tmp_path):
+    model = {**TINY["model"], "max_items": 10}
+    svc = TrainerService(settings_for(tmp_path, model=model, batch_events=200))
+    pairs = batch(range(15), np.random.default_rng(4), 200)
+    svc.apply(Feed().inputs(pairs))
+    counts = svc.state.store.item_counts  # of the events each user's window keeps
+    assert len(counts) > 10
+    ranked = sorted(counts, key=lambda i: (-counts[i], i))
+    assert svc.state.items.by_index == ranked[:10]
 
 
 def test_the_validation_gate_skips_a_regressed_model(tmp_path, monkeypatch):
