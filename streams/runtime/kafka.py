@@ -282,17 +282,17 @@ class KafkaIO:
 def assign_at_end(consumer: Consumer, topic: str, timeout_s: float = 10.0) -> None:
     """Assign every partition of ``topic`` at its end offset, read now: OFFSET_END would
     resolve on a later fetch and could skip what is produced in between. A topic created a
-    moment ago may not have its leaders yet; that is retried until ``timeout_s``."""
+    moment ago may not have its leaders yet; that is asked again until ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            consumer.assign(_ends_now(consumer, topic, max(0.5, deadline - time.monotonic())))
-            return
-        except KafkaException as exc:
-            error = exc.args[0]
-            if not passes_with_leadership(error) or time.monotonic() >= deadline:
-                raise RuntimeError(f"cannot read the end offsets of {topic}: {error}") from exc
-            time.sleep(0.2)
+    try:
+        ends = asked_through_leadership(
+            lambda: _ends_now(consumer, topic, max(0.5, deadline - time.monotonic())),
+            f"end offsets of {topic}",
+            timeout_s,
+        )
+    except (KafkaException, OffsetsUnavailable) as exc:
+        raise RuntimeError(f"cannot read the end offsets of {topic}: {exc}") from exc
+    consumer.assign(ends)
 
 
 def _ends_now(consumer: Consumer, topic: str, timeout_s: float) -> list[TopicPartition]:

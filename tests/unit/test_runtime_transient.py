@@ -192,3 +192,39 @@ def test_a_starting_position_whose_commit_failed_is_committed_later():
     channel._consumer = consumer
     channel._commit(sync=False)
     assert consumer.sent == [[(0, 500)]]  # the end when assigned: a later owner starts there
+
+
+class _NewTopic:
+    """A consumer whose topic has no leader yet for the first ``leaderless`` questions."""
+
+    def __init__(self, leaderless: int, error: int = KafkaError.LEADER_NOT_AVAILABLE) -> None:
+        self.leaderless, self.error = leaderless, error
+        self.assigned: list | None = None
+
+    def list_topics(self, topic, timeout):
+        if self.leaderless:
+            self.leaderless -= 1
+            raise KafkaException(KafkaError(self.error))
+        meta = SimpleNamespace(error=None, partitions={1: None, 0: None})
+        return SimpleNamespace(topics={topic: meta})
+
+    def get_watermark_offsets(self, tp, timeout):
+        return 0, 10 + tp.partition
+
+    def assign(self, partitions):
+        self.assigned = [(tp.partition, tp.offset) for tp in partitions]
+
+
+def test_assigning_at_the_end_waits_for_a_new_topics_leaders(monkeypatch):
+    monkeypatch.setattr(runtime_kafka.time, "sleep", lambda s: None)
+    consumer = _NewTopic(leaderless=3)
+    runtime_kafka.assign_at_end(consumer, "answers")
+    assert consumer.assigned == [(0, 10), (1, 11)]
+
+
+def test_assigning_at_the_end_refuses_anything_else_at_once(monkeypatch):
+    monkeypatch.setattr(runtime_kafka.time, "sleep", lambda s: pytest.fail("asked again"))
+    consumer = _NewTopic(leaderless=1, error=KafkaError.TOPIC_AUTHORIZATION_FAILED)
+    with pytest.raises(RuntimeError, match="end offsets of answers"):
+        runtime_kafka.assign_at_end(consumer, "answers")
+    assert consumer.assigned is None
