@@ -22,6 +22,7 @@ a start puts it right is :mod:`streams.services.trainer_recovery`.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import shutil
 import time
@@ -242,8 +243,8 @@ class TrainerService:
         if room <= 0:
             return
         by_id, counts = items.by_id, self.state.store.item_counts
-        new = sorted((-n, item) for item, n in counts.items() if item not in by_id)
-        for _, item in new[:room]:
+        new = ((-n, item) for item, n in counts.items() if item not in by_id)
+        for _, item in heapq.nsmallest(room, new):
             items.index(item)
 
     def trained_on_everything(self) -> None:

@@ -11,8 +11,10 @@ for users of some genres its text does not name (the tiny LM's text tells only s
 apart; tests/unit/test_trainer_items.py has the seeds). A malformed metadata record is
 dead-lettered by the trainer on the way.
 
-Rounds fall at the same events and train the same way whichever partition the trainer reads
-first, so the ranks below are the same in every run.
+The first round closes on the count at the last warm event and the second on the wait
+after the new item's events, so both rounds hold the same events in every run, and a round
+trains the same way whichever partition the trainer reads first (docs/distillation.md,
+"Order"): the ranks below are the same in every run.
 """
 
 from __future__ import annotations
@@ -65,8 +67,8 @@ def test_a_new_item_announced_on_the_stream_is_ranked_after_the_next_export(
         trainer={
             "model": TEXT_MODEL,
             "batch_events": len(warm),  # the first round closes at the last warm event
-            # the next one five seconds after the new item's events (long enough that the
-            # first closes on the count, whatever pace the warm events arrive at)
+            # the next one five seconds after the new item's events (the first closes on
+            # the count as long as the warm events take under five seconds to read)
             "batch_wait_s": 5.0,
             "min_users": 5,
             "regression_tolerance": 1.0,  # every round is exported
@@ -106,7 +108,8 @@ def test_a_new_item_announced_on_the_stream_is_ranked_after_the_next_export(
         assert NEW in catalogue
         ranks = [rank_among_unseen(session, catalogue, NEW, g) for g in range(6)]
         assert ranks[0] <= 2, ranks  # with its genre: only its two unseen siblings may lead
-        assert max(ranks[1:]) > 10, ranks  # by what it is, not for everyone
+        # by what it is, not for everyone: at least two other genres' users rank it far down
+        assert sorted(ranks[1:])[-2] > 10, ranks
 
         letters = [
             decode(DeadLetter, r.value) for r in asyncio.run(read_all(settings, "dead-letters"))

@@ -49,8 +49,9 @@ NEW_META = ItemMetadata(item_id=NEW, title="Film new", genres=GENRES[0], ts=1)
 #: a tiny LLM side that still learns to rank a new item by its text within one export. With
 #: 300 pretraining steps the new item follows its two unseen siblings for a genre-0 user
 #: (rank 2) in seeds 0-7, trained in one round or in two (150 steps: seed 0 of the one-round
-#: stream ranks it 3rd), and ranks past 10 for users of at least one other genre in every
-#: seed; for users of other genres it is often 3rd too, so that is all the tests claim
+#: stream ranks it 3rd), and past 10 for the users of at least two of the five other genres
+#: in every seed; for the other genres' users it is often 3rd too (the tiny LM's text tells
+#: only some genres apart), so that is all the tests claim
 TEXT_MODEL = {
     "llm": "tiny",
     "max_items": 64,
@@ -145,7 +146,8 @@ def test_a_new_item_known_by_its_text_ranks_with_its_genre_after_the_next_export
     # the new item's training count is 0 (each of its events is a user's newest, held out
     # for validation), yet it ranks among its two unseen genre siblings for a genre-0 user
     assert ranks[0] <= 2, ranks
-    assert max(ranks[g] for g in (1, 4, 5)) > 10, ranks  # by what it is, not for everyone
+    # by what it is, not for everyone: at least two other genres' users rank it far down
+    assert sorted(ranks[1:])[-2] > 10, ranks
     # the exported row is the mapped one; the live SASRec keeps the row CE left it
     idx = svc.state.items.get(NEW) + 1
     live = svc.model.crm.item_emb.weight[idx].detach()

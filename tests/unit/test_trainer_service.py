@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 import zlib
 from itertools import islice, zip_longest
 from pathlib import Path
@@ -288,29 +289,45 @@ def _arrived(events: list[tuple[str, str, int, int]]) -> Inputs:
     return Inputs(interactions=cols, offsets=ends)
 
 
-def test_a_round_is_the_same_whatever_order_the_partitions_arrived_in(tmp_path):
+def test_rounds_are_the_same_whatever_order_the_partitions_arrived_in(tmp_path):
     """Three partitions read one after the other, or interleaved event by event: the same
-    events give the same vocabulary and the same weights (item rows and training order do not
-    follow the fetch order)."""
+    events give the same vocabulary and the same weights, through a warm-up round and a
+    distillation round (item rows and training order do not follow the fetch order)."""
     rng = np.random.default_rng(3)
-    pairs = batch(range(15), rng, 120)
     logs: dict[int, list] = {0: [], 1: [], 2: []}
-    for user, item in pairs:  # keyed by user, as producers do
+    for user, item in batch(range(15), rng, 180):  # keyed by user, as producers do
         part = logs[int(user.removeprefix("user")) % 3]
         part.append((user, item, int(user.removeprefix("user")) % 3, len(part)))
-    one_by_one = [e for p in (2, 0, 1) for e in logs[p]]
-    interleaved = [e for row in zip_longest(*logs.values()) for e in row if e is not None]
-    assert one_by_one != interleaved and sorted(one_by_one) == sorted(interleaved)
+    # both orders read the first two thirds of every partition before the rest, so the
+    # first round (closed by count) holds the same events in both
+    early = {p: log[: 2 * len(log) // 3] for p, log in logs.items()}
+    late = {p: log[2 * len(log) // 3 :] for p, log in logs.items()}
 
+    def one_by_one(parts: dict) -> list:
+        return [e for p in (2, 0, 1) for e in parts[p]]
+
+    def interleaved(parts: dict) -> list:
+        return [e for row in zip_longest(*parts.values()) for e in row if e is not None]
+
+    first = sum(map(len, early.values()))
+    assert first > sum(map(len, late.values()))  # the rest closes no round by count
     runs = []
-    for name, order in (("one", one_by_one), ("interleaved", interleaved)):
-        svc = TrainerService(settings_for(tmp_path / name, batch_events=len(order)))
-        (update,) = svc.apply(_arrived(order)).announcements
-        runs.append((svc.state.items.by_index, svc.model.crm.state_dict(), update))
-    (items_a, crm_a, _), (items_b, crm_b, _) = runs
+    for name, arrange in (("one", one_by_one), ("interleaved", interleaved)):
+        svc = TrainerService(settings_for(tmp_path / name, batch_events=first, batch_wait_s=1e-3))
+        assert len(svc.apply(_arrived(arrange(early))).announcements) == 1
+        svc.apply(_arrived(arrange(late)))
+        time.sleep(0.01)  # batch_wait_s after the first late event
+        assert len(svc.tick().announcements) == 1
+        assert [c.trained_through for c in svc.state.checkpoints][-1] == {
+            f"{TOPIC}:{p}": len(log) for p, log in logs.items()
+        }
+        weights = {**svc.model.crm.state_dict(), **svc.model.llm.state_dict()}
+        runs.append((svc.state.items.by_index, weights))
+    assert one_by_one(early) != interleaved(early)
+    (items_a, weights_a), (items_b, weights_b) = runs
     assert items_a == items_b
-    assert crm_a.keys() == crm_b.keys()
-    assert all(torch.equal(crm_a[k], crm_b[k]) for k in crm_a)
+    assert weights_a.keys() == weights_b.keys()
+    assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
 
 
 def test_a_full_vocabulary_leaves_out_the_rarest_new_items(tmp_path):
