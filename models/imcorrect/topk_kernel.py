@@ -193,7 +193,7 @@ def _count(part, c: int, j: int) -> float:
     return 0.0
 
 
-@njit
+@njit(nogil=True)  # groups of rows run on threads (topk_rows)
 def select_rows(
     base: tuple[np.ndarray, np.ndarray, np.ndarray],
     extra: tuple[np.ndarray, np.ndarray, np.ndarray],

@@ -5,13 +5,19 @@ candidates, and the same scores, read as column c (G is symmetric and the produc
 two square roots is commutative, so s_cj and s_jc are the same bits), are the moved s_jc of
 c's neighbours j. Each row is read once for both, by the compiled pass of
 :mod:`.topk_kernel`. Rows are taken in groups, which bounds the buffers: the lists of a
-group (rows × k) and the moved pairs it reports (at most its entries).
+group (rows × k) and the moved pairs it reports (at most its entries). A group with many
+entries is cut into parts of about equal entries that run on threads (the kernel releases
+the GIL): rows are independent, and each part reports into its own range of the buffers,
+so the result is that of one pass, bit for bit.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
+import numba
 import numpy as np
 
 from models.imcorrect.topk import PAD
@@ -21,6 +27,8 @@ from models.imcorrect.topk_kernel import select_rows, toward_zero32
 _GROUP_ENTRIES = 4_000_000
 #: ... and at most this many rows
 _GROUP_ROWS = 4096
+#: a group with fewer entries runs on one thread
+_PARALLEL_ENTRIES = 200_000
 
 Pairs = tuple[np.ndarray, np.ndarray, np.ndarray]
 
@@ -80,33 +88,75 @@ class DegreeRows:
             group = rows[lo:hi]
             lists = _Lists(len(group), self.k + self.reserve)
             room = int(lengths[lo:hi].sum()) if report else 0
-            near_j = np.empty(room, dtype=np.int64)
-            near_c = np.empty(room, dtype=np.int64)
-            near_g = np.empty(room)
-            found = select_rows(
-                base,
-                extra,
-                group,
-                self.nbr_idx[group],  # the previous lists (−1 padding) are offered first
-                approx,
-                root,
-                root_old,
-                float(self.shrink),
-                self.k + self.reserve,
-                floor if report else root,
-                fell,
-                report,
-                lists.idx,
-                lists.val,
-                lists.bound,
-                lists.bound_idx,
-                near_j,
-                near_c,
-                near_g,
-            )
+            near = (np.empty(room, dtype=np.int64), np.empty(room, dtype=np.int64), np.empty(room))
+            # the previous lists (−1 padding) are offered first
+            rows_in = (group, self.nbr_idx[group])
+            scoring = (approx, root, root_old, float(self.shrink), self.k + self.reserve)
+            scoring += (floor if report else root, fell, report)
+            parts = _parts(lengths[lo:hi], report)
+            ask = [(base, extra, rows_in, scoring, lists, near, part) for part in parts]
+            if len(ask) == 1:
+                found = [_select_part(*ask[0])]
+            else:
+                found = list(_pool().map(lambda a: _select_part(*a), ask))
             lists.store(self, group)
             if report:
-                yield near_j[:found], near_c[:found], near_g[:found]
+                # each part reported into its own range, in row order: joined, they are
+                # what one pass over the group reports
+                cuts = [(at, at + n) for (_, _, at), n in zip(parts, found, strict=True)]
+                yield tuple(np.concatenate([arr[a:b] for a, b in cuts]) for arr in near)
+
+
+def _select_part(base, extra, rows_in, scoring, lists, near, part: tuple[int, int, int]) -> int:
+    """The kernel on rows ``a:b`` of a group, reporting into the near arrays from ``at``."""
+    a, b, at = part
+    group, seeds = rows_in
+    return select_rows(
+        base,
+        extra,
+        group[a:b],
+        seeds[a:b],
+        *scoring,
+        lists.idx[a:b],
+        lists.val[a:b],
+        lists.bound[a:b],
+        lists.bound_idx[a:b],
+        *(arr[at:] for arr in near),
+    )
+
+
+def _parts(lengths: np.ndarray, report: bool) -> list[tuple[int, int, int]]:
+    """``(start, stop, at)``: the group's rows cut into about equal numbers of entries, one
+    part per kernel thread, each reporting into the near arrays from ``at`` (the entries of
+    the rows before it: a row reports at most one pair per entry). One part below
+    ``_PARALLEL_ENTRIES``, where a thread's start costs more than it saves."""
+    total = int(lengths.sum())
+    threads = min(_threads(), len(lengths))
+    if threads < 2 or total < _PARALLEL_ENTRIES:
+        return [(0, len(lengths), 0)]
+    ends = np.cumsum(lengths)
+    cuts = np.searchsorted(ends, total * np.arange(1, threads) / threads, side="right")
+    bounds = np.unique(np.concatenate([[0], cuts, [len(lengths)]]))
+    starts = np.concatenate([[0], ends])[bounds[:-1]] if report else np.zeros(len(bounds) - 1)
+    cuts = zip(bounds[:-1], bounds[1:], starts, strict=True)
+    return [(int(a), int(b), int(at)) for a, b, at in cuts]
+
+
+def _threads() -> int:
+    """Kernel threads: numba's own setting (``NUMBA_NUM_THREADS``, the cores by default)."""
+    return max(1, int(numba.config.NUMBA_NUM_THREADS))
+
+
+_POOL: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def _pool() -> ThreadPoolExecutor:
+    """The kernel threads of this process (a forked child starts its own: the parent's
+    threads are not in it)."""
+    global _POOL
+    if _POOL is None or _POOL[0] != os.getpid():
+        _POOL = (os.getpid(), ThreadPoolExecutor(_threads(), thread_name_prefix="lethe-topk"))
+    return _POOL[1]
 
 
 def _groups(lengths: np.ndarray) -> Iterator[tuple[int, int]]:

@@ -157,6 +157,51 @@ def test_rows_selected_in_groups_of_any_size_give_the_same_lists(seed, k, shrink
             np.testing.assert_array_equal(getattr(models[0], name), getattr(other, name))
 
 
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 2**16),
+    k=st.integers(1, 6),
+    shrink=st.sampled_from([0.0, 3.0]),
+    ops=st.lists(step, min_size=1, max_size=8),
+)
+def test_a_group_cut_into_parts_on_threads_gives_what_one_thread_gives(seed, k, shrink, ops):
+    # every group, however small, is cut into three parts run on threads: the lists, bounds
+    # and reserves (and so every later merge) are those of the one-thread pass, bit for bit
+    rng = np.random.default_rng(seed)
+    x = sp.csr_matrix((rng.random((30, 20)) < 0.25).astype(float))
+    models = []
+    for parallel_from, threads in ((10**18, 1), (0, 3)):
+        with (
+            mock.patch.object(topk_rows, "_PARALLEL_ENTRIES", parallel_from),
+            mock.patch.object(topk_rows, "_threads", lambda threads=threads: threads),
+            mock.patch.object(topk_rows, "_GROUP_ROWS", 9),  # several groups as well
+        ):
+            model = IMCorrect("itemknn-topk", k=k, shrink=shrink, refit_rank_ratio=np.inf)
+            model.fit(x)
+            for kind, arg in ops:
+                _run(model, kind, arg)
+            assert_same_as_fresh_fit(model, k, shrink)
+        models.append(model._mapping)
+    one, parts = (m.state() for m in models)
+    assert one.keys() == parts.keys()
+    for name in one:
+        np.testing.assert_array_equal(one[name], parts[name], err_msg=name)
+
+
+def test_parts_cover_the_group_in_order_with_room_for_every_entry():
+    lengths = np.array([5, 0, 90, 3, 3, 400, 1, 1], dtype=np.int64)
+    with (
+        mock.patch.object(topk_rows, "_PARALLEL_ENTRIES", 0),
+        mock.patch.object(topk_rows, "_threads", lambda: 3),
+    ):
+        parts = topk_rows._parts(lengths, report=True)
+        assert topk_rows._parts(lengths[:1], report=True) == [(0, 1, 0)]
+    assert parts[0][0] == 0 and parts[-1][1] == len(lengths) and len(parts) >= 2
+    for (a, b, at), (a2, _, at2) in zip(parts, parts[1:], strict=False):
+        assert b == a2 and a < b and at2 - at == lengths[a:b].sum()  # disjoint report ranges
+    assert all(at == lengths[:a].sum() for a, _, at in parts)
+
+
 def test_k_at_least_n_is_the_dense_cosine_itemknn():
     rng = np.random.default_rng(5)
     x = sp.csr_matrix((rng.random((80, 30)) < 0.2).astype(float))
