@@ -44,6 +44,7 @@ import scipy.sparse as sp
 
 from benchmarks.common import emit, log
 from models.imcorrect import IMCorrect
+from models.imcorrect.topk_rows import kernel_threads
 from models.metrics import evaluate_scores
 from models.synthetic import SyntheticConfig, generate
 
@@ -178,6 +179,8 @@ def run_size(name: str, args: argparse.Namespace) -> None:
         "interactions": int(data.n_interactions),
         "k": args.k,
         "shrink": args.shrink,
+        "seed": args.seed,  # which users, items and interactions are forgotten and evaluated
+        "kernel_threads": kernel_threads(),
     }
     log(f"{name}: generated {data.n_interactions:,} interactions in {gen_s:.1f} s")
 

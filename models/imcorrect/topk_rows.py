@@ -131,7 +131,7 @@ def _parts(lengths: np.ndarray, report: bool) -> list[tuple[int, int, int]]:
     the rows before it: a row reports at most one pair per entry). One part below
     ``_PARALLEL_ENTRIES``, where a thread's start costs more than it saves."""
     total = int(lengths.sum())
-    threads = min(_threads(), len(lengths))
+    threads = min(kernel_threads(), len(lengths))
     if threads < 2 or total < _PARALLEL_ENTRIES:
         return [(0, len(lengths), 0)]
     ends = np.cumsum(lengths)
@@ -142,7 +142,7 @@ def _parts(lengths: np.ndarray, report: bool) -> list[tuple[int, int, int]]:
     return [(int(a), int(b), int(at)) for a, b, at in cuts]
 
 
-def _threads() -> int:
+def kernel_threads() -> int:
     """Kernel threads: numba's own setting (``NUMBA_NUM_THREADS``, the cores by default)."""
     return max(1, int(numba.config.NUMBA_NUM_THREADS))
 
@@ -155,7 +155,7 @@ def _pool() -> ThreadPoolExecutor:
     threads are not in it)."""
     global _POOL
     if _POOL is None or _POOL[0] != os.getpid():
-        _POOL = (os.getpid(), ThreadPoolExecutor(_threads(), thread_name_prefix="lethe-topk"))
+        _POOL = (os.getpid(), ThreadPoolExecutor(kernel_threads(), thread_name_prefix="lethe-topk"))
     return _POOL[1]
 
 

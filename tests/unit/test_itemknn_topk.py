@@ -173,7 +173,7 @@ def test_a_group_cut_into_parts_on_threads_gives_what_one_thread_gives(seed, k, 
     for parallel_from, threads in ((10**18, 1), (0, 3)):
         with (
             mock.patch.object(topk_rows, "_PARALLEL_ENTRIES", parallel_from),
-            mock.patch.object(topk_rows, "_threads", lambda threads=threads: threads),
+            mock.patch.object(topk_rows, "kernel_threads", lambda threads=threads: threads),
             mock.patch.object(topk_rows, "_GROUP_ROWS", 9),  # several groups as well
         ):
             model = IMCorrect("itemknn-topk", k=k, shrink=shrink, refit_rank_ratio=np.inf)
@@ -192,7 +192,7 @@ def test_parts_cover_the_group_in_order_with_room_for_every_entry():
     lengths = np.array([5, 0, 90, 3, 3, 400, 1, 1], dtype=np.int64)
     with (
         mock.patch.object(topk_rows, "_PARALLEL_ENTRIES", 0),
-        mock.patch.object(topk_rows, "_threads", lambda: 3),
+        mock.patch.object(topk_rows, "kernel_threads", lambda: 3),
     ):
         parts = topk_rows._parts(lengths, report=True)
         assert topk_rows._parts(lengths[:1], report=True) == [(0, 1, 0)]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import scipy.sparse as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -12,7 +11,6 @@ from models.imcorrect import IMCorrect
 from models.imcorrect.sparse_rows import (
     drop_entries,
     drop_entries_in_place,
-    move_left,
     shrink_rows_in_place,
     splice_rows,
 )
@@ -88,34 +86,3 @@ def test_dropping_the_entries_of_some_items_equals_the_splice_of_their_rows(seed
     drop_entries_in_place(x, hit)  # and in x's own arrays, the same matrix
     for name in ("indptr", "indices", "data"):
         np.testing.assert_array_equal(getattr(x, name), getattr(expected, name))
-
-
-@settings(max_examples=100, deadline=None)
-@given(
-    n=st.integers(1, 64),
-    start=st.integers(0, 63),
-    back=st.integers(0, 63),
-    count=st.integers(0, 64),
-    dtype=st.sampled_from([np.int32, np.int64, np.float64]),
-    strided=st.booleans(),
-)
-def test_moving_a_range_left_equals_an_element_by_element_copy(
-    n, start, back, count, dtype, strided
-):
-    start, count = min(start, n - 1), min(count, n - min(start, n - 1))
-    to = max(0, start - back)
-    base = np.arange(2 * n, dtype=dtype)
-    arr = base[::2] if strided else base[:n]  # a strided view takes numpy's copy
-    expected = arr.copy()
-    for p in range(count):  # forward, one at a time: what a left move means
-        expected[to + p] = expected[start + p]
-    move_left(arr, to, start, count)
-    np.testing.assert_array_equal(arr, expected)
-
-
-def test_a_move_right_or_past_the_end_is_refused():
-    arr = np.arange(10)
-    with pytest.raises(ValueError):
-        move_left(arr, 5, 2, 3)
-    with pytest.raises(ValueError):
-        move_left(arr, 0, 8, 3)

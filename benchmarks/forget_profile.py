@@ -1,0 +1,155 @@
+"""Where a one-user forget of the itemknn-topk mapping spends its time.
+
+    python -m benchmarks.forget_profile [--size 100k] [--users 200] [--seed 1] [--top 8]
+
+Fits the mapping on the synthetic catalogue of ``benchmarks.catalogue`` (all users). First,
+``stage: "threads"`` times the compiled pass over the rows of ``--ab-rows`` items drawn by
+popularity (a heavy user's) on one thread and on ``kernel_threads``, alternating,
+``--ab-reps`` times each, in this process (medians). Then it forgets ``--users`` random
+users one call each, with timers around the phases of a forget (splicing X, the count
+updates, the merges, the row selections), and prints one JSON line per user among the
+``--top`` slowest and the median one (``stage: "user"``), then a summary (``stage:
+"summary"``: p50/p99/max ms). The first forget, which makes X the model's own copy, is not
+timed. Phase times nest: ``apply_delta`` holds ``counts_add``, ``merge_pairs`` and
+``recompute``, and the rest of it is the compiled pass over the forgotten items' rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import gc
+import time
+from collections.abc import Callable
+from unittest import mock
+
+import numpy as np
+
+from benchmarks.catalogue import NO_CHECK, SIZES, holdout
+from benchmarks.common import emit
+from models.imcorrect import IMCorrect, topk_rows
+from models.imcorrect.topk_rows import kernel_threads
+from models.synthetic import SyntheticConfig, generate
+
+#: (object attribute path, phase name)
+PHASES = [
+    ("model._splice", "splice"),
+    ("mapping._correct", "correct"),
+    ("mapping._apply_delta", "apply_delta"),
+    ("counts.add", "counts_add"),
+    ("mapping._merge_pairs", "merge_pairs"),
+    ("mapping._recompute", "recompute"),
+]
+
+
+def timed_phases(targets: dict[str, object], phases: dict[str, float]) -> None:
+    """Wrap each phase's method so that its calls add their seconds to ``phases``."""
+    for path, label in PHASES:
+        owner_name, method = path.split(".")
+        owner = targets[owner_name]
+        inner: Callable = getattr(owner, method)
+
+        @functools.wraps(inner)
+        def wrapper(*args, _inner=inner, _label=label, **kwargs):
+            start = time.perf_counter()
+            try:
+                return _inner(*args, **kwargs)
+            finally:
+                phases[_label] = phases.get(_label, 0.0) + time.perf_counter() - start
+
+        setattr(owner, method, wrapper)
+
+
+def threads_ab(mapping, args: argparse.Namespace) -> dict:
+    """The row pass over a heavy user's items on one thread and on the kernel threads."""
+    rng = np.random.default_rng(args.seed)
+    degree = mapping.degree
+    root = np.sqrt(np.maximum(degree, 0.0))
+    floor = np.where(mapping.fill == mapping.k, mapping._outsiders_floor()[0], -np.inf)
+    times: dict[int, list[float]] = {1: [], kernel_threads(): []}
+    entries = []
+    for rep in range(args.ab_rows and args.ab_reps):
+        rows = rng.choice(len(degree), size=args.ab_rows, p=degree / degree.sum(), replace=False)
+        rows = np.sort(rows)
+        entries.append(int(mapping.counts.row_lengths(rows).sum()))
+        for threads in sorted(times, reverse=bool(rep % 2)):
+            with mock.patch.object(topk_rows, "kernel_threads", lambda t=threads: t):
+                start = time.perf_counter()
+                for _ in mapping._select(rows, root, root, True, floor):
+                    pass  # the same degrees: the lists come out as they were
+                times[threads].append(time.perf_counter() - start)
+    one, many = (float(np.median(times[t])) for t in sorted(times))
+    return {
+        "rows": args.ab_rows,
+        "row_entries_median": int(np.median(entries)),
+        "one_thread_ms": round(one * 1e3, 2),
+        "threads_ms": round(many * 1e3, 2),
+        "speedup": round(one / many, 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", default="100k", choices=sorted(SIZES))
+    parser.add_argument("--users", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--top", type=int, default=8)
+    parser.add_argument("--ab-rows", type=int, default=150)
+    parser.add_argument("--ab-reps", type=int, default=12)
+    args = parser.parse_args()
+
+    n_items, n_users, n_inter = SIZES[args.size]
+    data = generate(SyntheticConfig(n_items, n_users, n_inter, seed=0))
+    x, _ = holdout(data.users, data.items, data.ts, (n_users, n_items))
+    del data
+    gc.collect()
+    model = IMCorrect("itemknn-topk", check_every=NO_CHECK, refit_rank_ratio=np.inf, k=100)
+    model.fit(x)
+    del x
+    gc.collect()
+    mapping = model._mapping
+    base = {"bench": "forget_profile", "size": args.size, "seed": args.seed}
+    base["kernel_threads"] = kernel_threads()
+    emit({**base, "stage": "threads", **threads_ab(mapping, args)})
+    phases: dict[str, float] = {}
+    timed_phases({"model": model, "mapping": mapping, "counts": mapping.counts}, phases)
+
+    rng = np.random.default_rng(args.seed)
+    x = model.interactions
+    active = np.flatnonzero(np.diff(x.indptr) > 0)
+    picks = rng.choice(active, size=args.users + 1, replace=False)
+    model.forget(users=[int(picks[0])])  # X becomes the model's own copy: not timed
+    rows = []
+    for user in picks[1:].tolist():
+        x = model.interactions
+        items = x.indices[x.indptr[user] : x.indptr[user + 1]].astype(np.int64)
+        phases.clear()
+        start = time.perf_counter()
+        model.forget(users=[user])
+        rows.append(
+            {
+                "items": len(items),
+                "row_entries": int(mapping.counts.row_lengths(items).sum()),
+                "ms": round((time.perf_counter() - start) * 1e3, 2),
+                **{f"{k}_ms": round(v * 1e3, 2) for k, v in phases.items()},
+            }
+        )
+    ordered = sorted(rows, key=lambda r: -r["ms"])
+    for rank, row in enumerate(ordered[: args.top]):
+        emit({**base, "stage": "user", "rank": rank, **row})
+    emit({**base, "stage": "user", "rank": "median", **ordered[len(ordered) // 2]})
+    ms = np.array([r["ms"] for r in rows])
+    emit(
+        {
+            **base,
+            "stage": "summary",
+            "users": len(rows),
+            "forget_p50_ms": round(float(np.percentile(ms, 50)), 2),
+            "forget_p99_ms": round(float(np.percentile(ms, 99)), 2),
+            "forget_max_ms": round(float(ms.max()), 2),
+        }
+    )
+
+
+if __name__ == "__main__":
+    main()
