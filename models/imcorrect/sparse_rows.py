@@ -93,7 +93,8 @@ def shrink_rows_in_place(x: sp.csr_matrix, rows: np.ndarray, new: sp.csr_matrix)
             indices[write : write + end - start] = indices[start:end]
         write += end - start
         lost += int(ends[q] - starts[q]) - size
-        indptr[r + 1 : stops[q]] -= lost  # row r's end, and the starts of the run after it
+        if lost:  # row r's end, and the starts of the run after it
+            indptr[r + 1 : stops[q]] -= lost
     x.data, x.indices = data[:write], indices[:write]
     return True
 

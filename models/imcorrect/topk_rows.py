@@ -104,6 +104,11 @@ class DegreeRows:
                 # each part reported into its own range, in row order: joined, they are
                 # what one pass over the group reports
                 cuts = [(at, at + n) for (_, _, at), n in zip(parts, found, strict=True)]
+                ends = [at for _, _, at in parts[1:]] + [room]
+                if any(b > end for (_, b), end in zip(cuts, ends, strict=True)):
+                    # a row reports at most one pair per stored entry; more would have
+                    # written over the next part's range
+                    raise RuntimeError("a part reported past its range of the buffers")
                 yield tuple(np.concatenate([arr[a:b] for a, b in cuts]) for arr in near)
 
 
@@ -143,7 +148,8 @@ def _parts(lengths: np.ndarray, report: bool) -> list[tuple[int, int, int]]:
 
 
 def kernel_threads() -> int:
-    """Kernel threads: numba's own setting (``NUMBA_NUM_THREADS``, the cores by default)."""
+    """Kernel threads: numba's own setting (``NUMBA_NUM_THREADS``; by default the CPUs this
+    process may run on, which a container's CPU quota does not lower)."""
     return max(1, int(numba.config.NUMBA_NUM_THREADS))
 
 
