@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from unittest import mock
 
 import numpy as np
@@ -125,30 +126,40 @@ def test_random_learn_forget_sequences_keep_the_lists_of_a_fresh_fit(seed, k, sh
         assert model._mapping.drift(model.interactions, rng, n_columns=20) < 1e-12
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
+#: the same random learn/forget sequences, selected under different group and thread settings
+same_ops_under_settings = given(
     seed=st.integers(0, 2**16),
     k=st.integers(1, 6),
     shrink=st.sampled_from([0.0, 3.0]),
     ops=st.lists(step, min_size=1, max_size=8),
 )
+
+
+def _mapping_after(ops, seed: int, k: int, shrink: float, **patched):
+    """The mapping after ``ops`` with ``topk_rows`` attributes patched, checked against a
+    fresh fit."""
+    rng = np.random.default_rng(seed)
+    x = sp.csr_matrix((rng.random((30, 20)) < 0.25).astype(float))
+    with contextlib.ExitStack() as stack:
+        for name, value in patched.items():
+            stack.enter_context(mock.patch.object(topk_rows, name, value))
+        model = IMCorrect("itemknn-topk", k=k, shrink=shrink, refit_rank_ratio=np.inf)
+        model.fit(x)
+        for kind, arg in ops:
+            _run(model, kind, arg)
+        assert_same_as_fresh_fit(model, k, shrink)
+    return model._mapping
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@same_ops_under_settings
 def test_rows_selected_in_groups_of_any_size_give_the_same_lists(seed, k, shrink, ops):
     # rows are selected in groups bounded by entries and by rows: one row per group, a few
     # rows and entries per group, and everything in one group agree bit for bit
-    rng = np.random.default_rng(seed)
-    x = sp.csr_matrix((rng.random((30, 20)) < 0.25).astype(float))
-    models = []
-    for entries, rows in ((1, 1), (7, 3), (10**9, 10**9)):
-        with (
-            mock.patch.object(topk_rows, "_GROUP_ENTRIES", entries),
-            mock.patch.object(topk_rows, "_GROUP_ROWS", rows),
-        ):
-            model = IMCorrect("itemknn-topk", k=k, shrink=shrink, refit_rank_ratio=np.inf)
-            model.fit(x)
-            for kind, arg in ops:
-                _run(model, kind, arg)
-            assert_same_as_fresh_fit(model, k, shrink)
-        models.append(model._mapping)
+    models = [
+        _mapping_after(ops, seed, k, shrink, _GROUP_ENTRIES=entries, _GROUP_ROWS=rows)
+        for entries, rows in ((1, 1), (7, 3), (10**9, 10**9))
+    ]
     # the lists agree bit for bit; bounds and reserves are only checked to be valid (by
     # assert_same_as_fresh_fit): group sizes decide how many passes a change's merge takes,
     # and a bound or reserve may end at another valid value
@@ -158,31 +169,22 @@ def test_rows_selected_in_groups_of_any_size_give_the_same_lists(seed, k, shrink
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    seed=st.integers(0, 2**16),
-    k=st.integers(1, 6),
-    shrink=st.sampled_from([0.0, 3.0]),
-    ops=st.lists(step, min_size=1, max_size=8),
-)
+@same_ops_under_settings
 def test_a_group_cut_into_parts_on_threads_gives_what_one_thread_gives(seed, k, shrink, ops):
     # every group, however small, is cut into three parts run on threads: the lists, bounds
     # and reserves (and so every later merge) are those of the one-thread pass, bit for bit
-    rng = np.random.default_rng(seed)
-    x = sp.csr_matrix((rng.random((30, 20)) < 0.25).astype(float))
-    models = []
-    for parallel_from, threads in ((10**18, 1), (0, 3)):
-        with (
-            mock.patch.object(topk_rows, "_PARALLEL_ENTRIES", parallel_from),
-            mock.patch.object(topk_rows, "kernel_threads", lambda threads=threads: threads),
-            mock.patch.object(topk_rows, "_GROUP_ROWS", 9),  # several groups as well
-        ):
-            model = IMCorrect("itemknn-topk", k=k, shrink=shrink, refit_rank_ratio=np.inf)
-            model.fit(x)
-            for kind, arg in ops:
-                _run(model, kind, arg)
-            assert_same_as_fresh_fit(model, k, shrink)
-        models.append(model._mapping)
-    one, parts = (m.state() for m in models)
+    one, parts = (
+        _mapping_after(
+            ops,
+            seed,
+            k,
+            shrink,
+            _PARALLEL_ENTRIES=parallel_from,
+            kernel_threads=lambda threads=threads: threads,
+            _GROUP_ROWS=9,  # several groups as well
+        ).state()
+        for parallel_from, threads in ((10**18, 1), (0, 3))
+    )
     assert one.keys() == parts.keys()
     for name in one:
         np.testing.assert_array_equal(one[name], parts[name], err_msg=name)
