@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import numba
 import numpy as np
@@ -94,11 +95,11 @@ class DegreeRows:
             scoring = (approx, root, root_old, float(self.shrink), self.k + self.reserve)
             scoring += (floor if report else root, fell, report)
             parts = _parts(lengths[lo:hi], report)
-            ask = [(base, extra, rows_in, scoring, lists, near, part) for part in parts]
-            if len(ask) == 1:
-                found = [_select_part(*ask[0])]
+            run_part = partial(_select_part, base, extra, rows_in, scoring, lists, near)
+            if len(parts) == 1:
+                found = [run_part(parts[0])]
             else:
-                found = list(_pool().map(lambda a: _select_part(*a), ask))
+                found = list(_pool().map(run_part, parts))
             lists.store(self, group)
             if report:
                 # each part reported into its own range, in row order: joined, they are
