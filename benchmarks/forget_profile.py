@@ -13,6 +13,11 @@ updates, the merges, the row selections), and prints one JSON line per user amon
 timed. Phase times nest: ``apply_delta`` holds ``counts_add``, ``merge_pairs`` and
 ``recompute``; the rest of it is the pass over the forgotten items' rows (the compiled
 kernel and the Python around it). The ``threads`` A/B times that whole pass too.
+
+Last, ``stage: "retrain_split"`` times the two halves of a retrain on the remaining X
+(counting G, then selecting every row), and ``stage: "many"`` forgets ``--many-share`` of the
+users in one call with the same phase timers: what a forget of many users would still cost
+if no row had to be selected again.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import numpy as np
 from benchmarks.catalogue import NO_CHECK, SIZES, holdout
 from benchmarks.common import emit
 from models.imcorrect import IMCorrect, topk_rows
+from models.imcorrect.cooccurrence import Cooccurrence
 from models.imcorrect.topk_rows import kernel_threads
 from models.synthetic import SyntheticConfig, generate
 
@@ -90,7 +96,7 @@ def threads_ab(mapping, args: argparse.Namespace) -> dict:
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="100k", choices=sorted(SIZES))
     parser.add_argument("--users", type=int, default=200)
@@ -98,7 +104,8 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=8)
     parser.add_argument("--ab-rows", type=int, default=150)
     parser.add_argument("--ab-reps", type=int, default=12)
-    args = parser.parse_args()
+    parser.add_argument("--many-share", type=float, default=0.01)
+    args = parser.parse_args(argv)
 
     n_items, n_users, n_inter = SIZES[args.size]
     data = generate(SyntheticConfig(n_items, n_users, n_inter, seed=0))
@@ -152,6 +159,38 @@ def main() -> None:
             "forget_max_ms": round(float(ms.max()), 2),
         }
     )
+    emit({**base, "stage": "retrain_split", **retrain_split(model)})
+    active = np.flatnonzero(np.diff(model.interactions.indptr) > 0)
+    many = rng.choice(active, size=max(1, int(n_users * args.many_share)), replace=False)
+    phases.clear()
+    start = time.perf_counter()
+    model.forget(users=many)
+    emit(
+        {
+            **base,
+            "stage": "many",
+            "users": len(many),
+            "ms": round((time.perf_counter() - start) * 1e3, 1),
+            "rows_selected_again": int(mapping.last_recomputed),
+            **{f"{k}_ms": round(v * 1e3, 1) for k, v in phases.items()},
+        }
+    )
+
+
+def retrain_split(model: IMCorrect) -> dict:
+    """Seconds of a retrain's two halves on the model's X: counting G, selecting all rows."""
+    x = model.interactions
+    start = time.perf_counter()
+    counted = Cooccurrence.from_x(x)
+    count_s = time.perf_counter() - start
+    pairs = counted.nnz
+    del counted
+    gc.collect()
+    mapping = model._mapping
+    start = time.perf_counter()
+    mapping._recompute(np.arange(mapping.n_items))
+    select_s = time.perf_counter() - start
+    return {"pairs": int(pairs), "count_s": round(count_s, 2), "select_s": round(select_s, 2)}
 
 
 if __name__ == "__main__":

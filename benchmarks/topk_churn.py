@@ -1,0 +1,169 @@
+"""How much of itemknn-topk's lists a forget of many users changes, and how much of that a
+deeper reserve could settle without selecting rows again.
+
+    python -m benchmarks.topk_churn [--size 100k] [--share 0.01] [--sample-rows 2000] [--seed 0]
+
+Fits the mapping (k = 100) on the synthetic catalogue of ``benchmarks.catalogue``, forgets
+``--share`` of the users in one call, and compares every item's list before and after
+(``stage: "lists"``: rows whose set of neighbours changed, members swapped per row). Forgetting
+that many users changes most items' degrees, so the mapping selects those rows again from
+all their candidates; that pass is most of the forget.
+
+A row could instead be settled from a reserve of its next ``R`` candidates if (a) its new
+list lies within the old top ``k + R`` and (b) a bound proves that no candidate past the old
+top ``k + R`` now outranks the new k-th score. Forgetting only lowers counts, so a candidate
+j's new score is at most its old score times sqrt(d_i/d_i') sqrt(d_j/d_j'). For rows drawn
+at random (``--sample-rows``), the old and new scores are computed from X directly, and
+``stage: "reserve"`` gives, per depth R, the share of rows meeting (a), the share provable
+with each candidate's own degree ratio (a pass over the row: an upper bound on what any
+scan-free rule could prove), and the share provable with the largest degree ratio of all
+items (a rule that needs no pass over the row).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+
+import numpy as np
+import scipy.sparse as sp
+
+from benchmarks.catalogue import NO_CHECK, SIZES, holdout
+from benchmarks.common import emit
+from models.imcorrect import IMCorrect
+from models.synthetic import SyntheticConfig, generate
+
+DEPTHS = (4, 16, 64, 256, 1024)
+
+
+def column_scores(x: sp.csr_matrix, rows: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """For each item i of ``rows``: its candidates j (sharing a user, j ≠ i) and the cosine
+    scores s_ij = G_ij / (√d_i √d_j), by the catalogue's shrink of 0."""
+    degree = np.asarray(x.sum(axis=0)).ravel()
+    gram = (x.T.tocsr() @ x[:, rows].tocsc()).tocsc()
+    out = []
+    for c, i in enumerate(rows.tolist()):
+        lo, hi = gram.indptr[c], gram.indptr[c + 1]
+        cand = gram.indices[lo:hi].astype(np.int64)
+        counts = gram.data[lo:hi]
+        keep = cand != i
+        cand, counts = cand[keep], counts[keep]
+        scores = counts / (np.sqrt(degree[i]) * np.sqrt(degree[cand]))
+        out.append((cand, scores))
+    return out
+
+
+def ranked(cand: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Candidates in the mapping's order: higher score first, then lower index."""
+    return cand[np.lexsort((cand, -scores))]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", default="100k", choices=sorted(SIZES))
+    parser.add_argument("--share", type=float, default=0.01, help="share of users forgotten")
+    parser.add_argument("--sample-rows", type=int, default=2000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--k", type=int, default=100)
+    args = parser.parse_args(argv)
+
+    n_items, n_users, n_inter = SIZES[args.size]
+    data = generate(SyntheticConfig(n_items, n_users, n_inter, seed=0))
+    x, _ = holdout(data.users, data.items, data.ts, (n_users, n_items))
+    del data
+    gc.collect()
+    model = IMCorrect("itemknn-topk", check_every=NO_CHECK, refit_rank_ratio=np.inf, k=args.k)
+    model.fit(x)
+    mapping = model._mapping
+    rng = np.random.default_rng(args.seed)
+    sample = np.sort(rng.choice(n_items, size=min(args.sample_rows, n_items), replace=False))
+    old = column_scores(x, sample)
+    degree_old = np.asarray(x.sum(axis=0)).ravel()
+    before = np.sort(mapping.nbr_idx, axis=1)
+
+    active = np.flatnonzero(np.diff(x.indptr) > 0)
+    picks = rng.choice(active, size=max(1, int(n_users * args.share)), replace=False)
+    model.forget(users=picks)
+    x = model.interactions
+    degree_new = np.asarray(x.sum(axis=0)).ravel()
+    after = np.sort(mapping.nbr_idx, axis=1)
+
+    listed = (before >= 0).any(axis=1)
+    changed = (before != after).any(axis=1) & listed
+    swapped = np.array(
+        [len(np.setdiff1d(a[a >= 0], b[b >= 0])) for a, b in zip(after, before, strict=True)]
+    )[listed]
+    base = {
+        "bench": "topk_churn",
+        "size": args.size,
+        "k": args.k,
+        "seed": args.seed,
+        "users_forgotten": len(picks),
+    }
+    emit(
+        {
+            **base,
+            "stage": "lists",
+            "rows": int(listed.sum()),
+            "degree_changed_share": round(float((degree_new != degree_old).mean()), 4),
+            "set_changed_share": round(float(changed.sum() / listed.sum()), 4),
+            "swapped_mean": round(float(swapped.mean()), 2),
+            "swapped_p50": float(np.percentile(swapped, 50)),
+            "swapped_p99": float(np.percentile(swapped, 99)),
+        }
+    )
+
+    # the largest degree ratio of all items still in some pair: what a pass-free bound gets
+    alive = degree_new > 0
+    global_ratio = float(np.sqrt((degree_old[alive] / degree_new[alive]).max()))
+    new = column_scores(x, sample)
+    depth = np.zeros(len(sample), dtype=np.int64)
+    provable_own = {r: 0 for r in DEPTHS}
+    provable_global = {r: 0 for r in DEPTHS}
+    rows_used = 0
+    for i, (cand_o, score_o), (cand_n, score_n) in zip(sample.tolist(), old, new, strict=True):
+        if len(cand_n) == 0 or degree_new[i] == 0:
+            continue
+        rows_used += 1
+        order_old = ranked(cand_o, score_o)
+        rank_old = np.empty(n_items, dtype=np.int64)
+        rank_old[order_old] = np.arange(len(order_old))
+        new_list = ranked(cand_n, score_n)[: args.k]
+        kth_new = np.sort(score_n)[::-1][min(args.k, len(score_n)) - 1]
+        depth[rows_used - 1] = int(rank_old[new_list].max()) + 1
+        # each old candidate's score and its own degree ratio, in old rank order
+        by_rank = np.empty(len(order_old))
+        by_rank[rank_old[cand_o]] = score_o
+        # an item left in no pair scores 0 now
+        live = cand_o[degree_new[cand_o] > 0]
+        ratio_j = np.zeros(len(order_old))
+        ratio_j[rank_old[live]] = np.sqrt(degree_old[live] / degree_new[live])
+        ratio_i = np.sqrt(degree_old[i] / degree_new[i])
+        for r in DEPTHS:
+            past = slice(args.k + r, None)
+            if by_rank[past].size == 0:
+                provable_own[r] += 1
+                provable_global[r] += 1
+                continue
+            if (by_rank[past] * ratio_j[past]).max() * ratio_i < kth_new:
+                provable_own[r] += 1
+            if by_rank[past].max() * ratio_i * global_ratio < kth_new:
+                provable_global[r] += 1
+    depth = depth[:rows_used]
+    for r in DEPTHS:
+        emit(
+            {
+                **base,
+                "stage": "reserve",
+                "reserve": r,
+                "rows_sampled": rows_used,
+                "within_reserve_share": round(float((depth <= args.k + r).mean()), 4),
+                "provable_own_ratio_share": round(provable_own[r] / rows_used, 4),
+                "provable_global_ratio_share": round(provable_global[r] / rows_used, 4),
+                "global_ratio": round(global_ratio, 3),
+            }
+        )
+
+
+if __name__ == "__main__":
+    main()
