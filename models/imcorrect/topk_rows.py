@@ -14,6 +14,7 @@ so the result is that of one pass, bit for bit.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -96,10 +97,9 @@ class DegreeRows:
             scoring += (floor if report else root, fell, report)
             parts = _parts(lengths[lo:hi], report)
             run_part = partial(_select_part, base, extra, rows_in, scoring, lists, near)
-            if len(parts) == 1:
-                found = [run_part(parts[0])]
-            else:
-                found = list(_pool().map(run_part, parts))
+            # the other parts go to the pool, the first runs on this thread meanwhile
+            rest = _pool().map(run_part, parts[1:]) if len(parts) > 1 else iter(())
+            found = [run_part(parts[0]), *rest]
             lists.store(self, group)
             if report:
                 # each part reported into its own range, in row order: joined, they are
@@ -155,15 +155,18 @@ def kernel_threads() -> int:
 
 
 _POOL: tuple[int, ThreadPoolExecutor] | None = None
+_POOL_LOCK = threading.Lock()
 
 
 def _pool() -> ThreadPoolExecutor:
-    """The kernel threads of this process (a forked child starts its own: the parent's
-    threads are not in it)."""
+    """The kernel threads of this process beside the calling one (a forked child starts its
+    own: the parent's threads are not in it)."""
     global _POOL
-    if _POOL is None or _POOL[0] != os.getpid():
-        _POOL = (os.getpid(), ThreadPoolExecutor(kernel_threads(), thread_name_prefix="lethe-topk"))
-    return _POOL[1]
+    with _POOL_LOCK:  # two first callers at once would each start a pool
+        if _POOL is None or _POOL[0] != os.getpid():
+            workers = max(1, kernel_threads() - 1)
+            _POOL = (os.getpid(), ThreadPoolExecutor(workers, thread_name_prefix="lethe-topk"))
+        return _POOL[1]
 
 
 def _groups(lengths: np.ndarray) -> Iterator[tuple[int, int]]:
