@@ -16,6 +16,11 @@ The LLM side can also read what items are (``models/itemtext.py``; switched by
   item's text, computed once, cached, standardised) is added to the soft token through
   ``text_in`` and scored as ``h · Wᵀ t_i`` beside the ID head, so an item whose ID row was
   never trained can still be ranked by its text. ``text_item_vectors`` returns ``Wᵀ t_i``.
+- ID dropout (``LLMRecConfig.id_dropout``, with ``text_repr``): in every training forward a
+  random share of the items loses its ID part, as items without training data have none:
+  they are scored by ``h · Wᵀ t_i`` alone and enter the history as their text alone. The
+  text term thus learns to stand in for the ID part (as DropoutNet trains for cold start);
+  with it on, items without training data also enter the history as text alone.
 
 The same code runs the CPU configuration (first N layers) and the full 30 layers.
 
@@ -51,6 +56,14 @@ class LLMRecConfig:
     text_tokens: int = 0  # hybrid tokens per history item (0 = none)
     text_repr: bool = False  # cached LM text encodings in the input and the scoring head
     text_encode_tokens: int = 32  # tokens of an item's text the encoding reads
+    id_dropout: float = 0.0  # share of items without their ID part in each training forward
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.id_dropout < 1.0:
+            raise ValueError(f"id_dropout must be in [0, 1), got {self.id_dropout}")
+        if self.id_dropout and not self.text_repr:
+            raise ValueError("id_dropout needs text_repr (text must score the dropped items)")
+
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -293,25 +306,47 @@ class LLMRecommender(nn.Module):
 
     def forward(self, seq: torch.Tensor) -> torch.Tensor:
         """B × L left-padded item ids → B × (n_items + 1) scores for the next item."""
-        return self.score(self.item_states(seq)[:, -1, :])
+        with_id = self.id_part()
+        return self.score(self.item_states(seq, with_id)[:, -1, :], with_id)
 
     def forward_all(self, seq: torch.Tensor) -> torch.Tensor:
         """Scores after every history position (B × L × (n_items + 1)); causal attention
         means position t sees the instruction and items ≤ t, as in SASRec's training."""
-        return self.score(self.item_states(seq))
+        with_id = self.id_part()
+        return self.score(self.item_states(seq, with_id), with_id)
 
-    def score(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Item scores from hidden states: the ID head, plus ``h · Wᵀ t_i`` with text."""
+    def id_part(self) -> torch.Tensor | None:
+        """Per item (row 0 = padding), 1 where its ID part counts in this forward: the known
+        items, less a fresh random ``id_dropout`` share of them while training. None
+        without text."""
+        if not self.config.text_repr:
+            return None
+        if not (self.training and self.config.id_dropout):
+            return self.id_known
+        kept = torch.rand(self.id_known.shape, device=self.id_known.device)
+        kept = (kept >= self.config.id_dropout).to(self.id_known.dtype)
+        kept[0] = 1.0
+        return self.id_known * kept
+
+    def score(self, hidden: torch.Tensor, with_id: torch.Tensor | None = None) -> torch.Tensor:
+        """Item scores from hidden states: the ID head, plus ``h · Wᵀ t_i`` with text (the
+        ID head only for the items of ``with_id``, by default the known ones)."""
         scores = self.head(hidden)
         if self.config.text_repr:
-            scores = scores * self.id_known + self.text_query(hidden) @ self.text_table.T
+            with_id = self.id_known if with_id is None else with_id
+            scores = scores * with_id + self.text_query(hidden) @ self.text_table.T
         return scores
 
-    def item_states(self, seq: torch.Tensor) -> torch.Tensor:
-        """Last-layer hidden states at the item positions (B × L × hidden)."""
+    def item_states(self, seq: torch.Tensor, with_id: torch.Tensor | None = None) -> torch.Tensor:
+        """Last-layer hidden states at the item positions (B × L × hidden). With ID
+        dropout, items outside ``with_id`` (by default the known ones) enter as their text
+        alone."""
         batch, length = seq.shape
         soft = self.project(self.item_table[seq])
         if self.config.text_repr:
+            if self.config.id_dropout:
+                with_id = self.id_known if with_id is None else with_id
+                soft = soft * with_id[seq][..., None]
             soft = soft + self.text_in(self.text_table[seq])
         embed = self.lm.get_input_embeddings()
         present = (seq != 0).long()
@@ -358,6 +393,7 @@ def build_llm_recommender(
     texts: list[str] | None = None,
     text_tokens: int = 0,
     text_repr: bool = False,
+    id_dropout: float = 0.0,
     cache: TextEncodingCache | None = None,
 ) -> LLMRecommender:
     """The LLM side from a spec: ``tiny`` (random tiny Llama), ``smollm2:N`` (the first N
@@ -385,6 +421,7 @@ def build_llm_recommender(
             item_dim=item_table.shape[1],
             text_tokens=text_tokens,
             text_repr=text_repr,
+            id_dropout=id_dropout,
         ),
         item_table,
         instruction_ids(tokenizer, vocab=256),

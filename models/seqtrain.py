@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from models.metrics import evaluate_scores
+from models.metrics import hit_and_ndcg, target_ranks
 from models.sasrec import SASRec, sequence_ce_loss
 from models.sequences import EvalSet, TrainingSequences
 
@@ -45,10 +45,19 @@ def evaluate(
     score: Callable[[torch.Tensor], torch.Tensor], data: EvalSet, device: torch.device
 ) -> dict[str, float]:
     """HR/NDCG@{5,10,20}, full ranking over all items, the user's history masked."""
+    return hit_and_ndcg(ranks(score, data, device))
+
+
+def ranks(
+    score: Callable[[torch.Tensor], torch.Tensor], data: EvalSet, device: torch.device
+) -> np.ndarray:
+    """0-based rank of each case's target among all items, the user's history masked."""
     scores = score_histories(lambda h: score(h.to(device)), data.histories)
     for row, seen in enumerate(data.seen):
         scores[row, seen] = -np.inf
-    return evaluate_scores(scores, data.targets)
+    targets = np.asarray(data.targets)
+    valid = targets >= 0
+    return target_ranks(scores[valid], targets[valid])
 
 
 @dataclass

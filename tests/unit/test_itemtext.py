@@ -218,3 +218,76 @@ def test_items_without_training_data_are_scored_by_text_alone():
         rec.set_known_items(known[:-1])
     with pytest.raises(ValueError):
         _llm().set_known_items(known)
+
+
+def _llm_with_id_dropout(share: float) -> LLMRecommender:
+    torch.manual_seed(0)
+    rec = LLMRecommender(
+        tiny_llama(hidden=32, layers=2, heads=4, vocab=VOCAB, seed=0),
+        LLMRecConfig(
+            n_items=N_ITEMS,
+            item_dim=16,
+            lora_r=4,
+            lora_dropout=0.0,
+            text_repr=True,
+            text_encode_tokens=16,
+            id_dropout=share,
+        ),
+        torch.randn(N_ITEMS + 1, 16),
+        instruction_ids(vocab=VOCAB, length=4),
+    )
+    rec.set_item_texts(TEXTS)
+    return rec.eval()
+
+
+def test_id_dropout_drops_a_fresh_share_of_known_items_while_training_only():
+    rec = _llm_with_id_dropout(0.5)
+    known = torch.ones(N_ITEMS, dtype=torch.bool)
+    known[-3:] = False
+    rec.set_known_items(known)
+    assert torch.equal(rec.id_part(), rec.id_known)  # evaluation: every known item
+    rec.train()
+    torch.manual_seed(1)
+    first, second = rec.id_part(), rec.id_part()
+    assert first[0] == 1  # padding keeps its (unused) ID part
+    assert torch.all(first[-3:] == 0)  # unknown items never get one
+    dropped = (first[1:-3] == 0).sum().item()
+    assert 0 < dropped < N_ITEMS - 3
+    assert not torch.equal(first, second)  # drawn again for every forward
+
+
+def test_with_id_dropout_a_dropped_item_is_text_alone_in_the_history_and_the_scores():
+    rec = _llm_with_id_dropout(0.3)
+    seq = _seq()
+    known = torch.ones(N_ITEMS, dtype=torch.bool)
+    known[-3:] = False
+    rec.set_known_items(known)
+    unknown_in_history = (seq > N_ITEMS - 3).any()
+    assert unknown_in_history
+    with torch.no_grad():
+        before = rec(seq)
+        rec.item_table[-3:] += 3.0  # an unknown item's ID row enters nowhere
+        rec.head.weight[-3:] -= 3.0
+        torch.testing.assert_close(rec(seq), before)
+        # without ID dropout, the unknown items' ID rows still enter the history
+        plain = _llm(text_repr=True)
+        plain.set_item_texts(TEXTS)
+        plain.set_known_items(known)
+        first = plain(seq)
+        plain.item_table[-3:] += 3.0
+        assert not torch.allclose(plain(seq), first)
+    rec.train()
+    torch.manual_seed(2)
+    with_id = rec.id_part()
+    hidden = rec.item_states(seq, with_id)[:, -1]
+    scores = rec.score(hidden, with_id)
+    gone = torch.nonzero(with_id[1:] == 0).flatten() + 1
+    text_only = rec.text_query(hidden) @ rec.text_table[gone].T
+    torch.testing.assert_close(scores[:, gone], text_only)
+
+
+def test_id_dropout_needs_text_and_a_share_below_one():
+    with pytest.raises(ValueError, match="text_repr"):
+        LLMRecConfig(n_items=3, item_dim=4, id_dropout=0.2)
+    with pytest.raises(ValueError, match="id_dropout"):
+        LLMRecConfig(n_items=3, item_dim=4, text_repr=True, id_dropout=1.0)
