@@ -81,14 +81,18 @@ def _cmd_replay(args: argparse.Namespace, settings: LetheSettings) -> int:
 
 def _cmd_forget(args: argparse.Namespace, settings: LetheSettings) -> int:
     from streams.client import LetheProducer
+    from streams.reader import forget_and_wait
 
-    async def run():
+    async def send(p: LetheProducer):
+        if args.user and args.items:
+            return await p.forget_interactions(args.user, args.items, reason=args.reason)
+        if args.user:
+            return await p.forget_user(args.user, reason=args.reason)
+        return await p.forget_item(args.item, reason=args.reason)
+
+    async def send_only():
         async with LetheProducer(settings) as p:
-            if args.user and args.items:
-                return await p.forget_interactions(args.user, args.items, reason=args.reason)
-            if args.user:
-                return await p.forget_user(args.user, reason=args.reason)
-            return await p.forget_item(args.item, reason=args.reason)
+            return await send(p)
 
     if args.items and not args.user:
         print("lethe forget: --interaction needs --user", file=sys.stderr)
@@ -96,9 +100,22 @@ def _cmd_forget(args: argparse.Namespace, settings: LetheSettings) -> int:
     if not (args.user or args.item):
         print("lethe forget: give --user, --item, or --user with --interaction", file=sys.stderr)
         return 2
-    req = asyncio.run(run())
-    print(json.dumps({"request_id": req.request_id, "scope": req.scope}))
-    return 0
+    if not (args.wait or args.receipt_out):
+        req = asyncio.run(send_only())
+        print(json.dumps({"request_id": req.request_id, "scope": req.scope}))
+        return 0
+    try:
+        req, receipt = asyncio.run(forget_and_wait(settings, send, timeout_s=args.timeout))
+    except TimeoutError as exc:
+        print(
+            f"lethe forget: {exc} within {args.timeout} s (the request was sent)", file=sys.stderr
+        )
+        return 3
+    text = receipt.model_dump_json(indent=2)
+    if args.receipt_out:
+        args.receipt_out.write_text(text + "\n", encoding="utf-8")
+    print(text)
+    return 0 if receipt.status == "applied" else 1
 
 
 def _cmd_recommend(args: argparse.Namespace, settings: LetheSettings) -> int:
@@ -233,6 +250,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="forget only this item of --user (repeatable)",
     )
     p.add_argument("--reason", choices=["privacy", "security", "utility"], default="privacy")
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="wait for the IMCorrect worker's receipt and print it (exit 1 if rejected)",
+    )
+    p.add_argument(
+        "--receipt-out",
+        type=Path,
+        metavar="FILE",
+        help="write that receipt to FILE for `lethe verify-erasure` (implies --wait)",
+    )
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait (--wait)")
     p.set_defaults(func=_cmd_forget)
 
     p = sub.add_parser("recommend", help="request recommendations and wait for the reply")

@@ -181,6 +181,15 @@ def run(dataset_name: str, n_forget: int, k: int, keep: bool, keep_state: bool) 
         _scenario(settings, data, workers, prom, n_forget, k)
         if keep:
             print(f"\n== Everything stays up (Prometheus at {prom.url}); Ctrl-C to stop")
+            # the broker's port and the topic prefix are this run's own
+            print("   The CLI reaches it with these settings, for example:")
+            print(
+                f"   export KAFKA_BOOTSTRAP={bootstrap} LETHE_TOPIC_PREFIX={settings.topic_prefix}"
+                f" LETHE_STATE_DIR={settings.state_dir}"
+            )
+            print("   lethe recommend --user 1")
+            print("   lethe forget --user 2 --receipt-out receipt.json")
+            print("   lethe verify-erasure receipt.json")
             try:
                 while all(w.alive() for w, _ in workers.values()):
                     time.sleep(1)

@@ -5,12 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams.client import LetheProducer
 from streams.config import LetheSettings
-from streams.contracts import ContractError, Recommendation, decode
+from streams.contracts import (
+    ContractError,
+    DeletionReceipt,
+    DeletionRequest,
+    Recommendation,
+    decode,
+)
 from streams.kafka_config import client_kwargs
 from streams.topics import topic_name
 
@@ -109,5 +116,50 @@ async def request_and_wait(
                     if rec.request_id == request.request_id:
                         return rec
         raise TimeoutError(f"no recommendation for request {request.request_id}")
+    finally:
+        await consumer.stop()
+
+
+async def forget_and_wait(
+    settings: LetheSettings,
+    send: Callable[[LetheProducer], Awaitable[DeletionRequest]],
+    *,
+    timeout_s: float = 60.0,
+) -> tuple[DeletionRequest, DeletionReceipt]:
+    """Send a deletion request with ``send`` and return it with the IMCorrect worker's
+    receipt for it (``applied`` or ``rejected``; the trainer's ``neural-retrained`` one
+    follows after its next round).
+
+    The receipts are read from their end as it was *before* the request went out, committed
+    records only (hot replicas write receipts in transactions). Raises :class:`TimeoutError`
+    when no receipt comes in time (the request stays sent).
+    """
+    consumer = AIOKafkaConsumer(
+        **client_kwargs(settings),
+        group_id=None,
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+    )
+    await consumer.start()
+    try:
+        await read_from_end(consumer, topic_name(settings, "deletion-receipts"))
+        async with LetheProducer(settings) as producer:
+            request = await send(producer)
+            await producer.flush()
+        deadline = time.monotonic() + timeout_s
+        while (left := deadline - time.monotonic()) > 0:
+            batches = await consumer.getmany(timeout_ms=int(min(left, 0.5) * 1000))
+            for records in batches.values():
+                for record in records:
+                    try:
+                        receipt = decode(DeletionReceipt, record.value, settings.limits)
+                    except ContractError:
+                        continue
+                    if receipt.request_id == request.request_id and receipt.status in (
+                        "applied",
+                        "rejected",
+                    ):
+                        return request, receipt
+        raise TimeoutError(f"no receipt for deletion request {request.request_id}")
     finally:
         await consumer.stop()

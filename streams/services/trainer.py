@@ -297,7 +297,8 @@ class TrainerService:
             )
             return Effects()
         reason = "first" if baseline is None else "improved" if new >= old else "within-tolerance"
-        effects = Effects(announcements=[self.export(record, metrics, reason, view)])
+        replaced = None if baseline is None else old
+        effects = Effects(announcements=[self.export(record, metrics, reason, view, replaced)])
         self.prune_checkpoints()
         return effects
 
@@ -348,10 +349,12 @@ class TrainerService:
         metrics: dict,
         reason: str,
         view: tuple[np.ndarray, np.ndarray],
+        replaced_ndcg: float | None = None,
     ) -> ModelUpdate:
         """Export ``record``'s SASRec, with text-mapped rows for rarely trained items that
         have a text (``view``: training counts and has-text per dense index, from
-        :meth:`prepare_texts`), and make it the published model; its announcement."""
+        :meth:`prepare_texts`), and make it the published model; its announcement.
+        ``replaced_ndcg``: the published model's validation NDCG@10 on the same users."""
         crm, mapped = self.model.crm_for_export(*view, self.cold)
         if len(mapped):
             log.info(
@@ -378,11 +381,18 @@ class TrainerService:
         self.published_crm = self.model.crm_state()
         m.MODELS_EXPORTED.labels(reason).inc()
         m.MODEL_VERSION.labels("crm").set(record.version)
+        # the validation users are a rolling sample: only a score on the same users compares
+        against = (
+            ""
+            if replaced_ndcg is None
+            else f" against {replaced_ndcg:.4f} for the version it replaces on the same users"
+        )
         log.info(
-            "published SASRec version %d (%s): validation NDCG@10 %.4f, parity %.2g",
+            "published SASRec version %d (%s): validation NDCG@10 %.4f%s, parity %.2g",
             record.version,
             reason,
             metrics.get("ndcg@10", float("nan")),
+            against,
             exported.max_abs_diff,
         )
         return exported.update

@@ -39,6 +39,8 @@ def test_recommend_times_out_cleanly_without_a_worker(settings):
     asyncio.run(create_topics(settings))
     done = _lethe(settings, "recommend", "--user", "nobody", "--timeout", "2")
     assert done.returncode == 3 and "no reply within 2.0 s" in done.stderr
+    waited = _lethe(settings, "forget", "--user", "nobody", "--wait", "--timeout", "2")
+    assert waited.returncode == 3 and "no receipt for deletion request" in waited.stderr
 
 
 def test_recommend_and_forget_through_the_cli(settings, tmp_path):
@@ -82,5 +84,18 @@ def test_recommend_and_forget_through_the_cli(settings, tmp_path):
         assert after["strategy"] == "popularity"
         bad = _lethe(settings, "forget", "--interaction", "i1")
         assert bad.returncode == 2 and "--interaction needs --user" in bad.stderr
+
+        # the receipt straight from `forget`, then the proof from the files on disk
+        path = tmp_path / "receipt.json"
+        waited = _lethe(settings, "forget", "--user", "u2", "--receipt-out", str(path))
+        assert waited.returncode == 0, waited.stderr
+        receipt = DeletionReceipt.model_validate_json(path.read_text())
+        assert receipt.status == "applied" and receipt.scope == "user"
+        assert json.loads(waited.stdout)["request_id"] == receipt.request_id
+        assert "u2" not in path.read_text()  # a keyed hash names the subject
+        state = str(settings.state_dir)
+        proof = _lethe(settings, "verify-erasure", str(path), "--state-dir", state)
+        assert proof.returncode == 0, proof.stdout + proof.stderr
+        assert "PASS" in proof.stdout
     finally:
         worker.stop()
