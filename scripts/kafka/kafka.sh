@@ -14,8 +14,10 @@
 # Settings (environment): LETHE_KAFKA_HOST (127.0.0.1), LETHE_KAFKA_PORT (9092),
 # LETHE_KAFKA_CONTROLLER_PORT (port+1), LETHE_KAFKA_CACHE (~/.cache/lethe/kafka),
 # LETHE_KAFKA_RUN (run dir: data, logs, certificates; $cache/run-$port),
-# LETHE_KAFKA_HEAP (512m), LETHE_KAFKA_JVM_OPTS (extra JVM flags). Jars never enter the
-# repository.
+# LETHE_KAFKA_HEAP (512m), LETHE_KAFKA_JVM_OPTS (extra JVM flags), LETHE_KAFKA_KEEP_RUNS
+# (20: stopped run and cluster dirs kept for post-mortems; older ones are removed at each
+# start, since tests and demos use a new port, so a new dir, every time). Jars never enter
+# the repository.
 #
 # Secure mode (LETHE_KAFKA_SECURE=1): the client listener is SASL_SSL with SCRAM-SHA-512,
 # ACLs are enforced (StandardAuthorizer, deny when no ACL matches) and "admin" is the super
@@ -73,6 +75,21 @@ fetch() {
 
 answers() { (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null; }
 
+# remove all but the newest LETHE_KAFKA_KEEP_RUNS stopped run-<port> / cluster-<port> dirs
+prune_runs() {
+  local keep="${LETHE_KAFKA_KEEP_RUNS:-20}" dir live pidf
+  [ -d "$cache" ] || return 0
+  ls -1dt "$cache"/run-[0-9]* "$cache"/cluster-[0-9]* 2>/dev/null | tail -n +"$((keep + 1))" |
+    while IFS= read -r dir; do
+      live=0
+      while IFS= read -r pidf; do
+        kill -0 "$(cat "$pidf" 2>/dev/null)" 2>/dev/null && live=1
+      done < <(find "$dir" -maxdepth 2 -name kafka.pid 2>/dev/null)
+      [ "$live" = 0 ] && rm -rf -- "$dir"
+    done || true
+  return 0
+}
+
 running_pid() {
   [ -f "$pidfile" ] || return 1
   local pid; pid="$(cat "$pidfile")"
@@ -81,6 +98,7 @@ running_pid() {
 
 start() {
   fetch
+  prune_runs
   if pid="$(running_pid)"; then echo "kafka.sh: already running (pid $pid) on $host:$port"; return 0; fi
   if answers; then die "something else already listens on $host:$port"; fi
   mkdir -p "$run"
@@ -271,6 +289,7 @@ wait_node() {
 
 start_cluster() {
   fetch
+  prune_runs
   local voters="" k bootstrap=""
   for k in $(seq 1 "$brokers"); do
     voters="${voters:+$voters,}$k@$host:$(node_cport "$k")"
