@@ -16,8 +16,8 @@ j's new score is at most its old score times sqrt(d_i/d_i') sqrt(d_j/d_j'). For 
 at random (``--sample-rows``), the old and new scores are computed from X directly, and
 ``stage: "reserve"`` gives, per depth R, the share of rows meeting (a), the share provable
 with each candidate's own degree ratio (a pass over the row: an upper bound on what any
-scan-free rule could prove), and the share provable with the largest degree ratio of all
-items (a rule that needs no pass over the row).
+scan-free rule built on degree ratios could prove), and the share provable with the
+largest degree ratio of all items (a rule that needs no pass over the row).
 """
 
 from __future__ import annotations

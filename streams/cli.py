@@ -81,7 +81,7 @@ def _cmd_replay(args: argparse.Namespace, settings: LetheSettings) -> int:
 
 def _cmd_forget(args: argparse.Namespace, settings: LetheSettings) -> int:
     from streams.client import LetheProducer
-    from streams.reader import forget_and_wait
+    from streams.reader import ReceiptTimeout, forget_and_wait
 
     async def send(p: LetheProducer):
         if args.user and args.items:
@@ -104,17 +104,26 @@ def _cmd_forget(args: argparse.Namespace, settings: LetheSettings) -> int:
         req = asyncio.run(send_only())
         print(json.dumps({"request_id": req.request_id, "scope": req.scope}))
         return 0
+    if args.timeout <= 0:
+        print("lethe forget: --timeout must be positive", file=sys.stderr)
+        return 2
+    if args.receipt_out and not args.receipt_out.resolve().parent.is_dir():
+        # checked before anything is sent: the receipt could not be kept
+        print(f"lethe forget: no folder for {args.receipt_out}", file=sys.stderr)
+        return 2
     try:
         req, receipt = asyncio.run(forget_and_wait(settings, send, timeout_s=args.timeout))
-    except TimeoutError as exc:
+    except ReceiptTimeout as exc:
         print(
             f"lethe forget: {exc} within {args.timeout} s (the request was sent)", file=sys.stderr
         )
         return 3
     text = receipt.model_dump_json(indent=2)
+    print(text, flush=True)  # shown first: the request is done whatever happens to the file
     if args.receipt_out:
-        args.receipt_out.write_text(text + "\n", encoding="utf-8")
-    print(text)
+        partial = args.receipt_out.with_name(args.receipt_out.name + ".partial")
+        partial.write_text(text + "\n", encoding="utf-8")
+        partial.replace(args.receipt_out)
     return 0 if receipt.status == "applied" else 1
 
 
@@ -253,7 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--wait",
         action="store_true",
-        help="wait for the IMCorrect worker's receipt and print it (exit 1 if rejected)",
+        help="wait for the IMCorrect worker's receipt and print it (exit 1 if rejected, "
+        "3 if none came in time)",
     )
     p.add_argument(
         "--receipt-out",

@@ -185,7 +185,7 @@ def run(dataset_name: str, n_forget: int, k: int, keep: bool, keep_state: bool) 
             print("   The CLI reaches it with these settings, for example:")
             print(
                 f"   export KAFKA_BOOTSTRAP={bootstrap} LETHE_TOPIC_PREFIX={settings.topic_prefix}"
-                f" LETHE_STATE_DIR={settings.state_dir}"
+                f" LETHE_STATE_DIR={settings.state_dir.resolve()}"
             )
             print("   lethe recommend --user 1")
             print("   lethe forget --user 2 --receipt-out receipt.json")

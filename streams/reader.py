@@ -120,6 +120,10 @@ async def request_and_wait(
         await consumer.stop()
 
 
+class ReceiptTimeout(TimeoutError):
+    """No receipt came in time for a deletion request that was sent."""
+
+
 async def forget_and_wait(
     settings: LetheSettings,
     send: Callable[[LetheProducer], Awaitable[DeletionRequest]],
@@ -131,8 +135,8 @@ async def forget_and_wait(
     follows after its next round).
 
     The receipts are read from their end as it was *before* the request went out, committed
-    records only (hot replicas write receipts in transactions). Raises :class:`TimeoutError`
-    when no receipt comes in time (the request stays sent).
+    records only (hot replicas write receipts in transactions). Raises
+    :class:`ReceiptTimeout` when no receipt comes in time (the request stays sent).
     """
     consumer = AIOKafkaConsumer(
         **client_kwargs(settings),
@@ -160,6 +164,6 @@ async def forget_and_wait(
                         "rejected",
                     ):
                         return request, receipt
-        raise TimeoutError(f"no receipt for deletion request {request.request_id}")
+        raise ReceiptTimeout(f"no receipt for deletion request {request.request_id}")
     finally:
         await consumer.stop()

@@ -158,6 +158,15 @@ _POOL: tuple[int, ThreadPoolExecutor] | None = None
 _POOL_LOCK = threading.Lock()
 
 
+def _forget_pool_in_child() -> None:
+    # a fork copies neither the pool's threads nor a lock another thread held at the time
+    global _POOL, _POOL_LOCK
+    _POOL, _POOL_LOCK = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pool_in_child)
+
+
 def _pool() -> ThreadPoolExecutor:
     """The kernel threads of this process beside the calling one (a forked child starts its
     own: the parent's threads are not in it)."""

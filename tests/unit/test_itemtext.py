@@ -276,14 +276,22 @@ def test_with_id_dropout_a_dropped_item_is_text_alone_in_the_history_and_the_sco
         first = plain(seq)
         plain.item_table[-3:] += 3.0
         assert not torch.allclose(plain(seq), first)
+    # while training, a known item the draw dropped is text alone in the history too
     rec.train()
-    torch.manual_seed(2)
-    with_id = rec.id_part()
-    hidden = rec.item_states(seq, with_id)[:, -1]
-    scores = rec.score(hidden, with_id)
-    gone = torch.nonzero(with_id[1:] == 0).flatten() + 1
-    text_only = rec.text_query(hidden) @ rec.text_table[gone].T
-    torch.testing.assert_close(scores[:, gone], text_only)
+    with_id = rec.id_known.clone()
+    dropped = int(seq[0, -1])  # a known item of the history
+    assert with_id[dropped] == 1
+    with_id[dropped] = 0.0
+    with torch.no_grad():
+        hidden = rec.item_states(seq, with_id)
+        rec.item_table[dropped] += 3.0
+        torch.testing.assert_close(rec.item_states(seq, with_id), hidden)
+        assert not torch.allclose(rec.item_states(seq, rec.id_known), hidden)
+        scores = rec.score(hidden[:, -1], with_id)
+        gone = torch.nonzero(with_id[1:] == 0).flatten() + 1
+        assert dropped in gone.tolist()
+        text_only = rec.text_query(hidden[:, -1]) @ rec.text_table[gone].T
+        torch.testing.assert_close(scores[:, gone], text_only)
 
 
 def test_id_dropout_needs_text_and_a_share_below_one():
