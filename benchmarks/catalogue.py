@@ -95,6 +95,19 @@ def holdout(
     return x, targets
 
 
+def fitted_on_catalogue(size: str, k: int = 100) -> IMCorrect:
+    """itemknn-topk fitted on all users of the generated catalogue ``size`` (each user's last
+    item held out, as here), for the diagnostics that profile it."""
+    n_items, n_users, n_inter = SIZES[size]
+    data = generate(SyntheticConfig(n_items, n_users, n_inter, seed=0))
+    x, _ = holdout(data.users, data.items, data.ts, (n_users, n_items))
+    del data
+    gc.collect()
+    model = IMCorrect("itemknn-topk", check_every=NO_CHECK, refit_rank_ratio=np.inf, k=k)
+    model.fit(x)
+    return model
+
+
 def utility(model: IMCorrect, users: np.ndarray, targets: np.ndarray) -> dict[str, float]:
     """Recall@20 (= HR@20 with one test item) and NDCG@20 over ``users``."""
     out, weights = {"recall@20": [], "ndcg@20": []}, []

@@ -31,12 +31,11 @@ from unittest import mock
 
 import numpy as np
 
-from benchmarks.catalogue import NO_CHECK, SIZES, holdout
+from benchmarks.catalogue import SIZES, fitted_on_catalogue
 from benchmarks.common import emit
 from models.imcorrect import IMCorrect, topk_rows
 from models.imcorrect.cooccurrence import Cooccurrence
 from models.imcorrect.topk_rows import kernel_threads
-from models.synthetic import SyntheticConfig, generate
 
 #: (object attribute path, phase name)
 PHASES = [
@@ -107,15 +106,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--many-share", type=float, default=0.01)
     args = parser.parse_args(argv)
 
-    n_items, n_users, n_inter = SIZES[args.size]
-    data = generate(SyntheticConfig(n_items, n_users, n_inter, seed=0))
-    x, _ = holdout(data.users, data.items, data.ts, (n_users, n_items))
-    del data
-    gc.collect()
-    model = IMCorrect("itemknn-topk", check_every=NO_CHECK, refit_rank_ratio=np.inf, k=100)
-    model.fit(x)
-    del x
-    gc.collect()
+    n_users = SIZES[args.size][1]
+    model = fitted_on_catalogue(args.size)
     mapping = model._mapping
     base = {"bench": "forget_profile", "size": args.size, "seed": args.seed}
     base["kernel_threads"] = kernel_threads()

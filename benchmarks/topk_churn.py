@@ -23,15 +23,12 @@ largest degree ratio of all items (a rule that needs no pass over the row).
 from __future__ import annotations
 
 import argparse
-import gc
 
 import numpy as np
 import scipy.sparse as sp
 
-from benchmarks.catalogue import NO_CHECK, SIZES, holdout
+from benchmarks.catalogue import SIZES, fitted_on_catalogue
 from benchmarks.common import emit
-from models.imcorrect import IMCorrect
-from models.synthetic import SyntheticConfig, generate
 
 DEPTHS = (4, 16, 64, 256, 1024)
 
@@ -67,13 +64,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--k", type=int, default=100)
     args = parser.parse_args(argv)
 
-    n_items, n_users, n_inter = SIZES[args.size]
-    data = generate(SyntheticConfig(n_items, n_users, n_inter, seed=0))
-    x, _ = holdout(data.users, data.items, data.ts, (n_users, n_items))
-    del data
-    gc.collect()
-    model = IMCorrect("itemknn-topk", check_every=NO_CHECK, refit_rank_ratio=np.inf, k=args.k)
-    model.fit(x)
+    n_items, n_users, _ = SIZES[args.size]
+    model = fitted_on_catalogue(args.size, args.k)
+    x = model.interactions
     mapping = model._mapping
     rng = np.random.default_rng(args.seed)
     sample = np.sort(rng.choice(n_items, size=min(args.sample_rows, n_items), replace=False))

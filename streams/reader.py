@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -20,6 +21,8 @@ from streams.contracts import (
 )
 from streams.kafka_config import client_kwargs
 from streams.topics import topic_name
+
+T = TypeVar("T")
 
 
 async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
@@ -61,16 +64,20 @@ async def end_offsets(settings: LetheSettings, logical: list[str]) -> dict[str, 
         await consumer.stop()
 
 
-async def read_all(settings: LetheSettings, logical: str, timeout_s: float = 10) -> list:
-    """Every record currently in a topic (up to its end offsets when called)."""
-    # committed records only: receipts are written in transactions by hot IMCorrect replicas,
-    # and an aborted one was never published
-    consumer = AIOKafkaConsumer(
+def _committed_reader(settings: LetheSettings) -> AIOKafkaConsumer:
+    """A group-less consumer of committed records only: receipts are written in transactions
+    by hot IMCorrect replicas, and an aborted one was never published."""
+    return AIOKafkaConsumer(
         **client_kwargs(settings),
         group_id=None,
         enable_auto_commit=False,
         isolation_level="read_committed",
     )
+
+
+async def read_all(settings: LetheSettings, logical: str, timeout_s: float = 10) -> list:
+    """Every record currently in a topic (up to its end offsets when called)."""
+    consumer = _committed_reader(settings)
     await consumer.start()
     try:
         tps = await topic_partitions(consumer, topic_name(settings, logical))
@@ -104,20 +111,39 @@ async def request_and_wait(
         await read_from_end(consumer, topic)
         async with LetheProducer(settings, for_requests=True) as producer:
             request = await producer.request_recommendations(user_id, k)
-        deadline = time.monotonic() + timeout_s
-        while (left := deadline - time.monotonic()) > 0:
-            batches = await consumer.getmany(timeout_ms=int(min(left, 0.5) * 1000))
-            for records in batches.values():
-                for record in records:
-                    try:
-                        rec = decode(Recommendation, record.value, settings.limits)
-                    except ContractError:
-                        continue
-                    if rec.request_id == request.request_id:
-                        return rec
-        raise TimeoutError(f"no recommendation for request {request.request_id}")
+        rec = await _first(
+            consumer,
+            lambda value: decode(Recommendation, value, settings.limits),
+            lambda r: r.request_id == request.request_id,
+            timeout_s,
+        )
+        if rec is None:
+            raise TimeoutError(f"no recommendation for request {request.request_id}")
+        return rec
     finally:
         await consumer.stop()
+
+
+async def _first(
+    consumer: AIOKafkaConsumer,
+    read: Callable[[bytes], T],
+    wanted: Callable[[T], bool],
+    timeout_s: float,
+) -> T | None:
+    """The first record read from ``consumer`` within ``timeout_s`` that decodes (``read``)
+    and is ``wanted``; None when none does in time. Undecodable records are skipped."""
+    deadline = time.monotonic() + timeout_s
+    while (left := deadline - time.monotonic()) > 0:
+        batches = await consumer.getmany(timeout_ms=int(min(left, 0.5) * 1000))
+        for records in batches.values():
+            for record in records:
+                try:
+                    found = read(record.value)
+                except ContractError:
+                    continue
+                if wanted(found):
+                    return found
+    return None
 
 
 class ReceiptTimeout(TimeoutError):
@@ -138,32 +164,21 @@ async def forget_and_wait(
     records only (hot replicas write receipts in transactions). Raises
     :class:`ReceiptTimeout` when no receipt comes in time (the request stays sent).
     """
-    consumer = AIOKafkaConsumer(
-        **client_kwargs(settings),
-        group_id=None,
-        enable_auto_commit=False,
-        isolation_level="read_committed",
-    )
+    consumer = _committed_reader(settings)
     await consumer.start()
     try:
         await read_from_end(consumer, topic_name(settings, "deletion-receipts"))
         async with LetheProducer(settings) as producer:
             request = await send(producer)
             await producer.flush()
-        deadline = time.monotonic() + timeout_s
-        while (left := deadline - time.monotonic()) > 0:
-            batches = await consumer.getmany(timeout_ms=int(min(left, 0.5) * 1000))
-            for records in batches.values():
-                for record in records:
-                    try:
-                        receipt = decode(DeletionReceipt, record.value, settings.limits)
-                    except ContractError:
-                        continue
-                    if receipt.request_id == request.request_id and receipt.status in (
-                        "applied",
-                        "rejected",
-                    ):
-                        return request, receipt
-        raise ReceiptTimeout(f"no receipt for deletion request {request.request_id}")
+        receipt = await _first(
+            consumer,
+            lambda value: decode(DeletionReceipt, value, settings.limits),
+            lambda r: r.request_id == request.request_id and r.status in ("applied", "rejected"),
+            timeout_s,
+        )
+        if receipt is None:
+            raise ReceiptTimeout(f"no receipt for deletion request {request.request_id}")
+        return request, receipt
     finally:
         await consumer.stop()
