@@ -72,9 +72,11 @@ def _subsample(data: EvalSet, users: int) -> EvalSet:
     )
 
 
-def _median_rank(zero_based: np.ndarray) -> float:
-    """The median 1-based rank of the targets: it moves where HR@20 of a few cases stays 0."""
-    return float(np.median(zero_based)) + 1.0 if len(zero_based) else float("nan")
+def _rank_metrics(zero_based: np.ndarray) -> dict[str, float]:
+    """HR/NDCG@K and the median 1-based rank of the targets (``rank_p50``), which moves where
+    HR@20 of a few cases stays 0."""
+    median = float(np.median(zero_based)) + 1.0 if len(zero_based) else float("nan")
+    return {**hit_and_ndcg(zero_based), "rank_p50": median}
 
 
 def _floats(text: str) -> list[float]:
@@ -135,11 +137,9 @@ def run_protocol(args, seed: int, protocol: str, dataset, texts: list[str]) -> N
 
     def report(model_name: str, model, seconds: float, round_: int, **extra) -> None:
         model.eval()
-        test_ranks = ranks(model, test, device)
-        metrics = {**hit_and_ndcg(test_ranks), "rank_p50": _median_rank(test_ranks)}
+        metrics = _rank_metrics(ranks(model, test, device))
         # validation metrics ride along so settings can be chosen without looking at test
-        valid_ranks = ranks(model, valid, device)
-        valid_metrics = {**hit_and_ndcg(valid_ranks), "rank_p50": _median_rank(valid_ranks)}
+        valid_metrics = _rank_metrics(ranks(model, valid, device))
         emit(
             {
                 "model": model_name,

@@ -13,7 +13,7 @@ A row could instead be settled from a reserve of its next ``R`` candidates if (a
 list lies within the old top ``k + R`` and (b) a bound proves that no candidate past the old
 top ``k + R`` now outranks the new k-th score. Forgetting only lowers counts, so a candidate
 j's new score is at most its old score times sqrt(d_i/d_i') sqrt(d_j/d_j'). For rows drawn
-at random (``--sample-rows``), the old and new scores are computed from X directly, and
+at random (``--sample-rows``), the old and new scores are read off the counts, and
 ``stage: "reserve"`` gives, per depth R, the share of rows meeting (a), the share provable
 with each candidate's own degree ratio (a pass over the row: an upper bound on what any
 scan-free rule built on degree ratios could prove), and the share provable with the
@@ -25,28 +25,26 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-import scipy.sparse as sp
 
 from benchmarks.catalogue import SIZES, fitted_on_catalogue
 from benchmarks.common import emit
+from models.imcorrect.itemknn_topk import ItemKNNTopK
 
 DEPTHS = (4, 16, 64, 256, 1024)
 
 
-def column_scores(x: sp.csr_matrix, rows: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-    """For each item i of ``rows``: its candidates j (sharing a user, j ≠ i) and the cosine
-    scores s_ij = G_ij / (√d_i √d_j), by the catalogue's shrink of 0."""
-    degree = np.asarray(x.sum(axis=0)).ravel()
-    gram = (x.T.tocsr() @ x[:, rows].tocsc()).tocsc()
+def row_scores(mapping: ItemKNNTopK, rows: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """For each item i of ``rows``: its candidates j (sharing a user, j ≠ i) and their scores
+    s_ij, read off the mapping's counts by its own score expression (the catalogue's shrink
+    is 0, so s_ij = G_ij / (√d_i √d_j))."""
     out = []
-    for c, i in enumerate(rows.tolist()):
-        lo, hi = gram.indptr[c], gram.indptr[c + 1]
-        cand = gram.indices[lo:hi].astype(np.int64)
-        counts = gram.data[lo:hi]
-        keep = cand != i
-        cand, counts = cand[keep], counts[keep]
-        scores = counts / (np.sqrt(degree[i]) * np.sqrt(degree[cand]))
-        out.append((cand, scores))
+    for chunk, owner, cols, vals in mapping._chunk_rows(rows):
+        scores = mapping._score(vals, mapping.degree[chunk[owner]], mapping.degree[cols])
+        bounds = np.searchsorted(owner, np.arange(len(chunk) + 1))
+        out += [
+            (cols[lo:hi].astype(np.int64), scores[lo:hi])
+            for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)
+        ]
     return out
 
 
@@ -66,19 +64,17 @@ def main(argv: list[str] | None = None) -> None:
 
     n_items, n_users, _ = SIZES[args.size]
     model = fitted_on_catalogue(args.size, args.k)
-    x = model.interactions
     mapping = model._mapping
     rng = np.random.default_rng(args.seed)
     sample = np.sort(rng.choice(n_items, size=min(args.sample_rows, n_items), replace=False))
-    old = column_scores(x, sample)
-    degree_old = np.asarray(x.sum(axis=0)).ravel()
+    old = row_scores(mapping, sample)
+    degree_old = mapping.degree.copy()
     before = np.sort(mapping.nbr_idx, axis=1)
 
-    active = np.flatnonzero(np.diff(x.indptr) > 0)
+    active = np.flatnonzero(np.diff(model.interactions.indptr) > 0)
     picks = rng.choice(active, size=max(1, int(n_users * args.share)), replace=False)
     model.forget(users=picks)
-    x = model.interactions
-    degree_new = np.asarray(x.sum(axis=0)).ravel()
+    degree_new = mapping.degree
     after = np.sort(mapping.nbr_idx, axis=1)
 
     listed = (before >= 0).any(axis=1)
@@ -109,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     # the largest degree ratio of all items still in some pair: what a pass-free bound gets
     alive = degree_new > 0
     global_ratio = float(np.sqrt((degree_old[alive] / degree_new[alive]).max()))
-    new = column_scores(x, sample)
+    new = row_scores(mapping, sample)
     depth = np.zeros(len(sample), dtype=np.int64)
     provable_own = {r: 0 for r in DEPTHS}
     provable_global = {r: 0 for r in DEPTHS}

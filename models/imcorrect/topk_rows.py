@@ -154,7 +154,7 @@ def kernel_threads() -> int:
     return max(1, int(numba.config.NUMBA_NUM_THREADS))
 
 
-_POOL: tuple[int, ThreadPoolExecutor] | None = None
+_POOL: ThreadPoolExecutor | None = None
 _POOL_LOCK = threading.Lock()
 
 
@@ -169,13 +169,13 @@ os.register_at_fork(after_in_child=_forget_pool_in_child)
 
 def _pool() -> ThreadPoolExecutor:
     """The kernel threads of this process beside the calling one (a forked child starts its
-    own: the parent's threads are not in it)."""
+    own: :func:`_forget_pool_in_child`)."""
     global _POOL
     with _POOL_LOCK:  # two first callers at once would each start a pool
-        if _POOL is None or _POOL[0] != os.getpid():
+        if _POOL is None:
             workers = max(1, kernel_threads() - 1)
-            _POOL = (os.getpid(), ThreadPoolExecutor(workers, thread_name_prefix="lethe-topk"))
-        return _POOL[1]
+            _POOL = ThreadPoolExecutor(workers, thread_name_prefix="lethe-topk")
+        return _POOL
 
 
 def _groups(lengths: np.ndarray) -> Iterator[tuple[int, int]]:

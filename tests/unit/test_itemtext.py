@@ -22,7 +22,9 @@ N_ITEMS, L, VOCAB = 30, 8, 64
 TEXTS = [f"Movie number {i} ({1990 + i % 10}); Comedy, Drama" for i in range(N_ITEMS)]
 
 
-def _llm(text_tokens: int = 0, text_repr: bool = False, seed: int = 0) -> LLMRecommender:
+def _llm(
+    text_tokens: int = 0, text_repr: bool = False, seed: int = 0, id_dropout: float = 0.0
+) -> LLMRecommender:
     torch.manual_seed(seed)
     rec = LLMRecommender(
         tiny_llama(hidden=32, layers=2, heads=4, vocab=VOCAB, seed=seed),
@@ -34,6 +36,7 @@ def _llm(text_tokens: int = 0, text_repr: bool = False, seed: int = 0) -> LLMRec
             text_tokens=text_tokens,
             text_repr=text_repr,
             text_encode_tokens=16,
+            id_dropout=id_dropout,
         ),
         torch.randn(N_ITEMS + 1, 16),
         instruction_ids(vocab=VOCAB, length=4),
@@ -221,23 +224,9 @@ def test_items_without_training_data_are_scored_by_text_alone():
 
 
 def _llm_with_id_dropout(share: float) -> LLMRecommender:
-    torch.manual_seed(0)
-    rec = LLMRecommender(
-        tiny_llama(hidden=32, layers=2, heads=4, vocab=VOCAB, seed=0),
-        LLMRecConfig(
-            n_items=N_ITEMS,
-            item_dim=16,
-            lora_r=4,
-            lora_dropout=0.0,
-            text_repr=True,
-            text_encode_tokens=16,
-            id_dropout=share,
-        ),
-        torch.randn(N_ITEMS + 1, 16),
-        instruction_ids(vocab=VOCAB, length=4),
-    )
+    rec = _llm(text_repr=True, id_dropout=share)
     rec.set_item_texts(TEXTS)
-    return rec.eval()
+    return rec
 
 
 def test_id_dropout_drops_a_fresh_share_of_known_items_while_training_only():
