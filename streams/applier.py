@@ -31,6 +31,7 @@ from streams.contracts import DeletionReceipt, DeletionRequest, InteractionEvent
 from streams.retention import TopicRetention, retained_elsewhere, retention_from_settings
 from streams.services.batch import InteractionColumns
 from streams.state import WorkerState, model_digest, new_event_positions
+from streams.tombstones import admitted, bury, is_buried
 
 
 @dataclass
@@ -87,7 +88,7 @@ class Applier:
                     st.bump("duplicates")
                     continue
                 st.bump("events_accepted")
-                if self._tombstoned(event):
+                if is_buried(st.tombstones, h, event.user_id, event.item_id, event.ts):
                     st.bump("dropped_forgotten")
                     continue
                 u, i = st.users.index(event.user_id), st.items.index(event.item_id)
@@ -157,8 +158,10 @@ class Applier:
         if n_dup:
             st.bump("duplicates", n_dup)
         st.bump("events_accepted", len(keep))
-        if st.tombstones and keep:
-            keep = self._untombstoned(cols, keep)
+        kept = admitted(st.tombstones, st.hasher, cols, keep)
+        if len(kept) < len(keep):
+            st.bump("dropped_forgotten", len(keep) - len(kept))
+        keep = kept
         if not keep:
             return 0
         if len(keep) == len(cols):
@@ -172,47 +175,7 @@ class Applier:
         st.bump("learned", len(keep))
         return len(keep)
 
-    def _untombstoned(self, cols: InteractionColumns, keep: list[int]) -> list[int]:
-        """``keep`` without the events older than a tombstone of their user, item or pair."""
-        h, tomb = self.state.hasher, self.state.tombstones
-        last: dict[str, int] = {}
-
-        def newest(kind: str, ids: list[str]) -> None:
-            for key in h.keys.all:  # a tombstone may predate a key rotation
-                for value, hashed in zip(ids, h.many(kind, ids, key), strict=True):
-                    ts = tomb.get(hashed)
-                    if ts is not None:
-                        name = f"{kind}\x1f{value}"
-                        last[name] = max(ts, last.get(name, -1))
-
-        newest("user", sorted({cols.user_ids[k] for k in keep}))
-        newest("item", sorted({cols.item_ids[k] for k in keep}))
-        newest("pair", sorted({f"{cols.user_ids[k]}\x1f{cols.item_ids[k]}" for k in keep}))
-        out = []
-        for k in keep:
-            ts = cols.ts[k]
-            stone = max(
-                last.get(f"user\x1f{cols.user_ids[k]}", -1),
-                last.get(f"item\x1f{cols.item_ids[k]}", -1),
-                last.get(f"pair\x1f{cols.user_ids[k]}\x1f{cols.item_ids[k]}", -1),
-            )
-            if ts <= stone:
-                self.state.bump("dropped_forgotten")
-            else:
-                out.append(k)
-        return out
-
     # -- helpers ----------------------------------------------------------------------------
-    def _tombstoned(self, e: InteractionEvent) -> bool:
-        h, tomb = self.state.hasher, self.state.tombstones
-        subjects = (("user", e.user_id), ("item", e.item_id), ("pair", e.user_id, e.item_id))
-        for parts in subjects:
-            for key in h.candidates(*parts):  # a tombstone may predate a key rotation
-                ts = tomb.get(key)
-                if ts is not None and e.ts <= ts:
-                    return True
-        return False
-
     def _drop_orphans(self, users: set[int], items: set[int]) -> None:
         """Forget id-map entries left without any retained interaction by this batch's
         deletions; orphaned items also leave the model's catalogue (masked, never reused)."""
@@ -239,6 +202,7 @@ class Applier:
     ):
         st, h = self.state, self.state.hasher
         removed = {"interactions": 0}
+        bury(st.tombstones, h, req)
 
         def drop_pending(match) -> int:
             dropped = set()
@@ -255,7 +219,6 @@ class Applier:
                 touched_i.update(x.indices[x.indptr[u] : x.indptr[u + 1]].tolist())
 
         if req.scope == "user":
-            st.tombstones[h("user", req.user_id)] = req.ts
             u = st.users.get(req.user_id)
             if u is None:
                 return removed, "unknown user: nothing stored for this user"
@@ -267,7 +230,6 @@ class Applier:
             removed.update(interactions=stored + in_batch, users=1)
             return removed, None
         if req.scope == "item":
-            st.tombstones[h("item", req.item_id)] = req.ts
             i = st.items.get(req.item_id)
             if i is None:
                 return removed, "unknown item: nothing stored for this item"
@@ -281,12 +243,10 @@ class Applier:
             return removed, None
         # scope == "interactions"
         u = st.users.get(req.user_id)
-        for item_id in req.item_ids or []:
-            st.tombstones[h("pair", req.user_id, item_id)] = req.ts
         if u is None:
             return removed, "unknown user: nothing stored for this user"
         count = 0
-        for item_id in req.item_ids or []:
+        for item_id in dict.fromkeys(req.item_ids or []):  # a repeated item counts once
             i = st.items.get(item_id)
             if i is None:
                 continue

@@ -299,6 +299,8 @@ class ScorerSettings(_Section):
     fusion_weight: float = Field(default=0.5, ge=0)
     imcorrect_reload_s: float = Field(default=2.0, gt=0)
     snapshot_interval_s: float = Field(default=30.0, gt=0)
+    #: event ids remembered so that a redelivered event is not stored twice
+    dedup_window: int = Field(default=200_000, ge=1)
     prefer_gpu: bool = True
     #: onnxruntime intra-op threads (0 = one per core); batches are small, so one thread
     #: that does not spin leaves the cores to Kafka and Python

@@ -10,7 +10,9 @@ reloaded the same way every ``imcorrect_reload_s``.
 
 Forgetting before the models catch up: a forgotten user's sequence is dropped at once and
 IMCorrect scores of that user are not used until an IMCorrect snapshot past the deletion is
-loaded; a forgotten item is never returned (until it is seen again in new interactions). A
+loaded; a forgotten item is never returned (until it is seen again in an interaction newer
+than its deletion). Interactions pass the same dedup window and tombstones as IMCorrect's
+(:mod:`streams.tombstones`), so a late event of a forgotten user is not stored again. A
 step with deletions asks for a snapshot at once, so the forgotten data leaves the scorer's
 file too.
 """
@@ -46,6 +48,8 @@ from streams.scorer_models import (
 from streams.services.base import Effects, Inputs, NoOutbox
 from streams.services.imcorrect import imcorrect_folder
 from streams.services.scorer_state import ScorerState
+from streams.state import new_event_positions
+from streams.tombstones import admitted, bury
 
 log = logging.getLogger("lethe.scorer")
 
@@ -64,9 +68,11 @@ class ScorerService(NoOutbox):
         self.cfg = settings.scorer
         self.state_file = Path(settings.state_dir) / scorer_folder(settings) / "state.json"
         keys = keyring_for(settings)
-        self.state = ScorerState(keys)
+        window = self.cfg.dedup_window
+        self.state = ScorerState(keys, window)
         if self.state_file.exists():
-            self.state = ScorerState.from_dict(json.loads(self.state_file.read_text()), keys)
+            saved = json.loads(self.state_file.read_text())
+            self.state = ScorerState.from_dict(saved, keys, window)
         self._update_key = update_key(settings)
         self._banned_cache: tuple[Catalogue, frozenset[str], frozenset[int]] | None = None
         self.model: ServedModel | None = None
@@ -117,12 +123,17 @@ class ScorerService(NoOutbox):
     def apply(self, inputs: Inputs) -> Effects:
         start = time.perf_counter()
         cols, st = inputs.interactions, self.state
-        events = zip(cols.user_ids, cols.item_ids, cols.sources, strict=True)
-        for user, item, (tp, offset) in events:
+        # the rules IMCorrect applies: a redelivered event once, an event at or before its
+        # subject's deletion never (it would bring a forgotten user or item back)
+        keep = new_event_positions(st.dedup, st.hasher, cols.event_ids)
+        keep = admitted(st.tombstones, st.hasher, cols, keep)
+        for k in keep:
+            user, item, (tp, offset) = cols.user_ids[k], cols.item_ids[k], cols.sources[k]
             st.store.add(user, item, tp, offset)
             if st.forbidden_items:  # seen again: a live item
                 st.unforbid(item)
         for request, position in zip(inputs.deletions, inputs.deletion_sources, strict=True):
+            bury(st.tombstones, st.hasher, request)
             st.store.forget(request)
             if request.scope == "item":
                 st.forbidden_items[st.item_hash(request.item_id)] = list(position)
@@ -136,7 +147,7 @@ class ScorerService(NoOutbox):
             self._consider(update)
         return Effects(
             snapshot=bool(inputs.deletions),
-            learned=len(cols),
+            learned=len(keep),
             apply_seconds=time.perf_counter() - start,
         )
 

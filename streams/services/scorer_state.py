@@ -1,17 +1,24 @@
-"""What the scorer keeps across restarts: recent sequences, forgotten ids, input offsets.
+"""What the scorer keeps across restarts: recent sequences, forgotten ids, the dedup window,
+tombstones, input offsets.
 
-Forgotten users and items are kept as keyed hashes only; the key is never written to the
-state file (docs/privacy.md).
+Forgotten users and items, event ids and tombstones are kept as keyed hashes only; the key is
+never written to the state file (docs/privacy.md).
 """
 
 from __future__ import annotations
 
+import numpy as np
+
 from streams.keys import KeyRing
 from streams.sequence_store import SequenceStore
-from streams.state import Hasher
+from streams.state import DedupWindow, Hasher
+from streams.tombstones import Tombstones, from_json, to_json
 
-#: 2: no hash key in the file, forgotten items by keyed hash
-STATE_FORMAT = 2
+#: 2: no hash key in the file, forgotten items by keyed hash; 3: the dedup window and the
+#: tombstones (a format-2 file loads with both empty)
+STATE_FORMAT = 3
+#: event ids remembered by default (the scorer keeps recent sequences, not all history)
+DEDUP_WINDOW = 200_000
 
 
 class ScorerState:
@@ -21,7 +28,7 @@ class ScorerState:
     written to the state file (docs/privacy.md).
     """
 
-    def __init__(self, keys: KeyRing | None = None) -> None:
+    def __init__(self, keys: KeyRing | None = None, dedup_window: int = DEDUP_WINDOW) -> None:
         self.store = SequenceStore()
         #: keyed hash of a forgotten item → the deletion's log position (never returned
         #: while here)
@@ -31,6 +38,14 @@ class ScorerState:
         self.suppressed_users: dict[str, list] = {}
         self.offsets: dict[str, int] = {}
         self.keys = keys or KeyRing.generate()
+        #: event ids seen (a duplicate is not stored twice)
+        self.dedup = DedupWindow(dedup_window)
+        #: forgotten users, items and pairs → deletion ts (:mod:`streams.tombstones`)
+        self.tombstones: Tombstones = {}
+
+    @property
+    def hasher(self) -> Hasher:
+        return Hasher(self.keys)
 
     def user_hash(self, user: str) -> str:
         return str(Hasher(self.keys)("user", user))
@@ -59,15 +74,22 @@ class ScorerState:
             "forbidden_items": self.forbidden_items,
             "suppressed_users": self.suppressed_users,
             "offsets": self.offsets,
+            "dedup": [str(h) for h in self.dedup.array().tolist()],
+            "tombstones": to_json(self.tombstones),
         }
 
     @classmethod
-    def from_dict(cls, data: dict, keys: KeyRing | None = None) -> ScorerState:
-        if data.get("format") != STATE_FORMAT:
+    def from_dict(
+        cls, data: dict, keys: KeyRing | None = None, dedup_window: int = DEDUP_WINDOW
+    ) -> ScorerState:
+        if data.get("format") not in (2, STATE_FORMAT):
             raise ValueError("unsupported scorer state format (see docs/privacy.md)")
-        state = cls(keys)
+        state = cls(keys, dedup_window)
         state.store = SequenceStore.from_dict(data["store"])
         state.forbidden_items = data["forbidden_items"]
         state.suppressed_users = data["suppressed_users"]
         state.offsets = data["offsets"]
+        hashes = np.array([int(h) for h in data.get("dedup", [])], dtype=np.uint64)
+        state.dedup = DedupWindow(dedup_window, hashes)
+        state.tombstones = from_json(data.get("tombstones", []))
         return state

@@ -50,6 +50,7 @@ from streams.services.trainer_items import ItemCatalogue, TextEncoder, read_cata
 from streams.services.trainer_recovery import recover
 from streams.services.trainer_state import CheckpointRecord, TrainerFiles, TrainerState
 from streams.state import DedupWindow, new_event_positions
+from streams.tombstones import admitted
 from streams.topics import topic_name
 
 log = logging.getLogger("lethe.trainer")
@@ -196,10 +197,14 @@ class TrainerService:
         st, cfg = self.state, self.cfg
         if len(cols.sources) != len(cols):
             raise ValueError("the trainer needs each event's log position (wants_sources)")
-        keep = set(new_event_positions(st.dedup, st.hasher, cols.event_ids))
-        if len(keep) < len(cols):
-            st.bump("duplicates", len(cols) - len(keep))
-            m.EVENTS.labels("interactions", "duplicate").inc(len(cols) - len(keep))
+        fresh_events = new_event_positions(st.dedup, st.hasher, cols.event_ids)
+        if len(fresh_events) < len(cols):
+            st.bump("duplicates", len(cols) - len(fresh_events))
+            m.EVENTS.labels("interactions", "duplicate").inc(len(cols) - len(fresh_events))
+        # an event at or before its subject's deletion would bring forgotten data back
+        keep = set(admitted(st.tombstones, st.hasher, cols, fresh_events))
+        if len(keep) < len(fresh_events):
+            st.bump("dropped_forgotten", len(fresh_events) - len(keep))
         effects = Effects(learned=len(keep))
         offsets, store, fresh = st.offsets, st.store, st.fresh_users
         for k, (tp, offset) in enumerate(cols.sources):

@@ -26,6 +26,7 @@ from streams.services.base import Effects
 from streams.services.trainer_items import forget_item_text
 from streams.services.trainer_recovery import is_lost
 from streams.services.trainer_state import TrainerState
+from streams.tombstones import bury
 
 if TYPE_CHECKING:
     from streams.services.trainer import TrainerService
@@ -44,6 +45,7 @@ def drop_from_store(
     earliest: dict[str, int] = {}
     removed: dict[str, dict[str, int]] = {}
     for request in requests:
+        bury(state.tombstones, state.hasher, request)  # older events stay out (a late sync)
         held = set(state.store.get(request.user_id)) if request.user_id else set()
         counts, first = state.store.forget(request)
         if request.scope == "item":

@@ -29,11 +29,13 @@ from streams.keys import KeyRing
 from streams.sequence_store import SequenceStore
 from streams.services.base import Outbox
 from streams.state import DedupWindow, Hasher, IdMap
+from streams.tombstones import Tombstones, from_json, to_json
 
 #: 2: the hash key is no longer in state.json (docs/privacy.md); 3: the outbox (receipts,
 #: announcements, receipts_end_offsets) and the events not yet trained on; 4: item texts
-#: read from ``items`` and the tombstones of forgotten items (keyed hashes)
-STATE_FORMAT = 4
+#: read from ``items`` and the tombstones of forgotten items (keyed hashes); 5: the
+#: tombstones of forgotten users, items and pairs that interactions are checked against
+STATE_FORMAT = 5
 _CHECKPOINT = re.compile(r"^ckpt-(\d+)$")
 
 
@@ -78,6 +80,8 @@ class TrainerState:
     item_texts: dict[str, tuple[str, int]] = field(default_factory=dict)
     #: keyed hash of a forgotten item → the deletion's ts (older metadata is ignored)
     item_tombstones: dict[int, int] = field(default_factory=dict)
+    #: forgotten users, items and pairs → deletion ts: older interactions are not learned
+    tombstones: Tombstones = field(default_factory=dict)
 
     @property
     def hasher(self) -> Hasher:
@@ -165,9 +169,8 @@ class TrainerFiles:
                 },
                 "counters": state.counters,
                 "item_texts": {item: [text, ts] for item, (text, ts) in state.item_texts.items()},
-                "item_tombstones": [
-                    [str(h), ts] for h, ts in sorted(state.item_tombstones.items())
-                ],
+                "item_tombstones": to_json(state.item_tombstones),
+                "tombstones": to_json(state.tombstones),
             },
         )
 
@@ -175,7 +178,7 @@ class TrainerFiles:
         if not self.state_file.exists():
             return None
         data = json.loads(self.state_file.read_text())
-        if data.get("format") not in (2, 3, STATE_FORMAT):
+        if data.get("format") not in (2, 3, 4, STATE_FORMAT):
             raise ValueError(f"unsupported trainer state format in {self.state_file}")
         hashes = np.array([int(h) for h in data["dedup"]], dtype=np.uint64)
         return TrainerState(
@@ -193,7 +196,8 @@ class TrainerFiles:
             outbox=_outbox(data),
             counters=data["counters"],
             item_texts={i: (str(t), int(ts)) for i, (t, ts) in data.get("item_texts", {}).items()},
-            item_tombstones={int(h): int(ts) for h, ts in data.get("item_tombstones", [])},
+            item_tombstones=from_json(data.get("item_tombstones", [])),
+            tombstones=from_json(data.get("tombstones", [])),
         )
 
 

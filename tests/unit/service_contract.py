@@ -104,8 +104,8 @@ class ServiceContract:
         raise NotImplementedError
 
     def holds_data_of(self, settings: LetheSettings, user_id: str) -> bool | None:
-        """Does the saved state still hold ``user_id``'s data? (None: not asked of this
-        service, whose stream may legitimately bring a forgotten user back.)"""
+        """Does the saved state still hold ``user_id``'s data? (Every service answers: a
+        forgotten user must stay out whatever arrives late.)"""
         return None
 
     # -- harness ----------------------------------------------------------------------------
@@ -192,6 +192,33 @@ class ServiceContract:
             needle = raw_id.encode()
             assert not any(needle in blob for blob in blobs), raw_id
             assert not any(needle in r.to_bytes() for r in self.receipts(log, settings))
+
+    def test_an_event_stamped_before_its_users_deletion_stays_out(self, tmp_path):
+        # a late sync, a replay or a retry under a new event id, published after everything:
+        # it must not bring the forgotten user back (its ts is not newer than the deletion)
+        events = self.stream()
+        late = []
+        for request in events:
+            if isinstance(request, DeletionRequest) and request.scope == "user":
+                theirs = [
+                    e
+                    for e in events
+                    if isinstance(e, InteractionEvent) and e.user_id == request.user_id
+                ]
+                stale = {"event_id": f"late-{request.request_id}", "ts": request.ts - 1}
+                late.append(theirs[-1].model_copy(update=stale))
+        assert late, "the stream forgets no user"
+        settings = self.settings(tmp_path)
+        log = MemoryLog()
+        self.publish(log, settings, events)
+        assert self.run(settings, log)  # the deletions are applied ...
+        self.publish(log, settings, late)
+        assert self.run(settings, log)  # ... before the late events arrive
+        users = sorted({e.user_id for e in late})
+        held = [u for u in users if self.holds_data_of(settings, u) is not False]
+        assert not held, (
+            f"forgotten users learned again from events older than their deletion: {held}"
+        )
 
     def test_a_deletion_applies_after_its_subjects_earlier_events(self, tmp_path):
         # the in-memory consumer reads "deletions" before "interactions" within a chunk, the

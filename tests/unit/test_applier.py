@@ -112,6 +112,32 @@ def test_item_and_interaction_scopes():
     np.testing.assert_allclose(state.model.mapping, fresh_fit.mapping, atol=1e-10)
 
 
+def test_a_repeated_item_in_a_deletion_counts_once():
+    state, applier = fresh()
+    applier.apply([ev(1, "a", "x", 1), ev(2, "a", "y", 1)])
+    out = applier.apply(
+        [
+            DeletionRequest(
+                request_id="r1",
+                scope="interactions",
+                user_id="a",
+                item_ids=["x", "x", "x"],
+                reason="privacy",
+                ts=9,
+            )
+        ]
+    )
+    assert out.receipts[0].removed == {"interactions": 1}
+
+
+def test_an_older_deletion_never_lowers_a_tombstone():
+    state, applier = fresh()
+    applier.apply([ev(1, "a", "x", 10)])
+    applier.apply([forget_user("a", 100, "r1"), forget_user("a", 40, "r2")])
+    out = applier.apply([ev(2, "a", "y", 60)])  # before the newer deletion: stays out
+    assert out.learned == 0 and state.users.get("a") is None
+
+
 def test_snapshot_round_trip_keeps_no_forgotten_id(tmp_path):
     state, applier = fresh()
     applier.apply([ev(1, "secret-user-42", "x", 1), ev(2, "b", "x", 2)])

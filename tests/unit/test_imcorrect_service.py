@@ -51,6 +51,11 @@ class TestIMCorrectService(ServiceContract):
         assert ids, "the stream forgets no one"
         return sorted(ids)
 
+    def holds_data_of(self, settings, user_id):
+        state = SnapshotStore(settings.state_dir / "imcorrect").load()
+        u = state.users.get(user_id)
+        return u is not None and state.model.history_size(u) > 0
+
     def fingerprint(self, settings):
         state = SnapshotStore(settings.state_dir / "imcorrect").load()
         x = state.model.interactions.tocoo()

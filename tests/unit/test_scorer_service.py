@@ -72,11 +72,13 @@ class TestScorerService(ServiceContract):
         return state.store.to_dict(), suppressed, state.offsets
 
 
-def _columns(events: list[tuple[str, str]], topic: str = "t.interactions:0") -> InteractionColumns:
+def _columns(
+    events: list[tuple[str, str]], topic: str = "t.interactions:0", ids: str = "e"
+) -> InteractionColumns:
     cols = InteractionColumns()
     for k, (user, item) in enumerate(events):
         cols.positions.append(k)
-        cols.event_ids.append(f"e{k}")
+        cols.event_ids.append(f"{ids}{k}")
         cols.user_ids.append(user)
         cols.item_ids.append(item)
         cols.ts.append(1_000 + k)
@@ -99,10 +101,72 @@ def test_a_forgotten_item_is_never_answered_until_seen_again(tmp_path):
     request = RecRequest(request_id="q", user_id="u3", k=5, ts=6)
     answer = json.loads(svc.answer([request])[0])
     assert "a" not in [i["item_id"] for i in answer["items"]]
-    svc.apply(Inputs(interactions=_columns([("u4", "a")])))
+    svc.apply(Inputs(interactions=_columns([("u4", "a")], ids="later")))
     answer = json.loads(svc.answer([request])[0])
     assert "a" in [i["item_id"] for i in answer["items"]]
     svc.close()
+
+
+def _user_deletion(user: str, ts: int) -> Inputs:
+    forget = DeletionRequest(
+        request_id=f"r-{user}", scope="user", user_id=user, reason="privacy", ts=ts
+    )
+    return Inputs(deletions=[forget], deletion_sources=[("t.deletions:0", 0)])
+
+
+def test_a_redelivered_event_is_stored_once(tmp_path):
+    svc = _service(tmp_path)
+    cols = _columns([("u1", "a"), ("u1", "b")])
+    svc.apply(Inputs(interactions=cols))
+    svc.apply(Inputs(interactions=cols))  # the same event ids again (a producer's retry)
+    assert svc.state.store.get("u1") == ["a", "b"]
+    svc.close()
+
+
+def test_events_stamped_before_a_deletion_never_come_back(tmp_path):
+    svc = _service(tmp_path)
+    svc.apply(Inputs(interactions=_columns([("u1", "a"), ("u2", "b")])))
+    svc.apply(_user_deletion("u1", ts=5_000))
+    forget_item = DeletionRequest(
+        request_id="ri", scope="item", item_id="b", reason="privacy", ts=5_000
+    )
+    svc.apply(Inputs(deletions=[forget_item], deletion_sources=[("t.deletions:0", 1)]))
+    # ts 1,000 and 1,001: before both deletions
+    late = _columns([("u1", "c"), ("u3", "b")], ids="late")
+    svc.apply(Inputs(interactions=late))
+    assert svc.state.store.get("u1") == [] and svc.state.store.get("u3") == []
+    assert svc.state.is_forbidden("b")  # an old event does not make the item live again
+    newer = _columns([("u1", "c"), ("u3", "b")], ids="new")
+    newer.ts = [6_000, 6_001]
+    svc.apply(Inputs(interactions=newer))
+    assert svc.state.store.get("u1") == ["c"] and not svc.state.is_forbidden("b")
+    svc.close()
+
+
+def test_the_state_file_keeps_the_dedup_window_and_tombstones(tmp_path):
+    svc = _service(tmp_path)
+    svc.apply(Inputs(interactions=_columns([("u1", "a")])))
+    svc.apply(_user_deletion("u1", ts=5_000))
+    svc.save()
+    svc.close()
+    again = _service(tmp_path)
+    again.apply(Inputs(interactions=_columns([("u1", "a")])))  # a duplicate, and stale
+    late = _columns([("u1", "z")], ids="late")
+    again.apply(Inputs(interactions=late))
+    assert again.state.store.get("u1") == []
+    again.save()
+    text = again.state_file.read_text()
+    assert "u1" not in text  # tombstones and event ids are keyed hashes
+    again.close()
+
+
+def test_a_format_2_state_file_loads_with_an_empty_window(tmp_path):
+    state = ScorerState()
+    data = state.to_dict()
+    data["format"] = 2
+    del data["dedup"], data["tombstones"]
+    loaded = ScorerState.from_dict(data, state.keys)
+    assert len(loaded.dedup) == 0 and loaded.tombstones == {}
 
 
 def test_only_a_verified_newer_announcement_is_opened(tmp_path):

@@ -182,6 +182,9 @@ class TestTrainerService(ServiceContract):
         assert len(ids) >= 2, "the stream forgets too few"
         return sorted(ids) + [_FORGOTTEN_ITEM]
 
+    def holds_data_of(self, settings, user_id):
+        return bool(TrainerFiles(settings.state_dir).load().store.get(user_id))
+
     def fingerprint(self, settings):
         out = lineage(settings)
         # the published model's path is a content hash: the weights after a restart differ
@@ -526,7 +529,8 @@ def test_the_outbox_and_pending_events_survive_in_the_state_file(tmp_path):
     loaded.clear_outbox()
     assert not loaded.outbox
     raw = json.loads(loaded.files.state_file.read_text())
-    assert raw["format"] == 4 and "pending_receipts" not in raw
+    assert raw["format"] == 5 and "pending_receipts" not in raw
+    assert loaded.state.tombstones == svc.state.tombstones != {}  # late events stay out
 
 
 def test_a_restart_closes_the_micro_batch_a_run_that_never_stopped_closes(tmp_path):
