@@ -412,6 +412,7 @@ class Runtime:
 
     def _snapshot(self, for_receipt: bool = False) -> None:
         self.publisher.settle()  # dead letters of records the snapshot passes are out
+        self.publisher.check_dead_letters()
         self.snapshots.save(self.service, for_receipt=for_receipt)
 
     def _gauges(self) -> None:

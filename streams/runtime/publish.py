@@ -32,6 +32,8 @@ class Publisher:
         self.topics = topics
         self.producer = io.producer()
         self.undelivered = 0
+        #: dead letters reported undelivered since the last snapshot
+        self.lost_dead_letters = 0
         #: where the receipts topic ends at least, per partition (from delivery reports)
         self.receipt_ends: dict[str, int] = {}
 
@@ -95,7 +97,20 @@ class Publisher:
         )
         m.DEAD_LETTERS.labels(logical, getattr(error, "field", None) or "message").inc()
         m.EVENTS.labels(logical, "dead_letter").inc()
-        self.produce("dead-letters", value, bounded_key(msg.key()))
+
+        def delivered(err, _msg) -> None:
+            if err is not None:
+                self.lost_dead_letters += 1
+
+        self.produce("dead-letters", value, bounded_key(msg.key()), delivered)
+
+    def check_dead_letters(self) -> None:
+        """Raise if a dead letter was not delivered (call after :meth:`settle`): a snapshot
+        must not pass its record, so the worker stops and, restarted, reads and dead-letters
+        it again."""
+        if self.lost_dead_letters:
+            lost, self.lost_dead_letters = self.lost_dead_letters, 0
+            raise RuntimeError(f"{lost} dead letter(s) not published; not snapshotting past them")
 
     # -- the outbox's contents ------------------------------------------------------------------
     def announce(self, updates: list[ModelUpdate]) -> None:

@@ -6,13 +6,16 @@ import random
 from itertools import islice
 
 import numpy as np
+import pytest
 
 from models.datasets import load
+from streams.config import LetheSettings
 from streams.contracts import DeletionRequest
 from streams.replay import to_event
+from streams.runtime.memory import MemoryLog, MemoryProducer
 from streams.runtime.workers import imcorrect_runtime
 from streams.state import SnapshotStore
-from tests.unit.service_contract import ServiceContract, user_deletion
+from tests.unit.service_contract import ScriptedIO, ServiceContract, user_deletion
 
 # distinctive user ids, so that a byte search of the state files means something
 _EVENTS = [
@@ -70,3 +73,43 @@ class TestIMCorrectService(ServiceContract):
         }
         counters = {k: state.counters.get(k, 0) for k in ("events_accepted", "learned")}
         return pairs, by_id, counters, dict(state.offsets)
+
+
+class _RefusingProducer(MemoryProducer):
+    """Reports every dead letter undelivered (a broker that refuses them)."""
+
+    def produce(self, topic: str, value=None, key=None, on_delivery=None) -> None:
+        if topic.endswith("dead-letters") and on_delivery is not None:
+            on_delivery("refused", None)
+            return
+        super().produce(topic, value, key, on_delivery)
+
+
+class _RefusingIO(ScriptedIO):
+    """Stops the runtime once it has nothing left to read (a test that cannot hang)."""
+
+    def __init__(self, log: MemoryLog) -> None:
+        super().__init__(log, crash_after=None, chunk=50)
+
+    def producer(self) -> MemoryProducer:
+        return _RefusingProducer(self.log)
+
+
+def test_a_snapshot_never_passes_a_dead_letter_that_did_not_get_out(tmp_path):
+    settings = LetheSettings(
+        topic_prefix="c.",
+        state_dir=tmp_path / "state",
+        model_dir=tmp_path / "models",
+        metrics_port=-1,
+        imcorrect={"snapshot_interval_s": 0.001},
+    )
+    log = MemoryLog()
+    topic = f"{settings.topic_prefix}interactions"
+    log.append(topic, _EVENTS[0].to_bytes(), _EVENTS[0].user_id.encode())
+    log.append(topic, b"{not json", b"k")
+    io = _RefusingIO(log)
+    runtime = io.runtime = imcorrect_runtime(settings, io)
+    with pytest.raises(RuntimeError, match="dead letter"):
+        runtime.run()
+    state = SnapshotStore(settings.state_dir / "imcorrect").load()
+    assert state is None or sum(state.offsets.values()) < 2  # the bad record is read again

@@ -138,6 +138,25 @@ def test_a_dead_letter_always_fits_and_identifies_its_value(size):
     assert bounded_key(b"short") == b"short"
 
 
+@pytest.mark.parametrize("size", [1_040_000, 1_048_576])
+def test_a_dead_letter_with_an_escaped_key_and_reason_still_fits_with_its_key(size):
+    # a key of control bytes just under the digest threshold is kept as is, and JSON writes
+    # each byte as six (\u0001); the record's own key counts against the limit too
+    key = b"\x01" * MAX_KEY_BYTES
+    value = dead_letter_bytes(
+        topic="t",
+        partition=0,
+        offset=1,
+        key=key,
+        value=b"\x02" * size,
+        error="\x03" * 5_000,
+        max_message_bytes=1_048_576,
+    )
+    assert len(value) + len(bounded_key(key)) <= 1_048_576 - 512
+    letter = DeadLetter.model_validate_json(value)
+    assert letter.truncated and letter.key == key.decode()
+
+
 def test_the_barrier_releases_in_read_order_once_each_one_is_reached():
     barrier = OrderedBarrier()
     barrier.hold(Held("d:0", 5, "first", {"i:0": 10, "i:1": 3}))
