@@ -21,17 +21,21 @@ the model state by its sha256, and ``retained_elsewhere`` lists the logs that st
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from streams import metrics as m
 from streams.config import LetheSettings
 from streams.contracts import DeletionReceipt, DeletionRequest, InteractionEvent
 from streams.retention import TopicRetention, retained_elsewhere, retention_from_settings
 from streams.services.batch import InteractionColumns
 from streams.state import WorkerState, model_digest, new_event_positions
 from streams.tombstones import admitted, bury, is_buried
+
+log = logging.getLogger("lethe.imcorrect")
 
 
 @dataclass
@@ -91,6 +95,11 @@ class Applier:
                 if is_buried(st.tombstones, h, event.user_id, event.item_id, event.ts):
                     st.bump("dropped_forgotten")
                     continue
+                cap = st.model.max_items
+                if event.item_id not in st.items.by_id and cap is not None:
+                    if len(st.items.by_index) >= cap:
+                        self._refuse_for_catalogue(1, cap)
+                        continue
                 u, i = st.users.index(event.user_id), st.items.index(event.item_id)
                 forget_pairs.discard((u, i))  # re-learned after its deletion in this batch
                 pending.append(_Pending(u, i))
@@ -161,7 +170,7 @@ class Applier:
         kept = admitted(st.tombstones, st.hasher, cols, keep)
         if len(kept) < len(keep):
             st.bump("dropped_forgotten", len(keep) - len(kept))
-        keep = kept
+        keep = self._within_catalogue(cols.item_ids, kept)
         if not keep:
             return 0
         if len(keep) == len(cols):
@@ -176,6 +185,42 @@ class Applier:
         return len(keep)
 
     # -- helpers ----------------------------------------------------------------------------
+    def _within_catalogue(self, item_ids: list[str], keep: list[int]) -> list[int]:
+        """``keep`` without events whose new item would grow a dense mapping past its memory
+        budget: new items take the free room in order of first appearance, events of the
+        rest are refused (counted and logged), and the worker keeps going."""
+        st = self.state
+        cap = st.model.max_items
+        if cap is None:
+            return keep
+        room = cap - len(st.items.by_index)  # freed indices are never reused
+        known, admitted_new = st.items.by_id, set()
+        out = []
+        for k in keep:
+            item = item_ids[k]
+            if item in known or item in admitted_new:
+                out.append(k)
+            elif room > 0:
+                admitted_new.add(item)
+                room -= 1
+                out.append(k)
+        self._refuse_for_catalogue(len(keep) - len(out), cap)
+        return out
+
+    def _refuse_for_catalogue(self, n: int, cap: int) -> None:
+        if not n:
+            return
+        self.state.bump("refused_catalogue_full", n)
+        m.EVENTS.labels("interactions", "catalogue_full").inc(n)
+        log.warning(
+            "%d interaction(s) refused: their new items would take the %s mapping past the "
+            "%d items its memory budget allows (use mapping itemknn-topk or raise "
+            "memory_budget_gb)",
+            n,
+            self.state.model.mapping_name,
+            cap,
+        )
+
     def _drop_orphans(self, users: set[int], items: set[int]) -> None:
         """Forget id-map entries left without any retained interaction by this batch's
         deletions; orphaned items also leave the model's catalogue (masked, never reused)."""

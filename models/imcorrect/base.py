@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import numpy as np
 import scipy.sparse as sp
 
-from models.imcorrect.budget import check_dense_budget, default_budget_bytes
+from models.imcorrect.budget import check_dense_budget, default_budget_bytes, max_dense_items
 from models.imcorrect.lowrank import RowChange, add_gram_change
 
 
@@ -40,6 +40,10 @@ class Mapping(ABC):
     def check_budget(self, n_items: int) -> None:
         """Refuse (before allocating) a catalogue whose dense arrays exceed the budget."""
         check_dense_budget(self.name, n_items, self.dense_arrays, self.memory_budget_bytes)
+
+    def max_items(self) -> int | None:
+        """The largest catalogue :meth:`check_budget` accepts (None: no cap)."""
+        return max_dense_items(self.dense_arrays, self.memory_budget_bytes)
 
     # -- weighting --------------------------------------------------------------------------
     def row_weights(self, rows: sp.csr_matrix) -> np.ndarray:

@@ -7,6 +7,7 @@ and the sparse alternative, instead of ending in an out-of-memory kill.
 
 from __future__ import annotations
 
+import math
 import os
 
 #: share of the machine's physical memory the dense arrays may take when no budget is set
@@ -33,6 +34,18 @@ def default_budget_bytes() -> float:
 def dense_bytes(n_items: int, n_arrays: int) -> int:
     """Bytes of ``n_arrays`` float64 n×n arrays."""
     return 8 * n_arrays * n_items * n_items
+
+
+def max_dense_items(n_arrays: int, budget_bytes: float) -> int | None:
+    """The largest catalogue whose ``n_arrays`` dense arrays fit the budget (None: no cap)."""
+    if budget_bytes == float("inf"):
+        return None
+    n = int(math.isqrt(int(budget_bytes // (8 * n_arrays))))
+    while dense_bytes(n + 1, n_arrays) <= budget_bytes:
+        n += 1
+    while n > 0 and dense_bytes(n, n_arrays) > budget_bytes:
+        n -= 1
+    return n
 
 
 def check_dense_budget(name: str, n_items: int, n_arrays: int, budget_bytes: float) -> None:

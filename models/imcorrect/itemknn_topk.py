@@ -113,6 +113,9 @@ class ItemKNNTopK(DegreeRows, ListMerge, Mapping):
     def check_budget(self, n_items: int) -> None:
         """Nothing to refuse: no array here grows with n² (the budget is for dense mappings)."""
 
+    def max_items(self) -> int | None:
+        return None
+
     @property
     def n_items(self) -> int:
         return len(self.degree)

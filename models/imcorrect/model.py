@@ -171,6 +171,12 @@ class IMCorrect(Persistence):
         return self._x.shape[1]
 
     @property
+    def max_items(self) -> int | None:
+        """The largest catalogue the mapping's memory budget allows (None: no cap); learning
+        an item index at or past it raises :class:`~models.imcorrect.budget.DenseBudgetError`."""
+        return self._mapping.max_items()
+
+    @property
     def n_interactions(self) -> int:
         return int(self._x.nnz)
 

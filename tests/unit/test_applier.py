@@ -8,6 +8,7 @@ import scipy.sparse as sp
 from models.imcorrect import IMCorrect
 from streams.applier import Applier
 from streams.contracts import DeletionRequest, InteractionEvent
+from streams.services.batch import InteractionColumns
 from streams.state import DedupWindow, SnapshotStore, WorkerState
 
 
@@ -157,3 +158,27 @@ def test_snapshot_round_trip_keeps_no_forgotten_id(tmp_path):
     # the tombstone still works after a restart: an old late event stays forgotten
     out = Applier(loaded).apply([ev(3, "secret-user-42", "x", 5)])
     assert out.learned == 0
+
+
+def test_new_items_past_a_dense_budget_are_refused_and_the_worker_goes_on():
+    # EASE keeps four n×n float64 arrays: 8·4·10² bytes is room for exactly 10 items
+    model = IMCorrect("ease", l2=1.0, memory_budget_gb=8 * 4 * 10**2 / 1e9)
+    assert model.max_items == 10
+    state = WorkerState(model=model, dedup=DedupWindow(1000))
+    applier = Applier(state)
+    cols = InteractionColumns()
+    # items i0 … i14, then a known one again
+    for k, item in enumerate([f"i{k}" for k in range(15)] + ["i3"]):
+        cols.event_ids.append(f"e{k}")
+        cols.user_ids.append(f"u{k % 3}")
+        cols.item_ids.append(item)
+        cols.ts.append(k + 1)
+    assert applier.learn_columns(cols) == 11
+    assert state.counters["refused_catalogue_full"] == 5
+    assert state.model.n_items == 10 and state.items.get("i10") is None
+    out = applier.apply([ev(99, "u1", "i11", 30), ev(100, "u1", "i2", 31)])  # the list path
+    assert out.learned == 1 and state.counters["refused_catalogue_full"] == 6
+
+
+def test_the_sparse_mapping_has_no_catalogue_cap():
+    assert IMCorrect("itemknn-topk").max_items is None
