@@ -28,6 +28,11 @@ from streams.contracts import (
 from streams.services.batch import InteractionColumns
 
 
+#: longer values go through the contract: a number msgspec skips in an unknown field may have
+#: more digits than Python's int conversion allows (4,300), which only a long value can hold
+_FAST_MAX_BYTES = 4096
+
+
 class _Interaction(msgspec.Struct, frozen=True, gc=False):
     # gc=False: strings and numbers only, no cycles; tracking 10⁵ of them per batch made
     # the collector run again and again
@@ -67,12 +72,23 @@ def decode_interactions(
         try:
             if raw is None or len(raw) > max_bytes:
                 raise ValueError
+            if len(raw) > _FAST_MAX_BYTES or not (raw.isascii() or _is_utf8(raw)):
+                # msgspec skips unknown fields without reading them as the contract does
+                # (invalid UTF-8, integers past Python's 4,300-digit limit): the contract
+                # decides for these rare values
+                raise ValueError
             decoded.append(_DECODER.decode(raw))
             positions.append(pos)
             # JSON strings hold control characters and surrogates only as escapes
             escaped = escaped or b"\\" in raw
         except (msgspec.DecodeError, ValueError, RecursionError):
-            rejected.append(Rejected(pos, contract_error(raw or b"", limits)))
+            verdict = _by_contract(raw or b"", limits)
+            if isinstance(verdict, ContractError):
+                rejected.append(Rejected(pos, verdict))
+            else:  # the contract accepts what msgspec refused (an escaped lone surrogate)
+                decoded.append(verdict)
+                positions.append(pos)
+                escaped = True
     newest = newest_accepted_ts(limits, now_ms)
     cols = _columns(positions, decoded)
     if escaped or not _columns_valid(cols, limits.max_id_length, newest):
@@ -120,16 +136,31 @@ def _event_problem(ev: _Interaction, max_id: int, newest: int) -> str | None:
     return None
 
 
-def contract_error(raw: bytes, limits: LimitSettings) -> ContractError:
-    """The contract's own error for a value the fast path refused."""
+def _is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _by_contract(raw: bytes, limits: LimitSettings) -> _Interaction | ContractError:
+    """The contract's verdict on a value the fast path did not take: the event, or the
+    contract's own error (so the dead letter carries its message)."""
     from streams.contracts import InteractionEvent
 
     try:
-        decode(InteractionEvent, raw, limits)
+        event = decode(InteractionEvent, raw, limits)
     except ContractError as exc:
         return exc
-    # The contract accepts what msgspec refused: keep the stricter verdict, say so.
-    return ContractError("message: refused by the fast decoder", "message")
+    return _Interaction(
+        event_id=event.event_id,
+        user_id=event.user_id,
+        item_id=event.item_id,
+        ts=event.ts,
+        kind=event.kind,
+        value=event.value,
+    )
 
 
 def decode_one(contract: type, raw: bytes | None, limits: LimitSettings) -> Any:

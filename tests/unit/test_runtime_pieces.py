@@ -33,6 +33,7 @@ json_scalars = st.one_of(
     st.integers(min_value=-(10**20), max_value=10**20),
     st.floats(allow_nan=False),
     st.text(max_size=20),
+    st.text(st.characters(categories=["Cs", "Ll"]), max_size=4),  # lone surrogates, escaped
 )
 field_values = st.one_of(json_scalars, st.lists(json_scalars, max_size=2))
 event_like = st.fixed_dictionaries(
@@ -80,6 +81,29 @@ def test_the_fast_decoder_accepts_exactly_what_the_contract_accepts(obj):
         event.item_id,
         event.ts,
     )
+
+
+_BASE = b'{"event_id":"a","user_id":"b","item_id":"c","ts":1,"extra":'
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        _BASE + b'"\xff\xfe"}',  # invalid UTF-8 where msgspec only skips
+        _BASE + b"9" * 5_000 + b"}",  # past Python's 4,300-digit int limit
+        _BASE + b'"\\ud800"}',  # an escaped lone surrogate msgspec refuses
+        _BASE + b'"caf\xc3\xa9"}',  # valid UTF-8, not ASCII
+        _BASE + b'"' + b"x" * 6_000 + b'"}',  # long, through the contract
+    ],
+)
+def test_unknown_fields_get_the_contracts_verdict(raw):
+    cols, rejected = decode_interactions([raw], LIMITS)
+    try:
+        decode(InteractionEvent, raw, LIMITS)
+    except ContractError as exc:
+        assert len(cols) == 0 and rejected[0].error.field == exc.field
+        return
+    assert len(cols) == 1 and cols.event_ids == ["a"], rejected
 
 
 @settings(max_examples=300, deadline=None)
