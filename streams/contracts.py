@@ -335,7 +335,12 @@ def _describe(err: ValidationError) -> tuple[str, str | None]:
     return f"{loc}: {msg}", loc
 
 
-def decode(contract: type[C], raw: bytes | str, limits: LimitSettings = DEFAULT_LIMITS) -> C:
+def decode(
+    contract: type[C],
+    raw: bytes | str,
+    limits: LimitSettings = DEFAULT_LIMITS,
+    now_ms: int | None = None,
+) -> C:
     """Parse and validate one message, raising :class:`ContractError` on any defect.
 
     Parameters
@@ -346,6 +351,9 @@ def decode(contract: type[C], raw: bytes | str, limits: LimitSettings = DEFAULT_
         The message value as received.
     limits:
         Size and id-length bounds in force.
+    now_ms:
+        The time an input record's ``ts`` may lead by ``limits.max_future_skew_ms`` (the
+        record's append time where the runtime knows it; default: the wall clock).
     """
     size = len(raw.encode("utf-8") if isinstance(raw, str) else raw)
     if size > limits.max_message_bytes:
@@ -374,7 +382,7 @@ def decode(contract: type[C], raw: bytes | str, limits: LimitSettings = DEFAULT_
         raise ContractError(message, field) from None
     except RecursionError:
         raise ContractError("message: nested too deeply", "message") from None
-    if contract in _INPUT_CONTRACTS and event.ts > newest_accepted_ts(limits):
+    if contract in _INPUT_CONTRACTS and event.ts > newest_accepted_ts(limits, now_ms):
         raise ContractError(future_ts_problem(event.ts), "ts")
     return event
 

@@ -76,7 +76,8 @@ TRAINER_SEQUENCES = Gauge("lethe_trainer_sequences", "Users with a retained sequ
 # -- scorer ----------------------------------------------------------------------------------
 SCORER_LATENCY = Histogram(
     "lethe_scorer_latency_seconds",
-    "Scorer latency by stage: transit (producer send time to received), queue (received to "
+    "Scorer latency by stage: transit (the record's Kafka timestamp, the broker's append "
+    "time on topics Lethe creates, to received), queue (received to "
     "batch start), model (per batch), end_to_end (request ts to recommendation acked)",
     ["stage"],
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5),

@@ -59,6 +59,8 @@ SINGLE_PARTITION = ("model-updates", "imcorrect-log", "imcorrect-replicas")
 
 #: kept as the newest record per key, never deleted by age
 _COMPACTED = ("model-updates", "items")
+#: input topics whose records' ts is bounded by their append time (beside the user-data ones)
+STAMPED_BY_BROKER = ("items",)
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,11 @@ def topic_specs(settings: LetheSettings) -> list[TopicSpec]:
         }
         if logical in USER_DATA_TOPICS:
             configs["segment.ms"] = str(segment_ms(keep))
+        if logical in USER_DATA_TOPICS or logical in STAMPED_BY_BROKER:
+            # the broker's append time, not the producer's: retention by age cannot be
+            # stretched by a future timestamp, and a record's ts bound is the same at
+            # every read (streams/runtime/decode.py, reference_ms)
+            configs["message.timestamp.type"] = "LogAppendTime"
         specs.append(
             TopicSpec(
                 logical=logical,

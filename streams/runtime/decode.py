@@ -27,7 +27,6 @@ from streams.contracts import (
 )
 from streams.services.batch import InteractionColumns
 
-
 #: longer values go through the contract: a number msgspec skips in an unknown field may have
 #: more digits than Python's int conversion allows (4,300), which only a long value can hold
 _FAST_MAX_BYTES = 4096
@@ -56,12 +55,34 @@ class Rejected:
     error: ContractError
 
 
+#: librdkafka's timestamp types (``Message.timestamp()[0]``)
+_CREATE_TIME, _LOG_APPEND_TIME = 1, 2
+
+
+def reference_ms(msg: Any, now_ms: int) -> int:
+    """The time a record's ``ts`` may lead by the allowed skew: its append time where the
+    broker stamped it (the topics Lethe creates), so the verdict is the same at every read
+    (live, catching up, after a restart); a producer's own stamp only when it is not later
+    than ``now_ms``; else ``now_ms``."""
+    kind, stamp = msg.timestamp()
+    if kind == _LOG_APPEND_TIME and stamp >= 0:
+        return stamp
+    if kind == _CREATE_TIME and stamp >= 0:
+        return min(stamp, now_ms)
+    return now_ms
+
+
 def decode_interactions(
-    values: list[bytes | None], limits: LimitSettings, now_ms: int | None = None
+    values: list[bytes | None],
+    limits: LimitSettings,
+    now_ms: int | None = None,
+    references: list[int] | None = None,
 ) -> tuple[InteractionColumns, list[Rejected]]:
     """Decode a batch of ``interactions`` values.
 
-    Returns the valid events as columns and the rejected ones with the contract's error.
+    ``references``, when given, holds each value's :func:`reference_ms`; otherwise every ts
+    is bounded by ``now_ms`` (default: the wall clock). Returns the valid events as columns
+    and the rejected ones with the contract's error.
     """
     rejected: list[Rejected] = []
     positions: list[int] = []
@@ -82,19 +103,25 @@ def decode_interactions(
             # JSON strings hold control characters and surrogates only as escapes
             escaped = escaped or b"\\" in raw
         except (msgspec.DecodeError, ValueError, RecursionError):
-            verdict = _by_contract(raw or b"", limits)
+            ref = references[pos] if references is not None else now_ms
+            verdict = _by_contract(raw or b"", limits, ref)
             if isinstance(verdict, ContractError):
                 rejected.append(Rejected(pos, verdict))
             else:  # the contract accepts what msgspec refused (an escaped lone surrogate)
                 decoded.append(verdict)
                 positions.append(pos)
                 escaped = True
-    newest = newest_accepted_ts(limits, now_ms)
+    skew = limits.max_future_skew_ms
+    if references is None:
+        newest = [newest_accepted_ts(limits, now_ms)] * len(values)
+    else:
+        newest = [ref + skew for ref in references]
     cols = _columns(positions, decoded)
-    if escaped or not _columns_valid(cols, limits.max_id_length, newest):
+    lowest = min(newest, default=0)  # one bound for the whole batch: the strictest
+    if escaped or not _columns_valid(cols, limits.max_id_length, lowest):
         cols = InteractionColumns()
         for pos, ev in zip(positions, decoded, strict=True):  # find which, one by one
-            problem = _event_problem(ev, limits.max_id_length, newest)
+            problem = _event_problem(ev, limits.max_id_length, newest[pos])
             if problem is None:
                 cols.extend(_columns([pos], [ev]))
             else:
@@ -144,13 +171,15 @@ def _is_utf8(raw: bytes) -> bool:
     return True
 
 
-def _by_contract(raw: bytes, limits: LimitSettings) -> _Interaction | ContractError:
+def _by_contract(
+    raw: bytes, limits: LimitSettings, now_ms: int | None
+) -> _Interaction | ContractError:
     """The contract's verdict on a value the fast path did not take: the event, or the
     contract's own error (so the dead letter carries its message)."""
     from streams.contracts import InteractionEvent
 
     try:
-        event = decode(InteractionEvent, raw, limits)
+        event = decode(InteractionEvent, raw, limits, now_ms)
     except ContractError as exc:
         return exc
     return _Interaction(
@@ -163,6 +192,9 @@ def _by_contract(raw: bytes, limits: LimitSettings) -> _Interaction | ContractEr
     )
 
 
-def decode_one(contract: type, raw: bytes | None, limits: LimitSettings) -> Any:
-    """Decode one value of a non-hot topic; raises :class:`ContractError` only."""
-    return decode(contract, raw or b"", limits)
+def decode_one(
+    contract: type, raw: bytes | None, limits: LimitSettings, now_ms: int | None = None
+) -> Any:
+    """Decode one value of a non-hot topic (``now_ms``: its :func:`reference_ms`); raises
+    :class:`ContractError` only."""
+    return decode(contract, raw or b"", limits, now_ms)

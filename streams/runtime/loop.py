@@ -33,7 +33,7 @@ from streams.contracts import (
 )
 from streams.runtime import kafka
 from streams.runtime.barrier import Held, OrderedBarrier
-from streams.runtime.decode import decode_interactions, decode_one
+from streams.runtime.decode import decode_interactions, decode_one, reference_ms
 from streams.runtime.lock import StateLock
 from streams.runtime.memory import MemoryIO
 from streams.runtime.publish import Publisher
@@ -224,7 +224,7 @@ class Runtime:
             growing = self.server is None and "interactions" in svc.reads
             if backlog is None and len(more) == want and growing:
                 backlog = step.size + self._input_lag()
-        if step.size:
+        if step.size or len(self.barrier):  # a held deletion may wait on skipped markers
             self._apply(step)
         self._effects(svc.tick())
         self._maybe_snapshot()
@@ -268,7 +268,9 @@ class Runtime:
         step.dead += self._hold_deletions(deletions)
 
     def _absorb_interactions(self, step: _Step, records: list, values: list) -> None:
-        cols, rejected = decode_interactions(values, self.settings.limits)
+        now = int(time.time() * 1000)
+        references = [reference_ms(r, now) for r in records]
+        cols, rejected = decode_interactions(values, self.settings.limits, references=references)
         for r in rejected:
             self._rejected(records[r.position], r.error, "interactions")
         step.dead += len(rejected)
@@ -296,7 +298,10 @@ class Runtime:
             m.EVENTS.labels("items", "tombstone").inc()
             return
         try:
-            item = decode_one(ItemMetadata, msg.value(), self.settings.limits)
+            now = int(time.time() * 1000)
+            item = decode_one(
+                ItemMetadata, msg.value(), self.settings.limits, reference_ms(msg, now)
+            )
         except ContractError as exc:
             self._rejected(msg, exc, "items")
             step.dead += 1
@@ -317,10 +322,11 @@ class Runtime:
             return 0
         topic = self.topics["interactions"]
         ends = self.io.end_offsets(topic, self.parts["interactions"])
-        dead = 0
+        dead, now = 0, int(time.time() * 1000)
         for msg in records:
             try:
-                request = decode_one(DeletionRequest, msg.value(), self.settings.limits)
+                limits, ref = self.settings.limits, reference_ms(msg, now)
+                request = decode_one(DeletionRequest, msg.value(), limits, ref)
                 m.EVENTS.labels("deletions", "valid").inc()
             except ContractError as exc:
                 self._rejected(msg, exc, "deletions")
@@ -329,7 +335,21 @@ class Runtime:
             self.barrier.hold(Held(key, msg.offset(), request, ends))
         return dead
 
+    def _past_undelivered(self, step: _Step) -> None:
+        """Move the step's ``interactions`` offsets to the consumer's positions where it has
+        passed records it never delivers: transaction markers and aborted records (a topic
+        written in transactions ends in a commit marker), or records retention removed.
+        Otherwise a held deletion would wait for an offset no delivered record reaches."""
+        if "interactions" not in self.parts:
+            return
+        topic = self.topics["interactions"]
+        known = self.service.offsets
+        for key, pos in self.io.positions(self.consumer, topic, self.parts["interactions"]).items():
+            if pos > step.inputs.offsets.get(key, known.get(key, 0)):
+                step.inputs.offsets[key] = pos
+
     def _apply(self, step: _Step) -> None:
+        self._past_undelivered(step)
         inputs = step.inputs
         positions = {**self.service.offsets, **inputs.offsets}
         for held in self.barrier.release(positions):

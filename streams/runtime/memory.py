@@ -9,6 +9,7 @@ unchanged; what it does not model is the network (no latency, no broker failures
 
 from __future__ import annotations
 
+import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,6 +24,8 @@ class MemoryRecord:
     _offset: int
     _key: bytes | None
     _value: bytes | None
+    #: append time (ms), as a broker stamps records of a LogAppendTime topic
+    _timestamp: int = -1
 
     def topic(self) -> str:
         return self._topic
@@ -42,6 +45,10 @@ class MemoryRecord:
     def error(self) -> None:
         return None
 
+    def timestamp(self) -> tuple[int, int]:
+        """(librdkafka's TIMESTAMP_LOG_APPEND_TIME, ms), or not available (0, -1)."""
+        return (2, self._timestamp) if self._timestamp >= 0 else (0, -1)
+
 
 @dataclass
 class MemoryLog:
@@ -57,7 +64,7 @@ class MemoryLog:
         """Append like a producer's default partitioner would (by key, else partition 0)."""
         parts = self.topic(topic)
         p = zlib.crc32(key) % len(parts) if key is not None else 0
-        record = MemoryRecord(topic, p, len(parts[p]), key, value)
+        record = MemoryRecord(topic, p, len(parts[p]), key, value, int(time.time() * 1000))
         parts[p].append(record)
         return record
 

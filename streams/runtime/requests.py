@@ -67,7 +67,7 @@ class Received:
     offset: int
     key: bytes | None
     value: bytes | None
-    timestamp: int  # ms: the producer's CreateTime
+    timestamp: int  # ms: the record's Kafka timestamp (append time on topics Lethe creates)
 
 
 @dataclass

@@ -53,7 +53,7 @@ class RequestServer:
         received, wall = time.monotonic(), time.time()
         requests: list[RecRequest] = []
         for record in batch:
-            # producer's send time (CreateTime) to here: the Kafka hop
+            # the record's timestamp (append time on topics Lethe creates) to here
             m.SCORER_LATENCY.labels("transit").observe(max(0.0, wall - record.timestamp / 1000))
             try:
                 requests.append(decode_one(RecRequest, record.value, self.settings.limits))

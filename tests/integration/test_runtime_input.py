@@ -12,9 +12,11 @@ import pytest
 from confluent_kafka import Producer
 
 from models.datasets import load
-from streams.contracts import DeadLetter, decode
+from streams.client import LetheProducer
+from streams.contracts import DeadLetter, DeletionReceipt, decode
 from streams.kafka_config import librdkafka_config
 from streams.replay import to_event
+from streams.runtime import kafka
 from streams.runtime.admin import create_topics
 from streams.topics import topic_name
 from tests.integration.worker_harness import (
@@ -149,3 +151,49 @@ def test_poison_input_is_dead_lettered_and_the_worker_goes_on(settings, events, 
     assert state.counters["dead_letters"] == len(poison) + 2
     pairs = [(e.user_id, e.item_id) for e in good] + [("b", "c")]
     assert_equals_batch_fit(state, pairs, settings.imcorrect.ease.l2)
+
+
+def test_a_deletion_after_interactions_written_in_transactions_is_applied(
+    settings, events, tmp_path
+):
+    """A topic written in transactions ends in a commit marker and may hold aborted records;
+    the consumer never delivers either, so a deletion held until ``interactions`` is read to
+    its end must be released by the consumer's position, not by the last record delivered
+    (which never reaches that end)."""
+    asyncio.run(create_topics(settings))
+    topic = topic_name(settings, "interactions")
+    producer = kafka.producer(settings, **{"transactional.id": f"t-{settings.topic_prefix}"})
+    producer.init_transactions(30)
+    producer.begin_transaction()
+    for e in events[:200]:
+        producer.produce(topic, value=e.to_bytes(), key=e.user_id.encode())
+    producer.commit_transaction(30)
+    producer.begin_transaction()
+    producer.produce(topic, value=events[200].to_bytes(), key=events[200].user_id.encode())
+    producer.flush(10)
+    producer.abort_transaction(30)
+
+    async def forget() -> None:
+        async with LetheProducer(settings) as p:
+            await p.forget_user(events[0].user_id)
+            await p.flush()
+
+    asyncio.run(forget())
+    worker = WorkerProcess(settings, tmp_path / "worker.log").start()
+    try:
+        deadline = time.monotonic() + 90
+        receipts = []
+        while not receipts and time.monotonic() < deadline:
+            assert worker.alive(), worker.log_tail()
+            receipts = asyncio.run(read_all(settings, "deletion-receipts"))
+            time.sleep(1.0)
+        assert receipts, f"the deletion was held for records never delivered:\n{worker.log_tail()}"
+        assert DeletionReceipt.model_validate_json(receipts[0].value).status == "applied"
+        wait_caught_up(settings, worker, n_receipts=1, timeout_s=60)  # offsets reach the end
+        assert worker.stop() == 0
+    finally:
+        if worker.alive():
+            worker.kill()
+    state = load_state(settings.state_dir)
+    assert state.users.get(events[0].user_id) is None
+    assert state.counters["events_accepted"] == 200  # the aborted record was never read

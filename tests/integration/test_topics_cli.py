@@ -59,6 +59,9 @@ def test_topics_create_applies_policies_from_configuration(settings):
     for logical in ("interactions", "deletions", "rec-requests", "recommendations"):
         assert int(described[f"{p}{logical}"]["configs"]["retention.ms"]) <= deadline
     assert int(described[f"{p}dead-letters"]["configs"]["retention.ms"]) == deadline
+    for logical in ("interactions", "deletions", "items"):
+        stamp = described[f"{p}{logical}"]["configs"]["message.timestamp.type"]
+        assert stamp == "LogAppendTime", logical
     for name in names:
         assert name in described and described[name]["partitions"] >= 1
 

@@ -256,6 +256,8 @@ def test_user_data_topics_are_created_within_the_erasure_deadline(caplog):
     for logical in ("interactions", "deletions", "rec-requests", "recommendations", "dead-letters"):
         assert 0 < int(specs[logical].configs["retention.ms"]) <= 7 * day, logical
         assert int(specs[logical].configs["segment.ms"]) <= 7 * day
+        # retention by the broker's clock: a producer's future timestamp cannot stretch it
+        assert specs[logical].configs["message.timestamp.type"] == "LogAppendTime"
     assert specs["deletion-receipts"].configs["retention.ms"] == "-1"  # no raw ids: kept
     planned = retention_from_settings(s)
     assert planned["interactions"].name == "p.interactions"

@@ -19,10 +19,16 @@ from hypothesis import strategies as st
 
 from models.imcorrect import IMCorrect
 from streams.config import LimitSettings
-from streams.contracts import ContractError, DeadLetter, InteractionEvent, decode
+from streams.contracts import (
+    ContractError,
+    DeadLetter,
+    DeletionRequest,
+    InteractionEvent,
+    decode,
+)
 from streams.runtime.barrier import Held, OrderedBarrier
 from streams.runtime.deadletter import MAX_KEY_BYTES, bounded_key, dead_letter_bytes
-from streams.runtime.decode import decode_interactions
+from streams.runtime.decode import decode_interactions, decode_one, reference_ms
 from streams.runtime.lock import StateLock
 
 LIMITS = LimitSettings(max_id_length=16)
@@ -136,6 +142,38 @@ def test_timestamps_beyond_the_allowed_skew_are_refused_by_both_paths():
     assert cols.positions == [0] and rejected[0].error.field == "ts"
     with pytest.raises(ContractError, match="^ts"):
         decode(InteractionEvent, json.dumps(late).encode(), LIMITS)
+
+
+class _Stamped:
+    def __init__(self, kind: int, ms: int) -> None:
+        self.stamp = (kind, ms)
+
+    def timestamp(self) -> tuple[int, int]:
+        return self.stamp
+
+
+def test_a_records_ts_bound_comes_from_its_append_time_not_the_reading_clock():
+    appended = 1_800_000_000_000
+    skew = LIMITS.max_future_skew_ms
+    body = {"event_id": "a", "user_id": "b", "item_id": "c"}
+    inside = json.dumps({**body, "ts": appended + skew}).encode()
+    past = json.dumps({**body, "ts": appended + skew + 1}).encode()
+    ref = reference_ms(_Stamped(2, appended), now_ms=appended + 10**9)
+    assert ref == appended
+    # live, hours later while catching up, or after a restart: the same verdicts
+    for now in (appended, appended + 3_600_000, appended + 10**9):
+        cols, rejected = decode_interactions([inside, past], LIMITS, now, [ref, ref])
+        assert cols.positions == [0] and [r.position for r in rejected] == [1]
+        assert rejected[0].error.field == "ts"
+    # a producer's own stamp counts only up to the reader's clock; none: the clock
+    assert reference_ms(_Stamped(1, appended + 60_000), now_ms=appended) == appended
+    assert reference_ms(_Stamped(1, appended - 5), now_ms=appended) == appended - 5
+    assert reference_ms(_Stamped(0, -1), now_ms=appended) == appended
+    deletion = {"request_id": "r", "scope": "user", "user_id": "b", "reason": "privacy"}
+    raw = json.dumps({**deletion, "ts": skew + 1}).encode()
+    assert decode_one(DeletionRequest, raw, LIMITS).ts == skew + 1  # by the wall clock
+    with pytest.raises(ContractError, match="^ts"):
+        decode_one(DeletionRequest, raw, LIMITS, 0)  # appended at time 0
 
 
 @pytest.mark.parametrize("size", [0, 10, 700_000, 1_048_576, 3_000_000])
