@@ -110,11 +110,13 @@ class SequenceStore:
                 self.item_first.pop(item, None)
 
     def _set(self, user: str, kept: list[str]) -> None:
+        """The user's sequence after an item or pair deletion. Their first log position
+        stays even when nothing is left: models may have seen older events of theirs, and a
+        later deletion of the user must still find a checkpoint that predates them."""
         if kept:
             self.sequences[user] = kept
         else:
             self.sequences.pop(user, None)
-            self.user_first.pop(user, None)
 
     # -- persistence ----------------------------------------------------------------------
     def to_dict(self) -> dict:

@@ -64,6 +64,20 @@ def test_forget_interactions_reports_the_users_first_position_even_if_rolled_out
     assert removed == {"interactions": 0} and earliest == {P0: 3}
 
 
+def test_a_user_emptied_by_an_item_deletion_keeps_their_first_position():
+    # models may have seen the user's older events: deleting the user later must still name
+    # where their data starts (else the trainer thinks no model saw it and skips the retrain)
+    s = SequenceStore(max_per_user=3)
+    for k, item in enumerate("acdbbb"):
+        s.add("u", item, P0, k)
+    assert s.get("u") == ["b", "b", "b"]
+    s.forget(deletion("item", item_id="b"))
+    assert s.get("u") == [] and "u" not in s.sequences
+    removed, earliest = s.forget(deletion("user", user_id="u"))
+    assert earliest == {P0: 0} and removed == {"users": 1, "interactions": 0}
+    assert "u" not in s.user_first
+
+
 def test_forget_unknown_user_holds_nothing(store):
     assert store.forget(deletion("user", user_id="carol")) == ({"users": 0, "interactions": 0}, {})
 
