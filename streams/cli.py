@@ -80,8 +80,15 @@ def _cmd_replay(args: argparse.Namespace, settings: LetheSettings) -> int:
 
 
 def _cmd_forget(args: argparse.Namespace, settings: LetheSettings) -> int:
-    from streams.client import LetheProducer
+    from aiokafka.errors import KafkaError
+    from pydantic import ValidationError
+
+    from streams.client import DeliveryError, LetheProducer
+    from streams.contracts import ContractError
     from streams.reader import ReceiptTimeout, forget_and_wait
+
+    # exit 4: nothing was sent (no broker, refused delivery, limits the workers would refuse)
+    not_sent = (DeliveryError, KafkaError, ContractError, ValidationError)
 
     async def send(p: LetheProducer):
         if args.user and args.items:
@@ -97,11 +104,23 @@ def _cmd_forget(args: argparse.Namespace, settings: LetheSettings) -> int:
     if args.items and not args.user:
         print("lethe forget: --interaction needs --user", file=sys.stderr)
         return 2
+    if args.item and (args.user or args.items):
+        # a deletion cannot be taken back: never guess which scope was meant
+        print(
+            "lethe forget: --item forgets an item; give it alone, or --user with "
+            "--interaction for that user's interactions with it",
+            file=sys.stderr,
+        )
+        return 2
     if not (args.user or args.item):
         print("lethe forget: give --user, --item, or --user with --interaction", file=sys.stderr)
         return 2
     if not (args.wait or args.receipt_out):
-        req = asyncio.run(send_only())
+        try:
+            req = asyncio.run(send_only())
+        except not_sent as exc:
+            print(f"lethe forget: the request was not sent: {exc}", file=sys.stderr)
+            return 4
         print(json.dumps({"request_id": req.request_id, "scope": req.scope}))
         return 0
     if args.timeout <= 0:
@@ -118,6 +137,9 @@ def _cmd_forget(args: argparse.Namespace, settings: LetheSettings) -> int:
             f"lethe forget: {exc} within {args.timeout} s (the request was sent)", file=sys.stderr
         )
         return 3
+    except not_sent as exc:
+        print(f"lethe forget: the request was not sent: {exc}", file=sys.stderr)
+        return 4
     text = receipt.model_dump_json(indent=2)
     print(text, flush=True)  # shown first: the request is done whatever happens to the file
     if args.receipt_out:
@@ -156,7 +178,7 @@ def _cmd_verify_erasure(args: argparse.Namespace, settings: LetheSettings) -> in
 
     try:
         receipt = read_receipt(args.receipt)
-    except (OSError, ValidationError) as exc:
+    except (OSError, ValueError, ValidationError) as exc:  # ValueError: not UTF-8 too
         print(f"lethe verify-erasure: cannot read the receipt: {exc}", file=sys.stderr)
         return 2
     try:
@@ -169,9 +191,14 @@ def _cmd_verify_erasure(args: argparse.Namespace, settings: LetheSettings) -> in
         return 2
     # a hot replica's folder: --replica, else the replica these settings run
     folder = f"imcorrect-{args.replica}" if args.replica else imcorrect_folder(settings)
-    verdict = verify_erasure(
-        Path(settings.state_dir), receipt, keys, tolerance=args.tolerance, folder=folder
-    )
+    try:
+        verdict = verify_erasure(
+            Path(settings.state_dir), receipt, keys, tolerance=args.tolerance, folder=folder
+        )
+    except (OSError, ValueError) as exc:  # an unreadable or older-format state, or one
+        # pruned while it was read: no verdict either way
+        print(f"lethe verify-erasure: cannot read the state: {exc}", file=sys.stderr)
+        return 2
     print(json.dumps(verdict.to_dict(), indent=2) if args.json else verdict.render())
     return 0 if verdict.passed else 1
 

@@ -28,11 +28,13 @@ from aiokafka.errors import KafkaConnectionError
 
 from streams.config import LetheSettings
 from streams.contracts import (
+    DEFAULT_LIMITS,
     Contract,
     DeletionRequest,
     InteractionEvent,
     ItemMetadata,
     RecRequest,
+    decode,
 )
 from streams.kafka_config import check_access, producer_kwargs, reply_producer_kwargs
 from streams.topics import topic_name
@@ -102,6 +104,10 @@ class LetheProducer:
 
     async def send(self, logical_topic: str, key: str, record: Contract) -> asyncio.Future:
         """Queue one record; the returned future resolves to its RecordMetadata or raises."""
+        if self.settings.limits != DEFAULT_LIMITS:
+            # the constructors checked the default limits; the workers apply these, and a
+            # record they refuse would only become a dead letter (a deletion: no receipt)
+            decode(type(record), record.to_bytes(), self.settings.limits)
         if self._producer is None:
             raise RuntimeError("producer not started")
         fut = await self._producer.send(

@@ -77,7 +77,9 @@ def _bounded_id(value: str, info: ValidationInfo) -> str:
 
 
 Id = Annotated[str, Field(min_length=1), AfterValidator(_bounded_id)]
-EpochMs = Annotated[int, Field(ge=0, le=10**14, description="Unix epoch milliseconds")]
+#: the latest timestamp a contract accepts (the year 5138)
+MAX_EPOCH_MS = 10**14
+EpochMs = Annotated[int, Field(ge=0, le=MAX_EPOCH_MS, description="Unix epoch milliseconds")]
 
 
 def _finite(value: float | None) -> float | None:

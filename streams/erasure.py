@@ -107,13 +107,31 @@ def verify_erasure(
         return verdict
     kind, subject_hex = receipt.subject.split(":", 1)
     is_subject = _matches(subject_hex, kind, keys)
-    store = SnapshotStore(Path(state_dir) / folder, keys)
-    latest = store.latest()
+    root = Path(state_dir)
+    _check_keys(verdict, root, folder, keys)
+    _check_leftovers(verdict, root, folder)
+    # opened only where it exists: the verifier creates nothing
+    store = SnapshotStore(root / folder, keys) if (root / folder / "snapshots").is_dir() else None
+    latest = store.latest() if store is not None else None
     state = store.load(latest) if latest is not None else None
     if state is None:
-        verdict.notes.append("no IMCorrect snapshot under this state folder")
+        if receipt.state_digest is not None:  # IMCorrect wrote it: its state must be here
+            verdict.add("IMCorrect snapshot", False, f"none under {root / folder}")
+        else:
+            verdict.notes.append("no IMCorrect snapshot under this state folder")
     else:
         _check_imcorrect(verdict, state, receipt, kind, is_subject, tolerance)
+        if receipt.scope != "interactions" and receipt.status != "rejected":
+            # the tombstone's key is the subject's hash: key-independent proof that this
+            # state applied the deletion
+            buried = int(subject_hex, 16) in state.tombstones
+            verdict.add(
+                "IMCorrect tombstone",
+                buried,
+                "the snapshot holds the subject's tombstone"
+                if buried
+                else "no tombstone for the subject: this state has not applied the deletion",
+            )
         with np.load(latest / "model.npz", allow_pickle=False) as arrays:
             stored_mapping = any(name.startswith("map_") for name in arrays.files)
         if not stored_mapping:
@@ -130,6 +148,57 @@ def verify_erasure(
     if not verdict.checks:
         verdict.add("state", False, f"nothing to verify under {state_dir}")
     return verdict
+
+
+def _check_keys(verdict: Verdict, root: Path, folder: str, keys: KeyRing) -> None:
+    """The ring must hold the key each state file says it hashed with: under another key
+    the subject's hash matches nothing, and every 'absent' below would prove nothing."""
+    found: dict[str, str] = {}
+    store = root / folder / "snapshots"
+    snaps = sorted(p for p in store.glob("snap-*") if p.suffix != ".tmp") if store.is_dir() else []
+    if snaps and (snaps[-1] / "worker.json").is_file():
+        found["IMCorrect"] = json.loads((snaps[-1] / "worker.json").read_text()).get(
+            "key_fingerprint"
+        )
+    for name in ("scorer", "trainer"):
+        path = root / name / "state.json"
+        if path.is_file():
+            found[name] = json.loads(path.read_text()).get("key_fingerprint")
+    known = set(keys.fingerprints)
+    wrong = sorted(name for name, fp in found.items() if fp is not None and fp not in known)
+    unmarked = sorted(name for name, fp in found.items() if fp is None)
+    if unmarked:
+        verdict.notes.append(
+            f"{', '.join(unmarked)}: written before key fingerprints; the key is not checked"
+        )
+    verdict.add(
+        "hash key",
+        not wrong,
+        f"the key ring does not hold the key {', '.join(wrong)} hashed with: wrong key?"
+        if wrong
+        else "the key ring holds the key every state file hashed with",
+    )
+
+
+def _check_leftovers(verdict: Verdict, root: Path, folder: str) -> None:
+    """Older snapshots, half-written ones and checkpoints being deleted may hold the data:
+    only the newest complete snapshot may be there (run again if a worker was writing)."""
+    snaps = root / folder / "snapshots"
+    names = sorted(p.name for p in snaps.glob("snap-*")) if snaps.is_dir() else []
+    complete = [n for n in names if not n.endswith(".tmp")]
+    stray = [n for n in names if not complete or n != complete[-1]]
+    checkpoints = root / "trainer" / "checkpoints"
+    if checkpoints.is_dir():
+        stray += sorted(
+            f"trainer/{p.name}" for p in checkpoints.iterdir() if p.suffix in (".tmp", ".deleting")
+        )
+    verdict.add(
+        "stale copies",
+        not stray,
+        f"folders that may hold older data: {', '.join(stray)} (a worker writing now? run again)"
+        if stray
+        else "no older snapshot, half-written snapshot or half-deleted checkpoint",
+    )
 
 
 def _check_imcorrect(

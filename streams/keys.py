@@ -43,6 +43,16 @@ class KeyRing:
     def all(self) -> tuple[bytes, ...]:
         return (self.current, *self.retired)
 
+    @property
+    def fingerprints(self) -> tuple[str, ...]:
+        return tuple(key_fingerprint(k) for k in self.all)
+
+
+def key_fingerprint(key: bytes) -> str:
+    """A name for a key that reveals nothing of it (a keyed hash of a fixed label), written
+    beside the hashes a key made so that a reader can tell it holds the right key."""
+    return hashlib.blake2b(b"lethe hash key fingerprint", digest_size=8, key=key).hexdigest()
+
 
 def _from_secret(secret: SecretStr) -> bytes:
     # any length of secret text becomes a fixed-size key; BLAKE2b keys are at most 64 bytes

@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass
 
 from streams.config import LetheSettings
-from streams.contracts import RetainedCopy
+from streams.contracts import MAX_EPOCH_MS, RetainedCopy
 
 log = logging.getLogger("lethe.retention")
 
@@ -45,7 +45,10 @@ class TopicRetention:
         removed)."""
         if self.retention_ms < 0:
             return None
-        return now_ms + self.retention_ms + self.segment_ms + CHECK_INTERVAL_MS
+        until = now_ms + self.retention_ms + self.segment_ms + CHECK_INTERVAL_MS
+        # a retention set to "forever" as a huge number (Long.MAX_VALUE) is no bound either,
+        # and past the receipts' timestamp range it would make every receipt invalid
+        return until if until <= MAX_EPOCH_MS else None
 
 
 def segment_ms(retention_ms: int) -> int:

@@ -24,7 +24,7 @@ import numpy as np
 
 from models.durable import fsync_path
 from models.imcorrect import IMCorrect
-from streams.keys import KeyRing
+from streams.keys import KeyRing, key_fingerprint
 
 #: 2: the hash key is no longer in worker.json
 SNAPSHOT_FORMAT = 2
@@ -225,6 +225,10 @@ class WorkerState:
         self.counters[name] = self.counters.get(name, 0) + n
 
 
+def _fingerprint(keys: KeyRing | None) -> str | None:
+    return key_fingerprint(keys.current) if keys is not None else None
+
+
 class SnapshotStore:
     """Atomic snapshots of a :class:`WorkerState` under ``<state_dir>/snapshots``.
 
@@ -280,6 +284,8 @@ class SnapshotStore:
             "pending_receipts": state.pending_receipts,
             "receipts_end_offsets": state.receipts_end_offsets,
             "dedup_capacity": state.dedup.capacity,
+            # which key made the hashes above (the verifier checks it holds that key)
+            "key_fingerprint": _fingerprint(state.keys),
         }
         (tmp / "worker.json").write_text(json.dumps(meta))
         for f in tmp.iterdir():
@@ -289,6 +295,14 @@ class SnapshotStore:
         fsync_path(self.root)
         self._prune(keep=final)
         return final
+
+    def prune_stale(self) -> None:
+        """Delete every snapshot folder but the newest complete one: a crash between
+        publishing a snapshot and pruning may have left an older one holding data a
+        receipt (published at restart, before the next snapshot) says is gone."""
+        latest = self.latest()
+        if latest is not None:
+            self._prune(keep=latest)
 
     def _prune(self, keep: Path) -> None:
         """Delete every other snapshot (and stray temp folders): old ones may hold data that

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from streams.keys import KeyRing
+from streams.keys import KeyRing, key_fingerprint
 from streams.sequence_store import SequenceStore
 from streams.state import DedupWindow, Hasher
 from streams.tombstones import Tombstones, from_json, to_json
@@ -76,6 +76,7 @@ class ScorerState:
             "offsets": self.offsets,
             "dedup": [str(h) for h in self.dedup.array().tolist()],
             "tombstones": to_json(self.tombstones),
+            "key_fingerprint": key_fingerprint(self.keys.current),
         }
 
     @classmethod

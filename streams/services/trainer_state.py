@@ -25,7 +25,7 @@ import numpy as np
 
 from models.durable import write_json_atomically
 from streams.contracts import DeletionReceipt, ModelUpdate
-from streams.keys import KeyRing
+from streams.keys import KeyRing, key_fingerprint
 from streams.sequence_store import SequenceStore
 from streams.services.base import Outbox
 from streams.state import DedupWindow, Hasher, IdMap
@@ -171,6 +171,7 @@ class TrainerFiles:
                 "item_texts": {item: [text, ts] for item, (text, ts) in state.item_texts.items()},
                 "item_tombstones": to_json(state.item_tombstones),
                 "tombstones": to_json(state.tombstones),
+                "key_fingerprint": key_fingerprint(state.keys.current),
             },
         )
 

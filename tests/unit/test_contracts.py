@@ -193,3 +193,18 @@ def test_fast_recommendation_encoding_equals_the_contract(versions):
     assert decode(Recommendation, fast) == rec
     assert json.loads(fast) == json.loads(rec.to_bytes())
     assert list(json.loads(fast)) == list(json.loads(rec.to_bytes()))  # same field order
+
+
+def test_the_sdk_refuses_what_the_configured_limits_would_dead_letter():
+    import asyncio
+
+    from streams.client import LetheProducer
+    from streams.config import LetheSettings
+
+    settings = LetheSettings(limits={"max_id_length": 8})
+    request = DeletionRequest(
+        request_id="r1", scope="user", user_id="a-user-id-of-20-chars", reason="privacy", ts=1
+    )
+    with pytest.raises(ContractError, match="user_id"):
+        # a worker would dead-letter it and no receipt would ever come
+        asyncio.run(LetheProducer(settings).send("deletions", "k", request))

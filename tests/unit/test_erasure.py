@@ -99,8 +99,66 @@ def test_fails_when_the_id_is_put_back_or_kept_in_a_sequence_store(erased):
     # with any other key the planted id is not recognised: confirming needs the operator's key
     from streams.keys import KeyRing
 
+    # ... so a verifier with another key fails on the key instead of passing blind
     blind = verify_erasure(state_dir, receipt, KeyRing.generate())
-    assert {c.name for c in blind.checks if not c.passed} == set()
+    assert {c.name for c in blind.checks if not c.passed} == {"hash key"}
+
+
+def test_another_key_never_passes(erased):
+    state_dir, keys, receipt, *_ = erased
+    from streams.keys import KeyRing
+
+    assert verify_erasure(state_dir, receipt, keys).passed
+    blind = verify_erasure(state_dir, receipt, KeyRing.generate())
+    assert not blind.passed and "wrong key" in blind.render()
+    # a retired key still counts: the ring holds the key the snapshot hashed with
+    rotated = KeyRing(KeyRing.generate().current, (keys.current,))
+    assert verify_erasure(state_dir, receipt, rotated).passed
+
+
+def test_a_missing_snapshot_fails_and_the_verifier_creates_nothing(erased):
+    state_dir, keys, receipt, *_ = erased
+    verdict = verify_erasure(state_dir, receipt, keys, folder="imcorrect-typo")
+    assert not verdict.passed
+    assert "IMCorrect snapshot" in {c.name for c in verdict.checks if not c.passed}
+    assert not (state_dir / "imcorrect-typo").exists()
+
+
+def test_an_older_snapshot_or_half_deleted_checkpoint_fails(erased):
+    state_dir, keys, receipt, *_ = erased
+    older = state_dir / "imcorrect" / "snapshots" / "snap-000000000"
+    older.mkdir()
+    verdict = verify_erasure(state_dir, receipt, keys)
+    assert {c.name for c in verdict.checks if not c.passed} == {"stale copies"}
+    older.rmdir()
+    (state_dir / "trainer" / "checkpoints" / "ckpt-3.deleting").mkdir(parents=True)
+    verdict = verify_erasure(state_dir, receipt, keys)
+    assert {c.name for c in verdict.checks if not c.passed} == {"stale copies"}
+
+
+def test_a_state_without_the_subjects_tombstone_fails(erased):
+    state_dir, keys, receipt, *_ = erased
+
+    def unbury(_arrays, snap):
+        with np.load(snap / "worker.npz", allow_pickle=False) as f:
+            worker = dict(f)
+        worker["tomb_keys"], worker["tomb_ts"] = worker["tomb_keys"][:0], worker["tomb_ts"][:0]
+        np.savez(snap / "worker.npz", **worker)
+
+    _edit_snapshot(state_dir, unbury)
+    verdict = verify_erasure(state_dir, receipt, keys)
+    assert {c.name for c in verdict.checks if not c.passed} == {"IMCorrect tombstone"}
+
+
+def test_a_restarted_worker_prunes_what_a_crash_left_before_any_receipt(erased):
+    state_dir, keys, *_ = erased
+    store = SnapshotStore(state_dir / "imcorrect", keys)
+    newest = store.latest()
+    older = store.root / "snap-000000000"
+    older.mkdir()
+    (store.root / "snap-999999999.tmp").mkdir()
+    store.prune_stale()
+    assert sorted(store.root.iterdir()) == [newest]
 
 
 def test_later_changes_are_noted_not_failed(erased):
@@ -131,6 +189,15 @@ def test_cli_exit_codes(erased, capsys):
     assert not (other / "keys").exists()
     inline = receipt.model_dump_json()  # the receipt as JSON text works too
     assert main(["verify-erasure", inline, "--state-dir", str(state_dir)]) == 0
+    latin = state_dir / "latin1.json"
+    latin.write_bytes(b'{"request_id": "\xe9"}')  # not UTF-8: no verdict, not a FAIL
+    assert main(["verify-erasure", str(latin), "--state-dir", str(state_dir)]) == 2
+
+
+def test_forget_refuses_an_item_together_with_a_user(capsys):
+    # a deletion cannot be taken back: "--user U --item I" must not forget all of U
+    assert main(["forget", "--user", "u1", "--item", "i1"]) == 2
+    assert "--item" in capsys.readouterr().err
 
 
 def test_a_snapshot_without_the_mapping_still_verifies_and_says_so(erased):

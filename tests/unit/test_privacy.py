@@ -268,6 +268,15 @@ def test_user_data_topics_are_created_within_the_erasure_deadline(caplog):
     assert "p.deletions" in caplog.text and "erasure deadline" in caplog.text
 
 
+def test_a_retention_of_long_max_is_forever_not_a_broken_receipt():
+    from streams.retention import TopicRetention, retained_elsewhere
+
+    forever = TopicRetention("p.interactions", 2**63 - 1, segment_ms=0)
+    assert forever.until(int(time.time() * 1000)) is None
+    copies = retained_elsewhere({"interactions": forever}, int(time.time() * 1000), "user")
+    assert [c.until for c in copies] == [None]  # a valid RetainedCopy: no bound
+
+
 def test_scorer_lookups_survive_a_key_rotation():
     from streams.services.scorer_state import ScorerState
 
