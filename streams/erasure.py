@@ -17,6 +17,7 @@ state files under ``state_dir`` and checks that
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,8 @@ from streams.keys import KeyRing
 from streams.state import Hasher, SnapshotStore, WorkerState, model_digest
 
 DEFAULT_TOLERANCE = 1e-8
+#: a worker's snapshot write takes well under a second: look this many times, this far apart
+_LEFTOVER_LOOKS, _LEFTOVER_WAIT_S = 10, 0.3
 
 
 @dataclass
@@ -182,7 +185,23 @@ def _check_keys(verdict: Verdict, root: Path, folder: str, keys: KeyRing) -> Non
 
 def _check_leftovers(verdict: Verdict, root: Path, folder: str) -> None:
     """Older snapshots, half-written ones and checkpoints being deleted may hold the data:
-    only the newest complete snapshot may be there (run again if a worker was writing)."""
+    only the newest complete snapshot may be there. A live worker has such folders for a
+    moment while it writes: they are looked for again a few times before it counts."""
+    for _ in range(_LEFTOVER_LOOKS - 1):
+        if not _leftovers(root, folder):
+            break
+        time.sleep(_LEFTOVER_WAIT_S)
+    stray = _leftovers(root, folder)
+    verdict.add(
+        "stale copies",
+        not stray,
+        f"folders that may hold older data: {', '.join(stray)}"
+        if stray
+        else "no older snapshot, half-written snapshot or half-deleted checkpoint",
+    )
+
+
+def _leftovers(root: Path, folder: str) -> list[str]:
     snaps = root / folder / "snapshots"
     names = sorted(p.name for p in snaps.glob("snap-*")) if snaps.is_dir() else []
     complete = [n for n in names if not n.endswith(".tmp")]
@@ -192,13 +211,7 @@ def _check_leftovers(verdict: Verdict, root: Path, folder: str) -> None:
         stray += sorted(
             f"trainer/{p.name}" for p in checkpoints.iterdir() if p.suffix in (".tmp", ".deleting")
         )
-    verdict.add(
-        "stale copies",
-        not stray,
-        f"folders that may hold older data: {', '.join(stray)} (a worker writing now? run again)"
-        if stray
-        else "no older snapshot, half-written snapshot or half-deleted checkpoint",
-    )
+    return stray
 
 
 def _check_imcorrect(
