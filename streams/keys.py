@@ -22,6 +22,8 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
+from models.durable import fsync_path
+
 log = logging.getLogger("lethe.keys")
 
 KEY_BYTES = 32
@@ -88,14 +90,17 @@ def write_key_file(path: Path, ring: KeyRing, exclusive: bool = False) -> bool:
             os.fsync(f.fileno())
         if not exclusive:
             os.replace(tmp, path)
-            return True
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            return False
-        return True
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
     finally:
         tmp.unlink(missing_ok=True)
+    # the new name is durable only once the folder is: a power cut must not bring back the
+    # old key file (hashes written with the new key would then match nothing)
+    fsync_path(path.parent)
+    return True
 
 
 def load_or_create_key_file(path: Path) -> KeyRing:
