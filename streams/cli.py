@@ -80,15 +80,8 @@ def _cmd_replay(args: argparse.Namespace, settings: LetheSettings) -> int:
 
 
 def _cmd_forget(args: argparse.Namespace, settings: LetheSettings) -> int:
-    from aiokafka.errors import KafkaError
-    from pydantic import ValidationError
-
-    from streams.client import DeliveryError, LetheProducer
-    from streams.contracts import ContractError
+    from streams.client import NOT_SENT, LetheProducer
     from streams.reader import ReceiptTimeout, forget_and_wait
-
-    # exit 4: nothing was sent (no broker, refused delivery, limits the workers would refuse)
-    not_sent = (DeliveryError, KafkaError, ContractError, ValidationError)
 
     async def send(p: LetheProducer):
         if args.user and args.items:
@@ -118,7 +111,7 @@ def _cmd_forget(args: argparse.Namespace, settings: LetheSettings) -> int:
     if not (args.wait or args.receipt_out):
         try:
             req = asyncio.run(send_only())
-        except not_sent as exc:
+        except NOT_SENT as exc:  # exit 4: nothing was sent
             print(f"lethe forget: the request was not sent: {exc}", file=sys.stderr)
             return 4
         print(json.dumps({"request_id": req.request_id, "scope": req.scope}))
@@ -137,7 +130,7 @@ def _cmd_forget(args: argparse.Namespace, settings: LetheSettings) -> int:
             f"lethe forget: {exc} within {args.timeout} s (the request was sent)", file=sys.stderr
         )
         return 3
-    except not_sent as exc:
+    except NOT_SENT as exc:  # exit 4: nothing was sent
         print(f"lethe forget: the request was not sent: {exc}", file=sys.stderr)
         return 4
     text = receipt.model_dump_json(indent=2)

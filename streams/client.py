@@ -24,12 +24,14 @@ from collections.abc import Coroutine, Iterable
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaConnectionError
+from aiokafka.errors import KafkaConnectionError, KafkaError
+from pydantic import ValidationError
 
 from streams.config import LetheSettings
 from streams.contracts import (
     DEFAULT_LIMITS,
     Contract,
+    ContractError,
     DeletionRequest,
     InteractionEvent,
     ItemMetadata,
@@ -49,6 +51,11 @@ class DeliveryError(RuntimeError):
         first = failures[0][1]
         super().__init__(f"{len(failures)} message(s) not delivered; first error: {first!r}")
         self.failures = failures
+
+
+#: what a send can fail with: no broker, a refused delivery, a record the contract (or the
+#: configured limits) refuses
+NOT_SENT: tuple[type[Exception], ...] = (DeliveryError, KafkaError, ContractError, ValidationError)
 
 
 def now_ms() -> int:
