@@ -101,6 +101,7 @@ def measure(bootstrap: str, tmp: Path, rate: float, total: int) -> dict:
                     update={
                         "replicated": True,
                         "replica_id": rid,
+                        "memory_budget_gb": 4.0,
                         "answer_requests": False,
                         "heartbeat_interval_s": HEARTBEAT_S,
                         "snapshot_interval_s": 30.0,
@@ -162,7 +163,9 @@ def measure(bootstrap: str, tmp: Path, rate: float, total: int) -> dict:
 
 
 def _replicated(settings: LetheSettings, replica: str) -> LetheSettings:
-    imcorrect = settings.imcorrect.model_copy(update={"replicated": True, "replica_id": replica})
+    imcorrect = settings.imcorrect.model_copy(
+        update={"replicated": True, "replica_id": replica, "memory_budget_gb": 4.0}
+    )
     return settings.model_copy(update={"imcorrect": imcorrect})
 
 

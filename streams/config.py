@@ -243,6 +243,24 @@ class IMCorrectWorkerSettings(_Section):
     def _keep_section_defaults(cls, value: object, info: ValidationInfo) -> object:
         return _over_default(cls.model_fields[info.field_name].default, value)
 
+    @model_validator(mode="after")
+    def _replicas_decide_alike(self) -> IMCorrectWorkerSettings:
+        """Replicas must refuse the same items and tell their heartbeats apart."""
+        if not self.replicated:
+            return self
+        if not self.replica_id:
+            raise ValueError(
+                "imcorrect.replicated needs an imcorrect.replica_id unique to each replica "
+                "(receipts wait for every id they hear; two replicas with one id look like one)"
+            )
+        if self.mapping != "itemknn-topk" and self.memory_budget_gb is None:
+            raise ValueError(
+                "imcorrect.replicated with a dense mapping needs imcorrect.memory_budget_gb, "
+                "the same on every replica: the default (half of each machine's memory) "
+                "would let replicas on different machines refuse different new items"
+            )
+        return self
+
     def mapping_config(self) -> MappingConfig:
         """The config of the mapping the worker runs (its section is named after it)."""
         return getattr(self, self.mapping.replace("-", "_"))

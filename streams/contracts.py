@@ -327,7 +327,9 @@ class DeadLetter(Contract):
 C = TypeVar("C", bound=Contract)
 
 
-def _describe(err: ValidationError) -> tuple[str, str | None]:
+def describe_error(err: ValidationError) -> tuple[str, str | None]:
+    """(message, field) of a validation error, without the offending value (which may be a
+    raw id: these messages reach logs and dead letters)."""
     first = err.errors()[0]
     loc = ".".join(str(p) for p in first["loc"]) or None
     msg = first["msg"].removeprefix("Value error, ")
@@ -380,7 +382,7 @@ def decode(
     try:
         event = contract.model_validate(obj, context={"limits": limits})
     except ValidationError as exc:
-        message, field = _describe(exc)
+        message, field = describe_error(exc)
         raise ContractError(message, field) from None
     except RecursionError:
         raise ContractError("message: nested too deeply", "message") from None

@@ -237,10 +237,14 @@ class SnapshotStore:
     no keys (hashing with such a state raises).
     """
 
-    def __init__(self, state_dir: Path, keys: KeyRing | None = None) -> None:
+    def __init__(
+        self, state_dir: Path, keys: KeyRing | None = None, memory_budget_gb: float | None = None
+    ) -> None:
         self.root = Path(state_dir) / "snapshots"
         self.root.mkdir(parents=True, exist_ok=True)
         self.keys = keys
+        #: the dense mappings' budget of the process loading (IMCorrect.load)
+        self.memory_budget_gb = memory_budget_gb
 
     def adopt(self, state: WorkerState) -> WorkerState:
         """Give a new state this store's keys (so its hashes survive a restart)."""
@@ -322,7 +326,7 @@ class SnapshotStore:
                 f"unsupported snapshot format {meta.get('format')} in {path} (format 1 kept "
                 "the hash key inside the snapshot; see docs/privacy.md for starting afresh)"
             )
-        model = IMCorrect.load(path / "model")
+        model = IMCorrect.load(path / "model", memory_budget_gb=self.memory_budget_gb)
         with np.load(path / "worker.npz", allow_pickle=False) as arrays:
             dedup = DedupWindow(meta["dedup_capacity"], arrays["dedup"])
             tombstones = dict(

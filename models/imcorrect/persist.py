@@ -59,7 +59,9 @@ class Persistence:
         return base
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> Any:
+    def load(cls, path: str | os.PathLike, memory_budget_gb: float | None = None) -> Any:
+        """The model saved at ``path``; ``memory_budget_gb`` as the constructor takes it
+        (a budget is a setting of the process, not saved with the model)."""
         base = Path(path)
         meta = json.loads(base.with_suffix(".json").read_text())
         if meta.get("format") != FORMAT_VERSION:
@@ -70,6 +72,7 @@ class Persistence:
             drift_tolerance=meta["drift_tolerance"],
             check_every=meta["check_every"],
             refit_rank_ratio=meta.get("refit_rank_ratio", 0.5),
+            memory_budget_gb=memory_budget_gb,
             **meta["params"],
         )
         with np.load(base.with_suffix(".npz"), allow_pickle=False) as arrays:

@@ -17,9 +17,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import msgspec
+from pydantic import ValidationError
 
 from streams.config import LimitSettings
-from streams.contracts import DeletionRequest
+from streams.contracts import DeletionRequest, describe_error
 from streams.services.base import Inputs
 from streams.services.batch import InteractionColumns
 
@@ -85,6 +86,8 @@ def decode(offset: int, value: bytes | None, limits: LimitSettings = LOG_LIMITS)
             return Entry(offset, record)
         ctx = {"limits": limits}
         deletions = [DeletionRequest.model_validate_json(d, context=ctx) for d in record.deletions]
+    except ValidationError as exc:  # a deletion's contract: its message names no value
+        raise LogDecodeError(describe_error(exc)[0][:300]) from exc
     except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
         raise LogDecodeError(str(exc)[:300]) from exc
     if not (

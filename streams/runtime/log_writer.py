@@ -65,6 +65,9 @@ class TransactionalLog:
             **{
                 "transactional.id": writer_transactional_id(settings),
                 "transaction.timeout.ms": int(_COMMIT_WAIT_S * 1000),
+                # the broker checks the topic's limit against a whole batch, and librdkafka
+                # does not split a refused one: a batch of slices must fit it too
+                "batch.size": min(1_000_000, settings.limits.max_message_bytes),
             },
         )
 

@@ -129,22 +129,28 @@ class ReplicaRuntime:
                 self.server = RequestServer(cfg, self.service, self.publisher, request_group(cfg))
                 self.server.open()
             log.info("imcorrect worker ready: replica %s (metrics on :%s)", self.replica, port)
+            clean = False
             try:
                 while not self._stop:
                     self._iteration()
+                clean = True
             except LogGone as exc:
                 log.critical("%s", exc)
                 raise SystemExit(4) from None
             finally:
-                self._leave()
+                # a step that failed halfway left a half-applied state: saving it would keep
+                # its dedup entries without its events, which the next life then skips
+                self._leave(save=clean)
         finally:
             lock.release()
 
-    def _leave(self) -> None:
-        """Snapshot, say goodbye (receipts stop waiting for this replica), close."""
+    def _leave(self, save: bool) -> None:
+        """Snapshot (after a clean stop only), say goodbye (receipts stop waiting for this
+        replica), close."""
         if self.sequencer is not None:
             self._stop_writing("stopping")
-        self.service.save()
+        if save:
+            self.service.save()
         self._heartbeat(force=True, leaving=True)
         if self.server is not None:
             self.server.close()
@@ -152,6 +158,12 @@ class ReplicaRuntime:
         self.election.close()
         self.follower.close()
         self.service.close()
+
+    def _dead_letters_out(self) -> None:
+        """Before the writer commits a step past records it dead-lettered: their letters are
+        out, or the writer stops (its successor reads and dead-letters them again)."""
+        self.publisher.settle()
+        self.publisher.check_dead_letters()
 
     def _restore_pending(self) -> None:
         # the offset of each staged deletion is not kept: the snapshot's log position is at
@@ -304,7 +316,7 @@ class ReplicaRuntime:
             txlog.close()
             return  # stopped, or the role moved on while catching up
         offsets = {k: v for k, v in self.service.offsets.items() if k != self.log_key}
-        writer = LogWriter(self.settings, txlog, self.log_topic, offsets, self.publisher.settle)
+        writer = LogWriter(self.settings, txlog, self.log_topic, offsets, self._dead_letters_out)
         sequencer = Runtime(self.settings, lambda _s: writer, self.io, name=writer.name)
         try:
             sequencer.attach(writer, self.publisher)

@@ -60,6 +60,7 @@ class IMCorrectService:
         self.store = SnapshotStore(
             Path(state_dir or Path(settings.state_dir) / imcorrect_folder(settings)),
             keyring_for(settings),
+            settings.imcorrect.memory_budget_gb,  # a loaded model refuses what a new one would
         )
         self.state = self.store.load() or self.store.adopt(new_state(settings))
         self.store.prune_stale()  # before the runtime publishes receipts the outbox kept

@@ -19,6 +19,7 @@ def replica_settings(settings: LetheSettings, replica: str, answer: bool = False
         update={
             "replicated": True,
             "replica_id": replica,
+            "memory_budget_gb": 4.0,  # the same on every replica (a setting they must share)
             "answer_requests": answer,
             "replica_timeout_s": 6.0,
         }

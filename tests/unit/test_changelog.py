@@ -155,3 +155,13 @@ def test_a_marker_stays_between_the_steps_around_it():
 def test_bytes_no_writer_wrote_are_refused(value):
     with pytest.raises(LogDecodeError):
         decode(0, value, LIMITS)
+
+
+def test_a_refused_deletion_in_the_log_names_no_raw_id():
+    # the message reaches the writer's log and the dead letter's reason
+    bad = b'{"request_id": "r", "scope": "user", "user_id": " alice@example.com",'
+    bad += b' "reason": "privacy", "ts": 1}'
+    record = StepRecord(event_ids=[], user_ids=[], item_ids=[], ts=[], deletions=[bad])
+    with pytest.raises(LogDecodeError) as err:
+        decode(0, encode(record), LIMITS)
+    assert "alice" not in str(err.value) and "user_id" in str(err.value)

@@ -114,3 +114,23 @@ def test_a_misspelt_setting_is_refused_not_ignored(monkeypatch, name):
     monkeypatch.setenv(name, "2")
     with pytest.raises(ValidationError):
         load_settings()
+
+
+def test_replicas_need_their_own_id_and_one_shared_budget():
+    from streams.config import LetheSettings
+
+    with pytest.raises(ValidationError, match="replica_id"):
+        LetheSettings(imcorrect={"replicated": True, "memory_budget_gb": 2})
+    with pytest.raises(ValidationError, match="memory_budget_gb"):
+        LetheSettings(imcorrect={"replicated": True, "replica_id": "a"})
+    LetheSettings(imcorrect={"replicated": True, "replica_id": "a", "memory_budget_gb": 2})
+    sparse = {"replicated": True, "replica_id": "a", "mapping": "itemknn-topk"}
+    assert LetheSettings(imcorrect=sparse).imcorrect.memory_budget_gb is None  # no n² arrays
+
+
+def test_a_loaded_model_keeps_the_configured_budget(tmp_path):
+    # replicas decide which new items fit from it: a restarted one must decide alike
+    model = IMCorrect("ease", l2=1.0, memory_budget_gb=8 * 4 * 10**2 / 1e9)
+    model.fit(sp.csr_matrix(np.eye(4)))
+    model.save(tmp_path / "m")
+    assert IMCorrect.load(tmp_path / "m", memory_budget_gb=8 * 4 * 10**2 / 1e9).max_items == 10
