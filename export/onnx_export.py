@@ -141,5 +141,8 @@ def check_parity(
             expected = module(seq)
         got = session.run(None, {"item_seq": seq.numpy()})
         expected = expected if isinstance(expected, tuple) else (expected,)
-        worst = max(worst, float(np.max(np.abs(got[0] - expected[0].numpy()))))
+        want = expected[0].numpy()
+        if not (np.isfinite(got[0]).all() and np.isfinite(want).all()):
+            return float("inf")  # a NaN would otherwise compare as no difference at all
+        worst = max(worst, float(np.max(np.abs(got[0] - want))))
     return worst

@@ -29,10 +29,16 @@ class ScoringSession:
 
 
 def open_session(
-    path: Path, prefer_gpu: bool = True, threads: int | None = None, spin: bool = True
+    path: Path,
+    prefer_gpu: bool = True,
+    threads: int | None = None,
+    spin: bool = True,
+    model_bytes: bytes | None = None,
 ) -> ScoringSession:
     """``spin=False`` stops idle intra-op threads from busy-waiting (they otherwise burn the
-    CPU that a small machine's broker and event loop need between batches)."""
+    CPU that a small machine's broker and event loop need between batches). With
+    ``model_bytes`` the session is built from them (``path`` only names it): a caller that
+    checked those bytes serves exactly them, whatever happens to the file since."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -44,5 +50,6 @@ def open_session(
     wanted = ["CPUExecutionProvider"]
     if prefer_gpu and "CUDAExecutionProvider" in ort.get_available_providers():
         wanted.insert(0, "CUDAExecutionProvider")
-    session = ort.InferenceSession(str(path), sess_options=options, providers=wanted)
+    source = model_bytes if model_bytes is not None else str(path)
+    session = ort.InferenceSession(source, sess_options=options, providers=wanted)
     return ScoringSession(session, session.get_providers()[0], Path(path))

@@ -7,13 +7,13 @@ keeps scoring with the references it started with while a new model loads.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from export.onnx_export import sha256_of
 from export.session import ScoringSession, open_session
 from models.fusion import fuse_batch, top_k
 from models.imcorrect import FrozenScores
@@ -41,14 +41,25 @@ class ServedModel:
 def load_served_model(
     update: ModelUpdate, prefer_gpu: bool = True, threads: int | None = None
 ) -> ServedModel:
-    """Check the file's sha256 against the announcement, then open it."""
+    """Read the file once, check those bytes' sha256 against the announcement, and open a
+    session from the same bytes (a file swapped after the check is never what is served).
+    Any failure to open it is a :class:`ModelRejected`: the served model stays."""
     path = Path(update.path)
-    if not path.is_file():
-        raise ModelRejected(f"model file {path} is missing")
-    digest = sha256_of(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError as exc:
+        raise ModelRejected(f"model file {path} is missing") from exc
+    except OSError as exc:
+        raise ModelRejected(f"model file {path} cannot be read: {exc}") from exc
+    digest = hashlib.sha256(data).hexdigest()
     if digest != update.sha256:
         raise ModelRejected(f"sha256 of {path} is {digest[:12]}…, announced {update.sha256[:12]}…")
-    session = open_session(path, prefer_gpu=prefer_gpu, threads=threads or None, spin=False)
+    try:
+        session = open_session(
+            path, prefer_gpu=prefer_gpu, threads=threads or None, spin=False, model_bytes=data
+        )
+    except Exception as exc:  # onnxruntime's own errors: bad protobuf, opset, device memory
+        raise ModelRejected(f"model {path} cannot be opened: {exc}"[:500]) from exc
     meta = session.metadata
     try:
         items = json.loads(meta["lethe.items"])
@@ -129,6 +140,19 @@ class Catalogue:
         self._model_index = (
             {item: k for k, item in enumerate(model.items) if item is not None} if model else {}
         )
+        self._imc_positions: np.ndarray | None = None
+
+    def imcorrect_positions(self, items: np.ndarray) -> np.ndarray:
+        """Catalogue positions of IMCorrect item indices (those in the catalogue)."""
+        if self._imc_positions is None:
+            assert self.imcorrect is not None and self.imc_cols is not None
+            lookup = np.full(self.imcorrect.state.model.n_items, -1, dtype=np.int64)
+            known = self.imc_cols >= 0
+            lookup[self.imc_cols[known]] = np.flatnonzero(known)
+            self._imc_positions = lookup
+        lookup = self._imc_positions
+        found = lookup[items[items < len(lookup)]]
+        return found[found >= 0]
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -180,6 +180,13 @@ class IMCorrect(Persistence):
     def n_interactions(self) -> int:
         return int(self._x.nnz)
 
+    def history(self, user: int) -> np.ndarray:
+        """Item indices of ``user``'s stored interactions (empty for an unknown index)."""
+        if not 0 <= user < self.n_users:
+            return np.zeros(0, dtype=np.int64)
+        x = self._x
+        return x.indices[x.indptr[user] : x.indptr[user + 1]].astype(np.int64)
+
     def history_size(self, user: int) -> int:
         """Number of stored interactions of ``user`` (0 for an unknown index)."""
         if not 0 <= user < self.n_users:

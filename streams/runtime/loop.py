@@ -311,7 +311,9 @@ class Runtime:
 
     def _rejected(self, msg: Any, error: ContractError, logical: str) -> None:
         if logical in self.service.dead_letters_for:
-            self.publisher.dead_letter(msg, error, logical)
+            # requests are read from the end at every start: a lost letter of one cannot be
+            # written again, so it must not stop the worker either
+            self.publisher.dead_letter(msg, error, logical, held=logical != "rec-requests")
         else:  # the worker that owns this topic's dead letters writes one
             m.EVENTS.labels(logical, "invalid").inc()
 

@@ -78,7 +78,11 @@ class Publisher:
         while (left := self.producer.flush(60)) > 0:
             log.warning("%d message(s) still awaiting delivery; waiting on", left)
 
-    def dead_letter(self, msg: Any, error: ContractError, logical: str) -> None:
+    def dead_letter(self, msg: Any, error: ContractError, logical: str, held: bool = True) -> None:
+        """Publish a dead letter for ``msg``. ``held``: its record's offset waits for the
+        next snapshot, which must not pass it if the letter is lost (:meth:`check_dead_letters`);
+        a request's position is committed by the request channel instead, so a lost letter
+        of one is logged and counted (``lethe_events_total{outcome="dead_letter_lost"}``)."""
         value = dead_letter_bytes(
             topic=msg.topic(),
             partition=msg.partition(),
@@ -99,8 +103,12 @@ class Publisher:
         m.EVENTS.labels(logical, "dead_letter").inc()
 
         def delivered(err, _msg) -> None:
-            if err is not None:
+            if err is None:
+                return
+            if held:
                 self.lost_dead_letters += 1
+            else:
+                m.EVENTS.labels(logical, "dead_letter_lost").inc()
 
         self.produce("dead-letters", value, bounded_key(msg.key()), delivered)
 

@@ -58,7 +58,9 @@ class RequestServer:
             try:
                 requests.append(decode_one(RecRequest, record.value, self.settings.limits))
             except ContractError as exc:
-                self.publisher.dead_letter(_AsMessage(record), exc, "rec-requests")
+                # the channel commits this position itself: a lost letter must not stop
+                # the agent at its next snapshot (the request would not be read again)
+                self.publisher.dead_letter(_AsMessage(record), exc, "rec-requests", held=False)
                 continue
             m.EVENTS.labels("rec-requests", "valid").inc()
         replies = []

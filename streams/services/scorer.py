@@ -38,7 +38,6 @@ from streams.model_auth import UpdateRefused, authenticate, update_key
 from streams.scorer_models import (
     Catalogue,
     IMCorrectView,
-    ModelRejected,
     ScoringJob,
     ServedModel,
     load_imcorrect,
@@ -163,7 +162,10 @@ class ScorerService(NoOutbox):
             )
             self._swap = (update, load)
         if self._reload is not None and self._reload.done():
-            self._install_imcorrect(self._reload.result())
+            try:
+                self._install_imcorrect(self._reload.result())
+            except Exception as exc:  # noqa: BLE001 - a bad snapshot: keep the view served
+                log.warning("IMCorrect snapshot not loaded (the served one stays): %s", exc)
             self._reload = None
         now = time.monotonic()
         if self._reload is None and now - self._imc_checked >= self.cfg.imcorrect_reload_s:
@@ -202,7 +204,7 @@ class ScorerService(NoOutbox):
     def _install_model(self, update: ModelUpdate, done: Future) -> None:
         try:
             model = done.result()
-        except ModelRejected as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever fails, the served model stays
             m.SCORER_SWAPS.labels("rejected").inc()
             log.warning("model version %s rejected: %s", update.version, exc)
             return
@@ -282,6 +284,11 @@ class ScorerService(NoOutbox):
             u = catalogue.imcorrect.state.users.get(request.user_id)
             if u is not None and catalogue.imcorrect.state.model.history_size(u) > 0:
                 imc_user = u
+                if request.exclude_seen:
+                    # what IMCorrect holds of the user too: this scorer's own store may not
+                    # have read it all (a new replica catching up, a lost state folder)
+                    held = catalogue.imcorrect.state.model.history(u)
+                    banned |= set(catalogue.imcorrect_positions(held).tolist())
         return ScoringJob(request.k, history, imc_user, np.fromiter(banned, dtype=np.int64))
 
     def _forbidden_positions(self, catalogue: Catalogue) -> frozenset[int]:

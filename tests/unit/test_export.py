@@ -50,6 +50,15 @@ def test_parity_failure_refuses_to_publish(model, tmp_path):
     assert not list(tmp_path.glob("*.onnx")) and not list(tmp_path.glob("*.tmp"))
 
 
+def test_a_model_with_a_nan_row_fails_parity(tmp_path):
+    torch.manual_seed(0)
+    broken = SASRec(SASRecConfig(n_items=40, max_len=12, hidden=16, layers=2, heads=2)).eval()
+    with torch.no_grad():
+        broken.item_emb.weight[7] = float("nan")  # every score against item 7 is NaN
+    with pytest.raises(ParityError):
+        export_sasrec(broken, tmp_path)
+
+
 def test_metadata_travels_inside_the_hashed_file(model, tmp_path):
     plain = export_sasrec(model, tmp_path / "plain")
     tagged = export_sasrec(model, tmp_path / "tagged", metadata={"lethe.items": '["a", "b"]'})

@@ -105,3 +105,20 @@ def test_score_batch_fuses_bans_and_falls_back(exported):
     assert not {0, 1} & set(out[0][0].tolist())
     assert out[1][0].tolist() == top_k(fuse(crm, None, 0.5)[0], 2)[0].tolist()
     assert out[2][0].tolist() == [0, 3] and out[2][2] == "popularity"  # 4 banned
+
+
+def test_imcorrect_item_indices_map_to_catalogue_positions(exported):
+    served = load_served_model(update_for(exported[1]), prefer_gpu=False)
+    catalogue = Catalogue(served, imcorrect_view())
+    # IMCorrect indices 0 (i5), 1 (i0), 2 (i9: not in the catalogue)
+    assert sorted(catalogue.imcorrect_positions(np.array([0, 1, 2])).tolist()) == [0, 4]
+
+
+def test_a_file_that_onnxruntime_cannot_open_is_rejected_not_raised(exported, tmp_path):
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"not a model at all")
+    import hashlib
+
+    digest = hashlib.sha256(garbage.read_bytes()).hexdigest()
+    with pytest.raises(ModelRejected, match="cannot be opened"):
+        load_served_model(update_for(exported[1], path=str(garbage), sha256=digest))

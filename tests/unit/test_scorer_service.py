@@ -186,3 +186,25 @@ def test_only_a_verified_newer_announcement_is_opened(tmp_path):
     svc.tick()
     assert svc.model is None
     svc.close()
+
+
+def test_exclude_seen_also_bans_what_imcorrect_holds_of_the_user(tmp_path):
+    # a new replica's own store has not read the user's history yet; IMCorrect's snapshot has
+    from models.imcorrect import IMCorrect
+    from streams.scorer_models import IMCorrectView
+    from streams.state import IdMap, WorkerState
+
+    svc = _service(tmp_path)
+    model = IMCorrect("ease", l2=1.0)
+    model.learn([0, 0, 1, 1, 1], [0, 1, 1, 2, 3])
+    state = WorkerState(
+        model=model, users=IdMap(["alice", "bob"]), items=IdMap(["a", "b", "c", "d"])
+    )
+    svc._install_imcorrect(IMCorrectView(path=None, state=state))
+    request = RecRequest(request_id="q", user_id="alice", k=4, ts=6, exclude_seen=True)
+    answer = json.loads(svc.answer([request])[0])
+    assert {"a", "b"}.isdisjoint(i["item_id"] for i in answer["items"]), answer
+    keep_seen = request.model_copy(update={"exclude_seen": False})
+    answer = json.loads(svc.answer([keep_seen])[0])
+    assert {"a", "b"} <= {i["item_id"] for i in answer["items"]}
+    svc.close()
