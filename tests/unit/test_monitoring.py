@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -210,3 +211,21 @@ def test_every_lethe_variable_in_compose_names_a_setting():
         if not _settings_path_exists(LetheSettings, key.removeprefix("LETHE_").lower().split("__"))
     }
     assert not unknown, f"ignored by the settings (extra fields are ignored): {sorted(unknown)}"
+
+
+def test_every_worker_in_compose_starts_with_valid_settings(monkeypatch):
+    # each variable names a setting (above) is not enough: combinations are checked too
+    from streams.config import LetheSettings
+
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    for name, service in services.items():
+        if service.get("command", [""])[0] not in ("worker", "topics"):
+            continue
+        for var in [v for v in os.environ if v.startswith("LETHE_") or v == "KAFKA_BOOTSTRAP"]:
+            monkeypatch.delenv(var)
+        for var, value in service["environment"].items():
+            monkeypatch.setenv(var, str(value))
+        try:
+            LetheSettings()  # raises on a combination the workers refuse at start
+        except ValueError as exc:
+            pytest.fail(f"compose service {name} would not start: {exc}")
