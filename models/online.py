@@ -160,17 +160,24 @@ class OnlineLLMD4Rec:
         self, users: list[str], train: TrainingSequences, fresh_users: Sequence[str]
     ) -> dict:
         position = {u: k for k, u in enumerate(users)}
-        fresh = [position[u] for u in fresh_users if u in position]
+        fresh = np.asarray([position[u] for u in fresh_users if u in position], dtype=np.int64)
+        cap = max(self.cfg.replay_users, 1)
+        if len(fresh) > cap:
+            # more fresh users than the buffer holds: a random share of them, not the same
+            # tail of the id order left out round after round
+            fresh = np.sort(self._rng.choice(fresh, size=cap, replace=False))
         others = np.setdiff1d(np.arange(len(users)), fresh)
-        room = max(0, self.cfg.replay_users - len(fresh))
+        room = max(0, cap - len(fresh))
         older = self._rng.choice(others, size=min(room, len(others)), replace=False)
-        replay = np.concatenate([np.asarray(fresh, dtype=np.int64), older.astype(np.int64)])
-        replay = replay[: max(self.cfg.replay_users, 1)]
+        replay = np.concatenate([fresh, older.astype(np.int64)])
+        # the steps walk one shuffled pass over the buffer (then wrap), so the round's
+        # batches cover min(steps × batch, buffer) distinct users instead of redrawing some
+        order = self._rng.permutation(replay)
+        size = min(self.cfg.batch_size, len(order))
         last: dict = {}
-        for _ in range(self.cfg.steps_per_round):
-            pick = self._rng.choice(
-                replay, size=min(self.cfg.batch_size, len(replay)), replace=False
-            )
+        for step in range(self.cfg.steps_per_round):
+            first = (step * size) % len(order)
+            pick = np.take(order, np.arange(first, first + size), mode="wrap")
             idx = torch.from_numpy(pick)
             last = self.distiller.distill_round(train.inputs[idx], train.targets[idx])
         return {

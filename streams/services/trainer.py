@@ -284,6 +284,10 @@ class TrainerService:
         view = self.prepare_texts(sequences)
         info = self.model.train_round(sequences, sorted(self.state.fresh_users))
         self.trained_on_everything()
+        if info["kind"] == "skipped":
+            # no user has two events yet: nothing was trained, so no model to publish (the
+            # events stay in the store for the next round)
+            return Effects()
         m.TRAINER_ROUND_SECONDS.labels(info["kind"]).observe(info["seconds"])
         for part in ("crm", "llm"):
             if info.get(f"{part}_loss") is not None:
@@ -300,6 +304,7 @@ class TrainerService:
                 new,
                 old,
             )
+            self.prune_checkpoints()  # refused rounds must not pile up on disk either
             return Effects()
         reason = "first" if baseline is None else "improved" if new >= old else "within-tolerance"
         replaced = None if baseline is None else old

@@ -93,3 +93,25 @@ def test_distillation_adds_no_parameter_to_sasrec(sequences):
     model.train_round(sequences)
     model.train_round(sequences)
     assert {n: p.shape for n, p in model.crm.named_parameters()} == before
+
+
+def test_a_round_covers_its_buffer_and_samples_fresh_users_past_it(sequences, monkeypatch):
+    model = OnlineLLMD4Rec(config(replay_users=16, steps_per_round=2, batch_size=8))
+    model.train_round(sequences)  # warm-up
+    seen: list[torch.Tensor] = []
+    real = model.distiller.distill_round
+
+    def recording(inputs, targets):
+        seen.append(inputs.clone())
+        return real(inputs, targets)
+
+    monkeypatch.setattr(model.distiller.distill_round.__self__, "distill_round", recording)
+    users, train, _, _ = split_for_training(sequences, model.cfg.max_len)
+    fresh = sorted(sequences)  # all 40 are new: more than the buffer's 16
+    info = model.train_round(sequences, fresh_users=fresh)
+    assert info["replay"] == 16 and info["fresh"] == 16
+    rows = {tuple(r.tolist()) for batch in seen for r in batch}
+    assert len(rows) == 16, "two steps of 8 visit 16 distinct users, none twice"
+    index = {tuple(train.inputs[k].tolist()): users[k] for k in range(len(users))}
+    trained = sorted(index[r] for r in rows)
+    assert trained != sorted(users)[:16], "not the head of the id order every round"

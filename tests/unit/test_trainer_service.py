@@ -366,6 +366,28 @@ def test_the_validation_gate_skips_a_regressed_model(tmp_path, monkeypatch):
     assert svc.state.published["version"] == 3
 
 
+def test_a_round_with_nothing_to_train_on_publishes_nothing(tmp_path):
+    # sixty users with one event each: no sequence to learn a next item from
+    svc = TrainerService(settings_for(tmp_path))
+    effects = svc.apply(Feed().inputs([(f"solo{k}", f"i{k % 30}") for k in range(60)]))
+    assert effects.announcements == [] and svc.state.version == 0
+    assert not list(svc.files.checkpoints.iterdir())
+
+
+def test_refused_rounds_do_not_pile_up_checkpoints(tmp_path, monkeypatch):
+    svc = TrainerService(settings_for(tmp_path, keep_checkpoints=2, regression_tolerance=0.0))
+    feed, rng = Feed(), np.random.default_rng(4)
+    svc.apply(feed.inputs(batch(range(10), rng)))  # version 1, published
+    monkeypatch.setattr(
+        svc.model, "validate", lambda seqs, crm_state=None: {"ndcg@10": 0.9 if crm_state else 0.1}
+    )
+    for _ in range(4):  # every round worse than the published model: refused
+        assert svc.apply(feed.inputs(batch(range(10), rng))).announcements == []
+    names = {c.name for c in svc.state.checkpoints}
+    assert len(names) <= 3 and svc.state.published["checkpoint"] in names  # 2 newest + it
+    assert {p.name for p in svc.files.checkpoints.iterdir()} == names
+
+
 def test_a_forget_restores_the_newest_checkpoint_before_the_data_and_deletes_the_rest(tmp_path):
     svc = TrainerService(settings_for(tmp_path))
     feed, rng = Feed(), np.random.default_rng(2)
