@@ -48,7 +48,7 @@ DASHBOARDS: dict[str, list[tuple[str, str, str]]] = {
             "none",
         ),
         (
-            "Forget latency p50 / p99 (request → receipt)",
+            "Forget latency p99 (request → receipt)",
             "histogram_quantile(0.99, sum by (le) (rate(lethe_forget_latency_seconds_bucket[5m])))",
             "s",
         ),

@@ -68,7 +68,8 @@ EXPORTS_SKIPPED = Counter(
     "lethe_exports_skipped_total", "Rounds whose model was not exported, by reason", ["reason"]
 )
 TRAINER_LAST_ROUND = Gauge(
-    "lethe_trainer_last_round_timestamp_seconds", "When the last round or retrain finished"
+    "lethe_trainer_last_round_timestamp_seconds",
+    "When the last round or retrain finished (the trainer's start before the first)",
 )
 TRAINER_PENDING = Gauge("lethe_trainer_pending_events", "New interactions not yet trained on")
 TRAINER_SEQUENCES = Gauge("lethe_trainer_sequences", "Users with a retained sequence")

@@ -101,6 +101,11 @@ class Runtime:
         self.topics = {logical: topic_name(settings, logical) for logical in _TOPICS}
         self.logical = {v: k for k, v in self.topics.items()}
         self.barrier = OrderedBarrier()
+        # ts of the oldest deletion read and not yet receipted (held, or being applied),
+        # read at scrape time: a step that takes minutes (a retrain) still ages it
+        self._oldest_deletion_ms: int | None = None
+        self._applying_ms: int | None = None
+        m.DELETION_PENDING_AGE.set_function(self._deletion_age)
         self._stop = False
         self.snapshots = SnapshotClock()
         self._lag_at = 0.0
@@ -360,6 +365,9 @@ class Runtime:
                 inputs.deletions.append(held.request)
                 inputs.deletion_sources.append((held.key, held.offset))
         n_interactions = len(inputs.interactions)
+        if inputs.deletions:
+            self._applying_ms = min(d.ts for d in inputs.deletions)
+            self._note_oldest_deletion()
         if inputs:
             effects = self.service.apply(inputs)
             if n_interactions >= _FREEZE_AFTER:
@@ -378,7 +386,8 @@ class Runtime:
                     len(inputs.deletions),
                     effects.apply_seconds,
                 )
-            self._effects(effects)
+            self._effects(effects)  # receipts out: no longer pending
+        self._applying_ms = None
         if step.dead or (inputs.offsets and not inputs):
             self.service.note_dead_letters(step.dead, inputs.offsets)
         if step.requests:
@@ -437,11 +446,20 @@ class Runtime:
         self.publisher.check_dead_letters()
         self.snapshots.save(self.service, for_receipt=for_receipt)
 
+    def _note_oldest_deletion(self) -> None:
+        waiting = [t for t in (self.barrier.oldest_ts(), self._applying_ms) if t is not None]
+        self._oldest_deletion_ms = min(waiting, default=None)
+
+    def _deletion_age(self) -> float:
+        """Seconds since the oldest unreceipted deletion's ts (called by the metrics thread:
+        it only reads one attribute the main thread sets)."""
+        oldest = self._oldest_deletion_ms
+        return max(0.0, time.time() - oldest / 1000) if oldest else 0.0
+
     def _gauges(self) -> None:
         now = time.monotonic()
         m.SNAPSHOT_AGE.set(self.snapshots.age_s)
-        oldest = self.barrier.oldest_ts()
-        m.DELETION_PENDING_AGE.set(max(0.0, time.time() - oldest / 1000) if oldest else 0.0)
+        self._note_oldest_deletion()
         if now - self._lag_at < 2.0:
             return
         self._lag_at = now

@@ -72,6 +72,8 @@ class TrainerService:
     def __init__(self, settings: LetheSettings) -> None:
         self.settings = settings
         self.cfg = settings.trainer
+        # until a round finishes, the stall alert measures from the start, not from 1970
+        m.TRAINER_LAST_ROUND.set_to_current_time()
         if self.cfg.threads:
             torch.set_num_threads(self.cfg.threads)
         self.model_dir = Path(settings.model_dir)
