@@ -239,6 +239,12 @@ class IMCorrect(Persistence):
             return ChangeReport(self.version)
         if users.min() < 0 or items.min() < 0:
             raise ValueError("indices must be non-negative")
+        if not np.all(np.isfinite(vals)):
+            # a NaN drift never exceeds the tolerance, so nothing would ever repair it
+            raise ValueError("values must be finite")
+        if self.mapping_name == "gfcf" and np.any(vals < 0):
+            # GF-CF weights users by their row sums' inverse square roots
+            raise ValueError("gfcf needs non-negative values")
         self._grow(int(users.max()) + 1, int(items.max()) + 1)
         self.forgotten_items[items] = False
         changed = np.unique(users)

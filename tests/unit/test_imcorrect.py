@@ -75,3 +75,12 @@ def test_poisoning_is_undone_by_forgetting_the_fake_users():
 def test_unknown_mapping_is_rejected():
     with pytest.raises(ValueError, match="unknown mapping"):
         IMCorrect("svd")
+
+
+def test_learn_refuses_values_no_correction_could_keep_exact():
+    model = IMCorrect("gfcf").fit(sp.csr_matrix(np.eye(3)))
+    with pytest.raises(ValueError, match="finite"):
+        model.learn([0], [1], [float("nan")])
+    with pytest.raises(ValueError, match="non-negative"):
+        model.learn([0], [2], [-3.0])
+    model.learn([0], [2], [2.0])  # a positive weight is fine
