@@ -32,6 +32,8 @@ from streams.state import Hasher, SnapshotStore, WorkerState, model_digest
 DEFAULT_TOLERANCE = 1e-8
 #: a worker's snapshot write takes well under a second: look this many times, this far apart
 _LEFTOVER_LOOKS, _LEFTOVER_WAIT_S = 10, 0.3
+#: a temporary folder younger than this is taken for a write in progress (noted, not failed)
+_WRITING_S = 600
 
 
 @dataclass
@@ -124,7 +126,9 @@ def verify_erasure(
             verdict.notes.append("no IMCorrect snapshot under this state folder")
     else:
         _check_imcorrect(verdict, state, receipt, kind, is_subject, tolerance)
-        if receipt.scope != "interactions" and receipt.status != "rejected":
+        if receipt.state_digest is not None and receipt.scope != "interactions":
+            # IMCorrect's own receipt (applied): hashed with the key its snapshot uses (a
+            # trainer's receipt may come from a worker that rotated its key first)
             # the tombstone's key is the subject's hash: key-independent proof that this
             # state applied the deletion
             buried = int(subject_hex, 16) in state.tombstones
@@ -188,10 +192,15 @@ def _check_leftovers(verdict: Verdict, root: Path, folder: str) -> None:
     only the newest complete snapshot may be there. A live worker has such folders for a
     moment while it writes: they are looked for again a few times before it counts."""
     for _ in range(_LEFTOVER_LOOKS - 1):
-        if not _leftovers(root, folder):
+        if not _leftovers(root, folder)[0]:
             break
         time.sleep(_LEFTOVER_WAIT_S)
-    stray = _leftovers(root, folder)
+    stray, writing = _leftovers(root, folder)
+    if writing:
+        verdict.notes.append(
+            f"being written now (younger than {_WRITING_S // 60} min; a leftover if no worker "
+            f"runs): {', '.join(writing)}"
+        )
     verdict.add(
         "stale copies",
         not stray,
@@ -201,17 +210,34 @@ def _check_leftovers(verdict: Verdict, root: Path, folder: str) -> None:
     )
 
 
-def _leftovers(root: Path, folder: str) -> list[str]:
+def _leftovers(root: Path, folder: str) -> tuple[list[str], list[str]]:
+    """(older copies, folders being written): a complete snapshot older than the newest
+    is a leftover at once; a temporary or half-deleted folder only once it is older than
+    a write can take (a large dense mapping or checkpoint takes longer than the retries)."""
+    now = time.time()
+    stray, writing = [], []
+
+    def sort(label: str, path: Path) -> None:
+        try:
+            young = now - path.stat().st_mtime < _WRITING_S
+        except FileNotFoundError:  # finished or removed meanwhile
+            return
+        (writing if young else stray).append(label)
+
     snaps = root / folder / "snapshots"
-    names = sorted(p.name for p in snaps.glob("snap-*")) if snaps.is_dir() else []
-    complete = [n for n in names if not n.endswith(".tmp")]
-    stray = [n for n in names if not complete or n != complete[-1]]
+    paths = sorted(snaps.glob("snap-*")) if snaps.is_dir() else []
+    complete = [p for p in paths if p.suffix != ".tmp"]
+    for p in paths:
+        if p.suffix == ".tmp":
+            sort(p.name, p)
+        elif p != complete[-1]:
+            stray.append(p.name)
     checkpoints = root / "trainer" / "checkpoints"
     if checkpoints.is_dir():
-        stray += sorted(
-            f"trainer/{p.name}" for p in checkpoints.iterdir() if p.suffix in (".tmp", ".deleting")
-        )
-    return stray
+        for p in sorted(checkpoints.iterdir()):
+            if p.suffix in (".tmp", ".deleting"):
+                sort(f"trainer/{p.name}", p)
+    return stray, writing
 
 
 def _check_imcorrect(

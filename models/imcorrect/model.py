@@ -22,6 +22,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from models.imcorrect.base import Mapping
+from models.imcorrect.budget import dense_bytes
 from models.imcorrect.ease import EASE, EASEConfig
 from models.imcorrect.gfcf import GFCF, GFCFConfig
 from models.imcorrect.itemknn import ItemKNN, ItemKNNConfig
@@ -169,6 +170,16 @@ class IMCorrect(Persistence):
     @property
     def n_items(self) -> int:
         return self._x.shape[1]
+
+    def _admit_saved_catalogue(self, n_items: int) -> None:
+        """A saved model keeps its catalogue even past a budget set (or lowered) since: the
+        budget then caps it at that size, so only new items are refused (a load that
+        refused would stop the worker at every start)."""
+        cap = self._mapping.max_items()
+        if cap is not None and n_items > cap:
+            self._mapping.memory_budget_bytes = float(
+                dense_bytes(n_items, self._mapping.dense_arrays)
+            )
 
     @property
     def max_items(self) -> int | None:

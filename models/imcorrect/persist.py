@@ -76,7 +76,9 @@ class Persistence:
             **meta["params"],
         )
         with np.load(base.with_suffix(".npz"), allow_pickle=False) as arrays:
-            model.load_arrays(dict(arrays), meta)
+            arrays = dict(arrays)
+            model._admit_saved_catalogue(int(arrays["x_shape"][1]))
+            model.load_arrays(arrays, meta)
         return model
 
     def load_arrays(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:

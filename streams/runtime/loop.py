@@ -173,6 +173,8 @@ class Runtime:
 
     def detach(self) -> None:
         self.consumer.close()
+        # a writer that lost its role holds no deletion any more: its age must not grow
+        self._oldest_deletion_ms = self._applying_ms = None
 
     def _assign(self) -> None:
         svc = self.service
@@ -364,10 +366,19 @@ class Runtime:
             if held.request is not None:
                 inputs.deletions.append(held.request)
                 inputs.deletion_sources.append((held.key, held.offset))
-        n_interactions = len(inputs.interactions)
         if inputs.deletions:
             self._applying_ms = min(d.ts for d in inputs.deletions)
+        self._note_oldest_deletion()  # the deletions held by this step count from now
+        try:
+            self._apply_inputs(step, inputs)
+        finally:
+            self._applying_ms = None  # receipted, or the step failed (its state is not kept)
             self._note_oldest_deletion()
+        if step.requests:
+            self._answer(step.requests)
+
+    def _apply_inputs(self, step: _Step, inputs: Inputs) -> None:
+        n_interactions = len(inputs.interactions)
         if inputs:
             effects = self.service.apply(inputs)
             if n_interactions >= _FREEZE_AFTER:
@@ -387,11 +398,8 @@ class Runtime:
                     effects.apply_seconds,
                 )
             self._effects(effects)  # receipts out: no longer pending
-        self._applying_ms = None
         if step.dead or (inputs.offsets and not inputs):
             self.service.note_dead_letters(step.dead, inputs.offsets)
-        if step.requests:
-            self._answer(step.requests)
 
     # -- effects ------------------------------------------------------------------------------
     def _effects(self, effects: Effects) -> None:

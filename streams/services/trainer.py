@@ -32,6 +32,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from export.onnx_export import ParityError
 from models.distill import load_checkpoint
 from models.online import OnlineLLMD4Rec, training_counts
 from models.sasrec import SASRec
@@ -310,9 +311,17 @@ class TrainerService:
             return Effects()
         reason = "first" if baseline is None else "improved" if new >= old else "within-tolerance"
         replaced = None if baseline is None else old
-        effects = Effects(announcements=[self.export(record, metrics, reason, view, replaced)])
+        try:
+            update = self.export(record, metrics, reason, view, replaced)
+        except ParityError as exc:
+            # a diverged model (NaN scores): nothing to serve; raising would stop the worker
+            # at this round after every restart
+            m.EXPORTS_SKIPPED.labels("parity").inc()
+            log.error("version %d not exported: %s", record.version, exc)
+            self.prune_checkpoints()
+            return Effects()
         self.prune_checkpoints()
-        return effects
+        return Effects(announcements=[update])
 
     def validate(self, sequences: dict[str, np.ndarray]) -> tuple[dict, dict | None]:
         """The live SASRec's validation metrics, and the published one's on the same users."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 
 import numpy as np
 import pytest
@@ -131,7 +133,12 @@ def test_an_older_snapshot_or_half_deleted_checkpoint_fails(erased):
     verdict = verify_erasure(state_dir, receipt, keys)
     assert {c.name for c in verdict.checks if not c.passed} == {"stale copies"}
     older.rmdir()
-    (state_dir / "trainer" / "checkpoints" / "ckpt-3.deleting").mkdir(parents=True)
+    deleting = state_dir / "trainer" / "checkpoints" / "ckpt-3.deleting"
+    deleting.mkdir(parents=True)  # just now: a worker deleting it at this moment
+    verdict = verify_erasure(state_dir, receipt, keys)
+    assert verdict.passed and any("being written" in n for n in verdict.notes)
+    hour_ago = time.time() - 3600
+    os.utime(deleting, (hour_ago, hour_ago))  # left behind by a crash
     verdict = verify_erasure(state_dir, receipt, keys)
     assert {c.name for c in verdict.checks if not c.passed} == {"stale copies"}
 

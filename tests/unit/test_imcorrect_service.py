@@ -113,3 +113,48 @@ def test_a_snapshot_never_passes_a_dead_letter_that_did_not_get_out(tmp_path):
         runtime.run()
     state = SnapshotStore(settings.state_dir / "imcorrect").load()
     assert state is None or sum(state.offsets.values()) < 2  # the bad record is read again
+
+
+def _deletion_age() -> float:
+    from streams import metrics as m
+
+    return m.DELETION_PENDING_AGE.collect()[0].samples[0].value
+
+
+def test_the_pending_deletion_age_counts_while_the_deletion_is_applied(tmp_path):
+    # read at scrape time: a step that takes minutes (a retrain) must not hide it
+    settings = LetheSettings(
+        topic_prefix="c.",
+        state_dir=tmp_path / "state",
+        model_dir=tmp_path / "models",
+        metrics_port=-1,
+        imcorrect={"snapshot_interval_s": 0.001},
+    )
+    log = MemoryLog()
+    events = _EVENTS[:50]
+    user = events[0].user_id
+    for e in events:
+        log.append(f"{settings.topic_prefix}interactions", e.to_bytes(), e.user_id.encode())
+    deletion = user_deletion(user, "r-age", events[-1].ts + 1)
+    log.append(f"{settings.topic_prefix}deletions", deletion.to_bytes(), user.encode())
+    io = ScriptedIO(log, crash_after=None, chunk=1000)
+    runtime = io.runtime = imcorrect_runtime(settings, io)
+    seen: list[float] = []
+    build = runtime.make_service
+
+    def recording(cfg):
+        svc = build(cfg)
+        apply = svc.apply
+
+        def apply_and_look(inputs):
+            if inputs.deletions:
+                seen.append(_deletion_age())
+            return apply(inputs)
+
+        svc.apply = apply_and_look
+        return svc
+
+    runtime.make_service = recording
+    runtime.run()
+    assert seen and seen[0] > 3600  # its ts is from 1998: the age is years
+    assert _deletion_age() == 0.0  # receipted

@@ -134,3 +134,14 @@ def test_a_loaded_model_keeps_the_configured_budget(tmp_path):
     model.fit(sp.csr_matrix(np.eye(4)))
     model.save(tmp_path / "m")
     assert IMCorrect.load(tmp_path / "m", memory_budget_gb=8 * 4 * 10**2 / 1e9).max_items == 10
+
+
+def test_a_saved_catalogue_past_a_lower_budget_still_loads(tmp_path):
+    # the budget was set or lowered since: the model loads, and refuses only new items
+    model = IMCorrect("ease", l2=1.0).fit(sp.csr_matrix(np.eye(12)))
+    model.save(tmp_path / "m", with_mapping=False)  # a receipt's snapshot: refitted on load
+    tight = 8 * 4 * 5**2 / 1e9  # room for 5 items
+    loaded = IMCorrect.load(tmp_path / "m", memory_budget_gb=tight)
+    assert loaded.n_items == 12 and loaded.max_items == 12
+    with pytest.raises(DenseBudgetError):
+        loaded.learn([0], [12])  # a 13th item

@@ -374,6 +374,20 @@ def test_a_round_with_nothing_to_train_on_publishes_nothing(tmp_path):
     assert not list(svc.files.checkpoints.iterdir())
 
 
+def test_a_model_that_fails_export_parity_is_skipped_not_raised(tmp_path, monkeypatch):
+    from export.onnx_export import ParityError
+
+    svc = TrainerService(settings_for(tmp_path))
+    feed, rng = Feed(), np.random.default_rng(5)
+
+    def diverged(*_args, **_kwargs):
+        raise ParityError("ONNX differs from torch by inf > 0.0001")
+
+    monkeypatch.setattr(svc, "export", diverged)
+    effects = svc.apply(feed.inputs(batch(range(10), rng)))  # would stop the worker before
+    assert effects.announcements == [] and svc.state.published is None
+
+
 def test_refused_rounds_do_not_pile_up_checkpoints(tmp_path, monkeypatch):
     svc = TrainerService(settings_for(tmp_path, keep_checkpoints=2, regression_tolerance=0.0))
     feed, rng = Feed(), np.random.default_rng(4)
