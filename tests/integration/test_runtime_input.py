@@ -81,7 +81,12 @@ def _poison() -> list[tuple[bytes, str]]:
     return [
         (deep, "message"),  # RecursionError in a naive decoder
         (b'{"event_id":"a","user_id":"b","item_id":"c","ts":' + b"9" * 5000 + b"}", "message"),
-        (b'{"event_id":"a","user_id":"b","item_id":"c","ts":1,"z":' + b"7" * 5000 + b"}", "?"),
+        # past Python's 4,300-digit limit in an unknown field: the contract refuses it, so
+        # the fast path does too (it used to skip the field and accept)
+        (
+            b'{"event_id":"a","user_id":"b","item_id":"c","ts":1,"z":' + b"7" * 5000 + b"}",
+            "message",
+        ),
         (json.dumps({**good, "ts": 1e300}).encode(), "ts"),
         (json.dumps({**good, "value": 10**400}).encode(), "value"),
         (json.dumps(good).encode("utf-16"), "message"),
@@ -104,8 +109,10 @@ def _poison() -> list[tuple[bytes, str]]:
 def test_poison_input_is_dead_lettered_and_the_worker_goes_on(settings, events, tmp_path):
     asyncio.run(create_topics(settings))
     topic = topic_name(settings, "interactions")
-    poison = [(raw, field) for raw, field in _poison() if field != "?"]
-    tolerated = [raw for raw, field in _poison() if field == "?"]  # valid JSON, unknown field
+    poison = _poison()
+    # valid events with an unknown field (tolerated): the same pair twice, event id "a"
+    extra = {"event_id": "a", "user_id": "b", "item_id": "c", "ts": 1}
+    tolerated = [json.dumps({**extra, "z": [1, {"y": None}]}).encode()] * 2
     producer = _producer(settings, "zstd")
     good = events[:1500]
     for k, e in enumerate(good):
