@@ -95,14 +95,19 @@ class _RefusingIO(ScriptedIO):
         return _RefusingProducer(self.log)
 
 
-def test_a_snapshot_never_passes_a_dead_letter_that_did_not_get_out(tmp_path):
-    settings = LetheSettings(
+def _memory_settings(tmp_path) -> LetheSettings:
+    """A worker on the in-memory log that snapshots at every step."""
+    return LetheSettings(
         topic_prefix="c.",
         state_dir=tmp_path / "state",
         model_dir=tmp_path / "models",
         metrics_port=-1,
         imcorrect={"snapshot_interval_s": 0.001},
     )
+
+
+def test_a_snapshot_never_passes_a_dead_letter_that_did_not_get_out(tmp_path):
+    settings = _memory_settings(tmp_path)
     log = MemoryLog()
     topic = f"{settings.topic_prefix}interactions"
     log.append(topic, _EVENTS[0].to_bytes(), _EVENTS[0].user_id.encode())
@@ -123,13 +128,7 @@ def _deletion_age() -> float:
 
 def test_the_pending_deletion_age_counts_while_the_deletion_is_applied(tmp_path):
     # read at scrape time: a step that takes minutes (a retrain) must not hide it
-    settings = LetheSettings(
-        topic_prefix="c.",
-        state_dir=tmp_path / "state",
-        model_dir=tmp_path / "models",
-        metrics_port=-1,
-        imcorrect={"snapshot_interval_s": 0.001},
-    )
+    settings = _memory_settings(tmp_path)
     log = MemoryLog()
     events = _EVENTS[:50]
     user = events[0].user_id
