@@ -95,11 +95,8 @@ class Applier:
                 if is_buried(st.tombstones, h, event.user_id, event.item_id, event.ts):
                     st.bump("dropped_forgotten")
                     continue
-                cap = st.model.max_items
-                if event.item_id not in st.items.by_id and cap is not None:
-                    if len(st.items.by_index) >= cap:
-                        self._refuse_for_catalogue(1, cap)
-                        continue
+                if not self._within_catalogue([event.item_id], [0]):
+                    continue
                 u, i = st.users.index(event.user_id), st.items.index(event.item_id)
                 forget_pairs.discard((u, i))  # re-learned after its deletion in this batch
                 pending.append(_Pending(u, i))

@@ -113,11 +113,11 @@ def verify_erasure(
     kind, subject_hex = receipt.subject.split(":", 1)
     is_subject = _matches(subject_hex, kind, keys)
     root = Path(state_dir)
-    _check_keys(verdict, root, folder, keys)
-    _check_leftovers(verdict, root, folder)
     # opened only where it exists: the verifier creates nothing
     store = SnapshotStore(root / folder, keys) if (root / folder / "snapshots").is_dir() else None
     latest = store.latest() if store is not None else None
+    _check_keys(verdict, root, latest, keys)
+    _check_leftovers(verdict, root, folder)
     state = store.load(latest) if latest is not None else None
     if state is None:
         if receipt.state_digest is not None:  # IMCorrect wrote it: its state must be here
@@ -157,16 +157,14 @@ def verify_erasure(
     return verdict
 
 
-def _check_keys(verdict: Verdict, root: Path, folder: str, keys: KeyRing) -> None:
+def _check_keys(verdict: Verdict, root: Path, snapshot: Path | None, keys: KeyRing) -> None:
     """The ring must hold the key each state file says it hashed with: under another key
-    the subject's hash matches nothing, and every 'absent' below would prove nothing."""
+    the subject's hash matches nothing, and every 'absent' below would prove nothing.
+    ``snapshot``: the newest IMCorrect snapshot (None: there is none)."""
     found: dict[str, str] = {}
-    store = root / folder / "snapshots"
-    snaps = sorted(p for p in store.glob("snap-*") if p.suffix != ".tmp") if store.is_dir() else []
-    if snaps and (snaps[-1] / "worker.json").is_file():
-        found["IMCorrect"] = json.loads((snaps[-1] / "worker.json").read_text()).get(
-            "key_fingerprint"
-        )
+    if snapshot is not None:
+        meta = json.loads((snapshot / "worker.json").read_text())
+        found["IMCorrect"] = meta.get("key_fingerprint")
     for name in ("scorer", "trainer"):
         path = root / name / "state.json"
         if path.is_file():

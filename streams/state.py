@@ -180,6 +180,14 @@ class DedupWindow:
             ordered = ring[start:] + ring[:start]
         return np.fromiter(ordered, dtype=np.uint64, count=len(ordered))
 
+    def to_json(self) -> list[str]:
+        """The remembered hashes, oldest first, as strings (JSON has no 64-bit integers)."""
+        return [str(h) for h in self.array().tolist()]
+
+    @classmethod
+    def from_json(cls, capacity: int, hashes: list[str]) -> DedupWindow:
+        return cls(capacity, np.array([int(h) for h in hashes], dtype=np.uint64))
+
 
 def new_event_positions(dedup: DedupWindow, hasher: Hasher, event_ids: list[str]) -> list[int]:
     """Positions of the event ids ``dedup`` has not seen (each then remembered), in order.

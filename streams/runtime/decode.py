@@ -182,14 +182,7 @@ def _by_contract(
         event = decode(InteractionEvent, raw, limits, now_ms)
     except ContractError as exc:
         return exc
-    return _Interaction(
-        event_id=event.event_id,
-        user_id=event.user_id,
-        item_id=event.item_id,
-        ts=event.ts,
-        kind=event.kind,
-        value=event.value,
-    )
+    return _Interaction(**event.model_dump())  # the same fields
 
 
 def decode_one(

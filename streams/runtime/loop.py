@@ -305,16 +305,19 @@ class Runtime:
             m.EVENTS.labels("items", "tombstone").inc()
             return
         try:
-            now = int(time.time() * 1000)
-            item = decode_one(
-                ItemMetadata, msg.value(), self.settings.limits, reference_ms(msg, now)
-            )
+            item = self._decode_input(ItemMetadata, msg)
         except ContractError as exc:
             self._rejected(msg, exc, "items")
             step.dead += 1
             return
         step.inputs.items.append(item)
         m.EVENTS.labels("items", "valid").inc()
+
+    def _decode_input(self, contract: type, msg: Any) -> Any:
+        """One record of an input topic, its ``ts`` bounded by the record's append time
+        (:func:`~streams.runtime.decode.reference_ms`); raises :class:`ContractError`."""
+        now = int(time.time() * 1000)
+        return decode_one(contract, msg.value(), self.settings.limits, reference_ms(msg, now))
 
     def _rejected(self, msg: Any, error: ContractError, logical: str) -> None:
         if logical in self.service.dead_letters_for:
@@ -331,11 +334,10 @@ class Runtime:
             return 0
         topic = self.topics["interactions"]
         ends = self.io.end_offsets(topic, self.parts["interactions"])
-        dead, now = 0, int(time.time() * 1000)
+        dead = 0
         for msg in records:
             try:
-                limits, ref = self.settings.limits, reference_ms(msg, now)
-                request = decode_one(DeletionRequest, msg.value(), limits, ref)
+                request = self._decode_input(DeletionRequest, msg)
                 m.EVENTS.labels("deletions", "valid").inc()
             except ContractError as exc:
                 self._rejected(msg, exc, "deletions")

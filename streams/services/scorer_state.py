@@ -7,8 +7,6 @@ never written to the state file (docs/privacy.md).
 
 from __future__ import annotations
 
-import numpy as np
-
 from streams.keys import KeyRing, key_fingerprint
 from streams.sequence_store import SequenceStore
 from streams.state import DedupWindow, Hasher
@@ -48,23 +46,23 @@ class ScorerState:
         return Hasher(self.keys)
 
     def user_hash(self, user: str) -> str:
-        return str(Hasher(self.keys)("user", user))
+        return str(self.hasher("user", user))
 
     def item_hash(self, item: str) -> str:
-        return str(Hasher(self.keys)("item", item))
+        return str(self.hasher("item", item))
 
     def is_suppressed(self, user: str) -> bool:
         """Is ``user`` suppressed (under the current or a retired hash key)?"""
         found = self.suppressed_users
-        return any(str(h) in found for h in Hasher(self.keys).candidates("user", user))
+        return any(str(h) in found for h in self.hasher.candidates("user", user))
 
     def is_forbidden(self, item: str) -> bool:
         """Is ``item`` forgotten (under the current or a retired hash key)?"""
         found = self.forbidden_items
-        return any(str(h) in found for h in Hasher(self.keys).candidates("item", item))
+        return any(str(h) in found for h in self.hasher.candidates("item", item))
 
     def unforbid(self, item: str) -> None:
-        for h in Hasher(self.keys).candidates("item", item):
+        for h in self.hasher.candidates("item", item):
             self.forbidden_items.pop(str(h), None)
 
     def to_dict(self) -> dict:
@@ -74,7 +72,7 @@ class ScorerState:
             "forbidden_items": self.forbidden_items,
             "suppressed_users": self.suppressed_users,
             "offsets": self.offsets,
-            "dedup": [str(h) for h in self.dedup.array().tolist()],
+            "dedup": self.dedup.to_json(),
             "tombstones": to_json(self.tombstones),
             "key_fingerprint": key_fingerprint(self.keys.current),
         }
@@ -90,7 +88,6 @@ class ScorerState:
         state.forbidden_items = data["forbidden_items"]
         state.suppressed_users = data["suppressed_users"]
         state.offsets = data["offsets"]
-        hashes = np.array([int(h) for h in data.get("dedup", [])], dtype=np.uint64)
-        state.dedup = DedupWindow(dedup_window, hashes)
+        state.dedup = DedupWindow.from_json(dedup_window, data.get("dedup", []))
         state.tombstones = from_json(data.get("tombstones", []))
         return state

@@ -21,8 +21,6 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from models.durable import write_json_atomically
 from streams.contracts import DeletionReceipt, ModelUpdate
 from streams.keys import KeyRing, key_fingerprint
@@ -154,7 +152,7 @@ class TrainerFiles:
                 "store": state.store.to_dict(),
                 "items": state.items.by_index,
                 "offsets": state.offsets,
-                "dedup": [str(h) for h in state.dedup.array().tolist()],
+                "dedup": state.dedup.to_json(),
                 "dedup_capacity": state.dedup.capacity,
                 "version": state.version,
                 "checkpoints": [c.to_dict() for c in state.checkpoints],
@@ -181,12 +179,11 @@ class TrainerFiles:
         data = json.loads(self.state_file.read_text())
         if data.get("format") not in (2, 3, 4, STATE_FORMAT):
             raise ValueError(f"unsupported trainer state format in {self.state_file}")
-        hashes = np.array([int(h) for h in data["dedup"]], dtype=np.uint64)
         return TrainerState(
             store=SequenceStore.from_dict(data["store"]),
             items=IdMap(data["items"]),
             offsets=data["offsets"],
-            dedup=DedupWindow(data["dedup_capacity"], hashes),
+            dedup=DedupWindow.from_json(data["dedup_capacity"], data["dedup"]),
             keys=self.keys,
             version=data["version"],
             checkpoints=[CheckpointRecord(**c) for c in data["checkpoints"]],
