@@ -47,6 +47,19 @@ class SequenceStore:
         else:
             self.item_counts.pop(item, None)
 
+    def bound(self, max_per_user: int | None) -> None:
+        """Keep at most the newest ``max_per_user`` items of every user from now on, and
+        drop older ones held now (a store saved under a larger bound, or none)."""
+        self.max_per_user = max_per_user
+        if max_per_user is None:
+            return
+        for user, seq in self.sequences.items():
+            if len(seq) > max_per_user:
+                cut = len(seq) - max_per_user
+                for item in seq[:cut]:
+                    self._count(item, -1)
+                self.sequences[user] = seq[cut:]
+
     def get(self, user: str) -> list[str]:
         return self.sequences.get(user, [])
 

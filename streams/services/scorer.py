@@ -67,11 +67,11 @@ class ScorerService(NoOutbox):
         self.cfg = settings.scorer
         self.state_file = Path(settings.state_dir) / scorer_folder(settings) / "state.json"
         keys = keyring_for(settings)
-        window = self.cfg.dedup_window
-        self.state = ScorerState(keys, window)
+        window, history = self.cfg.dedup_window, self.cfg.max_history
+        self.state = ScorerState(keys, window, history)
         if self.state_file.exists():
             saved = json.loads(self.state_file.read_text())
-            self.state = ScorerState.from_dict(saved, keys, window)
+            self.state = ScorerState.from_dict(saved, keys, window, history)
         self._update_key = update_key(settings)
         self._banned_cache: tuple[Catalogue, frozenset[str], frozenset[int]] | None = None
         self.model: ServedModel | None = None

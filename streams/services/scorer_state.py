@@ -26,8 +26,15 @@ class ScorerState:
     written to the state file (docs/privacy.md).
     """
 
-    def __init__(self, keys: KeyRing | None = None, dedup_window: int = DEDUP_WINDOW) -> None:
-        self.store = SequenceStore()
+    def __init__(
+        self,
+        keys: KeyRing | None = None,
+        dedup_window: int = DEDUP_WINDOW,
+        max_history: int | None = None,
+    ) -> None:
+        #: the newest ``max_history`` items per user (None: all): SASRec's input and the
+        #: scorer's own part of ``exclude_seen``
+        self.store = SequenceStore(max_history)
         #: keyed hash of a forgotten item → the deletion's log position (never returned
         #: while here)
         self.forbidden_items: dict[str, list] = {}
@@ -79,12 +86,19 @@ class ScorerState:
 
     @classmethod
     def from_dict(
-        cls, data: dict, keys: KeyRing | None = None, dedup_window: int = DEDUP_WINDOW
+        cls,
+        data: dict,
+        keys: KeyRing | None = None,
+        dedup_window: int = DEDUP_WINDOW,
+        max_history: int | None = None,
     ) -> ScorerState:
+        """The saved state; ``max_history`` is the bound configured now (a file saved under
+        a larger one, or none, is trimmed to it)."""
         if data.get("format") not in (2, STATE_FORMAT):
             raise ValueError("unsupported scorer state format (see docs/privacy.md)")
-        state = cls(keys, dedup_window)
+        state = cls(keys, dedup_window, max_history)
         state.store = SequenceStore.from_dict(data["store"])
+        state.store.bound(max_history)
         state.forbidden_items = data["forbidden_items"]
         state.suppressed_users = data["suppressed_users"]
         state.offsets = data["offsets"]

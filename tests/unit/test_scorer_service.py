@@ -208,3 +208,33 @@ def test_exclude_seen_also_bans_what_imcorrect_holds_of_the_user(tmp_path):
     answer = json.loads(svc.answer([keep_seen])[0])
     assert {"a", "b"} <= {i["item_id"] for i in answer["items"]}
     svc.close()
+
+
+def test_the_store_keeps_the_newest_history_and_a_saved_longer_one_is_cut(tmp_path):
+    settings = LetheSettings(
+        state_dir=tmp_path / "state",
+        model_dir=tmp_path / "models",
+        scorer={"max_history": 3},
+        trainer={"model": {"max_len": 3}},
+    )
+    svc = ScorerService(settings)
+    svc.apply(Inputs(interactions=_columns([("u1", x) for x in "abcde"])))
+    assert svc.state.store.get("u1") == ["c", "d", "e"]
+    assert "a" not in svc.state.store.item_counts  # popularity counts what is held
+    svc.close()
+    # a file saved under a larger bound (or none) is cut to the one configured now
+    big = ScorerState(svc.state.keys)
+    big.store.add("u2", "a", "t.interactions:0", 0)
+    for k, item in enumerate("bcdef"):
+        big.store.add("u2", item, "t.interactions:0", k + 1)
+    loaded = ScorerState.from_dict(big.to_dict(), big.keys, max_history=2)
+    assert loaded.store.get("u2") == ["e", "f"]
+    assert sorted(loaded.store.item_counts) == ["e", "f"]
+
+
+def test_a_history_shorter_than_the_model_input_is_refused():
+    import pytest
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="max_history"):
+        LetheSettings(scorer={"max_history": 10}, trainer={"model": {"max_len": 50}})
