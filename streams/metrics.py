@@ -43,6 +43,11 @@ IMCORRECT_WRITER = Gauge(
     "1 while this IMCorrect replica is the elected change-log writer",
     ["replica"],
 )
+IMCORRECT_REPLICA_ID_CONFLICT = Gauge(
+    "lethe_imcorrect_replica_id_conflict",
+    "1 while the writer hears two live IMCorrect processes beat under this replica id",
+    ["replica"],
+)
 IMCORRECT_LOG_LAG = Gauge(
     "lethe_imcorrect_log_lag",
     "Change-log records this IMCorrect replica has not applied yet",

@@ -45,7 +45,7 @@ from streams.runtime.lock import StateLock
 from streams.runtime.log_writer import LogWriter, TransactionalLog, WriterLost
 from streams.runtime.loop import _TOPICS, Runtime
 from streams.runtime.publish import Publisher
-from streams.runtime.roster import Heartbeat, Roster
+from streams.runtime.roster import Heartbeat, Roster, new_instance
 from streams.runtime.snapshots import SnapshotClock
 from streams.services.base import Effects
 from streams.services.imcorrect import IMCorrectService, imcorrect_folder
@@ -89,6 +89,9 @@ class ReplicaRuntime:
         #: published by this writer, marker not read back yet
         self._in_flight: set[tuple[str, str]] = set()
         self.roster = Roster(self.cfg.replica_timeout_s)
+        #: names this process's heartbeats apart from another configured with the same id
+        self.instance = new_instance()
+        self._conflicts: set[str] = set()
         self.server = None
         self._beat_at = 0.0
         self._gauges_at = 0.0
@@ -288,6 +291,7 @@ class ReplicaRuntime:
             writer=self.sequencer is not None,
             leaving=leaving,
             ts=int(time.time() * 1000),
+            instance=self.instance,
         )
         self.publisher.produce("imcorrect-replicas", beat.to_bytes(), self.replica.encode())
         self.roster.note(beat, now)
@@ -300,8 +304,24 @@ class ReplicaRuntime:
                 beat = Heartbeat.from_bytes(msg.value())
             except ValueError:
                 continue  # nothing to learn from it
-            if beat.replica != self.replica:
+            if beat.instance != self.instance or beat.replica != self.replica:
                 self.roster.note(beat)
+        self._report_conflicts()
+
+    def _report_conflicts(self) -> None:
+        """Two live processes beating under one replica id: receipts wait for both (the
+        roster counts the id at the slower one), but they name the id once, and
+        ``verify-erasure --replica`` can check only one folder. Said loudly, per id."""
+        now = set(self.roster.conflicts())
+        for replica in sorted(now - self._conflicts):
+            log.error(
+                "two live IMCorrect processes use replica id %r: give each its own "
+                "imcorrect.replica_id (docs/scale-out.md)",
+                replica,
+            )
+        for replica in now | self._conflicts:
+            m.IMCORRECT_REPLICA_ID_CONFLICT.labels(replica).set(int(replica in now))
+        self._conflicts = now
 
     # -- the writer's role --------------------------------------------------------------------
     def _become_writer(self) -> None:

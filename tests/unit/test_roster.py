@@ -9,7 +9,7 @@ from streams.runtime.roster import Heartbeat, Roster
 
 
 def test_a_heartbeat_survives_its_encoding():
-    beat = Heartbeat(replica="a", applied=12, events=3400, writer=True, ts=5)
+    beat = Heartbeat(replica="a", applied=12, events=3400, writer=True, ts=5, instance="9f")
     assert Heartbeat.from_bytes(beat.to_bytes()) == beat
 
 
@@ -26,6 +26,7 @@ def test_a_heartbeat_survives_its_encoding():
         b'{"replica": "a", "applied": 1e999, "events": 1}',
         b'{"replica": "a", "applied": "9' + b"9" * 5000 + b'", "events": 1}',
         b'{"replica": "' + b"x" * 65 + b'", "applied": 1, "events": 1}',
+        b'{"replica": "a", "applied": 1, "events": 1, "instance": "' + b"x" * 65 + b'"}',
         b"[" * 100_000 + b"]" * 100_000,
     ],
 )
@@ -52,3 +53,30 @@ def test_a_receipt_waits_for_every_live_replica():
     assert roster.all_past(4, now=111.0) == []  # nobody is live: nothing to wait for
     roster.note(Heartbeat("b", applied=5, events=0), seen=101.0)
     assert roster.all_past(4, now=102.0) == ["a", "b"]
+
+
+def test_one_id_beaten_by_two_processes_counts_at_the_slower_and_is_a_conflict():
+    roster = Roster(timeout_s=10)
+    roster.note(Heartbeat("a", applied=8, events=0, instance="p1"), seen=100.0)
+    roster.note(Heartbeat("a", applied=3, events=0, instance="p2"), seen=101.0)
+    assert roster.conflicts(now=101.5) == []  # p1 may have died: not heard since p2 came
+    assert roster.all_past(4, now=101.5) is None  # p2 has not applied offset 4 yet
+    roster.note(Heartbeat("a", applied=9, events=0, instance="p1"), seen=102.0)
+    assert roster.conflicts(now=102.5) == ["a"]  # both beat: a misconfiguration
+    assert roster.live(now=102.5) == {"a": 3}
+    roster.note(Heartbeat("a", applied=9, events=0, instance="p2"), seen=103.0)
+    assert roster.all_past(4, now=103.5) == ["a"]
+    # p1 stops cleanly: no conflict, and it is not waited for
+    roster.note(Heartbeat("a", applied=9, events=0, instance="p1", leaving=True), seen=104.0)
+    assert roster.conflicts(now=104.5) == [] and roster.live(now=104.5) == {"a": 9}
+
+
+def test_a_restarted_process_replaces_its_silent_predecessor():
+    roster = Roster(timeout_s=10)
+    roster.note(Heartbeat("a", applied=8, events=0, instance="old"), seen=100.0)
+    roster.note(Heartbeat("a", applied=2, events=0, instance="new"), seen=103.0)
+    # the old one may still be alive until the timeout: receipts wait for it
+    assert roster.live(now=105.0) == {"a": 2} and roster.conflicts(now=105.0) == []
+    roster.note(Heartbeat("a", applied=9, events=0, instance="new"), seen=111.0)
+    assert roster.live(now=111.0) == {"a": 9}  # the silent one is gone
+    assert roster._latest["a"].keys() == {"new"}  # and forgotten, not kept forever
