@@ -154,17 +154,10 @@ def test_a_receipt_waits_for_every_live_replica_and_names_them(settings, tmp_pat
     both = (a, b)
 
     def forget(user: str) -> None:
-        async def run() -> None:
-            async with LetheProducer(settings) as p:
-                await p.forget_user(user)
-
-        asyncio.run(run())
+        _forget(settings, user)
 
     def receipts() -> list[DeletionReceipt]:
-        return [
-            decode(DeletionReceipt, r.value)
-            for r in asyncio.run(read_all(settings, "deletion-receipts"))
-        ]
+        return _receipts(settings)
 
     try:
         wait_for(lambda: a.is_writer() or b.is_writer(), 60, "a writer", both)
@@ -199,6 +192,58 @@ def test_a_receipt_waits_for_every_live_replica_and_names_them(settings, tmp_pat
     for r in both:
         state = load_state(settings.state_dir, f"imcorrect-{r.id}")
         assert state.users.get(users[0]) is None and state.users.get(users[1]) is None
+
+
+def _forget(settings, user: str) -> None:
+    async def run() -> None:
+        async with LetheProducer(settings) as p:
+            await p.forget_user(user)
+
+    asyncio.run(run())
+
+
+def _receipts(settings) -> list[DeletionReceipt]:
+    return [
+        decode(DeletionReceipt, r.value)
+        for r in asyncio.run(read_all(settings, "deletion-receipts"))
+    ]
+
+
+def test_two_processes_with_one_replica_id_are_both_waited_for_and_reported(settings, tmp_path):
+    """A misconfiguration: two processes (own state folders) share ``replica_id`` "a". The
+    writer must not take the other's heartbeats for its own: a receipt waits while the
+    other is stopped, and the writer says the id is used twice."""
+    asyncio.run(create_topics(settings))
+    events = [to_event(r) for r in load("ml-100k").replay()][:3_000]
+    users = sorted({e.user_id for e in events})
+    first = Replica(settings, "a", tmp_path).start()
+    elsewhere = settings.model_copy(update={"state_dir": tmp_path / "other-volume"})
+    second = Replica(elsewhere, "a", tmp_path / "other-logs")
+    (tmp_path / "other-logs").mkdir()
+    second.start()
+    both = (first, second)
+    try:
+        wait_for(lambda: first.is_writer() or second.is_writer(), 60, "a writer", both)
+        writer, other = (first, second) if first.is_writer() else (second, first)
+        publish_and_apply(settings, events, both)
+        conflict = "two live IMCorrect processes use replica id 'a'"
+        wait_for(lambda: conflict in writer.proc.log_path.read_text(), 30, "the report", both)
+        time.sleep(6.5)  # the writer's first timeout: it has heard from everyone
+
+        os.kill(other.proc.proc.pid, signal.SIGSTOP)
+        stopped = time.monotonic()
+        _forget(settings, users[0])
+        wait_for(lambda: len(_receipts(settings)) == 1, 60, "the receipt", (writer,))
+        waited = time.monotonic() - stopped
+        os.kill(other.proc.proc.pid, signal.SIGCONT)
+        # held back while the other process could still be alive (replica_timeout_s = 6)
+        assert waited >= 4.0, f"published {waited:.1f} s after the other process stopped"
+        assert writer.proc.stop() == 0 and other.proc.stop() == 0
+    finally:
+        for r in both:
+            if r.proc is not None and r.proc.alive():
+                os.kill(r.proc.proc.pid, signal.SIGCONT)
+                r.proc.kill()
 
 
 def test_readers_reach_the_end_of_a_topic_written_in_transactions(settings):
