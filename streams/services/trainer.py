@@ -99,16 +99,20 @@ class TrainerService:
         self.model = OnlineLLMD4Rec(self.cfg.model)
         if self.state.current is not None:
             self.model.load(self.files.checkpoint_dir(self.state.current))
-        self.published_crm: dict | None = self._published_weights()
+        self.published_crm: dict | None = self._weights(self.state.published)
+        self.reference_crm: dict | None = self._weights(
+            {"checkpoint": self.state.reference} if self.state.reference else None
+        )
         # a restart waits batch_wait_s again for the events it found pending
         self.first_new_at: float | None = time.monotonic() if self.state.new_events else None
 
-    def _published_weights(self) -> dict | None:
-        """The published SASRec, to compare new rounds against on the same validation users."""
-        if self.state.published is None:
+    def _weights(self, published: dict | None) -> dict | None:
+        """A checkpoint's SASRec (the published one, the gate's reference), to compare new
+        rounds against on the same validation users."""
+        if published is None:
             return None
         crm = SASRec(self.model.crm.config)
-        load_checkpoint(self.files.checkpoint_dir(self.state.published["checkpoint"]), crm, None)
+        load_checkpoint(self.files.checkpoint_dir(published["checkpoint"]), crm, None)
         return crm.state_dict()
 
     # -- the runtime's surface ----------------------------------------------------------------
@@ -299,16 +303,20 @@ class TrainerService:
         record = self.checkpoint({"round": info}, parent=self.state.current)
         metrics, baseline = self.validate(sequences)
         new, old = metrics.get("ndcg@10", 0.0), (baseline or {}).get("ndcg@10", 0.0)
-        if baseline is not None and new < old - self.cfg.regression_tolerance:
-            m.EXPORTS_SKIPPED.labels("regressed").inc()
-            log.info(
-                "version %d not exported: NDCG@10 %.4f < published %.4f on the same users",
-                record.version,
-                new,
-                old,
-            )
-            self.prune_checkpoints()  # refused rounds must not pile up on disk either
-            return Effects()
+        reference = self.reference_score(sequences)
+        tolerance = self.cfg.regression_tolerance
+        for name, score in (("published", baseline and old), ("reference", reference)):
+            if score is not None and new < score - tolerance:
+                m.EXPORTS_SKIPPED.labels("regressed").inc()
+                log.info(
+                    "version %d not exported: NDCG@10 %.4f < %s %.4f on the same users",
+                    record.version,
+                    new,
+                    name,
+                    score,
+                )
+                self.prune_checkpoints()  # refused rounds must not pile up on disk either
+                return Effects()
         reason = "first" if baseline is None else "improved" if new >= old else "within-tolerance"
         replaced = None if baseline is None else old
         try:
@@ -320,8 +328,24 @@ class TrainerService:
             log.error("version %d not exported: %s", record.version, exc)
             self.prune_checkpoints()
             return Effects()
+        if reference is None or new >= reference:
+            self.set_reference(record.name)
         self.prune_checkpoints()
         return Effects(announcements=[update])
+
+    def reference_score(self, sequences: dict[str, np.ndarray]) -> float | None:
+        """The gate's reference model's NDCG@10 on this round's validation users (None
+        without a reference)."""
+        if self.reference_crm is None:
+            return None
+        return self.model.validate(sequences, self.reference_crm).get("ndcg@10", 0.0)
+
+    def set_reference(self, name: str) -> None:
+        """Make the live SASRec (checkpointed as ``name``) the gate's reference."""
+        self.state.reference = name
+        published = self.state.published
+        same = published is not None and published["checkpoint"] == name
+        self.reference_crm = self.published_crm if same else self.model.crm_state()
 
     def validate(self, sequences: dict[str, np.ndarray]) -> tuple[dict, dict | None]:
         """The live SASRec's validation metrics, and the published one's on the same users."""
@@ -433,6 +457,8 @@ class TrainerService:
         keep = {c.name for c in st.checkpoints[-self.cfg.keep_checkpoints :]}
         if st.published:
             keep.add(st.published["checkpoint"])
+        if st.reference:
+            keep.add(st.reference)
         # an old model file would keep data that may be forgotten later: it goes too
         spare = (st.published or {}).get("path")
         self.delete_checkpoints([c for c in st.checkpoints if c.name not in keep], spare)

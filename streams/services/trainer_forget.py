@@ -110,6 +110,8 @@ def forget(svc: TrainerService, requests: list[DeletionRequest]) -> Effects:
     )
     metrics, _ = svc.validate(sequences)
     update = svc.export(record, metrics, "forget", view)
+    # the gate starts again from the model without the data (the old reference may hold it)
+    svc.set_reference(record.name)
     svc.delete_checkpoints(stale, spare=record.onnx_path)  # every file that saw the data
     origin = f"checkpoint {base.name}" if base else "scratch"
     detail = (

@@ -63,6 +63,8 @@ def recover(state: TrainerState, files: TrainerFiles, model_dir: Path) -> Recove
         published["checkpoint"] not in there or not Path(published["path"]).exists()
     ):
         state.published, out.unpublished = None, True
+    if state.reference is not None and state.reference not in there:
+        state.reference = None
 
     keep = {c.onnx_path for c in state.checkpoints if c.name in there and c.onnx_path}
     if state.published is not None:

@@ -32,8 +32,9 @@ from streams.tombstones import Tombstones, from_json, to_json
 #: 2: the hash key is no longer in state.json (docs/privacy.md); 3: the outbox (receipts,
 #: announcements, receipts_end_offsets) and the events not yet trained on; 4: item texts
 #: read from ``items`` and the tombstones of forgotten items (keyed hashes); 5: the
-#: tombstones of forgotten users, items and pairs that interactions are checked against
-STATE_FORMAT = 5
+#: tombstones of forgotten users, items and pairs that interactions are checked against;
+#: 6: the validation gate's reference checkpoint
+STATE_FORMAT = 6
 _CHECKPOINT = re.compile(r"^ckpt-(\d+)$")
 
 
@@ -68,6 +69,10 @@ class TrainerState:
     current: str | None = None
     #: the announced model: version, path, sha256, checkpoint, metrics
     published: dict | None = None
+    #: the checkpoint of the best model published since the last forget: the validation
+    #: gate compares every round with it as well, so exports within the tolerance cannot
+    #: step down one tolerance at a time
+    reference: str | None = None
     #: interactions in the store that no round has trained on yet, and their users (a
     #: restart must close the same micro-batch as a run that never stopped)
     new_events: int = 0
@@ -158,6 +163,7 @@ class TrainerFiles:
                 "checkpoints": [c.to_dict() for c in state.checkpoints],
                 "current": state.current,
                 "published": state.published,
+                "reference": state.reference,
                 "new_events": state.new_events,
                 "fresh_users": sorted(state.fresh_users),
                 "outbox": {
@@ -177,7 +183,7 @@ class TrainerFiles:
         if not self.state_file.exists():
             return None
         data = json.loads(self.state_file.read_text())
-        if data.get("format") not in (2, 3, 4, STATE_FORMAT):
+        if data.get("format") not in (2, 3, 4, 5, STATE_FORMAT):
             raise ValueError(f"unsupported trainer state format in {self.state_file}")
         return TrainerState(
             store=SequenceStore.from_dict(data["store"]),
@@ -189,6 +195,7 @@ class TrainerFiles:
             checkpoints=[CheckpointRecord(**c) for c in data["checkpoints"]],
             current=data["current"],
             published=data["published"],
+            reference=data.get("reference"),
             new_events=data.get("new_events", 0),
             fresh_users=set(data.get("fresh_users", [])),
             outbox=_outbox(data),

@@ -366,6 +366,61 @@ def test_the_validation_gate_skips_a_regressed_model(tmp_path, monkeypatch):
     assert svc.state.published["version"] == 3
 
 
+def test_the_gate_does_not_step_down_one_tolerance_per_round(tmp_path, monkeypatch):
+    svc = TrainerService(settings_for(tmp_path, regression_tolerance=0.05, keep_checkpoints=1))
+    feed, rng = Feed(), np.random.default_rng(3)
+    # each checkpoint's NDCG@10 on the validation users
+    quality = {1: 0.50, 2: 0.46, 3: 0.42, 4: 0.52, 5: 0.48}
+
+    def validate(sequences: dict, crm_state: dict | None = None) -> dict:
+        st = svc.state
+        if crm_state is None:
+            version = st.version  # the round's checkpoint is written before validation
+        elif crm_state is svc.published_crm:
+            version = int(st.published["checkpoint"].split("-")[1])
+        else:
+            assert crm_state is svc.reference_crm
+            version = int(st.reference.split("-")[1])
+        return {"ndcg@10": quality[version]}
+
+    monkeypatch.setattr(svc.model, "validate", validate)
+
+    def round_() -> list[str]:
+        return [u.version for u in svc.apply(feed.inputs(batch(range(10), rng))).announcements]
+
+    assert round_() == ["1"] and svc.state.reference == "ckpt-000001"
+    assert round_() == ["2"]  # within the tolerance of both
+    assert svc.state.reference == "ckpt-000001"  # not better: the reference stays
+    # within the tolerance of the published 0.46, but not of the reference 0.50
+    assert round_() == [] and svc.state.published["version"] == 2
+    assert round_() == ["4"] and svc.state.reference == "ckpt-000004"
+    names = {c.name for c in svc.state.checkpoints}
+    assert "ckpt-000004" in names
+    # a restart keeps the reference and gates against it
+    svc.save()
+    again = TrainerService(svc.settings)
+    assert again.state.reference == "ckpt-000004" and again.reference_crm is not None
+    svc = again
+    monkeypatch.setattr(svc.model, "validate", validate)
+    assert round_() == ["5"]  # 0.48 is within 0.05 of 0.52
+
+
+def test_a_lost_reference_checkpoint_leaves_the_published_model_as_the_gate(tmp_path, monkeypatch):
+    svc = TrainerService(settings_for(tmp_path, regression_tolerance=0.05))
+    feed, rng = Feed(), np.random.default_rng(6)
+    svc.apply(feed.inputs(batch(range(10), rng)))
+    monkeypatch.setattr(
+        svc.model, "validate", lambda seqs, crm_state=None: {"ndcg@10": 0.5 if crm_state else 0.48}
+    )
+    assert [u.version for u in svc.apply(feed.inputs(batch(range(10), rng))).announcements] == ["2"]
+    assert svc.state.reference == "ckpt-000001"
+    svc.save()
+    svc.files.remove_folder("ckpt-000001")  # lost in a crash
+    again = TrainerService(svc.settings)
+    assert again.state.reference is None and again.reference_crm is None
+    assert again.state.published["checkpoint"] == "ckpt-000002"
+
+
 def test_a_round_with_nothing_to_train_on_publishes_nothing(tmp_path):
     # sixty users with one event each: no sequence to learn a next item from
     svc = TrainerService(settings_for(tmp_path))
@@ -426,6 +481,7 @@ def test_a_forget_restores_the_newest_checkpoint_before_the_data_and_deletes_the
     assert receipt.subject and "latecomer" not in receipt.to_bytes().decode()
     assert [u.version for u in effects.announcements] == ["4"]
     assert effects.announcements[0].trained_through == {f"{TOPIC}:0": 180, "u.deletions:0": 1}
+    assert svc.state.reference == "ckpt-000004"  # the gate starts again without the data
 
     # a user there from the first event: no checkpoint predates them, so from scratch
     first_user = next(iter(svc.state.store.sequences))  # its first event is at offset 0
@@ -565,7 +621,7 @@ def test_the_outbox_and_pending_events_survive_in_the_state_file(tmp_path):
     loaded.clear_outbox()
     assert not loaded.outbox
     raw = json.loads(loaded.files.state_file.read_text())
-    assert raw["format"] == 5 and "pending_receipts" not in raw
+    assert raw["format"] == 6 and "pending_receipts" not in raw
     assert loaded.state.tombstones == svc.state.tombstones != {}  # late events stay out
 
 
