@@ -283,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--wait",
         action="store_true",
         help="wait for the IMCorrect worker's receipt and print it (exit 1 if rejected, "
-        "3 if none came in time)",
+        "3 if it was sent but no receipt came in time or could be read)",
     )
     p.add_argument(
         "--receipt-out",

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 
 from streams.client import LetheProducer
 from streams.config import LetheSettings
@@ -171,12 +172,20 @@ async def forget_and_wait(
         async with LetheProducer(settings) as producer:
             request = await send(producer)
             await producer.flush()
-        receipt = await _first(
-            consumer,
-            lambda value: decode(DeletionReceipt, value, settings.limits),
-            lambda r: r.request_id == request.request_id and r.status in ("applied", "rejected"),
-            timeout_s,
-        )
+        try:
+            receipt = await _first(
+                consumer,
+                lambda value: decode(DeletionReceipt, value, settings.limits),
+                lambda r: (
+                    r.request_id == request.request_id and r.status in ("applied", "rejected")
+                ),
+                timeout_s,
+            )
+        except KafkaError as exc:
+            # the request is out: a failure to read its receipt must not read as "not sent"
+            raise ReceiptTimeout(
+                f"receipts of deletion request {request.request_id} could not be read: {exc}"
+            ) from exc
         if receipt is None:
             raise ReceiptTimeout(f"no receipt for deletion request {request.request_id}")
         return request, receipt

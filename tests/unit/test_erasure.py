@@ -215,3 +215,50 @@ def test_a_snapshot_without_the_mapping_still_verifies_and_says_so(erased):
     assert verdict.passed, verdict.render()
     assert any("stores no mapping" in n for n in verdict.notes)
     assert any(c.name == "state digest" and c.passed for c in verdict.checks)
+
+
+def test_forget_wait_says_sent_when_the_receipts_cannot_be_read(monkeypatch, capsys):
+    # the request went out; losing the broker while waiting is exit 3 ("sent, no receipt"),
+    # never exit 4 ("nothing was sent"), which would invite a second deletion
+    from aiokafka.errors import KafkaConnectionError
+
+    from streams import reader
+
+    class Consumer:
+        async def start(self):
+            pass
+
+        async def stop(self):
+            pass
+
+    class Producer:
+        def __init__(self, settings):
+            pass
+
+        async def __aenter__(self):
+            return self
+
+        async def __aexit__(self, *exc):
+            return False
+
+        async def flush(self):
+            pass
+
+        async def forget_user(self, user, reason):
+            return DeletionRequest(
+                request_id="sent-1", scope="user", user_id=user, reason=reason, ts=1
+            )
+
+    async def nothing(*args, **kwargs):
+        return None
+
+    async def broker_gone(*args, **kwargs):
+        raise KafkaConnectionError("broker gone")
+
+    monkeypatch.setattr(reader, "_committed_reader", lambda settings: Consumer())
+    monkeypatch.setattr(reader, "read_from_end", nothing)
+    monkeypatch.setattr(reader, "LetheProducer", Producer)
+    monkeypatch.setattr(reader, "_first", broker_gone)
+    assert main(["forget", "--user", "u1", "--wait", "--timeout", "1"]) == 3
+    err = capsys.readouterr().err
+    assert "sent-1" in err and "was sent" in err
