@@ -319,9 +319,10 @@ class ScorerSettings(_Section):
     snapshot_interval_s: float = Field(default=30.0, gt=0)
     #: event ids remembered so that a redelivered event is not stored twice
     dedup_window: int = Field(default=200_000, ge=1)
-    #: the newest interactions kept per user: SASRec's input (its ``max_len``) and the
-    #: scorer's own part of ``exclude_seen`` (what IMCorrect holds of the user is banned
-    #: too). Bounds the state file, which is rewritten at every snapshot
+    #: the newest interactions kept per user: SASRec's input and the scorer's own part of
+    #: ``exclude_seen`` (what IMCorrect holds of the user is banned too). Bounds the state
+    #: file, which is rewritten at every snapshot; a served model with a longer ``max_len``
+    #: raises it
     max_history: int = Field(default=1000, ge=1)
     prefer_gpu: bool = True
     #: onnxruntime intra-op threads (0 = one per core); batches are small, so one thread
@@ -389,16 +390,6 @@ class LetheSettings(BaseSettings):
     #: shared secret of the HMAC-SHA256 tag on ``model-updates`` (``LETHE_MODEL_UPDATE_KEY``);
     #: the trainer signs, the scorer refuses anything whose tag does not verify
     model_update_key: SecretStr | None = None
-
-    @model_validator(mode="after")
-    def _history_feeds_the_model(self) -> LetheSettings:
-        # a shorter history would cut the input of every SASRec the trainer exports
-        if self.scorer.max_history < self.trainer.model.max_len:
-            raise ValueError(
-                f"scorer.max_history ({self.scorer.max_history}) is shorter than "
-                f"trainer.model.max_len ({self.trainer.model.max_len})"
-            )
-        return self
 
     @classmethod
     def settings_customise_sources(

@@ -19,8 +19,11 @@ from streams.contracts import DeletionRequest
 class SequenceStore:
     """user id → item ids (oldest first), item counts, first log positions."""
 
-    def __init__(self, max_per_user: int | None = None) -> None:
+    def __init__(self, max_per_user: int | None = None, track_first: bool = True) -> None:
         self.max_per_user = max_per_user  # keep the newest N per user (None: all)
+        #: remember first log positions (the trainer's checkpoint search); the scorer does
+        #: not, so an item only a forgotten user touched cannot outlive them in its file
+        self.track_first = track_first
         self.sequences: dict[str, list[str]] = {}
         self.user_first: dict[str, tuple[str, int]] = {}
         self.item_first: dict[str, dict[str, int]] = {}
@@ -36,9 +39,10 @@ class SequenceStore:
             dropped = seq.pop(0)
             self._count(dropped, -1)
         self._count(item, +1)
-        self.user_first.setdefault(user, (tp, offset))
-        firsts = self.item_first.setdefault(item, {})
-        firsts.setdefault(tp, offset)
+        if self.track_first:
+            self.user_first.setdefault(user, (tp, offset))
+            firsts = self.item_first.setdefault(item, {})
+            firsts.setdefault(tp, offset)
 
     def _count(self, item: str, delta: int) -> None:
         n = self.item_counts.get(item, 0) + delta
@@ -141,11 +145,12 @@ class SequenceStore:
         }
 
     @classmethod
-    def from_dict(cls, data: dict) -> SequenceStore:
-        store = cls(data.get("max_per_user"))
+    def from_dict(cls, data: dict, track_first: bool = True) -> SequenceStore:
+        store = cls(data.get("max_per_user"), track_first)
         store.sequences = {u: list(s) for u, s in data["sequences"].items()}
-        store.user_first = {u: (v[0], int(v[1])) for u, v in data["user_first"].items()}
-        store.item_first = {i: dict(v) for i, v in data["item_first"].items()}
+        if track_first:
+            store.user_first = {u: (v[0], int(v[1])) for u, v in data["user_first"].items()}
+            store.item_first = {i: dict(v) for i, v in data["item_first"].items()}
         for seq in store.sequences.values():
             for item in seq:
                 store._count(item, +1)

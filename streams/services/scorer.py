@@ -211,6 +211,18 @@ class ScorerService(NoOutbox):
         if self.model is not None and int(model.version) <= int(self.model.version):
             return
         old, self.model = self.model, model
+        store = self.state.store
+        if store.max_per_user is not None and model.max_len > store.max_per_user:
+            # the model reads longer histories than are kept: keep that many from now on
+            log.warning(
+                "SASRec version %s reads %d items per user, more than scorer.max_history "
+                "(%d): keeping %d from now on",
+                model.version,
+                model.max_len,
+                store.max_per_user,
+                model.max_len,
+            )
+            store.bound(model.max_len)
         self.catalogue = Catalogue(model, self.imcorrect)
         _settle_heap()
         self._popularity = None

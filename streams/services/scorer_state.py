@@ -34,7 +34,7 @@ class ScorerState:
     ) -> None:
         #: the newest ``max_history`` items per user (None: all): SASRec's input and the
         #: scorer's own part of ``exclude_seen``
-        self.store = SequenceStore(max_history)
+        self.store = SequenceStore(max_history, track_first=False)
         #: keyed hash of a forgotten item → the deletion's log position (never returned
         #: while here)
         self.forbidden_items: dict[str, list] = {}
@@ -92,13 +92,15 @@ class ScorerState:
         dedup_window: int = DEDUP_WINDOW,
         max_history: int | None = None,
     ) -> ScorerState:
-        """The saved state; ``max_history`` is the bound configured now (a file saved under
-        a larger one, or none, is trimmed to it)."""
+        """The saved state; ``max_history`` is the bound configured now. A file saved
+        without a bound is trimmed to it; one whose bound a served model raised keeps it."""
         if data.get("format") not in (2, STATE_FORMAT):
             raise ValueError("unsupported scorer state format (see docs/privacy.md)")
         state = cls(keys, dedup_window, max_history)
-        state.store = SequenceStore.from_dict(data["store"])
-        state.store.bound(max_history)
+        state.store = SequenceStore.from_dict(data["store"], track_first=False)
+        saved = state.store.max_per_user
+        if max_history is not None:
+            state.store.bound(max_history if saved is None else max(saved, max_history))
         state.forbidden_items = data["forbidden_items"]
         state.suppressed_users = data["suppressed_users"]
         state.offsets = data["offsets"]

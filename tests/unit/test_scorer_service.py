@@ -14,6 +14,7 @@ from streams.keys import keyring_for
 from streams.model_auth import sign, update_key
 from streams.replay import to_event
 from streams.runtime.loop import Runtime
+from streams.sequence_store import SequenceStore
 from streams.services.base import Inputs
 from streams.services.batch import InteractionColumns
 from streams.services.scorer import ScorerService
@@ -212,29 +213,45 @@ def test_exclude_seen_also_bans_what_imcorrect_holds_of_the_user(tmp_path):
 
 def test_the_store_keeps_the_newest_history_and_a_saved_longer_one_is_cut(tmp_path):
     settings = LetheSettings(
-        state_dir=tmp_path / "state",
-        model_dir=tmp_path / "models",
-        scorer={"max_history": 3},
-        trainer={"model": {"max_len": 3}},
+        state_dir=tmp_path / "state", model_dir=tmp_path / "models", scorer={"max_history": 3}
     )
     svc = ScorerService(settings)
     svc.apply(Inputs(interactions=_columns([("u1", x) for x in "abcde"])))
     assert svc.state.store.get("u1") == ["c", "d", "e"]
     assert "a" not in svc.state.store.item_counts  # popularity counts what is held
+    # no first log positions: an item that rolled out cannot outlive its only user here
+    assert svc.state.store.item_first == {} and svc.state.store.user_first == {}
     svc.close()
-    # a file saved under a larger bound (or none) is cut to the one configured now
-    big = ScorerState(svc.state.keys)
-    big.store.add("u2", "a", "t.interactions:0", 0)
-    for k, item in enumerate("bcdef"):
-        big.store.add("u2", item, "t.interactions:0", k + 1)
-    loaded = ScorerState.from_dict(big.to_dict(), big.keys, max_history=2)
+    # a file saved without a bound (before there was one) is cut to the one configured now
+    old = SequenceStore()
+    for k, item in enumerate("abcdef"):
+        old.add("u2", item, "t.interactions:0", k)
+    data = {**ScorerState(svc.state.keys).to_dict(), "store": old.to_dict()}
+    loaded = ScorerState.from_dict(data, svc.state.keys, max_history=2)
     assert loaded.store.get("u2") == ["e", "f"]
     assert sorted(loaded.store.item_counts) == ["e", "f"]
+    assert loaded.store.item_first == {}  # the old file's positions are not kept either
 
 
-def test_a_history_shorter_than_the_model_input_is_refused():
-    import pytest
-    from pydantic import ValidationError
+def test_a_model_reading_longer_histories_raises_the_bound(tmp_path):
+    from concurrent.futures import Future
+    from types import SimpleNamespace
 
-    with pytest.raises(ValidationError, match="max_history"):
-        LetheSettings(scorer={"max_history": 10}, trainer={"model": {"max_len": 50}})
+    from streams.scorer_models import ServedModel
+
+    settings = LetheSettings(
+        state_dir=tmp_path / "state", model_dir=tmp_path / "models", scorer={"max_history": 2}
+    )
+    svc = ScorerService(settings)
+    session = SimpleNamespace(provider="CPUExecutionProvider")
+    done: Future = Future()
+    done.set_result(ServedModel("1", "0" * 64, session, ["a", "b"], max_len=4))
+    update = ModelUpdate(kind="crm-onnx", version="1", path="m.onnx", sha256="0" * 64, ts=1)
+    svc._install_model(update, done)
+    svc.apply(Inputs(interactions=_columns([("u1", x) for x in "abcde"])))
+    assert svc.state.store.get("u1") == ["b", "c", "d", "e"]
+    svc.save()
+    svc.close()
+    again = ScorerService(settings)  # the raised bound survives a restart
+    assert again.state.store.get("u1") == ["b", "c", "d", "e"]
+    again.close()
