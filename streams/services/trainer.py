@@ -100,6 +100,10 @@ class TrainerService:
         if self.state.current is not None:
             self.model.load(self.files.checkpoint_dir(self.state.current))
         self.published_crm: dict | None = self._weights(self.state.published)
+        if self.state.reference is None and self.state.published is not None:
+            # a state file from before the reference, or one whose reference was lost: the
+            # published model is the best known
+            self.state.reference = self.state.published["checkpoint"]
         self.reference_crm: dict | None = self._weights(
             {"checkpoint": self.state.reference} if self.state.reference else None
         )
@@ -303,9 +307,12 @@ class TrainerService:
         record = self.checkpoint({"round": info}, parent=self.state.current)
         metrics, baseline = self.validate(sequences)
         new, old = metrics.get("ndcg@10", 0.0), (baseline or {}).get("ndcg@10", 0.0)
-        reference = self.reference_score(sequences)
+        # no user has a validation item yet: nothing to compare, and no new reference
+        validated = bool(metrics)
+        reference = self.reference_score(sequences) if validated else None
         tolerance = self.cfg.regression_tolerance
-        for name, score in (("published", baseline and old), ("reference", reference)):
+        gates = [("published", old if baseline else None), ("reference", reference)]
+        for name, score in gates if validated else []:
             if score is not None and new < score - tolerance:
                 m.EXPORTS_SKIPPED.labels("regressed").inc()
                 log.info(
@@ -328,7 +335,7 @@ class TrainerService:
             log.error("version %d not exported: %s", record.version, exc)
             self.prune_checkpoints()
             return Effects()
-        if reference is None or new >= reference:
+        if validated and (reference is None or new >= reference):
             self.set_reference(record.name)
         self.prune_checkpoints()
         return Effects(announcements=[update])

@@ -405,7 +405,7 @@ def test_the_gate_does_not_step_down_one_tolerance_per_round(tmp_path, monkeypat
     assert round_() == ["5"]  # 0.48 is within 0.05 of 0.52
 
 
-def test_a_lost_reference_checkpoint_leaves_the_published_model_as_the_gate(tmp_path, monkeypatch):
+def test_a_lost_reference_checkpoint_makes_the_published_model_the_reference(tmp_path, monkeypatch):
     svc = TrainerService(settings_for(tmp_path, regression_tolerance=0.05))
     feed, rng = Feed(), np.random.default_rng(6)
     svc.apply(feed.inputs(batch(range(10), rng)))
@@ -417,8 +417,21 @@ def test_a_lost_reference_checkpoint_leaves_the_published_model_as_the_gate(tmp_
     svc.save()
     svc.files.remove_folder("ckpt-000001")  # lost in a crash
     again = TrainerService(svc.settings)
-    assert again.state.reference is None and again.reference_crm is None
-    assert again.state.published["checkpoint"] == "ckpt-000002"
+    # the published model is the best known now (so too for a state file from before)
+    assert again.state.reference == again.state.published["checkpoint"] == "ckpt-000002"
+    assert again.reference_crm is not None
+
+
+def test_rounds_nobody_can_validate_are_exported_and_do_not_move_the_reference(
+    tmp_path, monkeypatch
+):
+    svc = TrainerService(settings_for(tmp_path, regression_tolerance=0.0))
+    feed, rng = Feed(), np.random.default_rng(9)
+    svc.apply(feed.inputs(batch(range(10), rng)))
+    monkeypatch.setattr(svc.model, "validate", lambda seqs, crm_state=None: {})
+    effects = svc.apply(feed.inputs(batch(range(10), rng)))  # raised TypeError before
+    assert [u.version for u in effects.announcements] == ["2"]
+    assert svc.state.reference == "ckpt-000001"
 
 
 def test_a_round_with_nothing_to_train_on_publishes_nothing(tmp_path):
