@@ -169,9 +169,16 @@ async def forget_and_wait(
     await consumer.start()
     try:
         await read_from_end(consumer, topic_name(settings, "deletion-receipts"))
-        async with LetheProducer(settings) as producer:
-            request = await send(producer)
-            await producer.flush()
+        delivered: DeletionRequest | None = None
+        try:
+            async with LetheProducer(settings) as producer:
+                request = await send(producer)
+                await producer.flush()
+                delivered = request
+        except KafkaError:
+            if delivered is None:
+                raise
+            # closing the producer failed after the broker acknowledged the request: sent
         try:
             receipt = await _first(
                 consumer,
@@ -187,7 +194,9 @@ async def forget_and_wait(
                 f"receipts of deletion request {request.request_id} could not be read: {exc}"
             ) from exc
         if receipt is None:
-            raise ReceiptTimeout(f"no receipt for deletion request {request.request_id}")
+            raise ReceiptTimeout(
+                f"no receipt for deletion request {request.request_id} within {timeout_s:g} s"
+            )
         return request, receipt
     finally:
         await consumer.stop()

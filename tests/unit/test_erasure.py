@@ -217,7 +217,8 @@ def test_a_snapshot_without_the_mapping_still_verifies_and_says_so(erased):
     assert any(c.name == "state digest" and c.passed for c in verdict.checks)
 
 
-def test_forget_wait_says_sent_when_the_receipts_cannot_be_read(monkeypatch, capsys):
+@pytest.mark.parametrize("close_fails", [False, True])
+def test_forget_wait_says_sent_when_the_receipts_cannot_be_read(monkeypatch, capsys, close_fails):
     # the request went out; losing the broker while waiting is exit 3 ("sent, no receipt"),
     # never exit 4 ("nothing was sent"), which would invite a second deletion
     from aiokafka.errors import KafkaConnectionError
@@ -239,6 +240,8 @@ def test_forget_wait_says_sent_when_the_receipts_cannot_be_read(monkeypatch, cap
             return self
 
         async def __aexit__(self, *exc):
+            if close_fails:  # after the broker acknowledged the request
+                raise KafkaConnectionError("broker gone while closing")
             return False
 
         async def flush(self):
