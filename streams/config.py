@@ -42,13 +42,16 @@ from models.imcorrect.model import MappingName
 from models.llmd4rec_config import ColdInitConfig, OnlineConfig
 
 DAY_MS = 24 * 3600 * 1000
+#: the shortest hash key or model-update key accepted from the settings
+MIN_SECRET_LENGTH = 16
 
 
 class _Section(BaseModel):
     """A settings section: a misspelt key (``LETHE_IMCORRECT__BATCH_MAX_EVENT``) is refused
     rather than ignored, which would run the default without a word."""
 
-    model_config = ConfigDict(extra="forbid")
+    # a refused value is not echoed: it may be a password (SASL, keys)
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
 
 class SecuritySettings(_Section):
@@ -83,6 +86,25 @@ class SecuritySettings(_Section):
             )
         if self.ssl_keyfile is not None and self.ssl_certfile is None:
             raise ValueError("ssl_keyfile is set without ssl_certfile (the client certificate)")
+        # credentials or certificates under a protocol that ignores them: the clients would
+        # connect unauthenticated or in clear text without a word
+        given_sasl = self.sasl_mechanism or self.sasl_username or self.sasl_password
+        if given_sasl and not sasl:
+            raise ValueError(
+                f"SASL settings are given but protocol is {self.protocol}, which ignores them: "
+                "set LETHE_SECURITY__PROTOCOL=SASL_SSL (docs/security.md)"
+            )
+        given_tls = self.ssl_cafile or self.ssl_certfile or self.ssl_keyfile
+        if given_tls and not self.protocol.endswith("SSL"):
+            raise ValueError(
+                f"TLS files are given but protocol is {self.protocol}, which connects in clear "
+                "text: set LETHE_SECURITY__PROTOCOL=SSL or SASL_SSL (docs/security.md)"
+            )
+        if self.protocol == "SASL_PLAINTEXT" and self.sasl_mechanism in (None, "PLAIN"):
+            raise ValueError(
+                "SASL PLAIN over SASL_PLAINTEXT sends the password in clear text: use "
+                "SASL_SSL, or a SCRAM mechanism (docs/security.md)"
+            )
         return self
 
 
@@ -355,6 +377,7 @@ class LetheSettings(BaseSettings):
         env_nested_delimiter="__",
         extra="ignore",
         populate_by_name=True,
+        hide_input_in_errors=True,
     )
 
     bootstrap_servers: str = Field(
@@ -390,6 +413,25 @@ class LetheSettings(BaseSettings):
     #: shared secret of the HMAC-SHA256 tag on ``model-updates`` (``LETHE_MODEL_UPDATE_KEY``);
     #: the trainer signs, the scorer refuses anything whose tag does not verify
     model_update_key: SecretStr | None = None
+
+    @field_validator("hash_key", "model_update_key")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        # an empty or short secret (``${VAR}`` of an unset variable in compose) would let
+        # anyone sign model announcements or reverse the keyed hashes of ids
+        if value is not None and len(value.get_secret_value()) < MIN_SECRET_LENGTH:
+            raise ValueError(
+                f"{info.field_name} must be at least {MIN_SECRET_LENGTH} characters "
+                "(unset it to use a generated key file; docs/security.md)"
+            )
+        return value
+
+    @field_validator("hash_keys_retired")
+    @classmethod
+    def _retired_long_enough(cls, values: list[SecretStr]) -> list[SecretStr]:
+        if any(len(v.get_secret_value()) < MIN_SECRET_LENGTH for v in values):
+            raise ValueError(f"every retired hash key has at least {MIN_SECRET_LENGTH} characters")
+        return values
 
     @classmethod
     def settings_customise_sources(

@@ -56,7 +56,7 @@ def test_trainer_and_scorer_of_one_host_share_a_key_file_or_the_secret(tmp_path)
     s = LetheSettings(state_dir=tmp_path)
     assert update_key(s) == update_key(LetheSettings(state_dir=tmp_path))
     assert oct((tmp_path / "keys" / "model-update.key").stat().st_mode & 0o777) == "0o600"
-    assert update_key(LetheSettings(state_dir=tmp_path, model_update_key="k")) == b"k"
+    assert update_key(LetheSettings(state_dir=tmp_path, model_update_key="k" * 16)) == b"k" * 16
 
 
 def test_the_scorer_refuses_and_counts_unsigned_forged_and_escaping_updates(tmp_path):

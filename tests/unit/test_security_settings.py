@@ -45,6 +45,46 @@ def test_sasl_without_credentials_is_refused():
         LetheSettings(security={"protocol": "SSL", "ssl_keyfile": "/k.pem"})
 
 
+@pytest.mark.parametrize(
+    ("security", "message"),
+    [
+        ({"sasl_username": "u", "sasl_password": "pw-1234"}, "SASL settings are given"),
+        ({"protocol": "SSL", "sasl_mechanism": "SCRAM-SHA-512"}, "SASL settings are given"),
+        ({"ssl_cafile": "/ca.pem"}, "TLS files are given"),
+        (
+            {"protocol": "SASL_PLAINTEXT", "sasl_username": "u", "sasl_password": "pw-1234"},
+            "password in clear text",
+        ),
+    ],
+)
+def test_settings_a_protocol_would_ignore_are_refused(security, message):
+    # forgetting LETHE_SECURITY__PROTOCOL must not connect unauthenticated without a word
+    with pytest.raises(ValidationError, match=message):
+        LetheSettings(security=security)
+
+
+def test_a_refused_setting_never_echoes_a_secret(monkeypatch):
+    monkeypatch.setenv("LETHE_SECURITY__PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("LETHE_SECURITY__SASL_PASSWORD", "hunter2-secret")  # no username
+    with pytest.raises(ValidationError) as refused:
+        load_settings()
+    assert "hunter2" not in str(refused.value)
+    with pytest.raises(ValidationError) as short:
+        LetheSettings(model_update_key="short-secret")
+    assert "short-secret" not in str(short.value)
+
+
+@pytest.mark.parametrize("field", ["hash_key", "model_update_key"])
+def test_empty_or_short_keys_are_refused(field):
+    # compose's ${VAR} of an unset variable is "": anyone could sign or reverse hashes
+    for value in ("", "15-characters.."):
+        with pytest.raises(ValidationError, match="at least 16 characters"):
+            LetheSettings(**{field: value})
+    with pytest.raises(ValidationError, match="at least 16"):
+        LetheSettings(hash_keys_retired=["old"])
+    LetheSettings(**{field: "x" * 16})
+
+
 def test_both_translations_agree_over_sasl_ssl(tmp_path):
     ca = tmp_path / "ca.pem"
     ca.write_text(_a_ca_pem(tmp_path))
@@ -136,10 +176,17 @@ def test_a_worker_process_shares_its_parents_keys(tmp_path, monkeypatch):
     from streams.model_auth import update_key
     from streams.procs import settings_env
 
-    parent = LetheSettings(state_dir=tmp_path / "a", model_update_key="m-secret", hash_key="h")
+    parent = LetheSettings(
+        state_dir=tmp_path / "a",
+        model_update_key="m-secret-0123456789",
+        hash_key="h-secret-0123456789",
+    )
     env = settings_env(parent)
-    assert env["LETHE_MODEL_UPDATE_KEY"] == "m-secret" and env["LETHE_HASH_KEY"] == "h"
+    assert (
+        env["LETHE_MODEL_UPDATE_KEY"] == "m-secret-0123456789"
+        and env["LETHE_HASH_KEY"] == "h-secret-0123456789"
+    )
     # as a replica would read it: a state folder of its own, the parent's signing key
     for name, value in {**env, "LETHE_STATE_DIR": str(tmp_path / "b")}.items():
         monkeypatch.setenv(name, value)
-    assert update_key(LetheSettings()) == update_key(parent) == b"m-secret"
+    assert update_key(LetheSettings()) == update_key(parent) == b"m-secret-0123456789"
