@@ -11,6 +11,7 @@ Unknown fields are ignored (a newer producer may add fields) but never passed on
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -325,6 +326,25 @@ class DeadLetter(Contract):
 
 
 C = TypeVar("C", bound=Contract)
+
+
+def field_label(field: str | None) -> str:
+    """A metric label for a refused record's field: the top-level field when it is one a
+    contract defines, else ``message``. Locations carry list indices (``item_ids.9876``)
+    and whatever a producer wrote, which must not mint label values."""
+    top = (field or "").split(".", 1)[0]
+    return top if top in _contract_fields() else "message"
+
+
+@functools.cache
+def _contract_fields() -> frozenset[str]:
+    names: set[str] = set()
+    pending = list(Contract.__subclasses__())
+    while pending:
+        contract = pending.pop()
+        names |= set(contract.model_fields)
+        pending += contract.__subclasses__()
+    return frozenset(names)
 
 
 def describe_error(err: ValidationError) -> tuple[str, str | None]:

@@ -15,7 +15,7 @@ from typing import Any
 
 from streams import metrics as m
 from streams.config import LetheSettings
-from streams.contracts import ContractError, DeletionReceipt, ModelUpdate
+from streams.contracts import ContractError, DeletionReceipt, ModelUpdate, field_label
 from streams.runtime.deadletter import bounded_key, dead_letter_bytes
 from streams.runtime.kafka import tp_key
 from streams.services.base import Outbox
@@ -99,7 +99,7 @@ class Publisher:
             msg.offset(),
             str(error)[:200],
         )
-        m.DEAD_LETTERS.labels(logical, getattr(error, "field", None) or "message").inc()
+        m.DEAD_LETTERS.labels(logical, field_label(getattr(error, "field", None))).inc()
         m.EVENTS.labels(logical, "dead_letter").inc()
 
         def delivered(err, _msg) -> None:

@@ -208,3 +208,29 @@ def test_the_sdk_refuses_what_the_configured_limits_would_dead_letter():
     with pytest.raises(ContractError, match="user_id"):
         # a worker would dead-letter it and no receipt would ever come
         asyncio.run(LetheProducer(settings).send("deletions", "k", request))
+
+
+def test_dead_letter_metric_labels_are_the_contracts_own_field_names():
+    from streams.contracts import field_label
+
+    # a bad entry deep in a list names its index; a producer's odd text names itself
+    too_long = "x" * 200
+    with pytest.raises(ContractError) as refused:
+        decode(
+            DeletionRequest,
+            json.dumps(
+                {
+                    "request_id": "r",
+                    "scope": "interactions",
+                    "user_id": "u",
+                    "item_ids": ["a"] * 9876 + [too_long],
+                    "reason": "privacy",
+                    "ts": 1,
+                }
+            ),
+        )
+    assert refused.value.field == "item_ids.9876"
+    assert field_label(refused.value.field) == "item_ids"
+    assert field_label("user_id") == "user_id"
+    for odd in (None, "", "zq-anything-a-producer-wrote", "9876.item_ids"):
+        assert field_label(odd) == "message"
