@@ -274,7 +274,7 @@ class SnapshotStore:
         final = self.root / f"snap-{state.seq:09d}"
         tmp = final.with_suffix(".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
+        tmp.mkdir(mode=0o700)  # raw ids inside: the owner's alone, whatever the umask
         state.model.save(tmp / "model", with_mapping=with_mapping)
         np.savez(
             tmp / "worker.npz",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from streams.config import LetheSettings
 from streams.runtime.kafka import KafkaIO
 from streams.runtime.loop import Runtime, run_until_signalled
@@ -51,5 +53,10 @@ WORKERS = {"imcorrect": imcorrect_runtime, "trainer": trainer_runtime, "scorer":
 
 
 def run_worker(kind: str, settings: LetheSettings) -> None:
-    """``lethe worker <kind>`` until SIGINT/SIGTERM (then a snapshot and a clean exit)."""
+    """``lethe worker <kind>`` until SIGINT/SIGTERM (then a snapshot and a clean exit).
+
+    Everything it writes (state, snapshots, checkpoints, models, keys) is for its own user
+    only: the workers of one deployment share a user (the image's ``lethe``), and raw ids
+    in snapshots must not be readable by anyone else on the host (docs/privacy.md)."""
+    os.umask(0o077)
     run_until_signalled(WORKERS[kind](settings))

@@ -103,6 +103,8 @@ def test_snapshot_files_hold_no_key_and_cannot_confirm_a_guessed_id(tmp_path):
     # the key file is private
     mode = stat.S_IMODE(os.stat(tmp_path / "keys" / "hash.key").st_mode)
     assert mode == 0o600
+    # so is the snapshot, which holds raw ids, whatever the process's umask
+    assert stat.S_IMODE(os.stat(path).st_mode) & 0o077 == 0
     # and a restart with the same key still honours the tombstone
     out = Applier(store.load()).apply([ev(10, SECRET_USER, "shared", ts=50)])
     assert out.learned == 0
