@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,25 @@ def access_topics(settings: LetheSettings, principal: str) -> list[str]:
     """Full names of every topic ``principal`` (a key of :data:`ACCESS`) reads or writes."""
     logical = dict.fromkeys(ACCESS[principal]["read"] + ACCESS[principal]["write"])
     return [f"{settings.topic_prefix}{name}" for name in logical]
+
+
+def access_needs(settings: LetheSettings, principal: str) -> dict[str, tuple[str, ...]]:
+    """Full topic name → the operations (``READ``, ``WRITE``) ``principal``'s worker uses on
+    it with these settings: hot-replica topics only when ``imcorrect.replicated``, requests
+    only when IMCorrect answers them."""
+    skip: set[str] = set()
+    if principal == "imcorrect":
+        if not settings.imcorrect.replicated:
+            skip |= {"imcorrect-log", "imcorrect-replicas"}
+        if not settings.imcorrect.answer_requests:
+            skip |= {"rec-requests", "recommendations"}
+    needs: dict[str, tuple[str, ...]] = {}
+    for op in ("read", "write"):
+        for logical in ACCESS[principal][op]:
+            if logical not in skip:
+                name = f"{settings.topic_prefix}{logical}"
+                needs[name] = (*needs.get(name, ()), op.upper())
+    return needs
 
 
 class KafkaAccessError(RuntimeError):
@@ -166,7 +185,10 @@ def librdkafka_config(settings: LetheSettings) -> dict[str, Any]:
 
 
 def check_access(
-    settings: LetheSettings, topics: Sequence[str] = (), timeout_s: float = 15.0
+    settings: LetheSettings,
+    topics: Sequence[str] = (),
+    timeout_s: float = 15.0,
+    needs: Mapping[str, Sequence[str]] | None = None,
 ) -> None:
     """Fail fast, with the reason, when the brokers cannot be used with these settings.
 
@@ -176,7 +198,10 @@ def check_access(
     same translation as the clients) and raises :class:`KafkaAccessError` on the first
     authentication or TLS failure, when no broker answers within ``timeout_s``, or when one
     of ``topics`` is not authorised for this principal (a topic that does not exist yet is
-    fine: whoever creates topics will).
+    fine: whoever creates topics will). With ``needs`` (topic → ``READ``/``WRITE``), each
+    operation must be among those the broker reports the principal may perform: DESCRIBE on
+    a topic alone lets the existence check pass, and a worker without READ on ``deletions``
+    would otherwise run and never forget anyone.
     """
     from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.admin import AdminClient
@@ -219,3 +244,42 @@ def check_access(
                 f"{who or 'this client'} is not authorised for topic {topic} at {where} "
                 "(TOPIC_AUTHORIZATION_FAILED): it needs ACLs for it (docs/security.md)"
             )
+    if needs:
+        missing = _missing_operations(admin, needs, timeout_s)
+        if missing:
+            raise KafkaAccessError(
+                f"{who or 'this client'} may not {'; '.join(missing)} at {where}: it needs "
+                "those ACLs (docs/security.md)"
+            )
+
+
+def _missing_operations(
+    admin: Any, needs: Mapping[str, Sequence[str]], timeout_s: float
+) -> list[str]:
+    """``"READ lethe.deletions"``-style entries for each needed operation the broker does
+    not report as authorised (topics that do not exist yet, or brokers that report no
+    operations, are not judged)."""
+    from confluent_kafka import KafkaError, KafkaException, TopicCollection
+
+    futures = admin.describe_topics(
+        TopicCollection(list(needs)), include_authorized_operations=True
+    )
+    missing = []
+    for topic, future in futures.items():
+        try:
+            described = future.result(timeout=timeout_s)
+        except KafkaException as exc:
+            code = exc.args[0].code()
+            if code == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                continue
+            if code == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+                missing += [f"{op} {topic}" for op in needs[topic]]
+                continue
+            raise
+        allowed = described.authorized_operations
+        if allowed is None:
+            continue
+        names = {op.name for op in allowed}
+        if "ALL" not in names:
+            missing += [f"{op} {topic}" for op in needs[topic] if op not in names]
+    return missing

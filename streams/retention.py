@@ -39,6 +39,8 @@ class TopicRetention:
     name: str
     retention_ms: int
     segment_ms: int = 0
+    #: read from the broker (False: the settings' plan, when the broker would not say)
+    from_broker: bool = False
 
     def until(self, now_ms: int) -> int | None:
         """The latest time a record appended at ``now_ms`` can still be read (None: never

@@ -88,8 +88,10 @@ async def describe_topic_configs(settings: LetheSettings, names: list[str]) -> d
         for response in responses:
             for resource in response.resources:
                 # (error_code, error_message, resource_type, resource_name, config_entries)
-                name, entries = resource[3], resource[4]
+                code, name, entries = resource[0], resource[3], resource[4]
                 out[name]["configs"] = {e[0]: e[1] for e in entries}
+                if code:  # e.g. no DescribeConfigs ACL: aiokafka does not raise for it
+                    out[name]["error"] = for_code(code).__name__
         return out
     finally:
         await admin.close()
@@ -110,19 +112,33 @@ async def topic_retention(settings: LetheSettings) -> dict[str, TopicRetention]:
         return planned
     out = {}
     for logical, plan in planned.items():
-        cfg = described.get(plan.name, {}).get("configs", {})
+        info = described.get(plan.name, {})
+        cfg = info.get("configs", {})
         try:
             out[logical] = TopicRetention(
-                plan.name, int(cfg["retention.ms"]), int(cfg.get("segment.ms", 0))
+                plan.name,
+                int(cfg["retention.ms"]),
+                int(cfg.get("segment.ms", 0)),
+                from_broker=True,
             )
         except (KeyError, ValueError):
+            # receipts then state the plan, which the broker may not follow: say so
+            log.warning(
+                "retention of %s not read from the broker (%s); receipts and checks use "
+                "the settings (%d ms). Grant DescribeConfigs on the topics (docs/security.md)",
+                plan.name,
+                info.get("error", "no retention.ms in its config"),
+                plan.retention_ms,
+            )
             out[logical] = plan
     over_deadline(out, settings.topics.erasure_deadline_ms)
     return out
 
 
-async def check_topic_retention(settings: LetheSettings) -> list[str]:
+async def check_topic_retention(settings: LetheSettings) -> tuple[list[str], list[str]]:
     """The start-up check: names of user-data topics that keep data past the erasure deadline
-    (each one is also logged as a warning by :func:`topic_retention`)."""
+    (each one is also logged as a warning by :func:`topic_retention`), and of those whose
+    retention the broker would not report (not verified)."""
     retention = await topic_retention(settings)
-    return over_deadline(retention, settings.topics.erasure_deadline_ms, warn=False)
+    over = over_deadline(retention, settings.topics.erasure_deadline_ms, warn=False)
+    return over, [r.name for r in retention.values() if not r.from_broker]

@@ -86,18 +86,20 @@ def acl_bindings(topic_prefix: str) -> list[AclBinding]:
                         allow,
                     )
                 )
-        # names only: lets create_topics see that the topics exist (it creates none)
-        out.append(
-            AclBinding(
-                ResourceType.TOPIC,
-                topic_prefix,
-                ResourcePatternType.PREFIXED,
-                user,
-                "*",
-                AclOperation.DESCRIBE,
-                allow,
+        # names only: lets create_topics see that the topics exist (it creates none); and
+        # their configs: the retention the receipts state is read from the broker
+        for operation in (AclOperation.DESCRIBE, AclOperation.DESCRIBE_CONFIGS):
+            out.append(
+                AclBinding(
+                    ResourceType.TOPIC,
+                    topic_prefix,
+                    ResourcePatternType.PREFIXED,
+                    user,
+                    "*",
+                    operation,
+                    allow,
+                )
             )
-        )
         if principal in GROUP_PREFIX:
             out.append(
                 AclBinding(

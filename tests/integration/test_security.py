@@ -25,7 +25,7 @@ from prometheus_client import REGISTRY, generate_latest
 
 from streams.client import DeliveryError, LetheProducer
 from streams.contracts import DeletionReceipt, InteractionEvent, Recommendation, decode
-from streams.kafka_config import KafkaAccessError, check_access
+from streams.kafka_config import KafkaAccessError, access_needs, check_access
 from streams.procs import WorkerProcess, free_port, scrape
 from streams.reader import read_all, request_and_wait
 from streams.runtime.admin import create_topics
@@ -283,6 +283,22 @@ def test_principal_without_acls_is_refused_with_a_clear_error(cluster: SecureClu
     _exits_with(
         worker, f"user 'nobody' (SCRAM-SHA-512) is not authorised for topic {nobody.topic_prefix}"
     )
+
+
+def test_a_principal_that_may_only_describe_a_topic_is_refused(
+    cluster: SecureCluster, sasl_run: SaslRun, tmp_path
+):
+    # the scorer's principal may DESCRIBE every topic under the prefix (the existence check
+    # passes) but not write receipts: as the IMCorrect worker it would run and never prove
+    # a deletion. The topics exist (sasl_run created them), so the broker judges each one
+    scorer = cluster.settings("scorer", state_dir=tmp_path / "s")
+    receipts = topic_name(scorer, "deletion-receipts")
+    with _bounded(), pytest.raises(KafkaAccessError, match=f"WRITE {receipts}"):
+        check_access(scorer, needs=access_needs(scorer, "imcorrect"))
+    imcorrect = cluster.settings("imcorrect")
+    with _bounded():
+        check_access(imcorrect, needs=access_needs(imcorrect, "imcorrect"))  # it may
+    _exits_with(WorkerProcess(scorer, tmp_path / "w.log"), f"may not READ {receipts}")
 
 
 def test_wrong_password_fails_fast_with_a_clear_message(cluster: SecureCluster, tmp_path):
