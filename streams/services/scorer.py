@@ -187,6 +187,13 @@ class ScorerService(NoOutbox):
             return
         known = [self.model, self._wanted, self._swap[0] if self._swap else None]
         newest = max((int(u.version) for u in known if u is not None), default=-1)
+        if verified.ts < self.state.served_ts:
+            m.MODEL_UPDATES_REFUSED.labels("older").inc()
+            log.warning(
+                "model update version %s refused: signed before the one already served",
+                verified.version,
+            )
+            return
         if int(verified.version) > newest:
             self._wanted = verified
 
@@ -211,6 +218,7 @@ class ScorerService(NoOutbox):
         if self.model is not None and int(model.version) <= int(self.model.version):
             return
         old, self.model = self.model, model
+        self.state.served_ts = max(self.state.served_ts, update.ts)
         store = self.state.store
         if store.max_per_user is not None and model.max_len > store.max_per_user:
             # the model reads longer histories than are kept: keep that many from now on
