@@ -116,6 +116,13 @@ def test_compose_structure():
         assert services[worker]["command"] == ["worker", worker]
     shared = {tuple(services[w]["volumes"]) for w in ("imcorrect", "trainer", "scorer")}
     assert len(shared) == 1, "the scorer reads the others' files: one shared state volume"
+    # the hash key is kept apart from the snapshots it protects (docs/privacy.md)
+    key_file = compose["x-lethe-env"]["LETHE_HASH_KEY_FILE"]
+    key_mount = next(
+        v for v in services["imcorrect"]["volumes"] if key_file.startswith(v.split(":")[1] + "/")
+    )
+    state_dir = compose["x-lethe-env"]["LETHE_STATE_DIR"]
+    assert not key_file.startswith(state_dir + "/") and key_mount.split(":")[0] != "lethe-state"
     assert services["imcorrect"]["environment"]["LETHE_IMCORRECT__ANSWER_REQUESTS"] == "false"
     prom = yaml.safe_load((MON / "prometheus.yml").read_text())
     for job in prom["scrape_configs"]:
