@@ -56,6 +56,22 @@ def key_fingerprint(key: bytes) -> str:
     return hashlib.blake2b(b"lethe hash key fingerprint", digest_size=8, key=key).hexdigest()
 
 
+class UnknownKeyError(RuntimeError):
+    """Saved state whose keyed hashes were made with a key this process does not hold."""
+
+
+def require_key(fingerprint: str | None, keys: KeyRing, what: str) -> None:
+    """Refuse ``what`` (a state file, a snapshot) whose hashes a key outside ``keys`` made:
+    its tombstones would match nothing, so forgotten users' late events would be learned
+    again without a word (a lost key file, a moved ``LETHE_HASH_KEY_FILE``)."""
+    if fingerprint is not None and fingerprint not in keys.fingerprints:
+        raise UnknownKeyError(
+            f"{what} was written with a hash key this process does not hold (fingerprint "
+            f"{fingerprint}): restore that key (LETHE_HASH_KEY_FILE / LETHE_HASH_KEY), or put "
+            "it in LETHE_HASH_KEYS_RETIRED after a rotation (docs/privacy.md)"
+        )
+
+
 def _from_secret(secret: SecretStr) -> bytes:
     # any length of secret text becomes a fixed-size key; BLAKE2b keys are at most 64 bytes
     return hashlib.sha256(secret.get_secret_value().encode("utf-8")).digest()

@@ -25,6 +25,7 @@ import numpy as np
 from models.durable import fsync_path
 from models.imcorrect import IMCorrect
 from streams.keys import KeyRing, key_fingerprint
+from streams.keys import require_key as check_key
 
 #: 2: the hash key is no longer in worker.json
 SNAPSHOT_FORMAT = 2
@@ -324,7 +325,9 @@ class SnapshotStore:
                 shutil.rmtree(p, ignore_errors=True)
         fsync_path(self.root)
 
-    def load(self, path: Path | None = None) -> WorkerState | None:
+    def load(self, path: Path | None = None, *, require_key: bool = False) -> WorkerState | None:
+        """The newest snapshot (or ``path``); with ``require_key``, one whose hashes another
+        key made is refused (:class:`streams.keys.UnknownKeyError`)."""
         path = path or self.latest()
         if path is None:
             return None
@@ -334,6 +337,8 @@ class SnapshotStore:
                 f"unsupported snapshot format {meta.get('format')} in {path} (format 1 kept "
                 "the hash key inside the snapshot; see docs/privacy.md for starting afresh)"
             )
+        if require_key and self.keys is not None:
+            check_key(meta.get("key_fingerprint"), self.keys, f"snapshot {path}")
         model = IMCorrect.load(path / "model", memory_budget_gb=self.memory_budget_gb)
         with np.load(path / "worker.npz", allow_pickle=False) as arrays:
             dedup = DedupWindow(meta["dedup_capacity"], arrays["dedup"])

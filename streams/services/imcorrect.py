@@ -62,7 +62,7 @@ class IMCorrectService:
             keyring_for(settings),
             settings.imcorrect.memory_budget_gb,  # a loaded model refuses what a new one would
         )
-        self.state = self.store.load() or self.store.adopt(new_state(settings))
+        self.state = self.store.load(require_key=True) or self.store.adopt(new_state(settings))
         self.store.prune_stale()  # before the runtime publishes receipts the outbox kept
         self.applier = Applier(self.state, retention_from_settings(settings))
         self._mapping_saved_at = time.monotonic()

@@ -7,7 +7,7 @@ never written to the state file (docs/privacy.md).
 
 from __future__ import annotations
 
-from streams.keys import KeyRing, key_fingerprint
+from streams.keys import KeyRing, key_fingerprint, require_key
 from streams.sequence_store import SequenceStore
 from streams.state import DedupWindow, Hasher
 from streams.tombstones import Tombstones, from_json, to_json
@@ -102,6 +102,8 @@ class ScorerState:
         if data.get("format") not in (2, STATE_FORMAT):
             raise ValueError("unsupported scorer state format (see docs/privacy.md)")
         state = cls(keys, dedup_window, max_history)
+        if keys is not None:  # a reader given no keys (an inspection) is not held to it
+            require_key(data.get("key_fingerprint"), keys, "the scorer's state file")
         state.store = SequenceStore.from_dict(data["store"], track_first=False)
         saved = state.store.max_per_user
         if max_history is not None:

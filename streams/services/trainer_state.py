@@ -23,7 +23,7 @@ from pathlib import Path
 
 from models.durable import write_json_atomically
 from streams.contracts import DeletionReceipt, ModelUpdate
-from streams.keys import KeyRing, key_fingerprint
+from streams.keys import KeyRing, key_fingerprint, require_key
 from streams.sequence_store import SequenceStore
 from streams.services.base import Outbox
 from streams.state import DedupWindow, Hasher, IdMap
@@ -102,6 +102,8 @@ class TrainerFiles:
     (``keys``: the hash keys the loaded state uses; kept out of the file)."""
 
     def __init__(self, state_dir: Path, keys: KeyRing | None = None) -> None:
+        #: a reader given no keys (an inspection) is not held to the file's key
+        self._check_key = keys is not None
         self.keys = keys or KeyRing.generate()
         self.root = Path(state_dir) / "trainer"
         self.checkpoints = self.root / "checkpoints"
@@ -185,6 +187,8 @@ class TrainerFiles:
         data = json.loads(self.state_file.read_text())
         if data.get("format") not in (2, 3, 4, 5, STATE_FORMAT):
             raise ValueError(f"unsupported trainer state format in {self.state_file}")
+        if self._check_key:
+            require_key(data.get("key_fingerprint"), self.keys, f"{self.state_file}")
         return TrainerState(
             store=SequenceStore.from_dict(data["store"]),
             items=IdMap(data["items"]),

@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import pytest
+from pydantic import SecretStr
 
 from models.imcorrect import IMCorrect
 from streams.applier import Applier
@@ -293,3 +294,37 @@ def test_scorer_lookups_survive_a_key_rotation():
     assert not rotated.is_suppressed("bob") and not rotated.is_forbidden("shared")
     rotated.unforbid(SECRET_ITEM)
     assert not rotated.forbidden_items
+
+
+def test_every_worker_refuses_state_written_under_a_key_it_does_not_hold(tmp_path):
+    # a key file lost or moved (say, a compose upgrade that mounts an empty key volume): a
+    # fresh key would match no tombstone, and forgotten users' late events would come back
+    from streams.keys import UnknownKeyError
+    from streams.services.imcorrect import IMCorrectService
+    from streams.services.scorer import ScorerService
+    from streams.services.trainer import TrainerService
+
+    first = LetheSettings(state_dir=tmp_path, hash_key="the-first-key-0123456789")
+    other = first.model_copy(update={"hash_key": SecretStr("another-key-0123456789")})
+    imc = IMCorrectService(first, tmp_path / "imcorrect")
+    imc.save()
+    imc.close()
+    scorer = ScorerService(first)
+    scorer.save()
+    scorer.close()
+    trainer = TrainerService(first)
+    trainer.save()
+    for make in (
+        lambda s: IMCorrectService(s, tmp_path / "imcorrect"),
+        ScorerService,
+        TrainerService,
+    ):
+        with pytest.raises(UnknownKeyError, match="fingerprint"):
+            make(other)
+    # the old key among the retired ones (a rotation): accepted
+    rotated = other.model_copy(
+        update={"hash_keys_retired": [SecretStr("the-first-key-0123456789")]}
+    )
+    IMCorrectService(rotated, tmp_path / "imcorrect").close()
+    ScorerService(rotated).close()
+    TrainerService(rotated)
