@@ -17,14 +17,17 @@ if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null && sudo -n true 2>/dev/null
 fi
 if command -v apt-get >/dev/null && { [ "$(id -u)" = 0 ] || [ -n "$as_root" ]; }; then
   echo "install-prometheus: apt-get install prometheus"
-  $as_root apt-get update -qq
-  $as_root env DEBIAN_FRONTEND=noninteractive \
-    apt-get install -y -qq --no-install-recommends prometheus >/dev/null
-  # the package may start its system service; Lethe's tests and demo start their own (only
-  # that service is stopped: any other Prometheus on the host is left alone)
-  ($as_root systemctl stop prometheus 2>/dev/null || $as_root service prometheus stop 2>/dev/null) \
-    >/dev/null 2>&1 || true
-  exit 0
+  # a sudo that may not run apt-get falls through to unpacking below
+  if $as_root apt-get update -qq \
+    && $as_root env DEBIAN_FRONTEND=noninteractive \
+      apt-get install -y -qq --no-install-recommends prometheus >/dev/null; then
+    # the package may start its system service; Lethe's tests and demo start their own
+    # (only that service is stopped: any other Prometheus on the host is left alone)
+    ($as_root systemctl stop prometheus 2>/dev/null \
+      || $as_root service prometheus stop 2>/dev/null) >/dev/null 2>&1 || true
+    exit 0
+  fi
+  echo "install-prometheus: apt-get install failed; trying to unpack the package" >&2
 fi
 if [ -n "$BIN_DIR" ] && command -v apt-get >/dev/null && command -v dpkg-deb >/dev/null; then
   echo "install-prometheus: not root; unpacking Debian's prometheus package into $BIN_DIR"

@@ -29,7 +29,7 @@ def _cmd_topics(args: argparse.Namespace, settings: LetheSettings) -> int:
         for name in over:
             print(f"{name}: keeps user data past the erasure deadline of {deadline} ms")
         for name in unread:
-            print(f"{name}: retention not readable from the broker (DescribeConfigs?)")
+            print(f"{name}: retention not read from the broker (the warning above says why)")
         if over:
             return 1
         if unread:
@@ -96,8 +96,17 @@ def _cmd_forget(args: argparse.Namespace, settings: LetheSettings) -> int:
         return await p.forget_item(args.item, reason=args.reason)
 
     async def send_only():
-        async with LetheProducer(settings) as p:
-            return await send(p)
+        delivered = None
+        try:
+            async with LetheProducer(settings) as p:
+                request = await send(p)
+                await p.flush()
+                delivered = request
+        except NOT_SENT:
+            if delivered is None:
+                raise
+            # closing failed after the broker acknowledged the request: it is sent
+        return delivered
 
     if args.items and not args.user:
         print("lethe forget: --interaction needs --user", file=sys.stderr)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import time
 import urllib.error
@@ -12,6 +11,7 @@ import urllib.request
 from pathlib import Path
 
 from streams.procs import free_port
+from streams.tools import find_tool
 
 #: seconds between scrapes: the demo's steps last seconds, so the default 15 s would miss them
 SCRAPE_INTERVAL_S = 1
@@ -38,7 +38,7 @@ class Prometheus:
     """``prometheus`` scraping ``targets`` (worker kind -> metrics port); files in ``work_dir``."""
 
     def __init__(self, targets: dict[str, int], work_dir: Path) -> None:
-        binary = shutil.which("prometheus")
+        binary = find_tool("prometheus")
         if binary is None:
             raise RuntimeError("prometheus is not installed: run `make setup`")
         self.binary = binary

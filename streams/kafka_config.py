@@ -245,7 +245,13 @@ def check_access(
                 "(TOPIC_AUTHORIZATION_FAILED): it needs ACLs for it (docs/security.md)"
             )
     if needs:
-        missing = _missing_operations(admin, needs, timeout_s)
+        try:
+            missing = _missing_operations(admin, needs, timeout_s)
+        except (KafkaException, TimeoutError) as exc:  # a broker that cannot say now
+            raise KafkaAccessError(
+                f"could not ask {where} which operations {who or 'this client'} may perform "
+                f"on its topics: {exc}"
+            ) from exc
         if missing:
             raise KafkaAccessError(
                 f"{who or 'this client'} may not {'; '.join(missing)} at {where}: it needs "

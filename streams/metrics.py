@@ -97,7 +97,7 @@ SCORER_PROVIDER = Gauge(
 SCORER_SWAPS = Counter("lethe_scorer_model_swaps_total", "Model swaps by outcome", ["outcome"])
 MODEL_UPDATES_REFUSED = Counter(
     "lethe_model_updates_refused_total",
-    "model-updates messages refused before any file was opened (unsigned, forged, path, older)",
+    "model-updates messages refused before any file was opened (unsigned, forged, path)",
     ["reason"],
 )
 SCORER_DELETIONS = Counter(

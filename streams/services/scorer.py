@@ -187,14 +187,10 @@ class ScorerService(NoOutbox):
             return
         known = [self.model, self._wanted, self._swap[0] if self._swap else None]
         newest = max((int(u.version) for u in known if u is not None), default=-1)
-        if verified.ts < self.state.served_ts:
-            m.MODEL_UPDATES_REFUSED.labels("older").inc()
-            log.warning(
-                "model update version %s refused: signed before the one already served",
-                verified.version,
-            )
-            return
-        if int(verified.version) > newest:
+        # the trainer's versions only grow; the one served last (a restart replays the
+        # topic) is taken again, anything older never is
+        version = int(verified.version)
+        if version > newest and version >= self.state.served_version:
             self._wanted = verified
 
     def _authentic(self, update: ModelUpdate) -> ModelUpdate | None:
@@ -218,7 +214,7 @@ class ScorerService(NoOutbox):
         if self.model is not None and int(model.version) <= int(self.model.version):
             return
         old, self.model = self.model, model
-        self.state.served_ts = max(self.state.served_ts, update.ts)
+        self.state.served_version = max(self.state.served_version, int(model.version))
         store = self.state.store
         if store.max_per_user is not None and model.max_len > store.max_per_user:
             # the model reads longer histories than are kept: keep that many from now on

@@ -47,10 +47,10 @@ class ScorerState:
         self.dedup = DedupWindow(dedup_window)
         #: forgotten users, items and pairs → deletion ts (:mod:`streams.tombstones`)
         self.tombstones: Tombstones = {}
-        #: the signed ``ts`` of the newest SASRec announcement ever served: one signed
-        #: earlier (replayed, or left by compaction after someone re-published it) is never
-        #: served again; a reset trainer's, though its version starts over, is newer
-        self.served_ts = -1
+        #: the newest SASRec version ever served: an older announcement (superseded
+        #: history, or one re-published so that compaction leaves it alone) is never served
+        #: again, also after a restart
+        self.served_version = -1
 
     @property
     def hasher(self) -> Hasher:
@@ -85,7 +85,7 @@ class ScorerState:
             "offsets": self.offsets,
             "dedup": self.dedup.to_json(),
             "tombstones": to_json(self.tombstones),
-            "served_ts": self.served_ts,
+            "served_version": self.served_version,
             "key_fingerprint": key_fingerprint(self.keys.current),
         }
 
@@ -113,5 +113,5 @@ class ScorerState:
         state.offsets = data["offsets"]
         state.dedup = DedupWindow.from_json(dedup_window, data.get("dedup", []))
         state.tombstones = from_json(data.get("tombstones", []))
-        state.served_ts = int(data.get("served_ts", -1))
+        state.served_version = int(data.get("served_version", -1))
         return state

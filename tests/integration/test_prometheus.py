@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import subprocess
 import time
 import urllib.parse
@@ -17,9 +16,10 @@ from streams.client import LetheProducer
 from streams.procs import WorkerProcess, free_port
 from streams.replay import to_event
 from streams.runtime.admin import create_topics
+from streams.tools import find_tool
 
 pytestmark = pytest.mark.kafka
-PROMETHEUS = shutil.which("prometheus")
+PROMETHEUS = find_tool("prometheus")
 
 
 def _query(port: int, promql: str) -> float | None:

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 
 import pytest
 import yaml
 
 from streams.demo_prometheus import prometheus_config
+from streams.tools import find_tool
 
-PROMTOOL = shutil.which("promtool")
+PROMTOOL = find_tool("promtool")
 
 
 @pytest.mark.skipif(PROMTOOL is None, reason="promtool not installed (make setup installs it)")

@@ -265,3 +265,33 @@ def test_forget_wait_says_sent_when_the_receipts_cannot_be_read(monkeypatch, cap
     assert main(["forget", "--user", "u1", "--wait", "--timeout", "1"]) == 3
     err = capsys.readouterr().err
     assert "sent-1" in err and "was sent" in err
+
+
+def test_forget_without_wait_reports_a_request_the_broker_took_as_sent(monkeypatch, capsys):
+    # closing the producer fails after the broker acknowledged the request: exit 0 with the
+    # request id, never exit 4 ("not sent"), which would invite a second deletion
+    from aiokafka.errors import KafkaConnectionError
+
+    from streams import client
+
+    class Producer:
+        def __init__(self, settings):
+            pass
+
+        async def __aenter__(self):
+            return self
+
+        async def __aexit__(self, *exc):
+            raise KafkaConnectionError("broker gone while closing")
+
+        async def flush(self):
+            pass
+
+        async def forget_user(self, user, reason):
+            return DeletionRequest(
+                request_id="sent-2", scope="user", user_id=user, reason=reason, ts=1
+            )
+
+    monkeypatch.setattr(client, "LetheProducer", Producer)
+    assert main(["forget", "--user", "u1"]) == 0
+    assert json.loads(capsys.readouterr().out)["request_id"] == "sent-2"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import typing
 from pathlib import Path
@@ -14,10 +13,11 @@ import pytest
 import yaml
 
 from monitoring.dashboards import OUT, readme_table, rendered
+from streams.tools import find_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 MON = ROOT / "monitoring"
-PROMTOOL = shutil.which("promtool")
+PROMTOOL = find_tool("promtool")
 needs_promtool = pytest.mark.skipif(
     PROMTOOL is None, reason="promtool not installed (apt-get install prometheus; .ci/run does)"
 )
