@@ -85,7 +85,7 @@ def _cmd_replay(args: argparse.Namespace, settings: LetheSettings) -> int:
 
 
 def _cmd_forget(args: argparse.Namespace, settings: LetheSettings) -> int:
-    from streams.client import NOT_SENT, LetheProducer
+    from streams.client import NOT_SENT, LetheProducer, send_acknowledged
     from streams.reader import ReceiptTimeout, forget_and_wait
 
     async def send(p: LetheProducer):
@@ -96,17 +96,7 @@ def _cmd_forget(args: argparse.Namespace, settings: LetheSettings) -> int:
         return await p.forget_item(args.item, reason=args.reason)
 
     async def send_only():
-        delivered = None
-        try:
-            async with LetheProducer(settings) as p:
-                request = await send(p)
-                await p.flush()
-                delivered = request
-        except NOT_SENT:
-            if delivered is None:
-                raise
-            # closing failed after the broker acknowledged the request: it is sent
-        return delivered
+        return await send_acknowledged(settings, send)
 
     if args.items and not args.user:
         print("lethe forget: --interaction needs --user", file=sys.stderr)

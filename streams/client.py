@@ -17,10 +17,11 @@ Example
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 import uuid
-from collections.abc import Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaProducer
@@ -42,6 +43,9 @@ from streams.kafka_config import check_access, producer_kwargs, reply_producer_k
 from streams.topics import topic_name
 
 T = TypeVar("T")
+R = TypeVar("R")
+
+log = logging.getLogger("lethe.client")
 
 
 class DeliveryError(RuntimeError):
@@ -250,6 +254,25 @@ class LetheProducer:
         )
         await self.send("rec-requests", user_id, req)
         return req
+
+
+async def send_acknowledged(
+    settings: LetheSettings, send: Callable[[LetheProducer], Awaitable[R]]
+) -> R:
+    """Run ``send`` on a fresh producer and wait until the broker has acknowledged what it
+    queued. A failure to close the producer after that does not unsend it, so it is not
+    raised: a caller told "not sent" would send a deletion twice."""
+    delivered: list[R] = []
+    try:
+        async with LetheProducer(settings) as producer:
+            record = await send(producer)
+            await producer.flush()
+            delivered.append(record)
+    except NOT_SENT:
+        if not delivered:
+            raise
+        log.warning("the producer failed to close after the broker acknowledged the record")
+    return delivered[0]
 
 
 class SyncLetheProducer:

@@ -11,7 +11,7 @@ from typing import TypeVar
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from streams.client import LetheProducer
+from streams.client import LetheProducer, send_acknowledged
 from streams.config import LetheSettings
 from streams.contracts import (
     ContractError,
@@ -169,16 +169,7 @@ async def forget_and_wait(
     await consumer.start()
     try:
         await read_from_end(consumer, topic_name(settings, "deletion-receipts"))
-        delivered: DeletionRequest | None = None
-        try:
-            async with LetheProducer(settings) as producer:
-                request = await send(producer)
-                await producer.flush()
-                delivered = request
-        except KafkaError:
-            if delivered is None:
-                raise
-            # closing the producer failed after the broker acknowledged the request: sent
+        request = await send_acknowledged(settings, send)
         try:
             receipt = await _first(
                 consumer,
