@@ -9,6 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+import msgspec
+
 
 def fsync_path(path: Path) -> None:
     """fsync a file or a folder (a folder: so a rename in it survives a power cut)."""
@@ -37,7 +39,9 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
     fsync_path(path.parent)
 
 
-def write_json_atomically(path: Path, data: Any) -> None:
-    """``data`` as JSON, written with :func:`atomic_write`."""
-    body = json.dumps(data).encode()
+def write_json_atomically(path: Path, data: Any, *, compact: bool = False) -> None:
+    """``data`` as JSON, written with :func:`atomic_write`. ``compact`` encodes with msgspec,
+    an order of magnitude faster for large files (the scorer writes its state on the
+    serving thread); only for data without floats, since it writes a NaN as null."""
+    body = msgspec.json.encode(data) if compact else json.dumps(data).encode()
     atomic_write(Path(path), lambda f: f.write(body))

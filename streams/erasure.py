@@ -151,7 +151,7 @@ def verify_erasure(
     for name in ("scorer", "trainer"):
         path = Path(state_dir) / name / "state.json"
         if path.exists() and receipt.scope != "interactions":  # the user stays there
-            _check_sequences(verdict, name, json.loads(path.read_text()), kind, is_subject)
+            _check_sequences(verdict, name, json.loads(path.read_bytes()), kind, is_subject)
     if not verdict.checks:
         verdict.add("state", False, f"nothing to verify under {state_dir}")
     return verdict
@@ -168,7 +168,7 @@ def _check_keys(verdict: Verdict, root: Path, snapshot: Path | None, keys: KeyRi
     for name in ("scorer", "trainer"):
         path = root / name / "state.json"
         if path.is_file():
-            found[name] = json.loads(path.read_text()).get("key_fingerprint")
+            found[name] = json.loads(path.read_bytes()).get("key_fingerprint")
     known = set(keys.fingerprints)
     wrong = sorted(name for name, fp in found.items() if fp is not None and fp not in known)
     unmarked = sorted(name for name, fp in found.items() if fp is None)

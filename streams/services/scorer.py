@@ -70,7 +70,7 @@ class ScorerService(NoOutbox):
         window, history = self.cfg.dedup_window, self.cfg.max_history
         self.state = ScorerState(keys, window, history)
         if self.state_file.exists():
-            saved = json.loads(self.state_file.read_text())
+            saved = json.loads(self.state_file.read_bytes())
             self.state = ScorerState.from_dict(saved, keys, window, history)
         self._update_key = update_key(settings)
         self._banned_cache: tuple[Catalogue, frozenset[str], frozenset[int]] | None = None
@@ -109,7 +109,8 @@ class ScorerService(NoOutbox):
         self.state.offsets.update(offsets)
 
     def save(self, *, for_receipt: bool = False) -> None:
-        write_json_atomically(self.state_file, self.state.to_dict())
+        # on the serving thread: the compact encoder keeps the stall short (ids and ints only)
+        write_json_atomically(self.state_file, self.state.to_dict(), compact=True)
 
     def gauges(self) -> None:
         if self.imcorrect is not None:

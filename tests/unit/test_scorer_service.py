@@ -279,3 +279,16 @@ def test_a_model_reading_longer_histories_raises_the_bound(tmp_path):
     again = ScorerService(settings)  # the raised bound survives a restart
     assert again.state.store.get("u1") == ["b", "c", "d", "e"]
     again.close()
+
+
+def test_the_compact_state_file_round_trips_any_id(tmp_path):
+    svc = _service(tmp_path)
+    odd = [("ユーザー", "映画-1"), ("u\u2028x", 'q"\\'), ("emoji-🙂", "tab\there")]
+    svc.apply(Inputs(interactions=_columns(odd)))
+    svc.save()
+    before = svc.state.store.to_dict()
+    svc.close()
+    again = _service(tmp_path)
+    assert again.state.store.to_dict() == before
+    assert again.state.store.get("ユーザー") == ["映画-1"]
+    again.close()
