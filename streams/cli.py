@@ -241,7 +241,16 @@ def _cmd_worker(args: argparse.Namespace, settings: LetheSettings) -> int:
         except KafkaAccessError as exc:
             logging.getLogger("lethe.worker").error("%s worker cannot start: %s", args.kind, exc)
             return 3
-    run_worker(args.kind, settings)
+    import logging
+
+    from streams.keys import UnknownKeyError
+
+    try:
+        run_worker(args.kind, settings)
+    except UnknownKeyError as exc:
+        # stopped on purpose: without its key the worker would learn forgotten users again
+        logging.getLogger("lethe.worker").critical("%s worker cannot start: %s", args.kind, exc)
+        return 5
     return 0
 
 

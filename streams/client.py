@@ -39,7 +39,12 @@ from streams.contracts import (
     RecRequest,
     decode,
 )
-from streams.kafka_config import check_access, producer_kwargs, reply_producer_kwargs
+from streams.kafka_config import (
+    KafkaAccessError,
+    check_access,
+    producer_kwargs,
+    reply_producer_kwargs,
+)
 from streams.topics import topic_name
 
 T = TypeVar("T")
@@ -59,7 +64,13 @@ class DeliveryError(RuntimeError):
 
 #: what a send can fail with: no broker, a refused delivery, a record the contract (or the
 #: configured limits) refuses
-NOT_SENT: tuple[type[Exception], ...] = (DeliveryError, KafkaError, ContractError, ValidationError)
+NOT_SENT: tuple[type[Exception], ...] = (
+    DeliveryError,
+    KafkaError,
+    KafkaAccessError,
+    ContractError,
+    ValidationError,
+)
 
 
 def now_ms() -> int:
@@ -268,7 +279,7 @@ async def send_acknowledged(
             record = await send(producer)
             await producer.flush()
             delivered.append(record)
-    except NOT_SENT:
+    except Exception:  # noqa: BLE001 - whatever closing raises, an acknowledged record is out
         if not delivered:
             raise
         log.warning("the producer failed to close after the broker acknowledged the record")

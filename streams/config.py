@@ -431,6 +431,14 @@ class LetheSettings(BaseSettings):
             )
         return value
 
+    @field_validator("hash_keys_retired")
+    @classmethod
+    def _no_empty_retired_key(cls, values: list[SecretStr]) -> list[SecretStr]:
+        # an unset ${VAR} in compose: a retired key nobody can have meant
+        if any(not v.get_secret_value() for v in values):
+            raise ValueError("a retired hash key is empty")
+        return values
+
     @classmethod
     def settings_customise_sources(
         cls,

@@ -237,7 +237,10 @@ def check_access(
                 f"no Kafka broker answered at {where} in {timeout_s:g} s: {last}"
             )
     for topic in topics:
-        meta = admin.list_topics(topic, timeout=timeout_s).topics.get(topic)
+        try:
+            meta = admin.list_topics(topic, timeout=timeout_s).topics.get(topic)
+        except KafkaException as exc:
+            raise KafkaAccessError(f"could not describe topic {topic} at {where}: {exc}") from exc
         error = meta.error if meta is not None else None
         if error is not None and error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
             raise KafkaAccessError(

@@ -67,8 +67,10 @@ def require_key(fingerprint: str | None, keys: KeyRing, what: str) -> None:
     if fingerprint is not None and fingerprint not in keys.fingerprints:
         raise UnknownKeyError(
             f"{what} was written with a hash key this process does not hold (fingerprint "
-            f"{fingerprint}): restore that key (LETHE_HASH_KEY_FILE / LETHE_HASH_KEY), or put "
-            "it in LETHE_HASH_KEYS_RETIRED after a rotation (docs/privacy.md)"
+            f"{fingerprint}): restore that key (the file LETHE_HASH_KEY_FILE names, or the "
+            "LETHE_HASH_KEY it came from); after a rotation keep the old key among the "
+            "retired ones: the key file's later lines (lethe rotate-hash-key), or "
+            "LETHE_HASH_KEYS_RETIRED for an old LETHE_HASH_KEY (docs/privacy.md)"
         )
 
 
@@ -161,10 +163,21 @@ def keyring(
     return load_or_create_key_file(Path(key_file))
 
 
-def keyring_for(settings, create: bool = True) -> KeyRing:  # noqa: ANN001 - LetheSettings
-    """The key ring of a Lethe process: ``hash_key`` when set, else the key file."""
+def keyring_for(  # noqa: ANN001 - settings: LetheSettings
+    settings, create: bool = True, *, saved_state: bool = False
+) -> KeyRing:
+    """The key ring of a Lethe process: ``hash_key`` when set, else the key file.
+
+    ``saved_state``: the caller holds state written earlier. A missing key file is then
+    refused instead of created, since a new key matches none of that state's hashes, and
+    writing one would only overwrite the key an operator is about to restore."""
     from streams.config import hash_key_path
 
-    return keyring(
-        hash_key_path(settings), settings.hash_key, settings.hash_keys_retired, create=create
-    )
+    path = hash_key_path(settings)
+    if saved_state and settings.hash_key is None and not Path(path).exists():
+        raise UnknownKeyError(
+            f"saved state is here but the hash key file {path} is missing: restore it "
+            "(LETHE_HASH_KEY_FILE); a new key would match none of the state's tombstones "
+            "(docs/privacy.md)"
+        )
+    return keyring(path, settings.hash_key, settings.hash_keys_retired, create=create)

@@ -3,6 +3,7 @@ where ``make setup`` unpacks them when it may not install system packages."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -15,4 +16,4 @@ def find_tool(name: str) -> str | None:
     if found is not None:
         return found
     beside = Path(sys.executable).parent / name
-    return str(beside) if beside.is_file() else None
+    return str(beside) if beside.is_file() and os.access(beside, os.X_OK) else None

@@ -57,9 +57,11 @@ class IMCorrectService:
     def __init__(self, settings: LetheSettings, state_dir: Path | None = None) -> None:
         self.settings = settings
         # the hash key is kept apart from the snapshots (docs/privacy.md, "Keys")
+        folder = Path(state_dir or Path(settings.state_dir) / imcorrect_folder(settings))
+        saved = SnapshotStore(folder).latest() is not None
         self.store = SnapshotStore(
-            Path(state_dir or Path(settings.state_dir) / imcorrect_folder(settings)),
-            keyring_for(settings),
+            folder,
+            keyring_for(settings, saved_state=saved),
             settings.imcorrect.memory_budget_gb,  # a loaded model refuses what a new one would
         )
         self.state = self.store.load(require_key=True) or self.store.adopt(new_state(settings))

@@ -66,7 +66,7 @@ class ScorerService(NoOutbox):
         self.settings = settings
         self.cfg = settings.scorer
         self.state_file = Path(settings.state_dir) / scorer_folder(settings) / "state.json"
-        keys = keyring_for(settings)
+        keys = keyring_for(settings, saved_state=self.state_file.exists())
         window, history = self.cfg.dedup_window, self.cfg.max_history
         self.state = ScorerState(keys, window, history)
         if self.state_file.exists():
@@ -191,7 +191,16 @@ class ScorerService(NoOutbox):
         # the trainer's versions only grow; the one served last (a restart replays the
         # topic) is taken again, anything older never is
         version = int(verified.version)
-        if version > newest and version >= self.state.served_version:
+        if version < self.state.served_version:
+            # superseded history replayed at a start, a re-published old announcement, or a
+            # trainer numbering again from a restored backup (docs/privacy.md)
+            log.info(
+                "model update version %d skipped: older than version %d, served before",
+                version,
+                self.state.served_version,
+            )
+            return
+        if version > newest:
             self._wanted = verified
 
     def _authentic(self, update: ModelUpdate) -> ModelUpdate | None:

@@ -243,7 +243,7 @@ def test_trainer_and_scorer_serve_across_a_swap_and_forget(serving_settings, tmp
             settings.state_dir / "trainer" / "state.json",
             settings.state_dir / "scorer" / "state.json",
         ):
-            state = json.loads(state_file.read_text())
+            state = json.loads(state_file.read_bytes())
             assert user not in state["store"]["sequences"]
             assert all(item not in seq for seq in state["store"]["sequences"].values())
             assert user not in state.get("suppressed_users", {}), "ids on disk are hashed"

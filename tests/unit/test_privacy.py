@@ -328,3 +328,38 @@ def test_every_worker_refuses_state_written_under_a_key_it_does_not_hold(tmp_pat
     IMCorrectService(rotated, tmp_path / "imcorrect").close()
     ScorerService(rotated).close()
     TrainerService(rotated)
+
+
+def test_a_missing_key_file_beside_saved_state_is_refused_not_created(tmp_path):
+    # creating a fresh key would match none of the tombstones, and would overwrite the key
+    # the operator is about to restore
+    from streams.config import hash_key_path
+    from streams.keys import UnknownKeyError
+    from streams.services.imcorrect import IMCorrectService
+    from streams.services.scorer import ScorerService
+    from streams.services.trainer import TrainerService
+
+    settings = LetheSettings(state_dir=tmp_path)
+    imc = IMCorrectService(settings, tmp_path / "imcorrect")
+    imc.save()
+    imc.close()
+    scorer = ScorerService(settings)
+    scorer.save()
+    scorer.close()
+    TrainerService(settings).save()
+    key_file = hash_key_path(settings)
+    key = key_file.read_bytes()
+    key_file.unlink()
+    for make in (
+        lambda s: IMCorrectService(s, tmp_path / "imcorrect"),
+        ScorerService,
+        TrainerService,
+    ):
+        with pytest.raises(UnknownKeyError, match="is missing"):
+            make(settings)
+        assert not key_file.exists()
+    key_file.write_bytes(key)  # restored: all three start again
+    key_file.chmod(0o600)
+    IMCorrectService(settings, tmp_path / "imcorrect").close()
+    ScorerService(settings).close()
+    TrainerService(settings)
