@@ -164,17 +164,18 @@ def keyring(
 
 
 def keyring_for(  # noqa: ANN001 - settings: LetheSettings
-    settings, create: bool = True, *, saved_state: bool = False
+    settings, create: bool = True, *, saved_fingerprint: str | None = None
 ) -> KeyRing:
     """The key ring of a Lethe process: ``hash_key`` when set, else the key file.
 
-    ``saved_state``: the caller holds state written earlier. A missing key file is then
-    refused instead of created, since a new key matches none of that state's hashes, and
-    writing one would only overwrite the key an operator is about to restore."""
+    ``saved_fingerprint``: the key fingerprint of state the caller wrote earlier. A missing
+    key file is then refused instead of created, since a new key matches none of that
+    state's hashes, and writing one would only overwrite the key an operator is about to
+    restore."""
     from streams.config import hash_key_path
 
     path = hash_key_path(settings)
-    if saved_state and settings.hash_key is None and not Path(path).exists():
+    if saved_fingerprint and settings.hash_key is None and not Path(path).exists():
         raise UnknownKeyError(
             f"saved state is here but the hash key file {path} is missing: restore it "
             "(LETHE_HASH_KEY_FILE); a new key would match none of the state's tombstones "

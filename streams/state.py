@@ -268,6 +268,14 @@ class SnapshotStore:
         done = self._complete()
         return done[-1] if done else None
 
+    def saved_fingerprint(self) -> str | None:
+        """The key fingerprint of the newest snapshot (None: none, or one without hashes
+        a key made)."""
+        latest = self.latest()
+        if latest is None:
+            return None
+        return json.loads((latest / "worker.json").read_bytes()).get("key_fingerprint")
+
     def save(self, state: WorkerState, *, with_mapping: bool = True) -> Path:
         """Write ``state`` as the newest snapshot; ``with_mapping=False`` leaves the mapping's
         arrays out (it is refitted from X on load) so the write scales with X, not n²."""

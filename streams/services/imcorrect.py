@@ -58,10 +58,10 @@ class IMCorrectService:
         self.settings = settings
         # the hash key is kept apart from the snapshots (docs/privacy.md, "Keys")
         folder = Path(state_dir or Path(settings.state_dir) / imcorrect_folder(settings))
-        saved = SnapshotStore(folder).latest() is not None
+        saved = SnapshotStore(folder).saved_fingerprint()
         self.store = SnapshotStore(
             folder,
-            keyring_for(settings, saved_state=saved),
+            keyring_for(settings, saved_fingerprint=saved),
             settings.imcorrect.memory_budget_gb,  # a loaded model refuses what a new one would
         )
         self.state = self.store.load(require_key=True) or self.store.adopt(new_state(settings))

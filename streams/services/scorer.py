@@ -66,11 +66,11 @@ class ScorerService(NoOutbox):
         self.settings = settings
         self.cfg = settings.scorer
         self.state_file = Path(settings.state_dir) / scorer_folder(settings) / "state.json"
-        keys = keyring_for(settings, saved_state=self.state_file.exists())
+        saved = json.loads(self.state_file.read_bytes()) if self.state_file.exists() else None
+        keys = keyring_for(settings, saved_fingerprint=(saved or {}).get("key_fingerprint"))
         window, history = self.cfg.dedup_window, self.cfg.max_history
         self.state = ScorerState(keys, window, history)
-        if self.state_file.exists():
-            saved = json.loads(self.state_file.read_bytes())
+        if saved is not None:
             self.state = ScorerState.from_dict(saved, keys, window, history)
         self._update_key = update_key(settings)
         self._banned_cache: tuple[Catalogue, frozenset[str], frozenset[int]] | None = None

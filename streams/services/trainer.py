@@ -78,8 +78,10 @@ class TrainerService:
         if self.cfg.threads:
             torch.set_num_threads(self.cfg.threads)
         self.model_dir = Path(settings.model_dir)
-        saved = (Path(settings.state_dir) / "trainer" / "state.json").exists()
-        self.files = TrainerFiles(settings.state_dir, keyring_for(settings, saved_state=saved))
+        saved = TrainerFiles.saved_fingerprint(settings.state_dir)
+        self.files = TrainerFiles(
+            settings.state_dir, keyring_for(settings, saved_fingerprint=saved)
+        )
         self.state = self.files.load() or TrainerState(
             store=SequenceStore(max_per_user=self.cfg.model.max_len + 2),
             dedup=DedupWindow(self.cfg.dedup_window),

@@ -110,6 +110,14 @@ class TrainerFiles:
         self.state_file = self.root / "state.json"
         self.checkpoints.mkdir(parents=True, exist_ok=True)
 
+    @staticmethod
+    def saved_fingerprint(state_dir: Path) -> str | None:
+        """The key fingerprint of the state file under ``state_dir`` (None: none)."""
+        path = Path(state_dir) / "trainer" / "state.json"
+        if not path.exists():
+            return None
+        return json.loads(path.read_bytes()).get("key_fingerprint")
+
     # -- checkpoints --------------------------------------------------------------------------
     def checkpoint_dir(self, name: str) -> Path:
         return self.checkpoints / name
