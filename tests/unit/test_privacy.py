@@ -296,70 +296,57 @@ def test_scorer_lookups_survive_a_key_rotation():
     assert not rotated.forbidden_items
 
 
-def test_every_worker_refuses_state_written_under_a_key_it_does_not_hold(tmp_path):
-    # a key file lost or moved (say, a compose upgrade that mounts an empty key volume): a
-    # fresh key would match no tombstone, and forgotten users' late events would come back
+def _start_all_three(settings: LetheSettings, save: bool = False) -> None:
+    """Start (and with ``save``, snapshot) the IMCorrect worker, the scorer and the trainer
+    on ``settings``' state folder, as their processes do."""
+    from streams.services.imcorrect import IMCorrectService
+    from streams.services.scorer import ScorerService
+    from streams.services.trainer import TrainerService
+
+    for service in (IMCorrectService(settings), ScorerService(settings)):
+        if save:
+            service.save()
+        service.close()
+    trainer = TrainerService(settings)
+    if save:
+        trainer.save()
+
+
+def _each_refuses(settings: LetheSettings, match: str) -> None:
     from streams.keys import UnknownKeyError
     from streams.services.imcorrect import IMCorrectService
     from streams.services.scorer import ScorerService
     from streams.services.trainer import TrainerService
 
+    for make in (IMCorrectService, ScorerService, TrainerService):
+        with pytest.raises(UnknownKeyError, match=match):
+            make(settings)
+
+
+def test_every_worker_refuses_state_written_under_a_key_it_does_not_hold(tmp_path):
+    # a key file lost or moved (say, a compose upgrade that mounts an empty key volume): a
+    # fresh key would match no tombstone, and forgotten users' late events would come back
     first = LetheSettings(state_dir=tmp_path, hash_key="the-first-key-0123456789")
+    _start_all_three(first, save=True)
     other = first.model_copy(update={"hash_key": SecretStr("another-key-0123456789")})
-    imc = IMCorrectService(first, tmp_path / "imcorrect")
-    imc.save()
-    imc.close()
-    scorer = ScorerService(first)
-    scorer.save()
-    scorer.close()
-    trainer = TrainerService(first)
-    trainer.save()
-    for make in (
-        lambda s: IMCorrectService(s, tmp_path / "imcorrect"),
-        ScorerService,
-        TrainerService,
-    ):
-        with pytest.raises(UnknownKeyError, match="fingerprint"):
-            make(other)
+    _each_refuses(other, "fingerprint")
     # the old key among the retired ones (a rotation): accepted
-    rotated = other.model_copy(
-        update={"hash_keys_retired": [SecretStr("the-first-key-0123456789")]}
-    )
-    IMCorrectService(rotated, tmp_path / "imcorrect").close()
-    ScorerService(rotated).close()
-    TrainerService(rotated)
+    retired = [SecretStr("the-first-key-0123456789")]
+    _start_all_three(other.model_copy(update={"hash_keys_retired": retired}))
 
 
 def test_a_missing_key_file_beside_saved_state_is_refused_not_created(tmp_path):
     # creating a fresh key would match none of the tombstones, and would overwrite the key
     # the operator is about to restore
     from streams.config import hash_key_path
-    from streams.keys import UnknownKeyError
-    from streams.services.imcorrect import IMCorrectService
-    from streams.services.scorer import ScorerService
-    from streams.services.trainer import TrainerService
 
     settings = LetheSettings(state_dir=tmp_path)
-    imc = IMCorrectService(settings, tmp_path / "imcorrect")
-    imc.save()
-    imc.close()
-    scorer = ScorerService(settings)
-    scorer.save()
-    scorer.close()
-    TrainerService(settings).save()
+    _start_all_three(settings, save=True)
     key_file = hash_key_path(settings)
     key = key_file.read_bytes()
     key_file.unlink()
-    for make in (
-        lambda s: IMCorrectService(s, tmp_path / "imcorrect"),
-        ScorerService,
-        TrainerService,
-    ):
-        with pytest.raises(UnknownKeyError, match="is missing"):
-            make(settings)
-        assert not key_file.exists()
+    _each_refuses(settings, "is missing")
+    assert not key_file.exists()
     key_file.write_bytes(key)  # restored: all three start again
     key_file.chmod(0o600)
-    IMCorrectService(settings, tmp_path / "imcorrect").close()
-    ScorerService(settings).close()
-    TrainerService(settings)
+    _start_all_three(settings)
