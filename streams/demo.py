@@ -209,7 +209,12 @@ def _stop_prometheus(prom: Prometheus) -> None:
     print(f"   prometheus exited with {prom.stop()}")
 
 
+#: set once Ctrl-C or SIGTERM arrived: whatever fails after that is part of stopping
+_INTERRUPTED: list[int] = []
+
+
 def _interrupt(signum: int, frame: object) -> None:
+    _INTERRUPTED.append(signum)
     raise KeyboardInterrupt
 
 
@@ -223,12 +228,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # a SIGTERM (a test's timeout, a service manager) stops everything like Ctrl-C does; and
     # Ctrl-C works even when a shell started the demo in the background with SIGINT ignored
+    # (our own handler, not asyncio's: a Ctrl-C inside the replay's event loop is noted too)
     signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGINT, _interrupt)
     try:
         run(args.dataset, max(args.forget_users, 1), args.k, args.keep, args.keep_state)
     except KeyboardInterrupt:
         print("\ninterrupted: everything was stopped", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        # Ctrl-C reaches the whole process group: the broker may stop before the demo's
+        # own interrupt unwinds, and the replay then fails on a closed connection instead
+        if not _INTERRUPTED:
+            raise
+        print(f"\ninterrupted: everything was stopped ({type(exc).__name__})", file=sys.stderr)
         return 130
     return 0
 
