@@ -216,6 +216,8 @@ def _cmd_rotate_hash_key(args: argparse.Namespace, settings: LetheSettings) -> i
 
 
 def _cmd_worker(args: argparse.Namespace, settings: LetheSettings) -> int:
+    import logging
+
     from streams.logs import configure_logging
 
     configure_logging(settings.log_json)
@@ -226,8 +228,6 @@ def _cmd_worker(args: argparse.Namespace, settings: LetheSettings) -> int:
         return 2
     if settings.security.protocol != "PLAINTEXT":
         # a wrong password or CA would otherwise show up as retries or a bare bootstrap error
-        import logging
-
         from streams.kafka_config import (
             KafkaAccessError,
             access_needs,
@@ -241,8 +241,6 @@ def _cmd_worker(args: argparse.Namespace, settings: LetheSettings) -> int:
         except KafkaAccessError as exc:
             logging.getLogger("lethe.worker").error("%s worker cannot start: %s", args.kind, exc)
             return 3
-    import logging
-
     from streams.keys import UnknownKeyError
 
     try:

@@ -78,11 +78,10 @@ class TrainerService:
         if self.cfg.threads:
             torch.set_num_threads(self.cfg.threads)
         self.model_dir = Path(settings.model_dir)
-        saved = TrainerFiles.saved_fingerprint(settings.state_dir)
-        self.files = TrainerFiles(
-            settings.state_dir, keyring_for(settings, saved_fingerprint=saved)
-        )
-        self.state = self.files.load() or TrainerState(
+        saved = TrainerFiles.read(settings.state_dir)
+        keys = keyring_for(settings, saved_fingerprint=(saved or {}).get("key_fingerprint"))
+        self.files = TrainerFiles(settings.state_dir, keys)
+        self.state = self.files.load(saved) or TrainerState(
             store=SequenceStore(max_per_user=self.cfg.model.max_len + 2),
             dedup=DedupWindow(self.cfg.dedup_window),
             keys=self.files.keys,
@@ -102,24 +101,23 @@ class TrainerService:
         self.model = OnlineLLMD4Rec(self.cfg.model)
         if self.state.current is not None:
             self.model.load(self.files.checkpoint_dir(self.state.current))
-        self.published_crm: dict | None = self._weights(self.state.published)
-        if self.state.reference is None and self.state.published is not None:
+        published = self.state.published
+        self.published_crm: dict | None = self._weights(published and published["checkpoint"])
+        if self.state.reference is None and published is not None:
             # a state file from before the reference, or one whose reference was lost: the
             # published model is the best known
-            self.state.reference = self.state.published["checkpoint"]
-        self.reference_crm: dict | None = self._weights(
-            {"checkpoint": self.state.reference} if self.state.reference else None
-        )
+            self.state.reference = published["checkpoint"]
+        self.reference_crm: dict | None = self._weights(self.state.reference)
         # a restart waits batch_wait_s again for the events it found pending
         self.first_new_at: float | None = time.monotonic() if self.state.new_events else None
 
-    def _weights(self, published: dict | None) -> dict | None:
+    def _weights(self, checkpoint: str | None) -> dict | None:
         """A checkpoint's SASRec (the published one, the gate's reference), to compare new
         rounds against on the same validation users."""
-        if published is None:
+        if checkpoint is None:
             return None
         crm = SASRec(self.model.crm.config)
-        load_checkpoint(self.files.checkpoint_dir(published["checkpoint"]), crm, None)
+        load_checkpoint(self.files.checkpoint_dir(checkpoint), crm, None)
         return crm.state_dict()
 
     # -- the runtime's surface ----------------------------------------------------------------

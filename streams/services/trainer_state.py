@@ -111,12 +111,11 @@ class TrainerFiles:
         self.checkpoints.mkdir(parents=True, exist_ok=True)
 
     @staticmethod
-    def saved_fingerprint(state_dir: Path) -> str | None:
-        """The key fingerprint of the state file under ``state_dir`` (None: none)."""
+    def read(state_dir: Path) -> dict | None:
+        """The state file under ``state_dir`` as saved (None: none), read once at start: its
+        key fingerprint picks the key ring before :meth:`load` turns it into a state."""
         path = Path(state_dir) / "trainer" / "state.json"
-        if not path.exists():
-            return None
-        return json.loads(path.read_bytes()).get("key_fingerprint")
+        return json.loads(path.read_bytes()) if path.exists() else None
 
     # -- checkpoints --------------------------------------------------------------------------
     def checkpoint_dir(self, name: str) -> Path:
@@ -189,10 +188,12 @@ class TrainerFiles:
             },
         )
 
-    def load(self) -> TrainerState | None:
-        if not self.state_file.exists():
+    def load(self, data: dict | None = None) -> TrainerState | None:
+        """The saved state: ``data`` as :meth:`read` returned it, else read from disk."""
+        if data is None:
+            data = self.read(self.root.parent)
+        if data is None:
             return None
-        data = json.loads(self.state_file.read_text())
         if data.get("format") not in (2, 3, 4, 5, STATE_FORMAT):
             raise ValueError(f"unsupported trainer state format in {self.state_file}")
         if self._check_key:

@@ -185,13 +185,18 @@ def test_a_receipt_waits_for_every_live_replica_and_names_them(settings, tmp_pat
         wait_for(lambda: caught_up(settings, follower, end), 60, "follower applied", both)
         assert a.proc.stop() == 0 and b.proc.stop() == 0
     finally:
-        for r in both:
-            if r.proc is not None and r.proc.alive():
-                os.kill(r.proc.proc.pid, signal.SIGCONT)
-                r.proc.kill()
+        _resume_and_kill(both)
     for r in both:
         state = load_state(settings.state_dir, f"imcorrect-{r.id}")
         assert state.users.get(users[0]) is None and state.users.get(users[1]) is None
+
+
+def _resume_and_kill(replicas) -> None:  # noqa: ANN001 - Replica objects
+    """Clean-up after a test that SIGSTOPs replicas: none is left stopped or running."""
+    for r in replicas:
+        if r.proc is not None and r.proc.alive():
+            os.kill(r.proc.proc.pid, signal.SIGCONT)
+            r.proc.kill()
 
 
 def _forget(settings, user: str) -> None:
@@ -240,10 +245,7 @@ def test_two_processes_with_one_replica_id_are_both_waited_for_and_reported(sett
         assert waited >= 4.0, f"published {waited:.1f} s after the other process stopped"
         assert writer.proc.stop() == 0 and other.proc.stop() == 0
     finally:
-        for r in both:
-            if r.proc is not None and r.proc.alive():
-                os.kill(r.proc.proc.pid, signal.SIGCONT)
-                r.proc.kill()
+        _resume_and_kill(both)
 
 
 def test_readers_reach_the_end_of_a_topic_written_in_transactions(settings):
