@@ -75,9 +75,18 @@ class Roster:
     def __init__(self, timeout_s: float) -> None:
         self.timeout_s = timeout_s
         self._latest: dict[str, dict[str, _Instance]] = {}
+        self._pruned = float("-inf")
+
+    def __len__(self) -> int:
+        """Replica ids held (live or not yet pruned)."""
+        return len(self._latest)
 
     def note(self, beat: Heartbeat, seen: float | None = None) -> None:
         seen = time.monotonic() if seen is None else seen
+        if seen - self._pruned > self.timeout_s:
+            # at most once a timeout, so that beats under many ids cost no more than one
+            # pass each: ids that stopped beating (scaled down, renamed) are dropped
+            self._prune(seen)
         instances = self._latest.setdefault(beat.replica, {})
         for name, inst in list(instances.items()):
             if seen - inst.last_seen > self.timeout_s:
@@ -87,6 +96,15 @@ class Roster:
             instances[beat.instance] = _Instance(beat, seen, seen)
         else:
             known.beat, known.last_seen = beat, seen
+
+    def _prune(self, now: float) -> None:
+        self._pruned = now
+        for replica, instances in list(self._latest.items()):
+            for name, inst in list(instances.items()):
+                if now - inst.last_seen > self.timeout_s:
+                    del instances[name]
+            if not instances:
+                del self._latest[replica]
 
     def _live_instances(self, now: float) -> dict[str, list[_Instance]]:
         out: dict[str, list[_Instance]] = {}

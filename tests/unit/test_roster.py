@@ -80,3 +80,15 @@ def test_a_restarted_process_replaces_its_silent_predecessor():
     roster.note(Heartbeat("a", applied=9, events=0, instance="new"), seen=111.0)
     assert roster.live(now=111.0) == {"a": 9}  # the silent one is gone
     assert roster._latest["a"].keys() == {"new"}  # and forgotten, not kept forever
+
+
+def test_ids_that_stopped_beating_are_dropped_and_many_ids_cost_no_pass_each():
+    roster = Roster(timeout_s=10)
+    for n in range(1000):  # e.g. replicas scaled down, or beats under minted ids
+        roster.note(Heartbeat(f"gone-{n}", applied=1, events=0), seen=100.0 + n / 1000)
+    assert len(roster) == 1000
+    roster.note(Heartbeat("a", applied=5, events=0), seen=105.0)
+    roster.note(Heartbeat("a", applied=6, events=0), seen=109.0)
+    assert len(roster) == 1001  # one prune a timeout: the last was at 100
+    roster.note(Heartbeat("a", applied=7, events=0), seen=115.0)
+    assert len(roster) == 1 and roster.live(now=115.0) == {"a": 7}
