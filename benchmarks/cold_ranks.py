@@ -6,8 +6,9 @@ the cold-item protocol; prints one JSON line per variant and stage).
 SASRec is trained on the cold split (no cold item in training); the rows of the cold items are
 then left as trained, set to the mean warm row, or mapped from the frozen LM text encodings
 (``models/coldinit.py``). For each variant: the median full-ranking rank of the cold target
-(history masked), HR/NDCG@{10,20} and the median rank of the target among the cold items only
-(does the text order new items sensibly, whatever their calibration against warm ones?).
+(history masked, ties counted against the target), HR/NDCG@{10,20} and the median rank of
+the target among the cold items only (does the text order new items sensibly, whatever their
+calibration against warm ones?).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from models.coldsplit import cold_items, cold_split, item_first_seen, training_c
 from models.datasets import leave_one_out, load
 from models.itemtext import item_texts
 from models.llmrec import build_llm_recommender
-from models.metrics import hit_and_ndcg
+from models.metrics import hit_and_ndcg, target_ranks
 from models.sasrec import SASRec, SASRecConfig
 from models.seqtrain import score_histories, set_seed, train_sasrec
 from models.sequences import training_sequences
@@ -35,9 +36,9 @@ def _ranks(model: SASRec, data, cold: np.ndarray) -> tuple[np.ndarray, np.ndarra
     scores = score_histories(model, data.histories)
     for row, seen in enumerate(data.seen):
         scores[row, seen] = -np.inf
-    target = scores[np.arange(len(data.targets)), data.targets][:, None]
-    full = (scores > target).sum(1)
-    among_cold = (scores[:, cold] > target).sum(1)
+    full = target_ranks(scores, data.targets)
+    cold_items_sorted = np.flatnonzero(cold)  # every target here is one of them
+    among_cold = target_ranks(scores[:, cold], np.searchsorted(cold_items_sorted, data.targets))
     return full, among_cold
 
 

@@ -62,7 +62,9 @@ def _utility(score: Callable[[np.ndarray], np.ndarray], users: np.ndarray, targe
         m = evaluate_scores(score(chunk), targets[chunk], ks=(20,))
         out["recall@20"].append(m["hr@20"])
         out["ndcg@20"].append(m["ndcg@20"])
-        weights.append(len(chunk))
+        weights.append(int((targets[chunk] >= 0).sum()))  # the rows evaluate_scores averages
+    if not sum(weights):
+        return {k: 0.0 for k in out}
     return {k: float(np.average(v, weights=weights)) for k, v in out.items()}
 
 

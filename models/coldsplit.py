@@ -5,7 +5,9 @@ A streaming catalogue keeps gaining items. To measure how a model ranks them, th
 the data) are *cold*. Every interaction with a cold item is removed from the training part of
 every user's sequence, so no model trains on a cold item, as input or as target. Evaluation
 keeps the usual leave-one-out cases (last item test, the one before validation) but only those
-whose target is cold, ranked against all items as usual with the user's history masked.
+whose target is cold, ranked against all items as usual with the user's history masked: the
+whole history, cold items included (they are gone from the model's input, not from what the
+user has seen, so they do not compete with the target).
 
 The standard protocol and this one share :class:`~models.datasets.LeaveOneOut`: the cold view
 is a ``LeaveOneOut`` whose training parts are filtered, so every trainer works unchanged.
@@ -51,11 +53,15 @@ class ColdSplit:
 
     split: LeaveOneOut
     cold: np.ndarray  # bool per dense item
+    original: LeaveOneOut  # the unfiltered split: what each user has really seen
 
     def eval_set(self, max_len: int, stage: str = "test") -> EvalSet:
-        """The cases of ``stage`` (test / valid) whose target is a cold item."""
+        """The cases of ``stage`` (test / valid) whose target is a cold item: the input is
+        the filtered history, the mask the unfiltered one (the standard protocol's mask)."""
         data = eval_set(self.split, max_len, stage)
         keep = np.flatnonzero(self.cold[data.targets])
+        history = self.original.test_history if stage == "test" else self.original.valid_history
+        data.seen = [np.unique(history(int(u))) for u in data.users]
         return subset_eval(data, keep)
 
 
@@ -87,7 +93,7 @@ def cold_split(split: LeaveOneOut, cold: np.ndarray) -> ColdSplit:
         split.valid_target.copy(),
         split.test_target.copy(),
     )
-    return ColdSplit(filtered, cold)
+    return ColdSplit(filtered, cold, split)
 
 
 def training_counts(split: LeaveOneOut) -> np.ndarray:

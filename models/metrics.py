@@ -13,10 +13,12 @@ import numpy as np
 
 
 def target_ranks(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """0-based rank of each user's target among all items (ties counted pessimistically
-    against nothing: only strictly higher scores rank before the target)."""
-    target_scores = scores[np.arange(len(targets)), targets]
-    return (scores > target_scores[:, None]).sum(axis=1)
+    """0-based rank of each user's target among all items. Ties count against the target
+    (every other item scored alike ranks before it), so a model that scores many items the
+    same (a constant row, a zero score) cannot win HR by the tie; a NaN target ranks last."""
+    target_scores = scores[np.arange(len(targets)), targets][:, None]
+    ahead = (scores >= target_scores).sum(axis=1) - 1  # the target ties with itself
+    return np.where(np.isnan(target_scores[:, 0]), scores.shape[1] - 1, ahead)
 
 
 def hit_and_ndcg(ranks: np.ndarray, ks: Iterable[int] = (5, 10, 20)) -> dict[str, float]:

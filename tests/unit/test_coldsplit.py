@@ -39,6 +39,12 @@ def test_toy_split_drops_cold_items_from_training_only():
     assert training_counts(cs.split).tolist() == [2, 2, 1, 0, 0]
     test = cs.eval_set(max_len=4, stage="test")
     assert test.users.tolist() == [1] and test.targets.tolist() == [4]
+    cs2 = cold_split(split, np.array([False, False, False, True, True]))
+    # user 0's test target 3 is cold, and so is item 4 they saw before it: masked, not input
+    test2 = cs2.eval_set(max_len=4, stage="test")
+    assert test2.users.tolist() == [0, 1] and test2.targets.tolist() == [3, 4]
+    assert test2.seen[0].tolist() == [0, 1, 2, 4]
+    assert test2.histories[0].tolist() == [0, 1, 2, 3]  # shifted ids 0, 1, 2: no item 4
     assert len(cs.eval_set(max_len=4, stage="valid").users) == 0
     with pytest.raises(ValueError):
         cold_split(split, cold[:3])
@@ -85,3 +91,6 @@ def test_ml100k_cold_cases_have_cold_targets_and_full_histories(ml100k):
             assert cases.targets[row] == target
             # the target is never among the masked (seen) items
             assert target not in set(cases.seen[row].tolist())
+            # but every item the user saw before it is, cold ones too (the input lacks them)
+            full = split.test_history(u) if stage == "test" else split.valid_history(u)
+            np.testing.assert_array_equal(cases.seen[row], np.unique(full))
