@@ -242,6 +242,7 @@ def _cmd_worker(args: argparse.Namespace, settings: LetheSettings) -> int:
             logging.getLogger("lethe.worker").error("%s worker cannot start: %s", args.kind, exc)
             return 3
     from streams.keys import UnknownKeyError
+    from streams.services.trainer_items import CatalogueError
 
     try:
         run_worker(args.kind, settings)
@@ -249,6 +250,9 @@ def _cmd_worker(args: argparse.Namespace, settings: LetheSettings) -> int:
         # stopped on purpose: without its key the worker would learn forgotten users again
         logging.getLogger("lethe.worker").critical("%s worker cannot start: %s", args.kind, exc)
         return 5
+    except CatalogueError as exc:
+        logging.getLogger("lethe.worker").error("%s worker cannot start: %s", args.kind, exc)
+        return 2
     return 0
 
 

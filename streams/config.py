@@ -320,6 +320,10 @@ class TrainerSettings(_Section):
     snapshot_interval_s: float = Field(default=30.0, gt=0)
     #: JSONL of ItemMetadata records, or a dataset's ``.item`` file; read at every start
     catalogue_file: Path | None = None
+    #: texts read from ``items`` kept in the state file at most: beyond, those of items
+    #: without a row go, oldest ``ts`` first (a large catalogue belongs in ``catalogue_file``,
+    #: which is never copied into the state)
+    max_item_texts: int = Field(default=50_000, ge=1)
 
     @model_validator(mode="before")
     @classmethod

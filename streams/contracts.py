@@ -118,13 +118,19 @@ MAX_ITEM_TEXT_LENGTH = 4096
 MAX_GENRES = 32
 MAX_GENRE_LENGTH = 64
 
-#: control characters but tab, newline and carriage return, and lone surrogates
-_BAD_TEXT_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
+#: control characters (C0 but tab, newline and carriage return; DEL; C1, which terminals
+#: read as escapes), and lone surrogates
+_BAD_TEXT_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+#: and in a one-line label also line and paragraph separators and the bidirectional
+#: embeddings, overrides and isolates (which make a title display as other text)
+_BAD_LABEL_CHARS = re.compile(
+    r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
+)
 
 
 def _label(value: str) -> str:
     """A one-line label (title, genre): no control characters, not blank."""
-    if _BAD_ID_CHARS.search(value) or "\x7f" in value:
+    if _BAD_LABEL_CHARS.search(value):
         raise ValueError("must not contain control characters")
     if not value.strip():
         raise ValueError("must not be blank")

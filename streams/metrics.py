@@ -77,6 +77,11 @@ TRAINER_LAST_ROUND = Gauge(
     "When the last round or retrain finished (the trainer's start before the first)",
 )
 TRAINER_PENDING = Gauge("lethe_trainer_pending_events", "New interactions not yet trained on")
+TRAINER_ITEMS_WITHOUT_ROW = Gauge(
+    "lethe_trainer_items_without_row",
+    "Items with held interactions that the full vocabulary gives no row (not trained on and"
+    " not in the exported catalogue; trainer.model.max_items)",
+)
 TRAINER_SEQUENCES = Gauge("lethe_trainer_sequences", "Users with a retained sequence")
 
 # -- scorer ----------------------------------------------------------------------------------

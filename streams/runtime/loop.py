@@ -306,6 +306,11 @@ class Runtime:
             return
         try:
             item = self._decode_input(ItemMetadata, msg)
+            if msg.key() != item.kafka_key().encode():
+                # compaction keeps the newest record per key: under another item's key this
+                # one would replace that item's text, and a tombstone for its own key would
+                # never remove it
+                raise ContractError("key: an items record is keyed by its item_id", "item_id")
         except ContractError as exc:
             self._rejected(msg, exc, "items")
             step.dead += 1

@@ -91,8 +91,9 @@ class TrainerService:
         if self.cfg.catalogue_file is not None:
             file_texts = read_catalogue(self.cfg.catalogue_file, settings.limits)
             log.info("catalogue %s: %d item texts", self.cfg.catalogue_file, len(file_texts))
-        self.catalogue = ItemCatalogue(self.state, file_texts)
+        self.catalogue = ItemCatalogue(self.state, file_texts, self.cfg.max_item_texts)
         self.encoder = TextEncoder()
+        self._left_out = 0  # items the full vocabulary left out at the last count
         self.cold = self.cfg.cold
         # item metadata is not training data: its offsets stay out of trained_through
         self._items_topic = topic_name(settings, "items") + ":"
@@ -257,12 +258,20 @@ class TrainerService:
         (the ones left out when it is full are the rarest), ties by id."""
         items = self.state.items
         room = self.cfg.model.max_items - len(items.by_index)  # freed rows are not reused
-        if room <= 0:
-            return
         by_id, counts = items.by_id, self.state.store.item_counts
-        new = ((-n, item) for item, n in counts.items() if item not in by_id)
-        for _, item in heapq.nsmallest(room, new):
+        new = [(-n, item) for item, n in counts.items() if item not in by_id]
+        for _, item in heapq.nsmallest(max(room, 0), new):
             items.index(item)
+        left_out = max(0, len(new) - max(room, 0))
+        if left_out > self._left_out:
+            log.warning(
+                "%d item(s) with interactions have no row: the vocabulary is full"
+                " (trainer.model.max_items = %d; rows of forgotten items are not reused)",
+                left_out,
+                self.cfg.model.max_items,
+            )
+        self._left_out = left_out
+        m.TRAINER_ITEMS_WITHOUT_ROW.set(left_out)
 
     def trained_on_everything(self) -> None:
         """Nothing is waiting for a round any more."""

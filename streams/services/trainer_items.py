@@ -13,13 +13,17 @@ does not matter whether the metadata came before or after the item's first inter
 Forgetting an item (a deletion of scope ``item``) drops its text and leaves a tombstone
 (keyed hash and the deletion's ``ts``): metadata of the item stamped no later than that is
 ignored wherever it is read from, so a record published before the deletion but read after
-it (the barrier orders deletions after interactions only) cannot bring the text back.
+it (the barrier orders deletions after interactions only) cannot bring the text back. The
+rule is by timestamp, as for interactions: a record stamped after the deletion is the item
+listed again and is kept, wherever it falls in the reading order (a producer's clock may
+lead by at most ``limits.max_future_skew_ms``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -41,43 +45,80 @@ def metadata_text(meta: ItemMetadata) -> str:
     return f"{text}. {meta.text.strip()}" if meta.text and meta.text.strip() else text
 
 
-def read_catalogue(path: Path, limits: LimitSettings) -> dict[str, tuple[str, int]]:
-    """Item id → (text, ts) from a JSONL file of ItemMetadata records (a line that fails the
-    contract is logged with its number and skipped) or a dataset's ``.item`` file (ts 0)."""
-    path = Path(path)
-    out: dict[str, tuple[str, int]] = {}
-    if path.suffix == ".item":
-        from models.datasets import read_item_file
+class CatalogueError(ValueError):
+    """The configured catalogue file cannot be read at all (missing, unreadable, not a
+    ``.item`` table): the trainer does not start without the texts it was told to use."""
 
-        for row in read_item_file(path).itertuples(index=False):
-            year = str(row.year).removesuffix(".0").strip()
-            genres = [g for g in row.genres if g] if isinstance(row.genres, list) else []
-            out[str(row.item_id)] = (item_text(str(row.title), year, genres), 0)
-        return out
+
+def read_catalogue(path: Path, limits: LimitSettings) -> dict[str, tuple[str, int]]:
+    """Item id → (text, ts) from a JSONL file of ItemMetadata records or a dataset's ``.item``
+    file (ts 0). Every record passes the ``items`` contract (ids, lengths, control
+    characters); one that fails is logged with its line and skipped. For an id listed more
+    than once the newest ``ts`` wins (the later line on a tie), as on the stream."""
+    path = Path(path)
+    if not path.is_file():
+        raise CatalogueError(f"trainer.catalogue_file {path}: no such file")
+    out: dict[str, tuple[str, int]] = {}
     bad = 0
-    with path.open("rb") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                meta = decode(ItemMetadata, line.rstrip(b"\r\n"), limits)
-            except ContractError as exc:
-                bad += 1
-                log.warning("catalogue %s line %d skipped: %s", path.name, number, exc)
-                continue
+    for number, raw in _catalogue_records(path):
+        try:
+            meta = decode(ItemMetadata, raw, limits)
+        except ContractError as exc:
+            bad += 1
+            log.warning("catalogue %s line %d skipped: %s", path.name, number, exc)
+            continue
+        held = out.get(meta.item_id)
+        if held is None or held[1] <= meta.ts:
             out[meta.item_id] = (metadata_text(meta), meta.ts)
     if bad:
         log.warning("catalogue %s: %d line(s) skipped, %d items read", path.name, bad, len(out))
     return out
 
 
+def _catalogue_records(path: Path) -> Iterator[tuple[int, bytes]]:
+    """(line number, ItemMetadata JSON) of each record in the file."""
+    if path.suffix != ".item":
+        with path.open("rb") as f:
+            for number, line in enumerate(f, start=1):
+                if line.strip():
+                    yield number, line.rstrip(b"\r\n")
+        return
+    from models.datasets import read_item_file
+
+    try:
+        rows = read_item_file(path)
+    except (OSError, ValueError, KeyError) as exc:  # a decode error is a ValueError
+        raise CatalogueError(
+            f"trainer.catalogue_file {path}: not a readable .item table"
+            f" (UTF-8, tab-separated, with item_id, movie_title, release_year and"
+            f" class or genre columns): {type(exc).__name__}"
+        ) from exc
+    for number, row in enumerate(rows.itertuples(index=False), start=2):  # after the header
+        year = str(row.year).removesuffix(".0").strip()
+        genres = [g for g in row.genres if g] if isinstance(row.genres, list) else []
+        record = {
+            "item_id": str(row.item_id),
+            "title": str(row.title),
+            "ts": 0,
+            "year": int(year) if year.isdigit() else None,
+            "genres": genres,
+        }
+        yield number, json.dumps(record).encode()
+
+
 class ItemCatalogue:
     """Texts from the stream (in the state) over the file's, with the tombstones of
     forgotten items."""
 
-    def __init__(self, state: TrainerState, file_texts: dict[str, tuple[str, int]]) -> None:
+    def __init__(
+        self,
+        state: TrainerState,
+        file_texts: dict[str, tuple[str, int]],
+        max_texts: int | None = None,
+    ) -> None:
         self.state = state
         self.file_texts = file_texts
+        self.max_texts = max_texts
 
     def _forgotten(self, item_id: str, ts: int) -> bool:
         tombs = self.state.item_tombstones
@@ -94,7 +135,27 @@ class ItemCatalogue:
                 continue
             self.state.item_texts[meta.item_id] = (metadata_text(meta), meta.ts)
             kept += 1
+        if self.max_texts is not None and len(self.state.item_texts) > self.max_texts:
+            self._evict(self.max_texts)
         return kept
+
+    def _evict(self, limit: int) -> None:
+        """Drop texts of items without a row, oldest ``ts`` first (ties by id), down to 90 %
+        of ``limit`` so that a stream of new items does not sort the store at every step.
+        Texts of items with a row stay: the next export maps their rows from them."""
+        texts, rows = self.state.item_texts, self.state.items.by_id
+        target = max(0, len(texts) - int(0.9 * limit))
+        spare = sorted((ts, item) for item, (_, ts) in texts.items() if item not in rows)
+        for _, item in spare[:target]:
+            del texts[item]
+        dropped = min(target, len(spare))
+        self.state.bump("item_texts_dropped", dropped)
+        log.warning(
+            "%d item text(s) dropped: more than trainer.max_item_texts (%d) held; the"
+            " oldest of items without a row went (their next record brings them back)",
+            dropped,
+            limit,
+        )
 
     def text(self, item_id: str) -> str | None:
         got = self.state.item_texts.get(item_id) or self.file_texts.get(item_id)
@@ -109,8 +170,11 @@ class ItemCatalogue:
 
 def forget_item_text(state: TrainerState, item_id: str, ts: int) -> None:
     """Drop a forgotten item's text and remember (as a keyed hash) until when its metadata
-    is ignored."""
-    state.item_texts.pop(item_id, None)
+    is ignored. A text stamped after the deletion (the item listed again, read in the same
+    step or while the deletion was held) stays: a later step would have kept it too."""
+    held = state.item_texts.get(item_id)
+    if held is not None and held[1] <= ts:
+        del state.item_texts[item_id]
     key = state.hasher("item", item_id)
     state.item_tombstones[key] = max(ts, state.item_tombstones.get(key, ts))
 

@@ -29,7 +29,7 @@ import pytest
 from export.session import open_session
 from streams.client import LetheProducer
 from streams.config import LetheSettings
-from streams.contracts import DeadLetter, InteractionEvent, decode
+from streams.contracts import DeadLetter, InteractionEvent, ItemMetadata, decode
 from streams.procs import WorkerProcess
 from streams.reader import read_all
 from streams.runtime.admin import create_topics
@@ -84,6 +84,11 @@ def test_a_new_item_announced_on_the_stream_is_ranked_after_the_next_export(
                 await producer.items(items)
             if bad is not None:
                 await producer._producer.send(f"{settings.topic_prefix}items", bad, key=b"bad")
+                # a valid record under another item's key (compaction would let it replace
+                # that item's record): a dead letter too
+                misfiled = ItemMetadata(item_id="misfiled", title="Misfiled", ts=1).to_bytes()
+                topic = f"{settings.topic_prefix}items"
+                await producer._producer.send(topic, misfiled, key=b"another-item")
             await producer.interactions(_events(pairs, 1_700_000_000_000 + len(warm)))
 
     try:
@@ -114,8 +119,8 @@ def test_a_new_item_announced_on_the_stream_is_ranked_after_the_next_export(
         letters = [
             decode(DeadLetter, r.value) for r in asyncio.run(read_all(settings, "dead-letters"))
         ]
-        assert [d.source_topic for d in letters] == [f"{settings.topic_prefix}items"]
-        assert letters[0].error.startswith("title")
+        assert [d.source_topic for d in letters] == [f"{settings.topic_prefix}items"] * 2
+        assert sorted(d.error.split(":")[0] for d in letters) == ["key", "title"]
     finally:
         trainer.stop()
     assert "Traceback" not in (tmp_path / "trainer.log").read_text()

@@ -224,6 +224,84 @@ def test_a_forgotten_item_loses_its_text_and_older_metadata_stays_ignored(tmp_pa
     assert svc.catalogue.text(NEW) == "Film new; Horror, Thriller"
 
 
+def test_a_deletion_keeps_a_newer_listing_read_in_the_same_step(tmp_path):
+    svc = TrainerService(settings_for(tmp_path))
+    svc.apply(items_input([*warm_items(), NEW_META]))
+    svc.apply(Feed().inputs(genre_stream() + new_item_events()))
+    from streams.contracts import DeletionRequest
+
+    request = DeletionRequest(
+        request_id="r1", scope="item", item_id=NEW, reason="utility", ts=1_700_000_000_000
+    )
+    relisted = NEW_META.model_copy(update={"title": "Relisted", "ts": 1_700_000_000_001})
+    # the barrier holds deletions behind interactions only: a listing stamped after the
+    # deletion can be read in its step, and a later step would have kept it
+    svc.apply(Inputs(items=[relisted], deletions=[request], offsets={"u.deletions:0": 1}))
+    assert svc.catalogue.text(NEW) == "Relisted; Horror, Thriller"
+    svc.save()
+    assert (
+        TrainerService(settings_for(tmp_path)).catalogue.text(NEW) == "Relisted; Horror, Thriller"
+    )
+
+
+def test_texts_of_items_without_a_row_are_bounded_oldest_first(tmp_path, caplog):
+    svc = TrainerService(settings_for(tmp_path, max_item_texts=40))
+    svc.apply(items_input(warm_items()[:10]))
+    svc.apply(Feed().inputs([(f"u{k}", f"c0-i{k}") for k in range(8)]))
+    svc._index_new_items()  # the eight c0 items get rows
+    many = [ItemMetadata(item_id=f"x{k}", title=f"X {k}", ts=100 + k) for k in range(40)]
+    svc.apply(items_input(many, offset=10))
+    texts = svc.state.item_texts
+    assert len(texts) == 36  # 50 held > 40: down to 90 % of the bound
+    assert all(f"c0-i{k}" in texts for k in range(8))  # items with a row keep their text
+    # the oldest of the rest went first: c1-i0, c1-i1 (ts 1), then x0 … x11
+    assert sorted(set(f"x{k}" for k in range(40)) - set(texts)) == sorted(
+        f"x{k}" for k in range(12)
+    )
+    assert svc.state.counters["item_texts_dropped"] == 14
+    assert "trainer.max_item_texts" in caplog.text
+
+
+def test_items_the_full_vocabulary_leaves_out_are_counted_and_logged(tmp_path, caplog):
+    from streams import metrics as m
+
+    svc = TrainerService(settings_for(tmp_path, model={"max_items": 4}))
+    svc.apply(Feed().inputs([(f"u{k}", f"c0-i{k}") for k in range(7)]))
+    svc._index_new_items()
+    assert len(svc.state.items.by_id) == 4
+    assert m.TRAINER_ITEMS_WITHOUT_ROW._value.get() == 3
+    assert "3 item(s) with interactions have no row" in caplog.text
+
+
+def test_catalogue_files_pass_the_contract_and_unreadable_ones_stop_the_start(tmp_path):
+    from streams.services.trainer_items import CatalogueError
+
+    limits = LetheSettings().limits
+    with pytest.raises(CatalogueError, match="no such file"):
+        read_catalogue(tmp_path / "missing.jsonl", limits)
+    with pytest.raises(CatalogueError, match="no such file"):
+        TrainerService(settings_for(tmp_path, catalogue_file=str(tmp_path / "missing.item")))
+    header = "item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n"
+    latin1 = tmp_path / "latin1.item"
+    latin1.write_bytes((header + "1\tCaf\xe9\t1990\tDrama\n").encode("latin-1"))
+    with pytest.raises(CatalogueError, match="not a readable .item table"):
+        read_catalogue(latin1, limits)
+    no_genre = tmp_path / "nogenre.item"
+    no_genre.write_text("item_id:token\tmovie_title:token_seq\trelease_year:token\n1\tA\t1990\n")
+    with pytest.raises(CatalogueError):
+        read_catalogue(no_genre, limits)
+    odd = tmp_path / "odd.item"
+    rows = ["1\tGood\t1990\tDrama", "2\tT\x01itle\x1b[31m\t1990\tDrama", " a \tSpaced\t1990\tDrama"]
+    rows.append("3\t" + "x" * 600 + "\t1990\tDrama")
+    odd.write_text(header + "\n".join(rows) + "\n")
+    assert set(read_catalogue(odd, limits)) == {"1"}  # control characters, spaces, length
+    dup = tmp_path / "dup.jsonl"
+    newer = ItemMetadata(item_id="i", title="New", ts=2).to_bytes().decode()
+    older = ItemMetadata(item_id="i", title="Old", ts=1).to_bytes().decode()
+    dup.write_text(f"{newer}\n{older}\n")
+    assert read_catalogue(dup, limits)["i"] == ("New", 2)  # the newest ts, not the last line
+
+
 @pytest.mark.parametrize(
     "value, field",
     [
@@ -231,6 +309,11 @@ def test_a_forgotten_item_loses_its_text_and_older_metadata_stays_ignored(tmp_pa
         ({"item_id": "i", "ts": 1}, "title"),
         ({"item_id": "i", "title": "   ", "ts": 1}, "title"),
         ({"item_id": "i", "title": "a\u0000b", "ts": 1}, "title"),
+        ({"item_id": "i", "title": "a\u0085b", "ts": 1}, "title"),
+        ({"item_id": "i", "title": "a\u2028b", "ts": 1}, "title"),
+        ({"item_id": "i", "title": "evil\u202etxt.exe", "ts": 1}, "title"),
+        ({"item_id": "i", "title": "t", "ts": 1, "genres": ["Dra\u009bma"]}, "genres.0"),
+        ({"item_id": "i", "title": "t", "ts": 1, "text": "csi\u009b31m"}, "text"),
         ({"item_id": "i", "title": "x" * 513, "ts": 1}, "title"),
         ({"item_id": " i", "title": "t", "ts": 1}, "item_id"),
         ({"item_id": "i" * 129, "title": "t", "ts": 1}, "item_id"),
@@ -269,6 +352,8 @@ def test_the_trainer_dead_letters_bad_item_records_and_keeps_going(tmp_path):
     bad = [
         log.append(topic, b'{"item_id": "c0-i1", "title": 7, "ts": 1}', b"c0-i1"),
         log.append(topic, b"\xff\xfe not utf-8", b"c0-i2"),
+        # valid, but under another item's key: compaction would let it replace that item
+        log.append(topic, warm_items()[5].to_bytes(), b"c0-i4"),
     ]
     log.append(topic, None, b"c0-i3")  # a compaction tombstone: passed over, not dead
     for meta in good[1:]:
@@ -280,8 +365,8 @@ def test_the_trainer_dead_letters_bad_item_records_and_keeps_going(tmp_path):
     letters = [DeadLetter.model_validate_json(r.value()) for r in log.records("u.dead-letters")]
     where = sorted((d.source_topic, d.source_partition, d.source_offset) for d in letters)
     assert where == sorted((r.topic(), r.partition(), r.offset()) for r in bad)
-    assert sorted(d.error.split(":")[0] for d in letters) == ["message", "title"]
+    assert sorted(d.error.split(":")[0] for d in letters) == ["key", "message", "title"]
     state = TrainerService(settings).state
     assert sorted(state.item_texts) == sorted(m.item_id for m in good)
     offsets = {k: v for k, v in state.offsets.items() if k.startswith(topic)}
-    assert sum(offsets.values()) == 6
+    assert sum(offsets.values()) == 7
