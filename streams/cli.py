@@ -69,6 +69,9 @@ def _cmd_publish(args: argparse.Namespace, settings: LetheSettings) -> int:
                 await producer.flush()
         return sent, bad
 
+    if not args.file.is_file():  # before connecting: nothing to send
+        print(f"lethe publish: no such file: {args.file}", file=sys.stderr)
+        return 2
     sent, bad = asyncio.run(run())
     print(f"published {sent} interaction events, rejected {bad}")
     return 2 if bad else 0
@@ -147,6 +150,13 @@ def _cmd_forget(args: argparse.Namespace, settings: LetheSettings) -> int:
 def _cmd_recommend(args: argparse.Namespace, settings: LetheSettings) -> int:
     from streams.reader import request_and_wait
 
+    if not 1 <= args.k <= settings.limits.max_k:  # checked before connecting
+        print(
+            f"lethe recommend: not a valid request: -k must be 1 to {settings.limits.max_k}"
+            " (limits.max_k)",
+            file=sys.stderr,
+        )
+        return 2
     try:
         rec = asyncio.run(request_and_wait(settings, args.user, args.k, timeout_s=args.timeout))
     except TimeoutError:
@@ -367,8 +377,24 @@ def main(argv: list[str] | None = None) -> int:
         overrides["state_dir"] = args.state_dir
     if getattr(args, "standby", False):
         overrides["standby"] = True
-    settings = load_settings(**overrides)
-    return int(args.func(args, settings) or 0)
+    from pydantic import ValidationError
+
+    from streams.client import BROKER_UNREACHABLE
+
+    try:
+        settings = load_settings(**overrides)
+    except ValidationError as exc:
+        # the message names each bad setting (and a moved one's new name); no traceback
+        print(f"lethe: invalid settings: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return int(args.func(args, settings) or 0)
+    except BROKER_UNREACHABLE as exc:
+        print(
+            f"lethe {args.command}: cannot reach Kafka at {settings.bootstrap_servers}: {exc}",
+            file=sys.stderr,
+        )
+        return 3
 
 
 if __name__ == "__main__":

@@ -73,6 +73,10 @@ NOT_SENT: tuple[type[Exception], ...] = (
 )
 
 
+#: what a command that reaches no broker at all fails with
+BROKER_UNREACHABLE: tuple[type[Exception], ...] = (KafkaConnectionError,)
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 

@@ -189,7 +189,7 @@ def run(dataset_name: str, n_forget: int, k: int, keep: bool, keep_state: bool) 
             )
             print("   lethe recommend --user 1")
             print("   lethe forget --user 2 --receipt-out receipt.json")
-            print("   lethe verify-erasure receipt.json")
+            print("   lethe verify-erasure receipt.json  # once the trainer's receipt is out too")
             try:
                 while all(w.alive() for w, _ in workers.values()):
                     time.sleep(1)

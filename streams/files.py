@@ -39,15 +39,26 @@ def _typed_csv_row(row: dict[str, str]) -> dict[str, object]:
     return out
 
 
+def _format_of(path: Path) -> str:
+    if path.suffix in (".jsonl", ".ndjson", ".json"):
+        return "jsonl"
+    if path.suffix == ".csv":
+        return "csv"
+    with path.open("rb") as handle:
+        head = handle.read(4096).lstrip()
+    return "jsonl" if head.startswith(b"{") else "csv"
+
+
 def read_interactions(
     path: Path, limits: LimitSettings, *, fmt: str | None = None
 ) -> Iterator[InteractionEvent | RowError]:
     """Yield each row of ``path`` as a validated event or as a :class:`RowError`.
 
-    ``fmt`` is ``"csv"`` or ``"jsonl"``; by default it follows the file suffix. A CSV file needs a
-    header with at least ``event_id,user_id,item_id,ts``.
+    ``fmt`` is ``"csv"`` or ``"jsonl"``; by default it follows the file suffix, and a file
+    with neither kind of suffix is JSONL when its first non-blank character is ``{``. A CSV
+    file needs a header with at least ``event_id,user_id,item_id,ts``.
     """
-    fmt = fmt or ("jsonl" if path.suffix in (".jsonl", ".ndjson", ".json") else "csv")
+    fmt = fmt or _format_of(path)
     with path.open("r", encoding="utf-8", newline="") as handle:
         if fmt == "jsonl":
             for line_no, line in enumerate(handle, start=1):

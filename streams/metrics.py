@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import logging
+
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 EVENTS = Counter("lethe_events_total", "Events read, by topic and outcome", ["topic", "outcome"])
@@ -116,5 +119,19 @@ def serve(host: str, port: int) -> int:
     Port 0 picks a free port (tests); port -1 disables the endpoint."""
     if port < 0:
         return -1
-    server, _thread = start_http_server(port, addr=host)
+    try:
+        server, _thread = start_http_server(port, addr=host)
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE or port == 0:
+            raise
+        # another worker on this host has it (every kind defaults to one port): serving on
+        # a free one keeps this worker running, and the warning says where to scrape it
+        server, _thread = start_http_server(0, addr=host)
+        logging.getLogger("lethe.metrics").warning(
+            "metrics port %d is in use (another worker on this host?): /metrics is on %s:%d;"
+            " give each process its own LETHE_METRICS_PORT to scrape it at a fixed place",
+            port,
+            host,
+            server.server_address[1],
+        )
     return int(server.server_address[1])

@@ -282,3 +282,44 @@ def test_forget_without_wait_reports_a_request_the_broker_took_as_sent(monkeypat
     monkeypatch.setattr(client, "LetheProducer", _Producer)
     assert main(["forget", "--user", "u1"]) == 0
     assert json.loads(capsys.readouterr().out)["request_id"] == "sent-1"
+
+
+def test_a_worker_that_has_not_read_the_deletion_yet_is_named(erased):
+    from streams.state import Hasher
+    from streams.tombstones import to_json
+
+    state_dir, keys, receipt, *_ = erased
+    trainer = state_dir / "trainer"
+    trainer.mkdir()
+    held = {"store": {"sequences": {USER: ["i1"]}, "user_first": {}}, "tombstones": []}
+    (trainer / "state.json").write_text(json.dumps(held))
+    (check,) = [c for c in verify_erasure(state_dir, receipt, keys).checks if not c.passed]
+    assert check.name == "trainer sequences"
+    assert "has not applied the deletion yet" in check.detail and "neural-retrained" in check.detail
+    # with the subject's tombstone it did apply it: the id is there by fault, said plainly
+    held["tombstones"] = to_json({Hasher(keys)("user", USER): 9})
+    (trainer / "state.json").write_text(json.dumps(held))
+    (check,) = [c for c in verify_erasure(state_dir, receipt, keys).checks if not c.passed]
+    assert "PRESENT (1)" in check.detail and "not applied" not in check.detail
+
+
+def test_a_rejected_receipt_is_noted(erased):
+    state_dir, keys, receipt, *_ = erased
+    rejected = receipt.model_copy(update={"status": "rejected", "detail": "unknown user"})
+    verdict = verify_erasure(state_dir, rejected, keys)
+    assert "the receipt is a rejection (unknown user)" in verdict.notes
+
+
+def test_cli_errors_are_messages_not_tracebacks(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("LETHE_IMCORRECT__MAPPING", "no-such-mapping")
+    assert main(["topics", "describe"]) == 2
+    assert "invalid settings" in capsys.readouterr().err
+    monkeypatch.delenv("LETHE_IMCORRECT__MAPPING")
+    assert main(["publish", "interactions", str(tmp_path / "nope.csv")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    # nothing listens on port 9: each command says so and exits 3 (no traceback)
+    for argv in (["topics", "describe"], ["recommend", "--user", "u1", "--timeout", "5"]):
+        assert main(["--bootstrap", "127.0.0.1:9", *argv]) == 3
+        assert "cannot reach Kafka at 127.0.0.1:9" in capsys.readouterr().err
+    assert main(["recommend", "--user", "u1", "-k", "0"]) == 2
+    assert "not a valid request" in capsys.readouterr().err
