@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -108,6 +109,16 @@ def llm_ce_loss(llm: LLMRecommender, inputs, targets) -> torch.Tensor:
     return _all_positions_ce(llm.forward_all(inputs), targets)
 
 
+class TrainingInterrupted(Exception):
+    """Raised before an optimiser step once the owner's ``should_stop`` says so: the models
+    are then mid-training and must not be used or saved (the owner starts again from its
+    last saved state)."""
+
+
+def _never() -> bool:
+    return False
+
+
 class Distiller:
     """Holds both models and their optimisers; runs stages, rounds and the whole schedule."""
 
@@ -117,9 +128,13 @@ class Distiller:
         llm: LLMRecommender,
         cfg: DistillConfig,
         device: torch.device | None = None,
+        should_stop: Callable[[], bool] = _never,
     ) -> None:
         self.crm, self.llm, self.cfg = crm, llm, cfg
         self.device = device or torch.device("cpu")
+        #: asked before every optimiser step (a worker's shutdown must not wait for a
+        #: retrain of minutes); True raises :class:`TrainingInterrupted`
+        self.should_stop = should_stop
         self.crm_opt = torch.optim.Adam(crm.parameters(), lr=cfg.crm_lr)
         self.llm_opt = torch.optim.AdamW(
             [p for p in llm.parameters() if p.requires_grad], lr=cfg.llm_lr
@@ -127,7 +142,12 @@ class Distiller:
         self.history: list[dict] = []
 
     # -- single steps (the trainer consumer calls distill_round per micro-batch) ----------
+    def _check_stop(self) -> None:
+        if self.should_stop():
+            raise TrainingInterrupted("training stopped on request")
+
     def crm_step(self, inputs, targets, distill: bool) -> dict:
+        self._check_stop()
         self.crm.train()
         self.llm.eval()
         if distill:
@@ -141,6 +161,7 @@ class Distiller:
         return {**info, "loss": loss.item()}
 
     def llm_step(self, inputs, targets, distill: bool) -> dict:
+        self._check_stop()
         self.llm.train()
         self.crm.eval()
         if distill:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +71,9 @@ class OnlineLLMD4Rec:
     def __init__(self, cfg: OnlineConfig, device: torch.device | None = None) -> None:
         self.cfg = cfg
         self.device = device or torch.device("cpu")
+        #: asked before every optimiser step; True raises
+        #: :class:`~models.distill.TrainingInterrupted` (the owner's shutdown)
+        self.should_stop: Callable[[], bool] = lambda: False
         self.reset()
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -92,7 +95,9 @@ class OnlineLLMD4Rec:
         dcfg = DistillConfig(
             **{**self.cfg.distill.to_dict(), "max_steps_per_stage": self.cfg.pretrain_steps}
         )
-        self.distiller = Distiller(self.crm, self.llm, dcfg, self.device)
+        self.distiller = Distiller(
+            self.crm, self.llm, dcfg, self.device, should_stop=lambda: self.should_stop()
+        )
         self.warm = False
         self.rounds = 0
         self._rng = np.random.default_rng(self.cfg.seed)

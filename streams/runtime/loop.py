@@ -38,7 +38,7 @@ from streams.runtime.lock import StateLock
 from streams.runtime.memory import MemoryIO
 from streams.runtime.publish import Publisher
 from streams.runtime.snapshots import SnapshotClock
-from streams.services.base import Effects, Inputs, Service
+from streams.services.base import Effects, Inputs, Service, StepAbandoned
 from streams.topics import topic_name
 
 log = logging.getLogger("lethe.runtime")
@@ -122,6 +122,9 @@ class Runtime:
             return  # a standby stopped before it took over
         try:
             self.service = self.make_service(cfg)
+            interrupt_when = getattr(self.service, "interrupt_when", None)
+            if interrupt_when is not None:  # long work gives way to a stop request
+                interrupt_when(lambda: self._stop)
             # the state is long-lived: keep the collector off it, and let batches of 10⁵
             # short-lived objects pass without a collection every 700 allocations
             gc.freeze()
@@ -146,9 +149,18 @@ class Runtime:
                     self.service.use_retention(retention)
                 self._resolve_outbox()
                 log.info("%s worker ready (metrics on :%s)", self.name, port)
-                while not self._stop:
-                    self._step()
-                self._snapshot()  # clean shutdown
+                try:
+                    while not self._stop:
+                        self._step()
+                except StepAbandoned:
+                    # half-applied in memory: nothing of it is saved or published, as after
+                    # a crash; the last snapshot's offsets bring the step back
+                    log.warning(
+                        "%s worker stopped during a step; it is read again at the next start",
+                        self.name,
+                    )
+                else:
+                    self._snapshot()  # clean shutdown
             finally:
                 if self.server is not None:
                     self.server.close()

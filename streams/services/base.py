@@ -92,6 +92,13 @@ class Outbox:
         return bool(self.receipts or self.announcements)
 
 
+class StepAbandoned(Exception):
+    """Raised by ``apply`` or ``tick`` when the runtime's stop request cut long work short
+    (a service with ``interrupt_when``: the trainer's retrain). Its state in memory is then
+    half-applied: the runtime exits without a snapshot, as after a crash, and the next
+    start reads the step again from the last snapshot's offsets."""
+
+
 class Service(Protocol):
     """What the runtime drives. No method may call Kafka; all of them run on one thread."""
 

@@ -26,6 +26,7 @@ import heapq
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import ClassVar
 
@@ -33,7 +34,7 @@ import numpy as np
 import torch
 
 from export.onnx_export import ParityError
-from models.distill import load_checkpoint
+from models.distill import TrainingInterrupted, load_checkpoint
 from models.online import OnlineLLMD4Rec, training_counts
 from models.sasrec import SASRec
 from streams import metrics as m
@@ -43,7 +44,7 @@ from streams.keys import keyring_for
 from streams.model_auth import update_key
 from streams.retention import TopicRetention, retention_from_settings
 from streams.sequence_store import SequenceStore
-from streams.services.base import Effects, Inputs, Outbox
+from streams.services.base import Effects, Inputs, Outbox, StepAbandoned
 from streams.services.batch import InteractionColumns
 from streams.services.trainer_export import export_version
 from streams.services.trainer_forget import forget
@@ -141,7 +142,18 @@ class TrainerService:
     def use_retention(self, retention: dict[str, TopicRetention]) -> None:
         self.retention = retention
 
+    def interrupt_when(self, stop: Callable[[], bool]) -> None:
+        """Training asks ``stop`` before every optimiser step: a shutdown during a retrain
+        of minutes abandons the step (:class:`StepAbandoned`) instead of waiting for it."""
+        self.model.should_stop = stop
+
     def apply(self, inputs: Inputs) -> Effects:
+        try:
+            return self._apply(inputs)
+        except TrainingInterrupted as exc:
+            raise StepAbandoned("a stop request cut the step's training short") from exc
+
+    def _apply(self, inputs: Inputs) -> Effects:
         """Learn the step's interactions (closing micro-batches as they fill), then forget
         what its deletions name (the runtime released them after every interaction
         published before them)."""
@@ -168,7 +180,10 @@ class TrainerService:
             return Effects()
         if time.monotonic() - (self.first_new_at or 0.0) < self.cfg.batch_wait_s:
             return Effects()
-        return self._round()
+        try:
+            return self._round()
+        except TrainingInterrupted as exc:
+            raise StepAbandoned("a stop request cut the round's training short") from exc
 
     def note_dead_letters(self, n: int, offsets: dict[str, int]) -> None:
         """Malformed records (dead-lettered by the IMCorrect worker) still move the offsets."""

@@ -13,7 +13,7 @@ import torch
 
 from export.session import open_session
 from streams.config import LetheSettings
-from streams.contracts import ContractError, DeadLetter, ItemMetadata, decode
+from streams.contracts import ContractError, DeadLetter, InteractionEvent, ItemMetadata, decode
 from streams.runtime.loop import Runtime
 from streams.runtime.memory import MemoryLog
 from streams.services.base import Inputs
@@ -370,3 +370,67 @@ def test_the_trainer_dead_letters_bad_item_records_and_keeps_going(tmp_path):
     assert sorted(state.item_texts) == sorted(m.item_id for m in good)
     offsets = {k: v for k, v in state.offsets.items() if k.startswith(topic)}
     assert sum(offsets.values()) == 7
+
+
+def _interactions_log(pairs: list[tuple[str, str]]) -> MemoryLog:
+    log = MemoryLog()
+    for k, (user, item) in enumerate(pairs):
+        event = InteractionEvent(event_id=f"e{k}", user_id=user, item_id=item, ts=1_700_000_000_000)
+        log.append(TOPIC, event.to_bytes(), user.encode())
+    return log
+
+
+def test_a_stop_during_training_abandons_the_step_and_a_restart_reads_it_again(tmp_path):
+    from streams.services.base import StepAbandoned
+
+    pairs = genre_stream()
+    settings = settings_for(tmp_path, batch_events=len(pairs))  # one round, in apply
+    svc = TrainerService(settings)
+    asked = []
+    svc.interrupt_when(lambda: asked.append(1) or len(asked) > 3)  # stop at the 4th step
+    with pytest.raises(StepAbandoned):
+        svc.apply(Feed().inputs(pairs))
+    assert len(asked) == 4
+
+    # under the runtime: the stop request (Ctrl-C, SIGTERM) ends the run at once, with
+    # nothing saved or announced; the next start trains on the same events
+    log = _interactions_log(pairs)
+    io = ScriptedIO(log, crash_after=None, chunk=len(pairs))
+    runtime = Runtime(
+        settings_for(tmp_path / "rt", batch_events=len(pairs)), TrainerService, io, name="trainer"
+    )
+    io.runtime = runtime
+    steps = []
+    original = TrainerService.interrupt_when
+
+    def stop_after_a_few_steps(self, stop):  # noqa: ANN001 - the runtime's stop check
+        def check() -> bool:
+            steps.append(1)
+            if len(steps) == 3:
+                runtime.stop()  # as the signal handler does
+            return stop()
+
+        original(self, check)
+
+    TrainerService.interrupt_when = stop_after_a_few_steps
+    try:
+        runtime.run()
+    finally:
+        TrainerService.interrupt_when = original
+    assert len(steps) == 3 and not log.records("u.model-updates")
+    state_file = tmp_path / "rt" / "state" / "trainer" / "state.json"
+    if state_file.exists():  # a snapshot from before the step holds none of its events
+        saved = json.loads(state_file.read_text())["offsets"]
+        assert not any(n for tp, n in saved.items() if tp.startswith(TOPIC))
+    again = ScriptedIO(log, crash_after=None, chunk=len(pairs))
+    runtime = Runtime(
+        settings_for(tmp_path / "rt", batch_events=len(pairs)),
+        TrainerService,
+        again,
+        name="trainer",
+    )
+    again.runtime = runtime
+    runtime.run()
+    assert len(log.records("u.model-updates")) == 1
+    offsets = json.loads(state_file.read_text())["offsets"]
+    assert sum(n for tp, n in offsets.items() if tp.startswith(TOPIC)) == len(pairs)
