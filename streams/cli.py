@@ -69,7 +69,7 @@ def _cmd_publish(args: argparse.Namespace, settings: LetheSettings) -> int:
                 await producer.flush()
         return sent, bad
 
-    if not args.file.is_file():  # before connecting: nothing to send
+    if not args.file.exists() or args.file.is_dir():  # before connecting: nothing to send
         print(f"lethe publish: no such file: {args.file}", file=sys.stderr)
         return 2
     sent, bad = asyncio.run(run())
@@ -252,6 +252,7 @@ def _cmd_worker(args: argparse.Namespace, settings: LetheSettings) -> int:
             logging.getLogger("lethe.worker").error("%s worker cannot start: %s", args.kind, exc)
             return 3
     from streams.keys import UnknownKeyError
+    from streams.metrics import MetricsPortTaken
     from streams.services.trainer_items import CatalogueError
 
     try:
@@ -260,7 +261,7 @@ def _cmd_worker(args: argparse.Namespace, settings: LetheSettings) -> int:
         # stopped on purpose: without its key the worker would learn forgotten users again
         logging.getLogger("lethe.worker").critical("%s worker cannot start: %s", args.kind, exc)
         return 5
-    except CatalogueError as exc:
+    except (CatalogueError, MetricsPortTaken) as exc:
         logging.getLogger("lethe.worker").error("%s worker cannot start: %s", args.kind, exc)
         return 2
     return 0

@@ -42,8 +42,8 @@ def _typed_csv_row(row: dict[str, str]) -> dict[str, object]:
 def _format_of(path: Path) -> str:
     if path.suffix in (".jsonl", ".ndjson", ".json"):
         return "jsonl"
-    if path.suffix == ".csv":
-        return "csv"
+    if path.suffix == ".csv" or not path.is_file():
+        return "csv"  # a pipe is read once: it is not sniffed
     with path.open("rb") as handle:
         head = handle.read(4096).lstrip()
     return "jsonl" if head.startswith(b"{") else "csv"

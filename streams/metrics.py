@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import logging
+from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
@@ -113,10 +114,22 @@ SCORER_DELETIONS = Counter(
 )
 
 
-def serve(host: str, port: int) -> int:
+class MetricsPortTaken(RuntimeError):
+    """The configured metrics port is in use, and the operator chose it (it is scraped
+    there): the worker does not start elsewhere unseen."""
+
+
+def may_move(settings: Any) -> bool:
+    """May the endpoint move to a free port when its port is taken? Only when the port is
+    the default (not set by the operator), which every kind of worker shares."""
+    return "metrics_port" not in settings.model_fields_set
+
+
+def serve(host: str, port: int, may_move: bool = False) -> int:
     """Start the /metrics HTTP endpoint; returns the bound port (-1 when disabled).
 
-    Port 0 picks a free port (tests); port -1 disables the endpoint."""
+    Port 0 picks a free port (tests); port -1 disables the endpoint. A taken port raises
+    :class:`MetricsPortTaken`, or with ``may_move`` serves on a free port (logged)."""
     if port < 0:
         return -1
     try:
@@ -124,6 +137,11 @@ def serve(host: str, port: int) -> int:
     except OSError as exc:
         if exc.errno != errno.EADDRINUSE or port == 0:
             raise
+        if not may_move:
+            raise MetricsPortTaken(
+                f"metrics port {host}:{port} is in use (another worker on this host?);"
+                " give each process its own LETHE_METRICS_PORT"
+            ) from exc
         # another worker on this host has it (every kind defaults to one port): serving on
         # a free one keeps this worker running, and the warning says where to scrape it
         server, _thread = start_http_server(0, addr=host)

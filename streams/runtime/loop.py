@@ -130,7 +130,7 @@ class Runtime:
             gc.freeze()
             gc.set_threshold(100_000, 50, 100)
             self.snapshots.track(self.service)
-            port = m.serve(cfg.metrics_host, cfg.metrics_port)
+            port = m.serve(cfg.metrics_host, cfg.metrics_port, m.may_move(cfg))
             self.io.create_topics()
             self.consumer = self.io.consumer()
             self.publisher = Publisher(cfg, self.io, self.topics)
@@ -245,7 +245,8 @@ class Runtime:
                 backlog = step.size + self._input_lag()
         if step.size or len(self.barrier):  # a held deletion may wait on skipped markers
             self._apply(step)
-        self._effects(svc.tick())
+        if not self._stop:  # work due by time (a round) waits for the next start
+            self._effects(svc.tick())
         self._maybe_snapshot()
         self._gauges()
 

@@ -110,7 +110,7 @@ class ReplicaRuntime:
             self.service = IMCorrectService(cfg, Path(cfg.state_dir) / self.name)
             gc.freeze()
             gc.set_threshold(100_000, 50, 100)
-            port = m.serve(cfg.metrics_host, cfg.metrics_port)
+            port = m.serve(cfg.metrics_host, cfg.metrics_port, m.may_move(cfg))
             self.io.create_topics()
             self.publisher = Publisher(cfg, self.io, self.topics)
             retention = self.io.retention()

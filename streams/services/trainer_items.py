@@ -56,8 +56,10 @@ def read_catalogue(path: Path, limits: LimitSettings) -> dict[str, tuple[str, in
     characters); one that fails is logged with its line and skipped. For an id listed more
     than once the newest ``ts`` wins (the later line on a tie), as on the stream."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise CatalogueError(f"trainer.catalogue_file {path}: no such file")
+    if path.is_dir():
+        raise CatalogueError(f"trainer.catalogue_file {path}: a folder, not a file")
     out: dict[str, tuple[str, int]] = {}
     bad = 0
     for number, raw in _catalogue_records(path):
@@ -78,7 +80,11 @@ def read_catalogue(path: Path, limits: LimitSettings) -> dict[str, tuple[str, in
 def _catalogue_records(path: Path) -> Iterator[tuple[int, bytes]]:
     """(line number, ItemMetadata JSON) of each record in the file."""
     if path.suffix != ".item":
-        with path.open("rb") as f:
+        try:
+            f = path.open("rb")
+        except OSError as exc:
+            raise CatalogueError(f"trainer.catalogue_file {path}: cannot be read: {exc}") from exc
+        with f:
             for number, line in enumerate(f, start=1):
                 if line.strip():
                     yield number, line.rstrip(b"\r\n")
@@ -140,15 +146,21 @@ class ItemCatalogue:
         return kept
 
     def _evict(self, limit: int) -> None:
-        """Drop texts of items without a row, oldest ``ts`` first (ties by id), down to 90 %
-        of ``limit`` so that a stream of new items does not sort the store at every step.
-        Texts of items with a row stay: the next export maps their rows from them."""
+        """Drop texts of items nothing uses yet, oldest ``ts`` first (ties by id), down to
+        90 % of ``limit`` so that a stream of new items does not sort the store at every
+        step. Texts of items with a row or with held interactions (a row at the next round)
+        stay: the next export maps their rows from them."""
         texts, rows = self.state.item_texts, self.state.items.by_id
+        held = self.state.store.item_counts
         target = max(0, len(texts) - int(0.9 * limit))
-        spare = sorted((ts, item) for item, (_, ts) in texts.items() if item not in rows)
+        spare = sorted(
+            (ts, item) for item, (_, ts) in texts.items() if item not in rows and item not in held
+        )
         for _, item in spare[:target]:
             del texts[item]
         dropped = min(target, len(spare))
+        if not dropped:  # every text held is in use: the bound is below the vocabulary's
+            return
         self.state.bump("item_texts_dropped", dropped)
         log.warning(
             "%d item text(s) dropped: more than trainer.max_item_texts (%d) held; the"

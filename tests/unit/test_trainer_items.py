@@ -247,7 +247,8 @@ def test_a_deletion_keeps_a_newer_listing_read_in_the_same_step(tmp_path):
 def test_texts_of_items_without_a_row_are_bounded_oldest_first(tmp_path, caplog):
     svc = TrainerService(settings_for(tmp_path, max_item_texts=40))
     svc.apply(items_input(warm_items()[:10]))
-    svc.apply(Feed().inputs([(f"u{k}", f"c0-i{k}") for k in range(8)]))
+    feed = Feed()
+    svc.apply(feed.inputs([(f"u{k}", f"c0-i{k}") for k in range(8)]))
     svc._index_new_items()  # the eight c0 items get rows
     many = [ItemMetadata(item_id=f"x{k}", title=f"X {k}", ts=100 + k) for k in range(40)]
     svc.apply(items_input(many, offset=10))
@@ -260,6 +261,20 @@ def test_texts_of_items_without_a_row_are_bounded_oldest_first(tmp_path, caplog)
     )
     assert svc.state.counters["item_texts_dropped"] == 14
     assert "trainer.max_item_texts" in caplog.text
+    # an item with interactions but no row yet (it gets one at the next round) keeps its
+    # text, however old: the export maps its row from it
+    svc.apply(feed.inputs([("u9", "x12")]))
+    caplog.clear()
+    newer = [ItemMetadata(item_id=f"y{k}", title=f"Y {k}", ts=500 + k) for k in range(10)]
+    svc.apply(items_input(newer, offset=50))
+    assert "x12" in svc.state.item_texts and "x13" not in svc.state.item_texts
+    # when every text held is in use nothing goes, and nothing is logged step after step
+    svc.state.item_texts = {k: v for k, v in svc.state.item_texts.items() if k.startswith("c0")}
+    svc.catalogue.max_texts = 4
+    caplog.clear()
+    svc.apply(items_input([], offset=60))
+    svc.catalogue.announce([])
+    assert len(svc.state.item_texts) == 8 and "dropped" not in caplog.text
 
 
 def test_items_the_full_vocabulary_leaves_out_are_counted_and_logged(tmp_path, caplog):
