@@ -4,6 +4,7 @@ configuration (the scorer's request path, see :mod:`streams.request_channel`).""
 from __future__ import annotations
 
 import logging
+import re
 import ssl
 import time
 from collections.abc import Mapping, Sequence
@@ -13,6 +14,40 @@ from typing import Any
 from streams.config import LetheSettings
 
 log = logging.getLogger("lethe.kafka")
+
+
+class RepeatFilter(logging.Filter):
+    """Lets each kind of message through once per ``every_s``, saying how many alike it held
+    back. librdkafka logs every failed connection attempt, about ten a second per client
+    while a broker is down: a worker's log grew by megabytes a minute in an outage. Messages
+    that differ only in numbers (ports, milliseconds, counts) are alike."""
+
+    _DIGITS = re.compile(r"\d+")
+    _MAX_KINDS = 1000  # a bound on what is remembered, whatever the messages
+
+    def __init__(self, every_s: float = 60.0) -> None:
+        super().__init__()
+        self.every_s = every_s
+        self._seen: dict[str, tuple[float, int]] = {}  # kind → (last let through, held back)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        kind = self._DIGITS.sub("#", record.getMessage())
+        now = record.created
+        last, held = self._seen.get(kind, (float("-inf"), 0))
+        if now - last < self.every_s:
+            self._seen[kind] = (last, held + 1)
+            return False
+        if len(self._seen) >= self._MAX_KINDS:
+            self._seen.clear()
+        self._seen[kind] = (now, 0)
+        if held:
+            record.msg = f"{record.msg} ({held} alike in the last {self.every_s:.0f} s not shown)"
+        return True
+
+
+#: what the runtime's consumers and producers log through (served from their poll calls)
+librdkafka_log = logging.getLogger("lethe.librdkafka")
+librdkafka_log.addFilter(RepeatFilter())
 
 
 #: The logical topics each Lethe principal reads and writes: what its ACLs must allow on

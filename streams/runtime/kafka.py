@@ -23,7 +23,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from streams.config import LetheSettings
-from streams.kafka_config import librdkafka_config
+from streams.kafka_config import librdkafka_config, librdkafka_log
 
 T = TypeVar("T")
 
@@ -43,6 +43,7 @@ def consumer(settings: LetheSettings, **extra: Any) -> Consumer:
         "enable.auto.offset.store": False,
         "enable.partition.eof": False,
         "auto.offset.reset": "earliest",
+        "logger": librdkafka_log,
         **extra,
     }
     return Consumer(conf)
@@ -59,6 +60,7 @@ def producer(settings: LetheSettings, **extra: Any) -> Producer:
         "message.max.bytes": max(settings.limits.max_message_bytes + 65536, 1_000_000),
         "request.timeout.ms": p.request_timeout_ms,
         "compression.type": p.compression or "none",
+        "logger": librdkafka_log,
         **extra,
     }
     return Producer(conf)

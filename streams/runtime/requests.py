@@ -40,7 +40,7 @@ from confluent_kafka import (
 )
 
 from streams.config import LetheSettings
-from streams.kafka_config import check_access, librdkafka_config
+from streams.kafka_config import check_access, librdkafka_config, librdkafka_log
 
 log = logging.getLogger("lethe.requests")
 
@@ -96,7 +96,11 @@ class RequestChannel:
         self.requests_topic, self.replies_topic = requests_topic, replies_topic
         self._settings = settings
         self._poll_batch = max(1, poll_batch)
-        common = {**librdkafka_config(settings), "error_cb": _log_client_error}
+        common = {
+            **librdkafka_config(settings),
+            "error_cb": _log_client_error,
+            "logger": librdkafka_log,
+        }
         self._consumer_config = {
             **common,
             "group.id": group_id,
