@@ -50,7 +50,8 @@ def drop_from_store(
         counts, first = state.store.forget(request)
         if request.scope == "item":
             state.items.drop(request.item_id)
-            forget_item_text(state, request.item_id, request.ts)
+            if forget_item_text(state, request.item_id, request.ts):
+                counts = {**counts, "item_texts": 1}  # held even without interactions
         for item in held - set(state.store.item_counts):
             # no retained sequence holds it: a model retrained without the data would not
             # know it, so it leaves the vocabulary (and the exported item list)

@@ -180,15 +180,18 @@ class ItemCatalogue:
         return [None if item is None else self.text(item) for item in items]
 
 
-def forget_item_text(state: TrainerState, item_id: str, ts: int) -> None:
+def forget_item_text(state: TrainerState, item_id: str, ts: int) -> bool:
     """Drop a forgotten item's text and remember (as a keyed hash) until when its metadata
     is ignored. A text stamped after the deletion (the item listed again, read in the same
-    step or while the deletion was held) stays: a later step would have kept it too."""
+    step or while the deletion was held) stays: a later step would have kept it too.
+    Returns whether a text was dropped (the receipt counts it)."""
     held = state.item_texts.get(item_id)
-    if held is not None and held[1] <= ts:
+    dropped = held is not None and held[1] <= ts
+    if dropped:
         del state.item_texts[item_id]
     key = state.hasher("item", item_id)
     state.item_tombstones[key] = max(ts, state.item_tombstones.get(key, ts))
+    return dropped
 
 
 class TextEncoder:

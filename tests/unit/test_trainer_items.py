@@ -213,8 +213,14 @@ def test_a_forgotten_item_loses_its_text_and_older_metadata_stays_ignored(tmp_pa
     request = DeletionRequest(
         request_id="r1", scope="item", item_id=NEW, reason="utility", ts=1_700_000_000_000
     )
-    svc.apply(Inputs(deletions=[request], offsets={"u.deletions:0": 1}))
+    (receipt,) = svc.apply(Inputs(deletions=[request], offsets={"u.deletions:0": 1})).receipts
+    assert receipt.removed == {"items": 1, "interactions": 3, "item_texts": 1}
     assert NEW not in svc.state.item_texts and svc.catalogue.text(NEW) is None
+    # an item known by its text alone: the receipt says what was dropped
+    svc.catalogue.announce([ItemMetadata(item_id="text-only", title="Only text", ts=1)])
+    alone = request.model_copy(update={"request_id": "r2", "item_id": "text-only"})
+    (receipt,) = svc.apply(Inputs(deletions=[alone], offsets={"u.deletions:0": 2})).receipts
+    assert receipt.removed == {"items": 0, "interactions": 0, "item_texts": 1}
     svc.apply(items_input([NEW_META], offset=49))  # published before the deletion, read after
     assert svc.catalogue.text(NEW) is None and svc.state.counters["items_forgotten"] == 1
     svc.save()
