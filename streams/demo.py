@@ -13,12 +13,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import random
 import shutil
 import signal
 import sys
 import time
 import uuid
+import warnings
 from pathlib import Path
 
 from models.datasets import Dataset, load
@@ -218,6 +220,15 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _quiet_teardown() -> None:
+    """An interrupt inside the replay's event loop leaves the producer's tasks pending; the
+    interpreter then reports each of them at exit (tracebacks after "interrupted: everything
+    was stopped"). Everything is stopped by then: those reports are noise."""
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    warnings.filterwarnings("ignore", message="coroutine .* was never awaited")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", choices=["ml-100k", "ml-1m"], default="ml-100k")
@@ -234,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run(args.dataset, max(args.forget_users, 1), args.k, args.keep, args.keep_state)
     except KeyboardInterrupt:
+        _quiet_teardown()
         print("\ninterrupted: everything was stopped", file=sys.stderr)
         return 130
     except Exception as exc:
@@ -241,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         # own interrupt unwinds, and the replay then fails on a closed connection instead
         if not _INTERRUPTED:
             raise
+        _quiet_teardown()
         print(f"\ninterrupted: everything was stopped ({type(exc).__name__})", file=sys.stderr)
         return 130
     return 0

@@ -3,8 +3,10 @@ it is part of stopping, not an error (exit 130, as for a plain Ctrl-C)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
+import warnings
 
 import pytest
 
@@ -14,10 +16,15 @@ from streams import demo
 @pytest.fixture
 def handlers():
     saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    levels = {name: logging.getLogger(name).level for name in ("asyncio", "aiokafka")}
+    filters = warnings.filters[:]
     demo._INTERRUPTED.clear()
     yield
     for sig, handler in saved.items():
         signal.signal(sig, handler)
+    for name, level in levels.items():  # an interrupted demo quiets its teardown
+        logging.getLogger(name).setLevel(level)
+    warnings.filters[:] = filters
     demo._INTERRUPTED.clear()
 
 
