@@ -29,8 +29,8 @@ DASHBOARDS: dict[str, list[tuple[str, str, str]]] = {
             "none",
         ),
         (
-            "Apply latency p99",
-            "histogram_quantile(0.99, sum by (le) (rate(lethe_apply_seconds_bucket[5m])))",
+            "Apply latency p99 by worker",
+            "histogram_quantile(0.99, sum by (le, job) (rate(lethe_apply_seconds_bucket[5m])))",
             "s",
         ),
         ("Consumer lag by topic", "sum by (topic) (lethe_consumer_lag)", "none"),
@@ -63,6 +63,7 @@ DASHBOARDS: dict[str, list[tuple[str, str, str]]] = {
         ("Drift refactorisations", "lethe_imcorrect_refactorisations", "none"),
         ("Hot replicas: change-log writer", "lethe_imcorrect_writer", "none"),
         ("Hot replicas: change-log records not applied", "lethe_imcorrect_log_lag", "none"),
+        ("Hot replicas: one id, two processes", "lethe_imcorrect_replica_id_conflict", "none"),
     ],
     "Lethe — training": [
         ("Distillation losses (last step)", "lethe_trainer_loss", "none"),
@@ -85,6 +86,12 @@ DASHBOARDS: dict[str, list[tuple[str, str, str]]] = {
             "s",
         ),
         ("Exported model version", 'lethe_model_version{model="crm"}', "none"),
+        ("New interactions not trained on yet", "lethe_trainer_pending_events", "none"),
+        (
+            "Items the full vocabulary left out",
+            "lethe_trainer_items_without_row",
+            "none",
+        ),
     ],
     "Lethe — serving": [
         (
@@ -107,6 +114,11 @@ DASHBOARDS: dict[str, list[tuple[str, str, str]]] = {
         (
             "Model swaps by outcome",
             "sum by (outcome) (increase(lethe_scorer_model_swaps_total[1h]))",
+            "none",
+        ),
+        (
+            "Model announcements refused by reason",
+            "sum by (reason) (increase(lethe_model_updates_refused_total[1h]))",
             "none",
         ),
     ],

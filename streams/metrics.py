@@ -22,7 +22,8 @@ BATCH_SIZE = Histogram(
 )
 APPLY_SECONDS = Histogram(
     "lethe_apply_seconds",
-    "Time to apply one micro-batch to IMCorrect",
+    "Time to apply one step's input to a worker's state (IMCorrect: learn and forget, on"
+    " every hot replica; trainer: rounds and retrains included)",
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 FORGET_LATENCY = Histogram(
@@ -81,6 +82,9 @@ TRAINER_LAST_ROUND = Gauge(
     "When the last round or retrain finished (the trainer's start before the first)",
 )
 TRAINER_PENDING = Gauge("lethe_trainer_pending_events", "New interactions not yet trained on")
+TRAINER_MIN_USERS = Gauge(
+    "lethe_trainer_min_users", "trainer.min_users: no round runs with fewer users than this"
+)
 TRAINER_ITEMS_WITHOUT_ROW = Gauge(
     "lethe_trainer_items_without_row",
     "Items with held interactions that the full vocabulary gives no row (not trained on and"

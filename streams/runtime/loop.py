@@ -107,6 +107,7 @@ class Runtime:
         self._applying_ms: int | None = None
         m.DELETION_PENDING_AGE.set_function(self._deletion_age)
         self._stop = False
+        self.attached = False  # run inside another worker's loop (attach)
         self.snapshots = SnapshotClock()
         self._lag_at = 0.0
 
@@ -175,6 +176,8 @@ class Runtime:
         lock, the metrics port and ``publisher`` (the IMCorrect writer's sequencer)."""
         self.service = service
         self.publisher = publisher
+        # the host owns the snapshot and apply metrics (this service only commits steps)
+        self.attached = True
         self.snapshots.track(service)
         self.consumer = self.io.consumer()
         self._assign()
@@ -185,8 +188,10 @@ class Runtime:
 
     def detach(self) -> None:
         self.consumer.close()
-        # a writer that lost its role holds no deletion any more: its age must not grow
+        # a writer that lost its role holds no deletion any more: its age must not grow,
+        # and its lag must not stay exported beside the new writer's
         self._oldest_deletion_ms = self._applying_ms = None
+        m.CONSUMER_LAG.clear()
 
     def _assign(self) -> None:
         svc = self.service
@@ -409,7 +414,8 @@ class Runtime:
                 gc.collect(1)
                 gc.freeze()
             m.BATCH_SIZE.observe(n_interactions + len(inputs.deletions))
-            m.APPLY_SECONDS.observe(effects.apply_seconds)
+            if not self.attached:  # a replica times its own apply
+                m.APPLY_SECONDS.observe(effects.apply_seconds)
             if inputs.deletions or effects.apply_seconds > 1.0:
                 log.info(
                     "applied %d events with %d deletion(s) in %.3f s",
@@ -486,7 +492,8 @@ class Runtime:
 
     def _gauges(self) -> None:
         now = time.monotonic()
-        m.SNAPSHOT_AGE.set(self.snapshots.age_s)
+        if not self.attached:
+            m.SNAPSHOT_AGE.set(self.snapshots.age_s)
         self._note_oldest_deletion()
         if now - self._lag_at < 2.0:
             return

@@ -96,6 +96,10 @@ class ReplicaRuntime:
         self._beat_at = 0.0
         self._gauges_at = 0.0
         self.snapshots = SnapshotClock()
+        #: ts of the oldest deletion whose receipt waits in ``pending`` (set by the main
+        #: thread, read by the metrics thread)
+        self._oldest_pending_ms: int | None = None
+        m.DELETION_PENDING_AGE.set_function(self._deletion_age)
 
     def stop(self) -> None:
         self._stop = True
@@ -250,6 +254,8 @@ class ReplicaRuntime:
     def _apply(self, step: LoggedStep) -> None:
         inputs = step.inputs
         effects = self.service.apply(inputs) if inputs else Effects()
+        if inputs:
+            m.APPLY_SECONDS.observe(effects.apply_seconds)
         if step.dead or not inputs:
             self.service.note_dead_letters(step.dead, inputs.offsets)
         if effects.receipts:
@@ -338,6 +344,9 @@ class ReplicaRuntime:
         offsets = {k: v for k, v in self.service.offsets.items() if k != self.log_key}
         writer = LogWriter(self.settings, txlog, self.log_topic, offsets, self._dead_letters_out)
         sequencer = Runtime(self.settings, lambda _s: writer, self.io, name=writer.name)
+        # the sequencer's own age covers deletions held and committed to the change log;
+        # receipts then wait here for the replicas: the gauge covers both
+        m.DELETION_PENDING_AGE.set_function(self._deletion_age)
         try:
             sequencer.attach(writer, self.publisher)
         except (KafkaException, kafka.OffsetsUnavailable) as exc:  # asked while brokers move
@@ -424,8 +433,21 @@ class ReplicaRuntime:
     def _save(self, for_receipt: bool = False) -> None:
         self.snapshots.save(self.service, for_receipt=for_receipt)
 
+    def _deletion_age(self) -> float:
+        """Seconds since the ts of the oldest deletion without a receipt: held or being
+        committed by the writer's sequencer, or applied and waiting for the replicas."""
+        oldest = self._oldest_pending_ms
+        mine = max(0.0, time.time() - oldest / 1000) if oldest else 0.0
+        sequencer = self.sequencer
+        return max(mine, sequencer._deletion_age() if sequencer is not None else 0.0)
+
+    def _note_pending(self) -> None:
+        waiting = [r.requested_at for _, r in self.pending if r.requested_at is not None]
+        self._oldest_pending_ms = min(waiting, default=None)
+
     def _gauges(self) -> None:
         now = time.monotonic()
+        self._note_pending()
         m.SNAPSHOT_AGE.set(self.snapshots.age_s)
         if now - self._gauges_at < 2.0:
             return

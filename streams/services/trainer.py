@@ -94,7 +94,8 @@ class TrainerService:
             log.info("catalogue %s: %d item texts", self.cfg.catalogue_file, len(file_texts))
         self.catalogue = ItemCatalogue(self.state, file_texts, self.cfg.max_item_texts)
         self.encoder = TextEncoder()
-        self._left_out = 0  # items the full vocabulary left out at the last count
+        #: items the full vocabulary left out at the last count (a restart counts again)
+        self._left_out = self._count_left_out()
         self.cold = self.cfg.cold
         # item metadata is not training data: its offsets stay out of trained_through
         self._items_topic = topic_name(settings, "items") + ":"
@@ -213,7 +214,9 @@ class TrainerService:
 
     def gauges(self) -> None:
         m.TRAINER_SEQUENCES.set(len(self.state.store))
+        m.TRAINER_MIN_USERS.set(self.cfg.min_users)  # no round below it (the stall alert)
         m.TRAINER_PENDING.set(self.state.new_events)
+        m.TRAINER_ITEMS_WITHOUT_ROW.set(self._left_out)
         if self.state.published is not None:
             m.MODEL_VERSION.labels("crm").set(self.state.published["version"])
 
@@ -268,6 +271,16 @@ class TrainerService:
                 out[user] = np.asarray(dense, dtype=np.int64)
         return out
 
+    def _count_left_out(self) -> int:
+        """Items with held interactions that get no row at the next round: those the room
+        left in the vocabulary cannot take."""
+        by_id, room = (
+            self.state.items.by_id,
+            self.cfg.model.max_items - len(self.state.items.by_index),
+        )
+        new = sum(1 for item in self.state.store.item_counts if item not in by_id)
+        return max(0, new - max(room, 0))
+
     def _index_new_items(self) -> None:
         """Give items not in the vocabulary the free rows: the most interacted-with first
         (the ones left out when it is full are the rarest), ties by id."""
@@ -286,7 +299,6 @@ class TrainerService:
                 self.cfg.model.max_items,
             )
         self._left_out = left_out
-        m.TRAINER_ITEMS_WITHOUT_ROW.set(left_out)
 
     def trained_on_everything(self) -> None:
         """Nothing is waiting for a round any more."""

@@ -41,7 +41,7 @@ def test_prometheus_config_is_valid(tmp_path):
 @needs_promtool
 def test_alert_rules_are_valid():
     out = _promtool("check", "rules", "rules/lethe.rules.yml")
-    assert "SUCCESS: 11 rules found" in out
+    assert "SUCCESS: 12 rules found" in out
 
 
 @needs_promtool

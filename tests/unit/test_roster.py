@@ -92,3 +92,33 @@ def test_ids_that_stopped_beating_are_dropped_and_many_ids_cost_no_pass_each():
     assert len(roster) == 1001  # one prune a timeout: the last was at 100
     roster.note(Heartbeat("a", applied=7, events=0), seen=115.0)
     assert len(roster) == 1 and roster.live(now=115.0) == {"a": 7}
+
+
+def test_a_receipt_waiting_for_the_replicas_ages_the_deletion_gauge(tmp_path):
+    import time
+
+    from streams import metrics as m
+    from streams.config import LetheSettings
+    from streams.contracts import DeletionReceipt
+    from streams.runtime.memory import MemoryIO, MemoryLog
+    from streams.runtime.replica import ReplicaRuntime
+
+    replica = {"replicated": True, "replica_id": "a", "memory_budget_gb": 1.0}
+    settings = LetheSettings(state_dir=tmp_path, metrics_port=-1, imcorrect=replica)
+    runtime = ReplicaRuntime(settings, io=MemoryIO(MemoryLog()))
+    now_ms = int(time.time() * 1000)
+    receipt = DeletionReceipt(
+        request_id="r1",
+        status="applied",
+        scope="user",
+        requested_at=now_ms - 120_000,
+        applied_at=now_ms - 110_000,
+    )
+    runtime._note_pending()
+    assert runtime._deletion_age() == 0.0
+    # applied here, waiting for the other replicas: the gauge counts it (the critical alert
+    # watched only the writer's commit before)
+    runtime.pending.append((7, receipt))
+    runtime._note_pending()
+    age = m.DELETION_PENDING_AGE.collect()[0].samples[0].value
+    assert 119 < age < 130

@@ -290,8 +290,13 @@ def test_items_the_full_vocabulary_leaves_out_are_counted_and_logged(tmp_path, c
     svc.apply(Feed().inputs([(f"u{k}", f"c0-i{k}") for k in range(7)]))
     svc._index_new_items()
     assert len(svc.state.items.by_id) == 4
+    svc.gauges()
     assert m.TRAINER_ITEMS_WITHOUT_ROW._value.get() == 3
     assert "3 item(s) with interactions have no row" in caplog.text
+    svc.save()
+    m.TRAINER_ITEMS_WITHOUT_ROW.set(0)
+    TrainerService(svc.settings).gauges()  # counted again at start, not 0 until a round
+    assert m.TRAINER_ITEMS_WITHOUT_ROW._value.get() == 3
 
 
 def test_catalogue_files_pass_the_contract_and_unreadable_ones_stop_the_start(tmp_path):
