@@ -18,8 +18,8 @@ OUT = HERE / "grafana" / "dashboards"
 DASHBOARDS: dict[str, list[tuple[str, str, str]]] = {
     "Lethe — ingest and lag": [
         (
-            "Events read per second by outcome",
-            "sum by (topic, outcome) (rate(lethe_events_total[1m]))",
+            "Events read per second by worker and outcome",
+            "sum by (job, topic, outcome) (rate(lethe_events_total[1m]))",
             "ops",
         ),
         ("Interactions applied per second", "rate(lethe_interactions_applied_total[1m])", "ops"),
