@@ -57,7 +57,12 @@ def verify(update: ModelUpdate, key: bytes) -> None:
     if update.tag is None:
         raise UpdateRefused("unsigned", f"model update {update.version} carries no tag")
     if not hmac.compare_digest(update.tag, _tag(update, key)):
-        raise UpdateRefused("forged", f"model update {update.version}: tag does not verify")
+        raise UpdateRefused(
+            "forged",
+            f"model update {update.version}: tag does not verify (forged, or this worker"
+            " holds another key than the trainer: they must share LETHE_MODEL_UPDATE_KEY,"
+            " or one state folder's keys/model-update.key)",
+        )
 
 
 def confined_path(path: str, model_dir: Path) -> Path:

@@ -330,6 +330,13 @@ class TrainerService:
     def _round(self) -> Effects:
         sequences = self.dense_sequences()
         view = self.prepare_texts(sequences)
+        # a warm-up or round takes from seconds to minutes: say so before it starts
+        log.info(
+            "%s on %d users (%d new events)",
+            "round" if self.model.warm else "warm-up",
+            len(sequences),
+            self.state.new_events,
+        )
         info = self.model.train_round(sequences, sorted(self.state.fresh_users))
         self.trained_on_everything()
         if info["kind"] == "skipped":
@@ -458,6 +465,7 @@ class TrainerService:
             metrics=metrics,
             model_dir=self.model_dir,
             key=self.update_key,
+            trainer_id=self.files.trainer_id,
         )
         record.onnx_path = exported.path
         self.state.published = {

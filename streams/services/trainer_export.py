@@ -22,6 +22,8 @@ log = logging.getLogger("lethe.trainer")
 
 EXPORTED_BY = "lethe.exported_by"
 _ME = "trainer"
+#: which trainer (state folder) exported the file (absent in files of older versions)
+TRAINER_ID = "lethe.trainer_id"
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,7 @@ def export_version(
     metrics: dict[str, float],
     model_dir: Path,
     key: bytes,
+    trainer_id: str | None = None,
 ) -> Exported:
     """SASRec → ONNX (the vocabulary and version inside the file), and its signed
     ``model-updates`` announcement."""
@@ -53,6 +56,8 @@ def export_version(
         "lethe.max_len": str(max_len),
         EXPORTED_BY: _ME,
     }
+    if trainer_id is not None:
+        metadata[TRAINER_ID] = trainer_id
     exported = export_sasrec(crm, Path(model_dir), metadata=metadata)
     path = str(exported.path.resolve())
     update = ModelUpdate(
@@ -67,8 +72,9 @@ def export_version(
     return Exported(sign(update, key), path, exported.sha256, exported.max_abs_diff)
 
 
-def exported_models(model_dir: Path) -> dict[str, int]:
-    """The trainer's ONNX files in ``model_dir``: resolved path → version."""
+def exported_models(model_dir: Path, trainer_id: str | None = None) -> dict[str, int]:
+    """The trainer's ONNX files in ``model_dir``: resolved path → version; with
+    ``trainer_id``, only that trainer's (and those of versions that named none)."""
     import onnx
 
     out: dict[str, int] = {}
@@ -79,8 +85,11 @@ def exported_models(model_dir: Path) -> dict[str, int]:
             log.warning("cannot read %s: %s", path.name, exc)
             continue
         meta = {p.key: p.value for p in graph.metadata_props}
-        if meta.get(EXPORTED_BY) == _ME:
-            out[str(path.resolve())] = int(meta.get("lethe.version", "0"))
+        if meta.get(EXPORTED_BY) != _ME:
+            continue
+        if trainer_id is not None and meta.get(TRAINER_ID, trainer_id) != trainer_id:
+            continue  # another trainer's, sharing this folder: not ours to delete
+        out[str(path.resolve())] = int(meta.get("lethe.version", "0"))
     return out
 
 

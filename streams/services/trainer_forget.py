@@ -94,6 +94,11 @@ def forget(svc: TrainerService, requests: list[DeletionRequest]) -> Effects:
         svc.model.load(files.checkpoint_dir(base.name))
     sequences = svc.dense_sequences()
     view = svc.prepare_texts(sequences)
+    log.info(
+        "forget: retraining from %s on %d users",
+        "checkpoint " + base.name if base is not None else "scratch",
+        len(sequences),
+    )
     info = svc.model.retrain(sequences, svc.cfg.retrain_rounds)
     m.TRAINER_ROUND_SECONDS.labels("retrain").observe(info["seconds"])
     # the retrain saw every retained event: nothing is waiting for a round any more

@@ -49,7 +49,7 @@ def is_lost(files: TrainerFiles, name: str) -> bool:
 def recover(state: TrainerState, files: TrainerFiles, model_dir: Path) -> Recovered:
     out = Recovered()
     folders = files.folders()
-    models = exported_models(model_dir)
+    models = exported_models(model_dir, files.trainer_id)
     found = [v for v in folders.values() if v is not None] + list(models.values())
     state.version = max([state.version, *found])
 

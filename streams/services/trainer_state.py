@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,6 +110,18 @@ class TrainerFiles:
         self.checkpoints = self.root / "checkpoints"
         self.state_file = self.root / "state.json"
         self.checkpoints.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def trainer_id(self) -> str:
+        """This state folder's trainer, named in every model it exports: recovery removes
+        only its own orphan files from a model folder that another trainer (another state
+        folder) may share. Made at the first start, before any export."""
+        path = self.root / "trainer-id"
+        if not path.exists():
+            partial = path.with_name("trainer-id.partial")
+            partial.write_text(secrets.token_hex(8))
+            partial.replace(path)
+        return path.read_text().strip()
 
     @staticmethod
     def read(state_dir: Path) -> dict | None:

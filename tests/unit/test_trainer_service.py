@@ -656,3 +656,22 @@ def test_exported_models_carry_the_trainer_marker(tmp_path):
     (update,) = svc.apply(Feed().inputs(batch(range(10), np.random.default_rng(10)))).announcements
     assert exported_models(svc.model_dir) == {update.path: 1}
     assert EXPORTED_BY.encode() in Path(update.path).read_bytes()
+
+
+def test_a_trainer_never_removes_another_trainers_models_from_a_shared_folder(tmp_path):
+    first = TrainerService(settings_for(tmp_path))
+    (update,) = first.apply(
+        Feed().inputs(batch(range(10), np.random.default_rng(11)))
+    ).announcements
+    first.save()
+    # a second trainer with its own state folder but the same model folder (model_dir is
+    # not under state_dir): its recovery took the first one's published file for its own
+    # orphan and deleted it
+    shared = settings_for(tmp_path).model_copy(update={"state_dir": tmp_path / "other"})
+    second = TrainerService(shared)
+    assert Path(update.path).exists()
+    assert not second.recovered.removed_models
+    assert exported_models(first.model_dir, first.files.trainer_id) == {update.path: 1}
+    assert exported_models(first.model_dir, second.files.trainer_id) == {}
+    assert first.files.trainer_id != second.files.trainer_id
+    assert TrainerService(settings_for(tmp_path)).files.trainer_id == first.files.trainer_id
