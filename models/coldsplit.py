@@ -59,10 +59,10 @@ class ColdSplit:
         """The cases of ``stage`` (test / valid) whose target is a cold item: the input is
         the filtered history, the mask the unfiltered one (the standard protocol's mask)."""
         data = eval_set(self.split, max_len, stage)
-        keep = np.flatnonzero(self.cold[data.targets])
+        cases = subset_eval(data, np.flatnonzero(self.cold[data.targets]))
         history = self.original.test_history if stage == "test" else self.original.valid_history
-        data.seen = [np.unique(history(int(u))) for u in data.users]
-        return subset_eval(data, keep)
+        cases.seen = [np.unique(history(int(u))) for u in cases.users]
+        return cases
 
 
 def subset_eval(data: EvalSet, keep: np.ndarray) -> EvalSet:

@@ -123,7 +123,7 @@ class MetricsPortTaken(RuntimeError):
     there): the worker does not start elsewhere unseen."""
 
 
-def may_move(settings: Any) -> bool:
+def port_may_move(settings: Any) -> bool:
     """May the endpoint move to a free port when its port is taken? Only when the port is
     the default (not set by the operator), which every kind of worker shares."""
     return "metrics_port" not in settings.model_fields_set

@@ -72,6 +72,11 @@ class _Step:
     size: int = 0
 
 
+def seconds_since(epoch_ms: int | None) -> float:
+    """Seconds from an epoch-ms time (a deletion's ts) to now; 0 for none."""
+    return max(0.0, time.time() - epoch_ms / 1000) if epoch_ms else 0.0
+
+
 class Runtime:
     """Runs one :class:`~streams.services.base.Service` on Kafka until :meth:`stop`.
 
@@ -131,7 +136,7 @@ class Runtime:
             gc.freeze()
             gc.set_threshold(100_000, 50, 100)
             self.snapshots.track(self.service)
-            port = m.serve(cfg.metrics_host, cfg.metrics_port, m.may_move(cfg))
+            port = m.serve(cfg.metrics_host, cfg.metrics_port, m.port_may_move(cfg))
             self.io.create_topics()
             self.consumer = self.io.consumer()
             self.publisher = Publisher(cfg, self.io, self.topics)
@@ -487,8 +492,7 @@ class Runtime:
     def _deletion_age(self) -> float:
         """Seconds since the oldest unreceipted deletion's ts (called by the metrics thread:
         it only reads one attribute the main thread sets)."""
-        oldest = self._oldest_deletion_ms
-        return max(0.0, time.time() - oldest / 1000) if oldest else 0.0
+        return seconds_since(self._oldest_deletion_ms)
 
     def _gauges(self) -> None:
         now = time.monotonic()

@@ -43,7 +43,7 @@ from streams.runtime.changelog import (
 from streams.runtime.follower import LogFollower, LogGone
 from streams.runtime.lock import StateLock
 from streams.runtime.log_writer import LogWriter, TransactionalLog, WriterLost
-from streams.runtime.loop import _TOPICS, Runtime
+from streams.runtime.loop import _TOPICS, Runtime, seconds_since
 from streams.runtime.publish import Publisher
 from streams.runtime.roster import Heartbeat, Roster, new_instance
 from streams.runtime.snapshots import SnapshotClock
@@ -114,7 +114,7 @@ class ReplicaRuntime:
             self.service = IMCorrectService(cfg, Path(cfg.state_dir) / self.name)
             gc.freeze()
             gc.set_threshold(100_000, 50, 100)
-            port = m.serve(cfg.metrics_host, cfg.metrics_port, m.may_move(cfg))
+            port = m.serve(cfg.metrics_host, cfg.metrics_port, m.port_may_move(cfg))
             self.io.create_topics()
             self.publisher = Publisher(cfg, self.io, self.topics)
             retention = self.io.retention()
@@ -436,8 +436,7 @@ class ReplicaRuntime:
     def _deletion_age(self) -> float:
         """Seconds since the ts of the oldest deletion without a receipt: held or being
         committed by the writer's sequencer, or applied and waiting for the replicas."""
-        oldest = self._oldest_pending_ms
-        mine = max(0.0, time.time() - oldest / 1000) if oldest else 0.0
+        mine = seconds_since(self._oldest_pending_ms)
         sequencer = self.sequencer
         return max(mine, sequencer._deletion_age() if sequencer is not None else 0.0)
 

@@ -22,11 +22,12 @@ a start puts it right is :mod:`streams.services.trainer_recovery`.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import logging
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import ClassVar
 
@@ -56,6 +57,15 @@ from streams.tombstones import admitted
 from streams.topics import topic_name
 
 log = logging.getLogger("lethe.trainer")
+
+
+@contextlib.contextmanager
+def _abandoned_on_stop() -> Iterator[None]:
+    """Training cut short by a stop request is the runtime's :class:`StepAbandoned`."""
+    try:
+        yield
+    except TrainingInterrupted as exc:
+        raise StepAbandoned("a stop request cut the step's training short") from exc
 
 
 class TrainerService:
@@ -149,10 +159,8 @@ class TrainerService:
         self.model.should_stop = stop
 
     def apply(self, inputs: Inputs) -> Effects:
-        try:
+        with _abandoned_on_stop():
             return self._apply(inputs)
-        except TrainingInterrupted as exc:
-            raise StepAbandoned("a stop request cut the step's training short") from exc
 
     def _apply(self, inputs: Inputs) -> Effects:
         """Learn the step's interactions (closing micro-batches as they fill), then forget
@@ -181,10 +189,8 @@ class TrainerService:
             return Effects()
         if time.monotonic() - (self.first_new_at or 0.0) < self.cfg.batch_wait_s:
             return Effects()
-        try:
+        with _abandoned_on_stop():
             return self._round()
-        except TrainingInterrupted as exc:
-            raise StepAbandoned("a stop request cut the round's training short") from exc
 
     def note_dead_letters(self, n: int, offsets: dict[str, int]) -> None:
         """Malformed records (dead-lettered by the IMCorrect worker) still move the offsets."""
@@ -274,12 +280,10 @@ class TrainerService:
     def _count_left_out(self) -> int:
         """Items with held interactions that get no row at the next round: those the room
         left in the vocabulary cannot take."""
-        by_id, room = (
-            self.state.items.by_id,
-            self.cfg.model.max_items - len(self.state.items.by_index),
-        )
-        new = sum(1 for item in self.state.store.item_counts if item not in by_id)
-        return max(0, new - max(room, 0))
+        items = self.state.items
+        room = max(self.cfg.model.max_items - len(items.by_index), 0)
+        new = sum(1 for item in self.state.store.item_counts if item not in items.by_id)
+        return max(0, new - room)
 
     def _index_new_items(self) -> None:
         """Give items not in the vocabulary the free rows: the most interacted-with first
@@ -287,10 +291,10 @@ class TrainerService:
         items = self.state.items
         room = self.cfg.model.max_items - len(items.by_index)  # freed rows are not reused
         by_id, counts = items.by_id, self.state.store.item_counts
-        new = [(-n, item) for item, n in counts.items() if item not in by_id]
+        new = ((-n, item) for item, n in counts.items() if item not in by_id)
         for _, item in heapq.nsmallest(max(room, 0), new):
             items.index(item)
-        left_out = max(0, len(new) - max(room, 0))
+        left_out = self._count_left_out()  # the new items that found no free row
         if left_out > self._left_out:
             log.warning(
                 "%d item(s) with interactions have no row: the vocabulary is full"

@@ -14,6 +14,7 @@ and deleted by renaming it away first (:meth:`TrainerFiles.delete_checkpoint`).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -111,7 +112,7 @@ class TrainerFiles:
         self.state_file = self.root / "state.json"
         self.checkpoints.mkdir(parents=True, exist_ok=True)
 
-    @property
+    @functools.cached_property
     def trainer_id(self) -> str:
         """This state folder's trainer, named in every model it exports: recovery removes
         only its own orphan files from a model folder that another trainer (another state

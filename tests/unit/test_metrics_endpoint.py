@@ -34,5 +34,5 @@ def test_a_taken_port_falls_back_to_a_free_one_and_says_where(caplog):
 
 
 def test_only_a_default_port_may_move():
-    assert m.may_move(LetheSettings())
-    assert not m.may_move(LetheSettings(metrics_port=9464))
+    assert m.port_may_move(LetheSettings())
+    assert not m.port_may_move(LetheSettings(metrics_port=9464))
