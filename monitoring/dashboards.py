@@ -55,7 +55,7 @@ DASHBOARDS: dict[str, list[tuple[str, str, str]]] = {
         ("Oldest deletion waiting for a receipt", "lethe_deletion_oldest_pending_seconds", "s"),
         ("Snapshot age", "lethe_snapshot_age_seconds", "s"),
         (
-            "Snapshot write time p99",
+            "Snapshot time on the worker loop p99",
             "histogram_quantile(0.99, sum by (le) (rate(lethe_snapshot_seconds_bucket[15m])))",
             "s",
         ),

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from models.durable import temp_files
 from models.imcorrect import IMCorrect
 from streams.contracts import DeletionReceipt
 from streams.keys import KeyRing
@@ -192,7 +193,8 @@ def _check_keys(verdict: Verdict, root: Path, snapshot: Path | None, keys: KeyRi
 
 
 def _check_leftovers(verdict: Verdict, root: Path, folder: str) -> None:
-    """Older snapshots, half-written ones and checkpoints being deleted may hold the data:
+    """Older snapshots, half-written ones (or half-written state files of the scorer and
+    the trainer) and checkpoints being deleted may hold the data:
     only the newest complete snapshot may be there. A live worker has such folders for a
     moment while it writes: they are looked for again a few times before it counts."""
     for _ in range(_LEFTOVER_LOOKS - 1):
@@ -208,9 +210,9 @@ def _check_leftovers(verdict: Verdict, root: Path, folder: str) -> None:
     verdict.add(
         "stale copies",
         not stray,
-        f"folders that may hold older data: {', '.join(stray)}"
+        f"files or folders that may hold older data: {', '.join(stray)}"
         if stray
-        else "no older snapshot, half-written snapshot or half-deleted checkpoint",
+        else "no older snapshot, half-written snapshot or state file, or half-deleted checkpoint",
     )
 
 
@@ -236,6 +238,10 @@ def _leftovers(root: Path, folder: str) -> tuple[list[str], list[str]]:
             sort(p.name, p)
         elif p != complete[-1]:
             stray.append(p.name)
+    for name in ("scorer", "trainer"):
+        # a state.json write killed halfway (its worker removes it at its next start)
+        for p in temp_files(root / name / "state.json"):
+            sort(f"{name}/{p.name}", p)
     checkpoints = root / "trainer" / "checkpoints"
     if checkpoints.is_dir():
         for p in sorted(checkpoints.iterdir()):

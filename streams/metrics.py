@@ -38,7 +38,10 @@ DELETION_PENDING_AGE = Gauge(
 RECEIPTS = Counter("lethe_deletion_receipts_total", "Receipts published", ["status"])
 STATE_SIZE = Gauge("lethe_state_size", "Size of the IMCorrect state", ["what"])
 SNAPSHOT_AGE = Gauge("lethe_snapshot_age_seconds", "Seconds since the last snapshot")
-SNAPSHOT_SECONDS = Histogram("lethe_snapshot_seconds", "Time to write one snapshot")
+SNAPSHOT_SECONDS = Histogram(
+    "lethe_snapshot_seconds",
+    "Time one snapshot holds up the worker loop (a scorer writes periodic ones on a thread)",
+)
 CONSUMER_LAG = Gauge("lethe_consumer_lag", "Messages behind the log end", ["topic", "partition"])
 MODEL_VERSION = Gauge("lethe_model_version", "Version of the served model", ["model"])
 RECOMMENDATIONS = Counter("lethe_recommendations_total", "Recommendations published", ["strategy"])

@@ -156,7 +156,10 @@ class Service(Protocol):
     def clear_outbox(self) -> None: ...
 
     def save(self, *, for_receipt: bool = False) -> None:
-        """Snapshot atomically; older files that may hold forgotten data are gone after."""
+        """Snapshot atomically; older files that may hold forgotten data are gone after.
+        With ``for_receipt`` the snapshot is on disk when this returns; a periodic one may
+        be written after (the scorer's is, on a thread), but before the next save or
+        :meth:`close` returns."""
         ...
 
     def gauges(self) -> None:

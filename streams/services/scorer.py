@@ -15,6 +15,11 @@ than its deletion). Interactions pass the same dedup window and tombstones as IM
 (:mod:`streams.tombstones`), so a late event of a forgotten user is not stored again. A
 step with deletions asks for a snapshot at once, so the forgotten data leaves the scorer's
 file too.
+
+Snapshots: the state is encoded on the serving thread (a consistent view), and a periodic
+snapshot's disk write then runs on a thread of its own, so requests wait for the encoding
+only; a snapshot for a receipt is on disk before :meth:`ScorerService.save` returns. Writes
+happen one at a time, in order.
 """
 
 from __future__ import annotations
@@ -27,9 +32,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import ClassVar
 
+import msgspec
 import numpy as np
 
-from models.durable import write_json_atomically
+from models.durable import remove_temp_files, write_bytes_atomically
 from streams import metrics as m
 from streams.config import LetheSettings
 from streams.contracts import ModelUpdate, ModelVersions, RecRequest, recommendation_bytes
@@ -66,6 +72,9 @@ class ScorerService(NoOutbox):
         self.settings = settings
         self.cfg = settings.scorer
         self.state_file = Path(settings.state_dir) / scorer_folder(settings) / "state.json"
+        # a write killed halfway may hold data forgotten since (this process holds the lock)
+        if stale := remove_temp_files(self.state_file):
+            log.info("removed %d half-written state file(s) of an earlier run", stale)
         saved = json.loads(self.state_file.read_bytes()) if self.state_file.exists() else None
         keys = keyring_for(settings, saved_fingerprint=(saved or {}).get("key_fingerprint"))
         window, history = self.cfg.dedup_window, self.cfg.max_history
@@ -80,6 +89,9 @@ class ScorerService(NoOutbox):
         self._popularity: np.ndarray | None = None
         # model files are opened off the serving thread
         self._loader = ThreadPoolExecutor(1, thread_name_prefix="lethe-scorer-load")
+        # periodic snapshots are written off the serving thread, one at a time
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="lethe-scorer-save")
+        self._writing: Future | None = None
         self._swap: tuple[ModelUpdate, Future] | None = None  # the model being opened
         self._wanted: ModelUpdate | None = None
         self._reload: Future | None = None
@@ -109,14 +121,33 @@ class ScorerService(NoOutbox):
         self.state.offsets.update(offsets)
 
     def save(self, *, for_receipt: bool = False) -> None:
-        # on the serving thread: the compact encoder keeps the stall short (ids and ints only)
-        write_json_atomically(self.state_file, self.state.to_dict(), compact=True)
+        # encoded here, where nothing changes the state meanwhile (the compact encoder: ids
+        # and ints only); the write of the one before must end first (files in order, and
+        # its error is raised here)
+        body = msgspec.json.encode(self.state.to_dict())
+        self.finish_writing()
+        if for_receipt:  # the forgotten data must be off the disk before the receipt
+            write_bytes_atomically(self.state_file, body)
+        else:
+            self._writing = self._writer.submit(write_bytes_atomically, self.state_file, body)
+
+    def finish_writing(self) -> None:
+        """Wait for the snapshot being written, if any; raise its error."""
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            writing.result()
 
     def gauges(self) -> None:
         if self.imcorrect is not None:
             m.MODEL_VERSION.labels("imcorrect").set(self.imcorrect.state.model.version)
 
     def close(self) -> None:
+        try:
+            self.finish_writing()
+        except Exception as exc:  # noqa: BLE001 - the runtime is stopping (a clean stop's
+            # own snapshot raised it already); the last complete file stays
+            log.error("the scorer's last state snapshot was not written: %s", exc)
+        self._writer.shutdown(wait=True)
         self._loader.shutdown(wait=True, cancel_futures=True)
 
     # -- input ----------------------------------------------------------------------------

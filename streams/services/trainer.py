@@ -36,6 +36,7 @@ import torch
 
 from export.onnx_export import ParityError
 from models.distill import TrainingInterrupted, load_checkpoint
+from models.durable import remove_temp_files
 from models.online import OnlineLLMD4Rec, training_counts
 from models.sasrec import SASRec
 from streams import metrics as m
@@ -89,6 +90,8 @@ class TrainerService:
         if self.cfg.threads:
             torch.set_num_threads(self.cfg.threads)
         self.model_dir = Path(settings.model_dir)
+        # a write killed halfway may hold data forgotten since (this process holds the lock)
+        remove_temp_files(TrainerFiles.state_path(settings.state_dir))
         saved = TrainerFiles.read(settings.state_dir)
         keys = keyring_for(settings, saved_fingerprint=(saved or {}).get("key_fingerprint"))
         self.files = TrainerFiles(settings.state_dir, keys)

@@ -109,7 +109,7 @@ class TrainerFiles:
         self.keys = keys or KeyRing.generate()
         self.root = Path(state_dir) / "trainer"
         self.checkpoints = self.root / "checkpoints"
-        self.state_file = self.root / "state.json"
+        self.state_file = self.state_path(state_dir)
         self.checkpoints.mkdir(parents=True, exist_ok=True)
 
     @functools.cached_property
@@ -125,10 +125,14 @@ class TrainerFiles:
         return path.read_text().strip()
 
     @staticmethod
+    def state_path(state_dir: Path) -> Path:
+        return Path(state_dir) / "trainer" / "state.json"
+
+    @staticmethod
     def read(state_dir: Path) -> dict | None:
         """The state file under ``state_dir`` as saved (None: none), read once at start: its
         key fingerprint picks the key ring before :meth:`load` turns it into a state."""
-        path = Path(state_dir) / "trainer" / "state.json"
+        path = TrainerFiles.state_path(state_dir)
         return json.loads(path.read_bytes()) if path.exists() else None
 
     # -- checkpoints --------------------------------------------------------------------------

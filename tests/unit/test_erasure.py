@@ -143,6 +143,22 @@ def test_an_older_snapshot_or_half_deleted_checkpoint_fails(erased):
     assert {c.name for c in verdict.checks if not c.passed} == {"stale copies"}
 
 
+def test_a_half_written_state_file_of_the_scorer_or_trainer_fails_once_old(erased):
+    state_dir, keys, receipt, *_ = erased
+    for name in ("scorer", "trainer"):
+        (state_dir / name).mkdir(parents=True, exist_ok=True)
+        half = state_dir / name / ".state.json.w8x2.tmp"  # atomic_write's temp file
+        half.write_text("{")
+        verdict = verify_erasure(state_dir, receipt, keys)
+        assert verdict.passed and any(f"{name}/{half.name}" in n for n in verdict.notes)
+        hour_ago = time.time() - 3600
+        os.utime(half, (hour_ago, hour_ago))  # left behind by a killed worker
+        verdict = verify_erasure(state_dir, receipt, keys)
+        failed = [c for c in verdict.checks if not c.passed]
+        assert [c.name for c in failed] == ["stale copies"] and half.name in failed[0].detail
+        half.unlink()
+
+
 def test_a_state_without_the_subjects_tombstone_fails(erased):
     state_dir, keys, receipt, *_ = erased
 

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import json
 import random
+import threading
+import time
 from itertools import islice
+
+import pytest
 
 from models.datasets import load
 from streams.config import LetheSettings
@@ -15,6 +19,7 @@ from streams.model_auth import sign, update_key
 from streams.replay import to_event
 from streams.runtime.loop import Runtime
 from streams.sequence_store import SequenceStore
+from streams.services import scorer as scorer_module
 from streams.services.base import Inputs
 from streams.services.batch import InteractionColumns
 from streams.services.scorer import ScorerService
@@ -156,6 +161,7 @@ def test_the_state_file_keeps_the_dedup_window_and_tombstones(tmp_path):
     again.apply(Inputs(interactions=late))
     assert again.state.store.get("u1") == []
     again.save()
+    again.finish_writing()
     text = again.state_file.read_text()
     assert "u1" not in text  # tombstones and event ids are keyed hashes
     again.close()
@@ -292,3 +298,96 @@ def test_the_compact_state_file_round_trips_any_id(tmp_path):
     assert again.state.store.to_dict() == before
     assert again.state.store.get("ユーザー") == ["映画-1"]
     again.close()
+
+
+class _HeldWrites:
+    """Stands in for the scorer's file write: each write waits until released, and the
+    file writes can be made to fail."""
+
+    def __init__(self, monkeypatch) -> None:
+        self.real = scorer_module.write_bytes_atomically
+        self.release = threading.Event()
+        self.started: list[str] = []
+        self.fail = False
+        monkeypatch.setattr(scorer_module, "write_bytes_atomically", self.write)
+
+    def write(self, path, body: bytes) -> None:
+        self.started.append(threading.current_thread().name)
+        if not self.release.wait(10):
+            raise TimeoutError("the test never released the write")
+        if self.fail:
+            raise OSError(28, "No space left on device")
+        self.real(path, body)
+
+
+def test_a_periodic_snapshot_is_written_off_the_serving_thread(tmp_path, monkeypatch):
+    svc = _service(tmp_path)
+    held = _HeldWrites(monkeypatch)
+    svc.apply(Inputs(interactions=_columns([("u1", "a")])))
+    svc.save()  # returns while the write waits
+    assert not svc.state_file.exists()
+    svc.apply(Inputs(interactions=_columns([("u2", "b")], ids="more")))  # serving goes on
+    held.release.set()
+    svc.finish_writing()
+    saved = json.loads(svc.state_file.read_text())
+    # the state as it was when save was called, not as it is now
+    assert saved["store"]["sequences"] == {"u1": ["a"]}
+    assert held.started and held.started[0].startswith("lethe-scorer-save")
+    svc.close()
+
+
+def test_a_snapshot_for_a_receipt_is_on_disk_when_save_returns(tmp_path, monkeypatch):
+    svc = _service(tmp_path)
+    held = _HeldWrites(monkeypatch)
+    svc.apply(Inputs(interactions=_columns([("u1", "a"), ("u2", "b")])))
+    svc.save()  # a periodic snapshot with u1 in it, still being written
+    svc.apply(_user_deletion("u1", ts=5_000))
+    done = threading.Event()
+    receipt_save = threading.Thread(target=lambda: (svc.save(for_receipt=True), done.set()))
+    receipt_save.start()
+    time.sleep(0.3)
+    assert not done.is_set()  # it waits for the write before it, then writes its own
+    held.release.set()
+    receipt_save.join(10)
+    assert done.is_set()
+    saved = json.loads(svc.state_file.read_text())
+    assert "u1" not in saved["store"]["sequences"] and "u2" in saved["store"]["sequences"]
+    assert not list(svc.state_file.parent.glob("*.tmp"))
+    svc.close()
+
+
+def test_a_failed_background_write_is_raised_at_the_next_snapshot(tmp_path, monkeypatch):
+    svc = _service(tmp_path)
+    held = _HeldWrites(monkeypatch)
+    held.fail = True
+    held.release.set()
+    svc.apply(Inputs(interactions=_columns([("u1", "a")])))
+    svc.save()
+    with pytest.raises(OSError, match="No space left"):
+        svc.save()
+    held.fail = False
+    svc.save(for_receipt=True)
+    assert json.loads(svc.state_file.read_text())["store"]["sequences"] == {"u1": ["a"]}
+    svc.close()
+
+
+def test_close_waits_for_the_snapshot_being_written(tmp_path, monkeypatch):
+    svc = _service(tmp_path)
+    held = _HeldWrites(monkeypatch)
+    svc.apply(Inputs(interactions=_columns([("u1", "a")])))
+    svc.save()
+    threading.Timer(0.2, held.release.set).start()
+    svc.close()
+    assert json.loads(svc.state_file.read_text())["store"]["sequences"] == {"u1": ["a"]}
+
+
+def test_a_half_written_state_file_of_a_killed_run_is_removed_at_start(tmp_path):
+    folder = tmp_path / "state" / "scorer"
+    folder.mkdir(parents=True)
+    leftover = folder / ".state.json.k1ll3d.tmp"  # what atomic_write leaves at a SIGKILL
+    leftover.write_text('{"store": {"sequences": {"forgotten-user": ["a"]}}}')
+    other = folder / "notes.tmp"  # not a temp file of the state: left alone
+    other.write_text("x")
+    svc = _service(tmp_path)
+    assert not leftover.exists() and other.exists()
+    svc.close()

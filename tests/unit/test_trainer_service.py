@@ -588,12 +588,15 @@ def test_orphans_are_removed_on_load_and_other_models_are_left(tmp_path):
     )
     unfinished = settings.model_dir / "tmpabc.onnx.tmp"
     unfinished.write_bytes(b"half a model")
+    half_state = svc.files.state_file.with_name(".state.json.k1ll3d.tmp")
+    half_state.write_text('{"store": {"sequences": {"forgotten-user": ["a"]}}}')
     other = SASRec(SASRecConfig(n_items=5, max_len=4, hidden=8))
     foreign = export_sasrec(other, settings.model_dir, metadata={"lethe.version": "99"}).path
 
     again = TrainerService(settings)
     assert on_disk(again) == kept
     assert not Path(orphan.path).exists() and not unfinished.exists()
+    assert not half_state.exists(), "a state write killed halfway may hold forgotten data"
     assert foreign.exists(), "a model the trainer did not export is not its to delete"
     assert again.state.version == 30  # past every version found on disk
     (update,) = again.apply(feed.inputs(batch(range(10), np.random.default_rng(6)))).announcements
