@@ -34,6 +34,7 @@ from models.imcorrect.sparse_rows import (
     as_csr,
     drop_entries,
     drop_entries_in_place,
+    rows_without,
     shrink_rows_in_place,
     splice_rows,
     valid_indices,
@@ -305,20 +306,9 @@ class IMCorrect(Persistence):
         if drop:
             changed = np.array(sorted(drop), dtype=np.int64)
             old = self._rows(changed).copy()
-            keep = old.copy().tolil()
-            for k, u in enumerate(changed.tolist()):
-                if drop[u] is None:
-                    removed["users"] += int(old[k].nnz > 0)
-                    keep.rows[k], keep.data[k] = [], []
-                else:
-                    pairs = [
-                        (c, v)
-                        for c, v in zip(keep.rows[k], keep.data[k], strict=True)
-                        if c not in drop[u]
-                    ]
-                    keep.rows[k] = [c for c, _ in pairs]
-                    keep.data[k] = [v for _, v in pairs]
-            new = keep.tocsr()
+            whole = np.array([drop[u] is None for u in changed.tolist()], dtype=bool)
+            removed["users"] += int((whole & (np.diff(old.indptr) > 0)).sum())
+            new = rows_without(old, whole, [drop[u] or () for u in changed.tolist()])
             removed["interactions"] += int(old.nnz - new.nnz)
             self._replace_rows(changed, old, new)
         report = ChangeReport(self.version, removed=removed)

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -112,6 +112,23 @@ def drop_entries(x: sp.csr_matrix, positions: np.ndarray) -> sp.csr_matrix:
     out = sp.csr_matrix((x.data[keep], x.indices[keep], indptr), shape=x.shape, copy=False)
     out.has_sorted_indices = x.has_sorted_indices
     return out
+
+
+def rows_without(
+    rows: sp.csr_matrix, whole: np.ndarray, columns: Sequence[Iterable[int]]
+) -> sp.csr_matrix:
+    """``rows`` without every entry of the rows where ``whole`` is set, nor the entries in
+    ``columns[k]`` of row k: the rows a forget leaves (one pass, no Python loop over
+    entries; a forget of 1 % of a million users sliced 10,000 rows one by one)."""
+    lengths = np.diff(rows.indptr)
+    owner = np.repeat(np.arange(rows.shape[0], dtype=np.int64), lengths)
+    gone = np.asarray(whole, dtype=bool)[owner]
+    named = [(k, c) for k, cols in enumerate(columns) if not whole[k] for c in cols]
+    if named:
+        keys = owner * rows.shape[1] + rows.indices
+        wanted = np.array([k * rows.shape[1] + c for k, c in named], dtype=np.int64)
+        gone |= np.isin(keys, wanted)
+    return drop_entries(rows, np.flatnonzero(gone))
 
 
 @njit

@@ -18,7 +18,7 @@ import numpy as np
 import scipy.sparse as sp
 from numba import literal_unroll
 
-from models.imcorrect.cooccurrence import find, lower_bound
+from models.imcorrect.cooccurrence import add_found, find, integral, lower_bound
 from models.imcorrect.jit import njit
 from models.imcorrect.sparse_rows import drop_entries_in_place
 from models.imcorrect.topk import PAD
@@ -220,9 +220,9 @@ def select_rows(
 
     ``base`` and ``extra`` are the two CSR parts of G as ``(indptr, indices, data)``; a
     row's candidates are its non-zero, off-diagonal entries in both. ``seeds[q]`` (−1
-    padding) are candidates offered first: the row's previous list, which is most often
-    most of the new one, so that few later candidates displace an entry of the heap (the
-    result does not depend on the order). ``approx`` holds :func:`toward_zero32` copies of
+    padding) are candidates offered first: the row's previous list, reserve and bound,
+    which are most often most of the new list and the candidates ranked next, so that few
+    later candidates reach the heap (the result does not depend on the order). ``approx`` holds :func:`toward_zero32` copies of
     ``root`` and ``floor`` side by side: every candidate reads its neighbour's, and they take
     a quarter of the cache of the two float64 arrays. With ``report``, each entry (c, j)
     whose score reaches ``floor[j]`` is written to ``near_*`` as (j, c, G_jc): its new score
@@ -333,6 +333,8 @@ def warm() -> None:
                 *near,
             )
         find(g, rows, rows)
+        add_found(g, rows, rows, np.zeros(2), np.zeros(2))  # adds nothing
+        integral(g.data)
     find_slots(lists, rows, rows)
     x = sp.csr_matrix(np.eye(2))  # X: float64 values, int32 indices
     drop_entries_in_place(x, np.array([0]))

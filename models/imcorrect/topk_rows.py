@@ -13,15 +13,12 @@ so the result is that of one pass, bit for bit.
 
 from __future__ import annotations
 
-import os
-import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
-import numba
 import numpy as np
 
+from models.imcorrect.threads import kernel_threads, pool
 from models.imcorrect.topk import PAD
 from models.imcorrect.topk_kernel import select_rows, toward_zero32
 
@@ -42,6 +39,8 @@ class DegreeRows:
     reserve: int
     shrink: float
     nbr_idx: np.ndarray
+    res_idx: np.ndarray
+    bound_idx: np.ndarray
     # and from the class: ``counts``, and ``_store_ranked`` and ``_store_reserve`` of
     # :class:`.ListMerge`
 
@@ -91,14 +90,13 @@ class DegreeRows:
             lists = _Lists(len(group), self.k + self.reserve)
             room = int(lengths[lo:hi].sum()) if report else 0
             near = (np.empty(room, dtype=np.int64), np.empty(room, dtype=np.int64), np.empty(room))
-            # the previous lists (−1 padding) are offered first
-            rows_in = (group, self.nbr_idx[group])
+            rows_in = (group, self._seeds(group))
             scoring = (approx, root, root_old, float(self.shrink), self.k + self.reserve)
             scoring += (floor if report else root, fell, report)
             parts = _parts(lengths[lo:hi], report)
             run_part = partial(_select_part, base, extra, rows_in, scoring, lists, near)
             # the other parts go to the pool, the first runs on this thread meanwhile
-            rest = _pool().map(run_part, parts[1:]) if len(parts) > 1 else iter(())
+            rest = pool().map(run_part, parts[1:]) if len(parts) > 1 else iter(())
             found = [run_part(parts[0]), *rest]
             lists.store(self, group)
             if report:
@@ -111,6 +109,17 @@ class DegreeRows:
                     # written over the next part's range
                     raise RuntimeError("a part reported past its range of the buffers")
                 yield tuple(np.concatenate([arr[a:b] for a, b in cuts]) for arr in near)
+
+    def _seeds(self, rows: np.ndarray) -> np.ndarray:
+        """What the kernel offers first for ``rows`` (−1 padding): each row's previous list,
+        reserve and bound, most often most of its new list and the candidates ranked next.
+        With them the threshold a candidate must pass is near its final value from the
+        start, so fewer of a row's entries reach the heap (a forget of 1 % of the users
+        selects every row again, each with its previous top k + reserve + 1 on hand)."""
+        bound = self.bound_idx[rows]
+        bound = np.where(bound == PAD, -1, bound).astype(np.int32)[:, None]
+        # int32 like the lists: the kernel compiled (and warmed) for that type
+        return np.hstack([self.nbr_idx[rows], self.res_idx[rows], bound])
 
 
 def _select_part(base, extra, rows_in, scoring, lists, near, part: tuple[int, int, int]) -> int:
@@ -146,36 +155,6 @@ def _parts(lengths: np.ndarray, report: bool) -> list[tuple[int, int, int]]:
     starts = np.concatenate([[0], ends])[bounds[:-1]] if report else np.zeros(len(bounds) - 1)
     cuts = zip(bounds[:-1], bounds[1:], starts, strict=True)
     return [(int(a), int(b), int(at)) for a, b, at in cuts]
-
-
-def kernel_threads() -> int:
-    """Kernel threads: numba's own setting (``NUMBA_NUM_THREADS``; by default the CPUs this
-    process may run on, which a container's CPU quota does not lower)."""
-    return max(1, int(numba.config.NUMBA_NUM_THREADS))
-
-
-_POOL: ThreadPoolExecutor | None = None
-_POOL_LOCK = threading.Lock()
-
-
-def _forget_pool_in_child() -> None:
-    # a fork copies neither the pool's threads nor a lock another thread held at the time
-    global _POOL, _POOL_LOCK
-    _POOL, _POOL_LOCK = None, threading.Lock()
-
-
-os.register_at_fork(after_in_child=_forget_pool_in_child)
-
-
-def _pool() -> ThreadPoolExecutor:
-    """The kernel threads of this process beside the calling one (a forked child starts its
-    own: :func:`_forget_pool_in_child`)."""
-    global _POOL
-    with _POOL_LOCK:  # two first callers at once would each start a pool
-        if _POOL is None:
-            workers = max(1, kernel_threads() - 1)
-            _POOL = ThreadPoolExecutor(workers, thread_name_prefix="lethe-topk")
-        return _POOL
 
 
 def _groups(lengths: np.ndarray) -> Iterator[tuple[int, int]]:

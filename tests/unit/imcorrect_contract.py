@@ -141,6 +141,21 @@ class MappingContract:
         self.assert_equal_to_refit(model, sp.csr_matrix(retained))
         assert report.removed["interactions"] == 2
 
+    def test_one_call_forgets_users_and_interactions_of_several_users(self, x):
+        model = self.make().fit(x)
+        busy = np.argsort(-np.diff(x.indptr))[:3].tolist()
+        whole, partial = busy[0], busy[1:]
+        pairs = [(u, int(i)) for u in partial for i in x[u].indices[:2]]
+        pairs += [(whole, int(x[whole].indices[0])), (partial[0], x.shape[1] + 5)]
+        report = model.forget(users=[whole], interactions=pairs)
+        retained = x.tolil()
+        retained[whole, :] = 0
+        for u, i in pairs[:-2]:
+            retained[u, i] = 0
+        self.assert_equal_to_refit(model, sp.csr_matrix(retained))
+        assert report.removed["users"] == 1
+        assert report.removed["interactions"] == x[whole].nnz + 2 * len(partial)
+
     def test_forgetting_learned_data_restores_the_original(self, x):
         model = self.make().fit(x)
         model.learn([200, 200, 201], [3, 45, 3])  # new users and a new item

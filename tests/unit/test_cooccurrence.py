@@ -79,3 +79,41 @@ def test_sorted_lookups_along_a_long_row_find_every_entry_and_nothing_else():
     assert np.array_equal(pos >= 0, stored)
     assert np.array_equal(m.indices[pos[stored]], queries[stored])
     assert np.all(find(m, np.ones(3, dtype=np.int64), np.array([0, 5, n - 1])) == -1)
+
+
+def test_adds_split_over_threads_equal_one_pass_in_both_parts(monkeypatch):
+    rng = np.random.default_rng(3)
+    x = sp.random(400, 120, density=0.05, random_state=rng, format="csr")
+    x.data[:] = 1.0
+    pairs_base = sp.random(120, 120, density=0.2, random_state=rng, format="coo")
+    keys = np.unique(pairs_base.row.astype(np.int64) * 120 + pairs_base.col)
+    rows, cols = keys // 120, keys % 120
+    deltas = rng.integers(-2, 3, size=len(rows)).astype(float)
+    results = []
+    for threshold, threads in ((10**9, 1), (1, 3)):
+        monkeypatch.setattr(cooccurrence, "_PARALLEL_PAIRS", threshold)
+        monkeypatch.setattr(cooccurrence, "kernel_threads", lambda t=threads: t)
+        counts = Cooccurrence.from_x(x)
+        # a first change puts new pairs into ``extra``; the second then finds pairs in
+        # both parts and new ones again
+        counts.add(rows[::2], cols[::2], deltas[::2])
+        before = counts.add(rows, cols, deltas)
+        results.append((before, counts.matrix().toarray()))
+    (before_one, g_one), (before_threads, g_threads) = results
+    assert np.array_equal(before_one, before_threads)
+    assert np.array_equal(g_one, g_threads)
+    # and both equal the dense arithmetic
+    dense = (x.T @ x).toarray()
+    np.add.at(dense, (rows[::2], cols[::2]), deltas[::2])
+    expected_before = dense[rows, cols].copy()
+    np.add.at(dense, (rows, cols), deltas)
+    assert np.array_equal(before_one, expected_before)
+    assert np.allclose(g_one, dense)
+
+
+def test_whole_numbers_are_told_from_fractions_in_one_pass():
+    assert cooccurrence.integral(np.array([1.0, -3.0, 0.0], dtype=np.float32))
+    assert cooccurrence.integral(np.array([2, 5]))
+    assert not cooccurrence.integral(np.array([1.0, 0.5]))
+    assert not cooccurrence.integral(np.array([1.0, np.inf]))
+    assert not cooccurrence.integral(np.array([np.nan]))
