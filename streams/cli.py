@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -226,8 +227,6 @@ def _cmd_rotate_hash_key(args: argparse.Namespace, settings: LetheSettings) -> i
 
 
 def _cmd_worker(args: argparse.Namespace, settings: LetheSettings) -> int:
-    import logging
-
     from streams.logs import configure_logging
 
     configure_logging(settings.log_json)
@@ -388,6 +387,10 @@ def main(argv: list[str] | None = None) -> int:
         # the message names each bad setting (and a moved one's new name); no traceback
         print(f"lethe: invalid settings: {exc}", file=sys.stderr)
         return 2
+    if args.command != "worker":
+        # a one-shot command reports a broker it cannot reach in one line of its own (below);
+        # aiokafka would log the same failure first (a worker keeps its warnings)
+        logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:
         return int(args.func(args, settings) or 0)
     except BROKER_UNREACHABLE as exc:

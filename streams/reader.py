@@ -4,8 +4,9 @@ receipts, any topic's records) with aiokafka, for asyncio callers."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -24,6 +25,17 @@ from streams.kafka_config import client_kwargs
 from streams.topics import topic_name
 
 T = TypeVar("T")
+
+
+@contextlib.asynccontextmanager
+async def _running(consumer: AIOKafkaConsumer) -> AsyncIterator[AIOKafkaConsumer]:
+    """``consumer`` started and stopped on the way out, also when its start fails: it has
+    opened connections and tasks by then (left open, they are reported as unclosed)."""
+    try:
+        await consumer.start()
+        yield consumer
+    finally:
+        await consumer.stop()
 
 
 async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
@@ -53,16 +65,12 @@ async def read_from_end(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPar
 
 
 async def end_offsets(settings: LetheSettings, logical: list[str]) -> dict[str, int]:
-    consumer = AIOKafkaConsumer(**client_kwargs(settings), group_id=None)
-    await consumer.start()
-    try:
+    async with _running(AIOKafkaConsumer(**client_kwargs(settings), group_id=None)) as consumer:
         tps = []
         for name in logical:
             tps += await topic_partitions(consumer, topic_name(settings, name))
         ends = await consumer.end_offsets(tps)
         return {f"{tp.topic}:{tp.partition}": off for tp, off in ends.items()}
-    finally:
-        await consumer.stop()
 
 
 def _committed_reader(settings: LetheSettings) -> AIOKafkaConsumer:
@@ -78,9 +86,7 @@ def _committed_reader(settings: LetheSettings) -> AIOKafkaConsumer:
 
 async def read_all(settings: LetheSettings, logical: str, timeout_s: float = 10) -> list:
     """Every record currently in a topic (up to its end offsets when called)."""
-    consumer = _committed_reader(settings)
-    await consumer.start()
-    try:
+    async with _running(_committed_reader(settings)) as consumer:
         tps = await topic_partitions(consumer, topic_name(settings, logical))
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
@@ -93,8 +99,6 @@ async def read_all(settings: LetheSettings, logical: str, timeout_s: float = 10)
             for records in (await consumer.getmany(timeout_ms=300)).values():
                 out.extend(records)
         return out
-    finally:
-        await consumer.stop()
 
 
 async def request_and_wait(
@@ -106,9 +110,8 @@ async def request_and_wait(
     the reply cannot be missed. Raises :class:`TimeoutError` when no reply comes in time.
     """
     topic = topic_name(settings, "recommendations")
-    consumer = AIOKafkaConsumer(**client_kwargs(settings), enable_auto_commit=False)
-    await consumer.start()
-    try:
+    reader = AIOKafkaConsumer(**client_kwargs(settings), enable_auto_commit=False)
+    async with _running(reader) as consumer:
         await read_from_end(consumer, topic)
         async with LetheProducer(settings, for_requests=True) as producer:
             request = await producer.request_recommendations(user_id, k)
@@ -121,8 +124,6 @@ async def request_and_wait(
         if rec is None:
             raise TimeoutError(f"no recommendation for request {request.request_id}")
         return rec
-    finally:
-        await consumer.stop()
 
 
 async def _first(
@@ -165,9 +166,7 @@ async def forget_and_wait(
     records only (hot replicas write receipts in transactions). Raises
     :class:`ReceiptTimeout` when no receipt comes in time (the request stays sent).
     """
-    consumer = _committed_reader(settings)
-    await consumer.start()
-    try:
+    async with _running(_committed_reader(settings)) as consumer:
         await read_from_end(consumer, topic_name(settings, "deletion-receipts"))
         request = await send_acknowledged(settings, send)
         try:
@@ -189,5 +188,3 @@ async def forget_and_wait(
                 f"no receipt for deletion request {request.request_id} within {timeout_s:g} s"
             )
         return request, receipt
-    finally:
-        await consumer.stop()

@@ -222,9 +222,10 @@ def select_rows(
     row's candidates are its non-zero, off-diagonal entries in both. ``seeds[q]`` (−1
     padding) are candidates offered first: the row's previous list, reserve and bound,
     which are most often most of the new list and the candidates ranked next, so that few
-    later candidates reach the heap (the result does not depend on the order). ``approx`` holds :func:`toward_zero32` copies of
-    ``root`` and ``floor`` side by side: every candidate reads its neighbour's, and they take
-    a quarter of the cache of the two float64 arrays. With ``report``, each entry (c, j)
+    later candidates reach the heap (the result does not depend on the order). ``approx``
+    holds :func:`toward_zero32` copies of ``root`` and ``floor`` side by side: every
+    candidate reads its neighbour's, and they take a quarter of the cache of the two
+    float64 arrays. With ``report``, each entry (c, j)
     whose score reaches ``floor[j]`` is written to ``near_*`` as (j, c, G_jc): its new score
     or, unless every degree ``fell``, the higher of that and its score under
     ``root_old[c]``. Returns how many were.

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -287,6 +289,20 @@ def test_forget_wait_says_sent_when_the_receipts_cannot_be_read(monkeypatch, cap
     assert main(["forget", "--user", "u1", "--wait", "--timeout", "1"]) == 3
     err = capsys.readouterr().err
     assert "sent-1" in err and "was sent" in err
+
+
+def test_an_unreachable_broker_is_one_line_on_stderr():
+    # in a process of its own: pytest's log capture would hide what logging prints there
+    for argv in (["topics", "describe"], ["recommend", "--user", "u1", "--timeout", "5"]):
+        code = f"import sys; from streams.cli import main; sys.exit(main({argv!r}))"
+        env = {**os.environ, "LETHE_BOOTSTRAP_SERVERS": "127.0.0.1:9"}
+        done = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+        )
+        assert done.returncode == 3
+        # no aiokafka log line before it, no "Unclosed AIOKafkaConsumer" after it
+        assert done.stderr.count("\n") == 1, done.stderr
+        assert "cannot reach Kafka at 127.0.0.1:9" in done.stderr
 
 
 def test_forget_without_wait_reports_a_request_the_broker_took_as_sent(monkeypatch, capsys):
