@@ -45,8 +45,8 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
 
 def write_json_atomically(path: Path, data: Any, *, compact: bool = False) -> None:
     """``data`` as JSON, written with :func:`atomic_write`. ``compact`` encodes with msgspec,
-    an order of magnitude faster for large files (the scorer writes its state on the
-    serving thread); only for data without floats, since it writes a NaN as null."""
+    an order of magnitude faster for large files; only for data without floats, since it
+    writes a NaN as null."""
     body = msgspec.json.encode(data) if compact else json.dumps(data).encode()
     write_bytes_atomically(path, body)
 

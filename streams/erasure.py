@@ -154,14 +154,21 @@ def verify_erasure(
                 "mapping check confirms the refit only; the id and interaction checks carry "
                 "the proof"
             )
-    for name in ("scorer", "trainer"):
-        path = Path(state_dir) / name / "state.json"
+    for name in _sequence_folders(root):
+        path = root / name / "state.json"
         if path.exists() and receipt.scope != "interactions":  # the user stays there
             data = json.loads(path.read_bytes())
             _check_sequences(verdict, name, data, kind, is_subject, subject_hex)
     if not verdict.checks:
         verdict.add("state", False, f"nothing to verify under {state_dir}")
     return verdict
+
+
+def _sequence_folders(root: Path) -> list[str]:
+    """The state folders that keep sequences: the scorer's (``scorer-<id>`` per replica
+    when scaled out) and the trainer's."""
+    replicas = sorted(p.name for p in root.glob("scorer-*") if p.is_dir())
+    return ["scorer", *replicas, "trainer"]
 
 
 def _check_keys(verdict: Verdict, root: Path, snapshot: Path | None, keys: KeyRing) -> None:
@@ -172,7 +179,7 @@ def _check_keys(verdict: Verdict, root: Path, snapshot: Path | None, keys: KeyRi
     if snapshot is not None:
         meta = json.loads((snapshot / "worker.json").read_text())
         found["IMCorrect"] = meta.get("key_fingerprint")
-    for name in ("scorer", "trainer"):
+    for name in _sequence_folders(root):
         path = root / name / "state.json"
         if path.is_file():
             found[name] = json.loads(path.read_bytes()).get("key_fingerprint")
@@ -238,7 +245,7 @@ def _leftovers(root: Path, folder: str) -> tuple[list[str], list[str]]:
             sort(p.name, p)
         elif p != complete[-1]:
             stray.append(p.name)
-    for name in ("scorer", "trainer"):
+    for name in _sequence_folders(root):
         # a state.json write killed halfway (its worker removes it at its next start)
         for p in temp_files(root / name / "state.json"):
             sort(f"{name}/{p.name}", p)

@@ -121,11 +121,12 @@ class ScorerService(NoOutbox):
         self.state.offsets.update(offsets)
 
     def save(self, *, for_receipt: bool = False) -> None:
-        # encoded here, where nothing changes the state meanwhile (the compact encoder: ids
-        # and ints only); the write of the one before must end first (files in order, and
-        # its error is raised here)
-        body = msgspec.json.encode(self.state.to_dict())
+        # the write of the one before ends first (files in order, one encoded copy of the
+        # state in memory at a time; its error is raised here: the worker stops as after a
+        # write that failed on this thread, one snapshot later); then the state is encoded
+        # here, where nothing changes it meanwhile (the compact encoder: ids and ints only)
         self.finish_writing()
+        body = msgspec.json.encode(self.state.to_dict())
         if for_receipt:  # the forgotten data must be off the disk before the receipt
             write_bytes_atomically(self.state_file, body)
         else:
@@ -143,12 +144,12 @@ class ScorerService(NoOutbox):
 
     def close(self) -> None:
         try:
+            # a clean stop's snapshot is still being written: a failure is the stop's (the
+            # file on disk stays the one before, and the next start reads from its offsets)
             self.finish_writing()
-        except Exception as exc:  # noqa: BLE001 - the runtime is stopping (a clean stop's
-            # own snapshot raised it already); the last complete file stays
-            log.error("the scorer's last state snapshot was not written: %s", exc)
-        self._writer.shutdown(wait=True)
-        self._loader.shutdown(wait=True, cancel_futures=True)
+        finally:
+            self._writer.shutdown(wait=True)
+            self._loader.shutdown(wait=True, cancel_futures=True)
 
     # -- input ----------------------------------------------------------------------------
     def apply(self, inputs: Inputs) -> Effects:

@@ -147,7 +147,7 @@ def test_an_older_snapshot_or_half_deleted_checkpoint_fails(erased):
 
 def test_a_half_written_state_file_of_the_scorer_or_trainer_fails_once_old(erased):
     state_dir, keys, receipt, *_ = erased
-    for name in ("scorer", "trainer"):
+    for name in ("scorer", "scorer-1", "trainer"):  # scorer-1: a scaled-out replica's
         (state_dir / name).mkdir(parents=True, exist_ok=True)
         half = state_dir / name / ".state.json.w8x2.tmp"  # atomic_write's temp file
         half.write_text("{")
@@ -314,6 +314,16 @@ def test_forget_without_wait_reports_a_request_the_broker_took_as_sent(monkeypat
     monkeypatch.setattr(client, "LetheProducer", _Producer)
     assert main(["forget", "--user", "u1"]) == 0
     assert json.loads(capsys.readouterr().out)["request_id"] == "sent-1"
+
+
+def test_a_scaled_out_scorer_replicas_state_is_checked_too(erased):
+    state_dir, keys, receipt, *_ = erased
+    replica = state_dir / "scorer-2"  # scorer.replica_id = 2
+    replica.mkdir()
+    held = {"store": {"sequences": {USER: ["i1"]}}, "tombstones": []}
+    (replica / "state.json").write_text(json.dumps(held))
+    (check,) = [c for c in verify_erasure(state_dir, receipt, keys).checks if not c.passed]
+    assert check.name == "scorer-2 sequences" and "PRESENT (1)" in check.detail
 
 
 def test_a_worker_that_has_not_read_the_deletion_yet_is_named(erased):

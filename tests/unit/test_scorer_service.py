@@ -371,7 +371,7 @@ def test_a_failed_background_write_is_raised_at_the_next_snapshot(tmp_path, monk
     svc.close()
 
 
-def test_close_waits_for_the_snapshot_being_written(tmp_path, monkeypatch):
+def test_close_waits_for_the_snapshot_being_written_and_raises_its_failure(tmp_path, monkeypatch):
     svc = _service(tmp_path)
     held = _HeldWrites(monkeypatch)
     svc.apply(Inputs(interactions=_columns([("u1", "a")])))
@@ -379,6 +379,14 @@ def test_close_waits_for_the_snapshot_being_written(tmp_path, monkeypatch):
     threading.Timer(0.2, held.release.set).start()
     svc.close()
     assert json.loads(svc.state_file.read_text())["store"]["sequences"] == {"u1": ["a"]}
+    # a clean stop's snapshot that fails is the stop's failure (exit code), not a log line
+    again = _service(tmp_path)
+    held.fail = True
+    again.apply(Inputs(interactions=_columns([("u2", "b")], ids="more")))
+    again.save()
+    with pytest.raises(OSError, match="No space left"):
+        again.close()
+    assert json.loads(again.state_file.read_text())["store"]["sequences"] == {"u1": ["a"]}
 
 
 def test_a_half_written_state_file_of_a_killed_run_is_removed_at_start(tmp_path):
