@@ -18,6 +18,13 @@ at random (``--sample-rows``), the old and new scores are read off the counts, a
 with each candidate's own degree ratio (a pass over the row: an upper bound on what any
 scan-free rule built on degree ratios could prove), and the share provable with the
 largest degree ratio of all items (a rule that needs no pass over the row).
+
+``stage: "split"`` measures a rule between the two: items whose degree ratio exceeds ``r0``
+(``--split-ratios``; mostly rare items, whose rows are short) are few, and their own rows
+(G is symmetric) name every list they could enter, so they can be scored exactly; every
+other candidate past the reserve is bounded by its old score times r0 and the row's own
+ratio. Per (R, r0): the share of sampled rows that rule proves, how many items exceed r0,
+and the share of all stored pairs their rows hold (what scoring them exactly would read).
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from benchmarks.common import emit
 from models.imcorrect.itemknn_topk import ItemKNNTopK
 
 DEPTHS = (4, 16, 64, 256, 1024)
+SPLIT_DEPTHS = (4, 16, 64)
 
 
 def row_scores(mapping: ItemKNNTopK, rows: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -60,7 +68,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sample-rows", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--k", type=int, default=100)
+    parser.add_argument(
+        "--split-ratios", default="1.005,1.01,1.02,1.05", help="comma-separated r0 values"
+    )
     args = parser.parse_args(argv)
+    split_ratios = [float(v) for v in args.split_ratios.split(",") if v]
 
     n_items, n_users, _ = SIZES[args.size]
     model = fitted_on_catalogue(args.size, args.k)
@@ -109,6 +121,9 @@ def main(argv: list[str] | None = None) -> None:
     depth = np.zeros(len(sample), dtype=np.int64)
     provable_own = {r: 0 for r in DEPTHS}
     provable_global = {r: 0 for r in DEPTHS}
+    ratio_all = np.ones(n_items)
+    ratio_all[alive] = np.sqrt(degree_old[alive] / degree_new[alive])
+    provable_split = {(r, r0): 0 for r in SPLIT_DEPTHS for r0 in split_ratios}
     rows_used = 0
     for i, (cand_o, score_o), (cand_n, score_n) in zip(sample.tolist(), old, new, strict=True):
         if len(cand_n) == 0 or degree_new[i] == 0:
@@ -138,6 +153,13 @@ def main(argv: list[str] | None = None) -> None:
                 provable_own[r] += 1
             if by_rank[past].max() * ratio_i * global_ratio < kth_new:
                 provable_global[r] += 1
+            if r not in SPLIT_DEPTHS:
+                continue
+            past_ratio = ratio_all[order_old[past]]
+            for r0 in split_ratios:
+                bounded = by_rank[past][past_ratio <= r0]  # the rest are scored exactly
+                if bounded.size == 0 or bounded.max() * ratio_i * r0 < kth_new:
+                    provable_split[r, r0] += 1
     depth = depth[:rows_used]
     for r in DEPTHS:
         emit(
@@ -152,6 +174,24 @@ def main(argv: list[str] | None = None) -> None:
                 "global_ratio": round(global_ratio, 3),
             }
         )
+    lengths = mapping.counts.row_lengths(np.arange(n_items))
+    for r0 in split_ratios:
+        high = np.flatnonzero(alive & (ratio_all > r0))
+        for r in SPLIT_DEPTHS:
+            emit(
+                {
+                    **base,
+                    "stage": "split",
+                    "reserve": r,
+                    "r0": r0,
+                    "rows_sampled": rows_used,
+                    "provable_split_share": round(provable_split[r, r0] / rows_used, 4),
+                    "high_ratio_items": len(high),
+                    "high_ratio_pair_share": round(
+                        float(lengths[high].sum() / max(mapping.counts.nnz, 1)), 4
+                    ),
+                }
+            )
 
 
 if __name__ == "__main__":
