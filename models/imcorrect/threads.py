@@ -36,5 +36,5 @@ def pool() -> ThreadPoolExecutor:
     with _POOL_LOCK:  # two first callers at once would each start a pool
         if _POOL is None:
             workers = max(1, kernel_threads() - 1)
-            _POOL = ThreadPoolExecutor(workers, thread_name_prefix="lethe-topk")
+            _POOL = ThreadPoolExecutor(workers, thread_name_prefix="lethe-kernel")
         return _POOL
