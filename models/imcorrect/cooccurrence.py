@@ -176,6 +176,24 @@ def gather(m: sp.csr_matrix, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, 
     return owner, m.indices[take].astype(np.int64), m.data[take]
 
 
+def _part(arrays: dict[str, np.ndarray], name: str, n: int, dtype: np.dtype) -> sp.csr_matrix:
+    """One saved CSR part of G, checked, from the arrays as loaded (not copies: at 10⁸
+    pairs each copy costs seconds and gigabytes)."""
+    part = sp.csr_matrix(
+        (
+            np.asarray(arrays[f"{name}_data"]).astype(dtype, copy=False),
+            np.asarray(arrays[f"{name}_indices"]),
+            np.asarray(arrays[f"{name}_indptr"]),
+        ),
+        shape=(n, n),
+        copy=False,
+    )
+    # every index in range (the compiled lookups do not check bounds)
+    part.check_format(full_check=True)
+    part.sort_indices()
+    return part
+
+
 class Cooccurrence:
     """G = XᵀX for an interaction matrix X, diagonal included (G_ii = Σ_u x_ui²)."""
 
@@ -309,24 +327,24 @@ class Cooccurrence:
         return self.base
 
     def state(self) -> dict[str, np.ndarray]:
-        g = self.matrix()
-        return {"g_data": g.data, "g_indices": g.indices, "g_indptr": g.indptr}
+        """Both parts as they are: merging them first would build a second copy of every
+        pair (seconds and gigabytes at 10⁸ pairs) inside a snapshot on the worker's loop."""
+        arrays = {"g_data": self.base.data, "g_indices": self.base.indices}
+        arrays["g_indptr"] = self.base.indptr
+        if self.extra.nnz:
+            extra = self.extra
+            arrays.update(
+                g_extra_data=extra.data, g_extra_indices=extra.indices, g_extra_indptr=extra.indptr
+            )
+        return arrays
 
     @classmethod
     def from_state(cls, arrays: dict[str, np.ndarray], n_items: int) -> Cooccurrence:
-        data = np.array(arrays["g_data"])
+        data = np.asarray(arrays["g_data"])
         out = cls(n_items, np.float32 if data.dtype == np.float32 else np.float64)
-        out.base = sp.csr_matrix(
-            (
-                data.astype(out.dtype),
-                np.array(arrays["g_indices"]),
-                np.array(arrays["g_indptr"]),
-            ),
-            shape=(n_items, n_items),
-        )
-        # every index in range (the compiled lookups do not check bounds)
-        out.base.check_format(full_check=True)
-        out.base.sort_indices()
+        out.base = _part(arrays, "g", n_items, out.dtype)
+        if "g_extra_data" in arrays:  # saved before its next compaction
+            out.extra = _part(arrays, "g_extra", n_items, out.dtype)
         everything = np.arange(n_items)
         out.max_diag = float(np.abs(out.get(everything, everything)).max(initial=0.0))
         return out

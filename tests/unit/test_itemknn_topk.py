@@ -359,6 +359,38 @@ def test_memory_and_snapshot_grow_with_pairs_not_n_squared(tmp_path):
     assert (loaded.mapping != model.mapping).nnz == 0
 
 
+def test_a_snapshot_keeps_the_counts_in_their_two_parts(tmp_path):
+    # learning after the fit puts new pairs in the counts' second part; a snapshot writes
+    # both parts as they are (merging them would copy every pair on the worker's loop) and
+    # the model loaded from it goes on exactly like the saved one
+    rng = np.random.default_rng(9)
+    x = sp.csr_matrix((rng.random((300, 200)) < 0.02).astype(float))
+    model = IMCorrect("itemknn-topk", k=5).fit(x)
+    model.learn(rng.integers(0, 300, 40), rng.integers(0, 200, 40))
+    counts = model._mapping.counts
+    base_nnz, extra_nnz = counts.base.nnz, counts.extra.nnz
+    assert extra_nnz > 0
+    model.save(tmp_path / "snap")
+    assert (counts.base.nnz, counts.extra.nnz) == (base_nnz, extra_nnz)  # not merged
+    loaded = IMCorrect.load(tmp_path / "snap")
+    mine, theirs = loaded._mapping.counts, counts
+    assert (mine.base.nnz, mine.extra.nnz) == (base_nnz, extra_nnz)
+    assert ((mine.base + mine.extra) != (theirs.base + theirs.extra)).nnz == 0
+    assert (loaded.mapping != model.mapping).nnz == 0
+    for m in (model, loaded):
+        m.forget(users=[0, 1, 2])
+        m.learn([5, 6], [7, 8])
+    assert (loaded.mapping != model.mapping).nnz == 0
+    fresh = IMCorrect("itemknn-topk", k=5).fit(model.interactions)
+    assert np.array_equal(loaded._mapping.neighbours()[0], fresh._mapping.neighbours()[0])
+    # a part whose indices leave the catalogue is refused like the first part
+    arrays = {name: np.array(a) for name, a in model._mapping.state().items()}
+    if "g_extra_indices" in arrays:
+        arrays["g_extra_indices"][0] = 999
+        with pytest.raises(ValueError):
+            itemknn_topk.ItemKNNTopK(itemknn_topk.ItemKNNTopKConfig(k=5)).load_state(arrays)
+
+
 def test_frozen_scores_keep_a_sparse_mapping_sparse():
     rng = np.random.default_rng(8)
     x = sp.csr_matrix((rng.random((50, 40)) < 0.2).astype(float))
