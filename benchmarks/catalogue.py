@@ -1,14 +1,19 @@
 """Large catalogues: the sparse itemknn-topk mapping against retraining, same process.
 
     python -m benchmarks.catalogue [--sizes 10k,25k,50k,100k] [--k 100] [--shrink 10]
-                                   [--repeats 50] [--seed 0] [--no-ml1m]
+                                   [--repeats 50] [--seed 0] [--no-ml1m] [--no-snapshot]
+                                   [--scenarios user,users_1pct,popular_item,interactions_100]
 
 For every size a synthetic data set is generated (:mod:`models.synthetic`: Zipf items,
 Pareto users, sessions with in-cluster affinity). Holdout: leave-one-out by time, the last
 interaction of every user with ≥ 3 is the test item; the rest is X.
 
 Per size, one JSON line for the fit (``scenario: "fit"``: fit time, stored pairs, mapping
-memory, resident memory, learn throughput) and one per forget scenario:
+memory, resident memory, learn throughput), one for the snapshot (``scenario: "snapshot"``:
+the fitted model saved and loaded back both ways the streaming worker saves it, with the
+mapping and with X only, whose load refits; bytes, bytes per stored pair, seconds, and
+whether the loaded model equals the saved one; ``--no-snapshot`` skips it) and one per
+forget scenario (``--scenarios`` picks them):
 
   user              ``--repeats`` single users forgotten one call each (p50/p99 over calls)
   users_1pct        1 % of the users in one call
@@ -36,8 +41,10 @@ from __future__ import annotations
 import argparse
 import gc
 import resource
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
@@ -141,6 +148,38 @@ def compare(model: IMCorrect, fresh: IMCorrect) -> dict[str, object]:
         ),
         "x_equal": bool((model.interactions != fresh.interactions).nnz == 0),
     }
+
+
+def snapshot_round_trip(model: IMCorrect, folder: str | None) -> dict[str, object]:
+    """Save the fitted model and load it back, both ways the streaming worker does: with
+    the mapping (its periodic snapshot) and with X only (a receipt's snapshot, whose load
+    refits the mapping). Sizes, times, and whether the loaded model equals the saved one."""
+    record: dict[str, object] = {"scenario": "snapshot", "pairs": int(model._mapping.counts.nnz)}
+    with tempfile.TemporaryDirectory(dir=folder, prefix="lethe-catalogue-") as tmp:
+        for label, with_mapping in (("mapping", True), ("x_only", False)):
+            path = Path(tmp) / label
+            _, save_s = _timed(lambda path=path, w=with_mapping: model.save(path, with_mapping=w))
+            size = sum(f.stat().st_size for f in Path(tmp).glob(f"{label}.*"))
+            loaded, load_s = _timed(lambda path=path: IMCorrect.load(path))
+            same = compare(model, loaded)
+            record.update(
+                {
+                    f"{label}_save_s": round(save_s, 2),
+                    f"{label}_bytes": size,
+                    f"{label}_bytes_per_pair": round(size / max(record["pairs"], 1), 2),
+                    f"{label}_load_s": round(load_s, 2),
+                    f"{label}_max_abs_diff": same["max_abs_diff"],
+                    f"{label}_same_topk": same["same_topk"],
+                    f"{label}_x_equal": same["x_equal"],
+                }
+            )
+            del loaded
+            gc.collect()
+            for f in Path(tmp).glob(f"{label}.*"):
+                f.unlink()  # one copy on disk at a time
+    record["rss_gb"] = round(rss_gb(), 3)
+    record["peak_rss_gb"] = round(peak_rss_gb(), 3)
+    return record
 
 
 class Retained:
@@ -253,6 +292,9 @@ def run_size(name: str, args: argparse.Namespace) -> None:
         }
     )
 
+    if args.snapshot:
+        emit({**base, **snapshot_round_trip(model, args.snapshot_dir)})
+
     forgotten_users: set[int] = set()
     eval_pool = np.flatnonzero(targets >= 0)
     scenarios: list[tuple[str, Callable[[], tuple[list[float], int]]]] = []
@@ -304,8 +346,11 @@ def run_size(name: str, args: argparse.Namespace) -> None:
         ("popular_item", popular_item),
         ("interactions_100", interactions_100),
     ]
+    chosen = set(filter(None, args.scenarios.split(",")))
     for scenario in scenarios:
         label, fn = scenario
+        if label not in chosen:
+            continue
         times, n_forgotten = fn()
         rss_now = rss_gb()
         fresh, retrain_s = _timed(
@@ -393,6 +438,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval-users", type=int, default=3_000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ml1m", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument(
+        "--scenarios",
+        default="user,users_1pct,popular_item,interactions_100",
+        help="forget scenarios to run, comma-separated",
+    )
+    parser.add_argument(
+        "--snapshot",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="save and load the fitted model both ways the worker does (scenario snapshot)",
+    )
+    parser.add_argument("--snapshot-dir", default=None, help="where (default: the temp folder)")
     args = parser.parse_args(argv)
     if args.ml1m:
         run_ml1m(args)

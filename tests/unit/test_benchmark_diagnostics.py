@@ -1,4 +1,5 @@
-"""The #18 diagnostics run on the smallest generated catalogue and print coherent lines."""
+"""The #18 benchmark and diagnostics run on the smallest generated catalogue and print
+coherent lines."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import json
 
 import pytest
 
-from benchmarks import forget_profile, topk_churn
+from benchmarks import catalogue, forget_profile, topk_churn
 
 
 def _lines(capsys: pytest.CaptureFixture[str]) -> list[dict]:
@@ -50,3 +51,28 @@ def test_forget_profile_splits_a_retrain_and_times_a_forget_of_many(
     assert many["rows_selected_again"] > 0
     # the phases nest inside the forget
     assert many["recompute_ms"] <= many["apply_delta_ms"] <= many["correct_ms"] <= many["ms"]
+
+
+def test_catalogue_prints_the_issue_fields_and_a_snapshot_round_trip(
+    capsys: pytest.CaptureFixture[str], tmp_path
+) -> None:
+    catalogue.main(
+        ["--sizes", "tiny", "--no-ml1m", "--scenarios", "user", "--repeats", "3"]
+        + ["--batches", "2", "--eval-users", "200", "--snapshot-dir", str(tmp_path)]
+    )
+    lines = {line["scenario"]: line for line in _lines(capsys)}
+    assert set(lines) == {"fit", "snapshot", "user"}
+    snap = lines["snapshot"]
+    for way in ("mapping", "x_only"):
+        assert snap[f"{way}_max_abs_diff"] == 0.0
+        assert snap[f"{way}_same_topk"] and snap[f"{way}_x_equal"]
+        assert snap[f"{way}_bytes"] > 0
+    # the receipt's snapshot holds X, not the pairs: far smaller than the periodic one
+    assert snap["x_only_bytes"] < snap["mapping_bytes"] / 2
+    assert list(tmp_path.iterdir()) == []  # the files are removed
+    user = lines["user"]
+    for field in ("items", "users", "interactions", "n_forgotten", "forget_p50_ms"):
+        assert user[field] > 0
+    for field in ("forget_p99_ms", "retrain_s", "speedup", "rss_gb"):
+        assert user[field] > 0
+    assert user["bench"] == "catalogue" and user["max_abs_diff"] == 0.0
