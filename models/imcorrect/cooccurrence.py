@@ -202,6 +202,9 @@ class Cooccurrence:
         self.base = _empty(n_items, dtype)
         self.extra = _empty(n_items, dtype)
         self.max_diag = 0.0  # upper bound on max_i |G_ii|
+        #: some stored count may be 0 (a pair whose users were all forgotten): the entry
+        #: stays until the next compaction, and a snapshot must not carry it
+        self.zeros = False
 
     @classmethod
     def from_x(cls, x: sp.csr_matrix) -> Cooccurrence:
@@ -269,6 +272,12 @@ class Cooccurrence:
         rows = np.asarray(rows, dtype=np.int64)
         cols = np.asarray(cols, dtype=np.int64)
         deltas = np.asarray(deltas, dtype=np.float64)
+        before = self._add(rows, cols, deltas)
+        if not self.zeros and bool(np.any(before + deltas == 0)):
+            self.zeros = True
+        return before
+
+    def _add(self, rows: np.ndarray, cols: np.ndarray, deltas: np.ndarray) -> np.ndarray:
         self._keep_exact(rows, cols, deltas)
         before = np.zeros(len(rows))
         rest = add_found(self.base, rows, cols, deltas, before)
@@ -296,6 +305,7 @@ class Cooccurrence:
         merged.sort_indices()
         self.base = merged
         self.extra = _empty(self.n_items, self.dtype)
+        self.zeros = False
 
     def row_lengths(self, items: np.ndarray) -> np.ndarray:
         """Stored entries (zeros included) in each of the given rows."""
@@ -328,7 +338,12 @@ class Cooccurrence:
 
     def state(self) -> dict[str, np.ndarray]:
         """Both parts as they are: merging them first would build a second copy of every
-        pair (seconds and gigabytes at 10⁸ pairs) inside a snapshot on the worker's loop."""
+        pair (seconds and gigabytes at 10⁸ pairs) inside a snapshot on the worker's loop.
+        Unless a count fell to 0 since the last merge: the entry of a pair whose users were
+        all forgotten says that pair once occurred, so it is dropped before it reaches a
+        file (docs/privacy.md)."""
+        if self.zeros:
+            self.compact()
         arrays = {"g_data": self.base.data, "g_indices": self.base.indices}
         arrays["g_indptr"] = self.base.indptr
         if self.extra.nnz:
@@ -345,6 +360,7 @@ class Cooccurrence:
         out.base = _part(arrays, "g", n_items, out.dtype)
         if "g_extra_data" in arrays:  # saved before its next compaction
             out.extra = _part(arrays, "g_extra", n_items, out.dtype)
+        out.zeros = bool(np.any(out.base.data == 0) or np.any(out.extra.data == 0))
         everything = np.arange(n_items)
         out.max_diag = float(np.abs(out.get(everything, everything)).max(initial=0.0))
         return out

@@ -391,6 +391,34 @@ def test_a_snapshot_keeps_the_counts_in_their_two_parts(tmp_path):
             itemknn_topk.ItemKNNTopK(itemknn_topk.ItemKNNTopKConfig(k=5)).load_state(arrays)
 
 
+def test_a_snapshot_after_a_forget_carries_no_count_that_fell_to_zero(tmp_path):
+    # users 0 and 1 alone took items 3 and 4 together; once both are forgotten the count of
+    # (3, 4) is 0, and an entry for it in a file would say the pair once occurred
+    x = sp.csr_matrix(
+        np.array(
+            [[1, 0, 0, 1, 1], [0, 1, 0, 1, 1], [1, 1, 1, 0, 0], [1, 0, 1, 1, 0], [0, 1, 1, 0, 1]],
+            dtype=float,
+        )
+    )
+    # no refit from scratch however large the change (a fit counts without zeros)
+    model = IMCorrect("itemknn-topk", k=2, refit_rank_ratio=np.inf).fit(x)
+    model.forget(users=[0, 1])
+    counts = model._mapping.counts
+    assert counts.zeros  # the entry is still stored in memory, at 0
+    model.save(tmp_path / "snap")
+    with np.load(tmp_path / "snap.npz") as arrays:
+        for name in ("map_g_data", "map_g_extra_data"):
+            if name in arrays:
+                assert np.all(arrays[name] != 0)
+        g = sp.csr_matrix(
+            (arrays["map_g_data"], arrays["map_g_indices"], arrays["map_g_indptr"]), shape=(5, 5)
+        )
+    assert g[3, 4] == 0 and (3, 4) not in set(zip(*g.nonzero(), strict=True))
+    loaded = IMCorrect.load(tmp_path / "snap")
+    assert not loaded._mapping.counts.zeros
+    assert (loaded.mapping != model.mapping).nnz == 0
+
+
 def test_frozen_scores_keep_a_sparse_mapping_sparse():
     rng = np.random.default_rng(8)
     x = sp.csr_matrix((rng.random((50, 40)) < 0.2).astype(float))
