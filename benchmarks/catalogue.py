@@ -12,8 +12,9 @@ Per size, one JSON line for the fit (``scenario: "fit"``: fit time, stored pairs
 memory, resident memory, learn throughput), one for the snapshot (``scenario: "snapshot"``:
 the fitted model saved and loaded back both ways the streaming worker saves it, with the
 mapping and with X only, whose load refits; bytes, bytes per stored pair, seconds, and
-whether the loaded model equals the saved one; ``--no-snapshot`` skips it) and one per
-forget scenario (``--scenarios`` picks them):
+whether the loaded model equals the saved one; ``--no-snapshot`` skips it), one per
+forget scenario (``--scenarios`` picks them), and after them a second snapshot line
+(``snapshot_after_forget``), whose save merges the counts' two parts first:
 
   user              ``--repeats`` single users forgotten one call each (p50/p99 over calls)
   users_1pct        1 % of the users in one call
@@ -63,6 +64,7 @@ SIZES: dict[str, tuple[int, int, int]] = {
     "100k": (100_000, 1_000_000, 20_000_000),
 }
 NO_CHECK = 10**12
+SCENARIOS = ("user", "users_1pct", "popular_item", "interactions_100")
 
 
 def rss_gb() -> float:
@@ -150,11 +152,17 @@ def compare(model: IMCorrect, fresh: IMCorrect) -> dict[str, object]:
     }
 
 
-def snapshot_round_trip(model: IMCorrect, folder: str | None) -> dict[str, object]:
-    """Save the fitted model and load it back, both ways the streaming worker does: with
-    the mapping (its periodic snapshot) and with X only (a receipt's snapshot, whose load
-    refits the mapping). Sizes, times, and whether the loaded model equals the saved one."""
-    record: dict[str, object] = {"scenario": "snapshot", "pairs": int(model._mapping.counts.nnz)}
+def snapshot_round_trip(
+    model: IMCorrect, folder: str | None, scenario: str = "snapshot"
+) -> dict[str, object]:
+    """Save the model and load it back, both ways the streaming worker does: with the
+    mapping (its periodic snapshot) and with X only (a receipt's snapshot, whose load
+    refits the mapping). Sizes, times, and whether the loaded model equals the saved one.
+    ``merges``: a count fell to 0 since the counts' last merge (after a forget), so this
+    save merges their two parts first."""
+    counts = model._mapping.counts
+    record: dict[str, object] = {"scenario": scenario, "pairs": int(counts.nnz)}
+    record["merges"] = bool(counts.zeros)
     with tempfile.TemporaryDirectory(dir=folder, prefix="lethe-catalogue-") as tmp:
         for label, with_mapping in (("mapping", True), ("x_only", False)):
             path = Path(tmp) / label
@@ -347,10 +355,12 @@ def run_size(name: str, args: argparse.Namespace) -> None:
         ("interactions_100", interactions_100),
     ]
     chosen = set(filter(None, args.scenarios.split(",")))
+    ran = False
     for scenario in scenarios:
         label, fn = scenario
         if label not in chosen:
             continue
+        ran = True
         times, n_forgotten = fn()
         rss_now = rss_gb()
         fresh, retrain_s = _timed(
@@ -386,6 +396,9 @@ def run_size(name: str, args: argparse.Namespace) -> None:
             _, drift_s = _timed(model.check_drift)
             record.update(drift=model.last_drift, drift_check_s=round(drift_s, 2))
         emit(record)
+    if args.snapshot and ran:
+        # after forgets: the first periodic snapshot merges the counts (no 0 may reach a file)
+        emit({**base, **snapshot_round_trip(model, args.snapshot_dir, "snapshot_after_forget")})
 
 
 def run_ml1m(args: argparse.Namespace) -> None:
@@ -440,8 +453,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ml1m", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument(
         "--scenarios",
-        default="user,users_1pct,popular_item,interactions_100",
-        help="forget scenarios to run, comma-separated",
+        default=",".join(SCENARIOS),
+        help="forget scenarios to run, comma-separated (the users, items and interactions "
+        "a scenario draws depend on those run before it)",
     )
     parser.add_argument(
         "--snapshot",
@@ -451,6 +465,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--snapshot-dir", default=None, help="where (default: the temp folder)")
     args = parser.parse_args(argv)
+    unknown = set(filter(None, args.scenarios.split(","))) - set(SCENARIOS)
+    if unknown:
+        parser.error(f"unknown scenarios {sorted(unknown)}: choose from {', '.join(SCENARIOS)}")
     if args.ml1m:
         run_ml1m(args)
     for name in filter(None, args.sizes.split(",")):

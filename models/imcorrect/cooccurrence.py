@@ -177,17 +177,13 @@ def gather(m: sp.csr_matrix, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, 
 
 
 def _part(arrays: dict[str, np.ndarray], name: str, n: int, dtype: np.dtype) -> sp.csr_matrix:
-    """One saved CSR part of G, checked, from the arrays as loaded (not copies: at 10⁸
-    pairs each copy costs seconds and gigabytes)."""
-    part = sp.csr_matrix(
-        (
-            np.asarray(arrays[f"{name}_data"]).astype(dtype, copy=False),
-            np.asarray(arrays[f"{name}_indices"]),
-            np.asarray(arrays[f"{name}_indptr"]),
-        ),
-        shape=(n, n),
-        copy=False,
+    """One saved CSR part of G, checked, from the arrays as loaded (see
+    :meth:`Cooccurrence.from_state`)."""
+    data, indices, indptr = (
+        np.asarray(arrays[f"{name}_{field}"]) for field in ("data", "indices", "indptr")
     )
+    data = data.astype(dtype, copy=not data.flags.writeable)  # the counts change in place
+    part = sp.csr_matrix((data, indices, indptr), shape=(n, n), copy=False)
     # every index in range (the compiled lookups do not check bounds)
     part.check_format(full_check=True)
     part.sort_indices()
@@ -355,11 +351,18 @@ class Cooccurrence:
 
     @classmethod
     def from_state(cls, arrays: dict[str, np.ndarray], n_items: int) -> Cooccurrence:
+        """The counts saved by :meth:`state`. The given arrays become their live storage
+        (not copied: at 10⁸ pairs a copy costs seconds and gigabytes), so they must not be
+        handed to another model; read-only ones are copied."""
         data = np.asarray(arrays["g_data"])
         out = cls(n_items, np.float32 if data.dtype == np.float32 else np.float64)
         out.base = _part(arrays, "g", n_items, out.dtype)
         if "g_extra_data" in arrays:  # saved before its next compaction
             out.extra = _part(arrays, "g_extra", n_items, out.dtype)
+            rows = np.repeat(np.arange(n_items), np.diff(out.extra.indptr))
+            if np.any(find(out.base, rows, out.extra.indices.astype(np.int64)) >= 0):
+                # a pair lives in one part only: lookups read the first, selections both
+                raise ValueError("snapshot's counts hold a pair in both parts")
         out.zeros = bool(np.any(out.base.data == 0) or np.any(out.extra.data == 0))
         everything = np.arange(n_items)
         out.max_diag = float(np.abs(out.get(everything, everything)).max(initial=0.0))

@@ -13,7 +13,10 @@ import scipy.sparse as sp
 
 from models.durable import atomic_write
 
-FORMAT_VERSION = 1
+#: 2 when the sparse mapping's counts come in two parts (``map_g_extra_*``), which code that
+#: reads only format 1 would drop without a word; other files stay format 1, readable by it
+FORMAT_VERSION = 2
+_TWO_PARTS = "map_g_extra_"
 
 
 class Persistence:
@@ -32,9 +35,11 @@ class Persistence:
             arrays.update({f"map_{k}": v for k, v in self._mapping.state().items()})
         return arrays
 
-    def state_meta(self) -> dict[str, Any]:
+    def state_meta(self, arrays: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+        """The metadata written beside ``arrays`` (they decide the format's version)."""
+        two_parts = any(name.startswith(_TWO_PARTS) for name in arrays or {})
         return {
-            "format": FORMAT_VERSION,
+            "format": FORMAT_VERSION if two_parts else 1,
             "mapping": self.mapping_name,
             "params": self._mapping.params(),
             "correct_mapping": self.correct_mapping,
@@ -54,7 +59,7 @@ class Persistence:
         base.parent.mkdir(parents=True, exist_ok=True)
         arrays = self.state_arrays(with_mapping)
         atomic_write(base.with_suffix(".npz"), lambda f: np.savez(f, **arrays))
-        meta = json.dumps(self.state_meta(), indent=2).encode()
+        meta = json.dumps(self.state_meta(arrays), indent=2).encode()
         atomic_write(base.with_suffix(".json"), lambda f: f.write(meta))
         return base
 
@@ -64,7 +69,7 @@ class Persistence:
         (a budget is a setting of the process, not saved with the model)."""
         base = Path(path)
         meta = json.loads(base.with_suffix(".json").read_text())
-        if meta.get("format") != FORMAT_VERSION:
+        if meta.get("format") not in range(1, FORMAT_VERSION + 1):
             raise ValueError(f"unsupported IMCorrect format {meta.get('format')}")
         model = cls(
             meta["mapping"],

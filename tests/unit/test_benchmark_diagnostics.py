@@ -61,12 +61,15 @@ def test_catalogue_prints_the_issue_fields_and_a_snapshot_round_trip(
         + ["--batches", "2", "--eval-users", "200", "--snapshot-dir", str(tmp_path)]
     )
     lines = {line["scenario"]: line for line in _lines(capsys)}
-    assert set(lines) == {"fit", "snapshot", "user"}
+    assert set(lines) == {"fit", "snapshot", "user", "snapshot_after_forget"}
     snap = lines["snapshot"]
+    # learning after the fit left no zero (its save keeps the parts); the forgets did
+    assert not snap["merges"] and lines["snapshot_after_forget"]["merges"]
     for way in ("mapping", "x_only"):
-        assert snap[f"{way}_max_abs_diff"] == 0.0
-        assert snap[f"{way}_same_topk"] and snap[f"{way}_x_equal"]
-        assert snap[f"{way}_bytes"] > 0
+        for line in (snap, lines["snapshot_after_forget"]):
+            assert line[f"{way}_max_abs_diff"] == 0.0
+            assert line[f"{way}_same_topk"] and line[f"{way}_x_equal"]
+            assert line[f"{way}_bytes"] > 0
     # the receipt's snapshot holds X, not the pairs: far smaller than the periodic one
     assert snap["x_only_bytes"] < snap["mapping_bytes"] / 2
     assert list(tmp_path.iterdir()) == []  # the files are removed
@@ -76,3 +79,8 @@ def test_catalogue_prints_the_issue_fields_and_a_snapshot_round_trip(
     for field in ("forget_p99_ms", "retrain_s", "speedup", "rss_gb"):
         assert user[field] > 0
     assert user["bench"] == "catalogue" and user["max_abs_diff"] == 0.0
+
+
+def test_catalogue_refuses_an_unknown_scenario() -> None:
+    with pytest.raises(SystemExit):
+        catalogue.main(["--sizes", "tiny", "--no-ml1m", "--scenarios", "user,usres_1pct"])

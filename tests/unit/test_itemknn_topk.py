@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 from unittest import mock
 
 import numpy as np
@@ -369,9 +370,12 @@ def test_a_snapshot_keeps_the_counts_in_their_two_parts(tmp_path):
     model.learn(rng.integers(0, 300, 40), rng.integers(0, 200, 40))
     counts = model._mapping.counts
     base_nnz, extra_nnz = counts.base.nnz, counts.extra.nnz
-    assert extra_nnz > 0
+    assert extra_nnz > 0 and not counts.zeros
+    arrays = {name: np.array(a) for name, a in model._mapping.state().items()}
     model.save(tmp_path / "snap")
     assert (counts.base.nnz, counts.extra.nnz) == (base_nnz, extra_nnz)  # not merged
+    # code that reads only format 1 would drop the second part: it is told to refuse
+    assert json.loads((tmp_path / "snap.json").read_text())["format"] == 2
     loaded = IMCorrect.load(tmp_path / "snap")
     mine, theirs = loaded._mapping.counts, counts
     assert (mine.base.nnz, mine.extra.nnz) == (base_nnz, extra_nnz)
@@ -383,12 +387,21 @@ def test_a_snapshot_keeps_the_counts_in_their_two_parts(tmp_path):
     assert (loaded.mapping != model.mapping).nnz == 0
     fresh = IMCorrect("itemknn-topk", k=5).fit(model.interactions)
     assert np.array_equal(loaded._mapping.neighbours()[0], fresh._mapping.neighbours()[0])
-    # a part whose indices leave the catalogue is refused like the first part
-    arrays = {name: np.array(a) for name, a in model._mapping.state().items()}
-    if "g_extra_indices" in arrays:
-        arrays["g_extra_indices"][0] = 999
-        with pytest.raises(ValueError):
-            itemknn_topk.ItemKNNTopK(itemknn_topk.ItemKNNTopKConfig(k=5)).load_state(arrays)
+    # a second part naming an item past the catalogue, or a pair the first part holds, is
+    # refused (lookups read one part, selections both)
+    assert "g_extra_indices" in arrays
+    fresh_mapping = itemknn_topk.ItemKNNTopK(itemknn_topk.ItemKNNTopKConfig(k=5))
+    fresh_mapping.load_state({name: a.copy() for name, a in arrays.items()})  # the real one
+    past = {name: a.copy() for name, a in arrays.items()}
+    past["g_extra_indices"][0] = 999
+    with pytest.raises(ValueError):
+        itemknn_topk.ItemKNNTopK(itemknn_topk.ItemKNNTopKConfig(k=5)).load_state(past)
+    twice = {name: a.copy() for name, a in arrays.items()}
+    row = int(np.searchsorted(twice["g_extra_indptr"], 0, side="right")) - 1
+    base_row = twice["g_indices"][twice["g_indptr"][row] : twice["g_indptr"][row + 1]]
+    twice["g_extra_indices"][0] = base_row[0]
+    with pytest.raises(ValueError, match="both parts"):
+        itemknn_topk.ItemKNNTopK(itemknn_topk.ItemKNNTopKConfig(k=5)).load_state(twice)
 
 
 def test_a_snapshot_after_a_forget_carries_no_count_that_fell_to_zero(tmp_path):
@@ -413,10 +426,29 @@ def test_a_snapshot_after_a_forget_carries_no_count_that_fell_to_zero(tmp_path):
         g = sp.csr_matrix(
             (arrays["map_g_data"], arrays["map_g_indices"], arrays["map_g_indptr"]), shape=(5, 5)
         )
-    assert g[3, 4] == 0 and (3, 4) not in set(zip(*g.nonzero(), strict=True))
+    assert 4 not in g.indices[g.indptr[3] : g.indptr[4]]  # not even as a stored 0
     loaded = IMCorrect.load(tmp_path / "snap")
     assert not loaded._mapping.counts.zeros
     assert (loaded.mapping != model.mapping).nnz == 0
+
+
+def test_a_pair_learned_then_forgotten_leaves_no_zero_in_the_second_part(tmp_path):
+    # a pair first seen after the fit lives in the counts' second part; forgetting its only
+    # user leaves a 0 there, which the snapshot must not carry either
+    x = sp.csr_matrix(np.array([[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0]], dtype=float))
+    model = IMCorrect("itemknn-topk", k=2, refit_rank_ratio=np.inf).fit(x)
+    model.learn([3, 3], [2, 3])  # a new user takes items 2 and 3: pair (2, 3) is new
+    counts = model._mapping.counts
+    assert counts.extra.nnz > 0 and not counts.zeros
+    model.forget(users=[3])
+    assert counts.zeros or counts.extra.nnz == 0
+    model.save(tmp_path / "snap")
+    with np.load(tmp_path / "snap.npz") as arrays:
+        for name in ("map_g_data", "map_g_extra_data"):
+            if name in arrays:
+                assert np.all(arrays[name] != 0)
+    fresh = IMCorrect("itemknn-topk", k=2).fit(model.interactions)
+    assert (IMCorrect.load(tmp_path / "snap").mapping != fresh.mapping).nnz == 0
 
 
 def test_frozen_scores_keep_a_sparse_mapping_sparse():
