@@ -131,7 +131,10 @@ def verify_erasure(
         else:
             verdict.notes.append("no IMCorrect snapshot under this state folder")
     else:
-        _check_imcorrect(verdict, state, receipt, kind, is_subject, tolerance)
+        with np.load(latest / "model.npz", allow_pickle=False) as arrays:
+            stored_mapping = any(name.startswith("map_") for name in arrays.files)
+            counts = [arrays[name] for name in _COUNT_ARRAYS if name in arrays.files]
+        _check_imcorrect(verdict, state, receipt, kind, is_subject, tolerance, counts)
         if receipt.state_digest is not None and receipt.scope != "interactions":
             # IMCorrect's own receipt (applied): hashed with the key its snapshot uses (a
             # trainer's receipt may come from a worker that rotated its key first)
@@ -145,8 +148,6 @@ def verify_erasure(
                 if buried
                 else "no tombstone for the subject: this state has not applied the deletion",
             )
-        with np.load(latest / "model.npz", allow_pickle=False) as arrays:
-            stored_mapping = any(name.startswith("map_") for name in arrays.files)
         if not stored_mapping:
             # snapshots taken for receipts leave the dense mapping out (docs/privacy.md)
             verdict.notes.append(
@@ -257,6 +258,10 @@ def _leftovers(root: Path, folder: str) -> tuple[list[str], list[str]]:
     return stray, writing
 
 
+#: the sparse mapping's stored co-occurrence counts (both parts) in a snapshot's model file
+_COUNT_ARRAYS = ("map_g_data", "map_g_extra_data")
+
+
 def _check_imcorrect(
     verdict: Verdict,
     state: WorkerState,
@@ -264,6 +269,7 @@ def _check_imcorrect(
     kind: str,
     is_subject,  # noqa: ANN001 - Callable[[str], bool]
     tolerance: float,
+    stored_counts: list[np.ndarray],
 ) -> None:
     idmap = state.users if kind == "user" else state.items
     present = [raw for raw in idmap.by_index if raw is not None and is_subject(raw)]
@@ -304,7 +310,26 @@ def _check_imcorrect(
         diff <= tolerance,
         f"max |M_live - M_refit| = {diff:.3g} over {model.n_items} items (tolerance {tolerance:g})",
     )
+    if stored_counts:
+        _check_counts(verdict, model, refit, stored_counts)
     _check_digest(verdict, state, receipt)
+
+
+def _check_counts(
+    verdict: Verdict, model: IMCorrect, refit: IMCorrect, stored: list[np.ndarray]
+) -> None:
+    """The sparse mapping's counts as the file stores them: none 0 (such an entry says two
+    items were once taken together), and all of them what X counts now."""
+    zeros = sum(int(np.count_nonzero(part == 0)) for part in stored)
+    live, fresh = model.gram, refit.gram  # merged, as counted from X
+    same = live.shape == fresh.shape and (live != fresh).nnz == 0
+    verdict.figures["stored_zero_counts"] = zeros
+    verdict.add(
+        "IMCorrect counts",
+        zeros == 0 and same,
+        f"{zeros} stored co-occurrence count(s) of 0; the counts "
+        f"{'equal' if same else 'DIFFER from'} those of the retained interactions",
+    )
 
 
 def _check_digest(verdict: Verdict, state: WorkerState, receipt: DeletionReceipt) -> None:

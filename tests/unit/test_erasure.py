@@ -365,3 +365,40 @@ def test_cli_errors_are_messages_not_tracebacks(tmp_path, capsys, monkeypatch):
         assert "cannot reach Kafka at 127.0.0.1:9" in capsys.readouterr().err
     assert main(["recommend", "--user", "u1", "-k", "0"]) == 2
     assert "not a valid request" in capsys.readouterr().err
+
+
+def test_the_sparse_mappings_counts_are_checked_for_traces_of_the_forgotten(tmp_path):
+    # with itemknn-topk a snapshot stores co-occurrence counts: after the deletion none may
+    # be 0 (it would say two items were once taken together) and all must be what the
+    # retained interactions count
+    keys = keyring(tmp_path / "keys" / "hash.key")
+    model = IMCorrect("itemknn-topk", k=5, refit_rank_ratio=np.inf)
+    state = WorkerState(model=model, dedup=DedupWindow(10_000), keys=keys)
+    applier = Applier(state)
+    rng = np.random.default_rng(4)
+    events = [
+        InteractionEvent(event_id=f"e{n}", user_id=f"u{u}", item_id=f"i{i}", ts=1)
+        for n, (u, i) in enumerate(rng.integers(0, [30, 40], size=(200, 2)).tolist())
+    ]
+    # the subject alone takes items 98 and 99 together
+    events += [
+        InteractionEvent(event_id=f"s{k}", user_id=USER, item_id=f"i{k}", ts=1) for k in (98, 99)
+    ]
+    applier.apply(events)
+    (receipt,) = applier.apply(
+        [DeletionRequest(request_id="r1", scope="user", user_id=USER, reason="privacy", ts=9)]
+    ).receipts
+    store = SnapshotStore(tmp_path / "imcorrect", keys)
+    store.save(state)  # a periodic snapshot: the mapping with its counts
+    verdict = verify_erasure(tmp_path, receipt, keys)
+    assert verdict.passed, verdict.render()
+    assert "IMCorrect counts" in {c.name for c in verdict.checks}
+    assert verdict.figures["stored_zero_counts"] == 0
+
+    def zero_one_count(arrays, _snap):
+        arrays["map_g_data"][0] = 0
+
+    _edit_snapshot(tmp_path, zero_one_count)
+    verdict = verify_erasure(tmp_path, receipt, keys)
+    assert "IMCorrect counts" in {c.name for c in verdict.checks if not c.passed}
+    assert verdict.figures["stored_zero_counts"] == 1
