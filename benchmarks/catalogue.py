@@ -353,11 +353,10 @@ def run_size(name: str, args: argparse.Namespace) -> None:
         ("popular_item", popular_item),
         ("interactions_100", interactions_100),
     ]
-    chosen = set(filter(None, args.scenarios.split(",")))
     ran = False
     for scenario in scenarios:
         label, fn = scenario
-        if label not in chosen:
+        if label not in args.scenarios:
             continue
         ran = True
         times, n_forgotten = fn()
@@ -467,7 +466,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--snapshot-dir", default=None, help="where (default: the temp folder)")
     args = parser.parse_args(argv)
-    unknown = set(filter(None, args.scenarios.split(","))) - set(SCENARIOS)
+    args.scenarios = set(filter(None, args.scenarios.split(",")))
+    unknown = args.scenarios - set(SCENARIOS)
     if unknown:
         parser.error(f"unknown scenarios {sorted(unknown)}: choose from {', '.join(SCENARIOS)}")
     if args.ml1m:

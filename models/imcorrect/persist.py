@@ -35,9 +35,9 @@ class Persistence:
             arrays.update({f"map_{k}": v for k, v in self._mapping.state().items()})
         return arrays
 
-    def state_meta(self, arrays: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+    def state_meta(self, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
         """The metadata written beside ``arrays`` (they decide the format's version)."""
-        two_parts = any(name.startswith(_TWO_PARTS) for name in arrays or {})
+        two_parts = any(name.startswith(_TWO_PARTS) for name in arrays)
         return {
             "format": FORMAT_VERSION if two_parts else 1,
             "mapping": self.mapping_name,
