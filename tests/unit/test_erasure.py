@@ -15,36 +15,52 @@ import scipy.sparse as sp
 from models.imcorrect import IMCorrect
 from streams.applier import Applier
 from streams.cli import main
-from streams.contracts import DeletionRequest, InteractionEvent
+from streams.contracts import DeletionReceipt, DeletionRequest, InteractionEvent
 from streams.erasure import verify_erasure
-from streams.keys import keyring
+from streams.keys import KeyRing, keyring
 from streams.state import DedupWindow, SnapshotStore, WorkerState
 
 USER = "erase-me-314"
 
 
+def _state_with_subject(
+    tmp_path, model: IMCorrect, seed: int, shape: list[int], n_events: int, items
+) -> tuple[WorkerState, Applier, KeyRing]:
+    """A state (its applier and key ring) after ``n_events`` random interactions of
+    ``shape`` users × items and ``USER`` taking ``items``."""
+    keys = keyring(tmp_path / "keys" / "hash.key")
+    state = WorkerState(model=model, dedup=DedupWindow(10_000), keys=keys)
+    applier = Applier(state)
+    rng = np.random.default_rng(seed)
+    events = [
+        InteractionEvent(event_id=f"e{n}", user_id=f"u{u}", item_id=f"i{i}", ts=1)
+        for n, (u, i) in enumerate(rng.integers(0, shape, size=(n_events, 2)).tolist())
+    ]
+    events += [
+        InteractionEvent(event_id=f"s{k}", user_id=USER, item_id=f"i{k}", ts=1) for k in items
+    ]
+    applier.apply(events)
+    return state, applier, keys
+
+
+def _forget_subject(applier: Applier) -> DeletionReceipt:
+    (receipt,) = applier.apply(
+        [DeletionRequest(request_id="r1", scope="user", user_id=USER, reason="privacy", ts=9)]
+    ).receipts
+    return receipt
+
+
 @pytest.fixture
 def erased(tmp_path):
     """A state folder after ``USER`` was forgotten, with the receipt."""
-    keys = keyring(tmp_path / "keys" / "hash.key")
-    state = WorkerState(model=IMCorrect("ease", l2=5.0), dedup=DedupWindow(10_000), keys=keys)
-    applier = Applier(state)
-    rng = np.random.default_rng(3)
-    events = [
-        InteractionEvent(event_id=f"e{n}", user_id=f"u{u}", item_id=f"i{i}", ts=1)
-        for n, (u, i) in enumerate(rng.integers(0, [30, 25], size=(400, 2)).tolist())
-    ]
-    events += [
-        InteractionEvent(event_id=f"s{k}", user_id=USER, item_id=f"i{k}", ts=1) for k in range(8)
-    ]
-    applier.apply(events)
+    state, applier, keys = _state_with_subject(
+        tmp_path, IMCorrect("ease", l2=5.0), 3, [30, 25], 400, range(8)
+    )
     store = SnapshotStore(tmp_path / "imcorrect", keys)
     store.save(state)
     user_row = state.model.interactions[state.users.get(USER)]
     user_index = state.users.get(USER)
-    (receipt,) = applier.apply(
-        [DeletionRequest(request_id="r1", scope="user", user_id=USER, reason="privacy", ts=9)]
-    ).receipts
+    receipt = _forget_subject(applier)
     store.save(state)
     return tmp_path, keys, receipt, user_index, user_row
 
@@ -371,23 +387,10 @@ def test_the_sparse_mappings_counts_are_checked_for_traces_of_the_forgotten(tmp_
     # with itemknn-topk a snapshot stores co-occurrence counts: after the deletion none may
     # be 0 (it would say two items were once taken together) and all must be what the
     # retained interactions count
-    keys = keyring(tmp_path / "keys" / "hash.key")
-    model = IMCorrect("itemknn-topk", k=5, refit_rank_ratio=np.inf)
-    state = WorkerState(model=model, dedup=DedupWindow(10_000), keys=keys)
-    applier = Applier(state)
-    rng = np.random.default_rng(4)
-    events = [
-        InteractionEvent(event_id=f"e{n}", user_id=f"u{u}", item_id=f"i{i}", ts=1)
-        for n, (u, i) in enumerate(rng.integers(0, [30, 40], size=(200, 2)).tolist())
-    ]
     # the subject alone takes items 98 and 99 together
-    events += [
-        InteractionEvent(event_id=f"s{k}", user_id=USER, item_id=f"i{k}", ts=1) for k in (98, 99)
-    ]
-    applier.apply(events)
-    (receipt,) = applier.apply(
-        [DeletionRequest(request_id="r1", scope="user", user_id=USER, reason="privacy", ts=9)]
-    ).receipts
+    model = IMCorrect("itemknn-topk", k=5, refit_rank_ratio=np.inf)
+    state, applier, keys = _state_with_subject(tmp_path, model, 4, [30, 40], 200, (98, 99))
+    receipt = _forget_subject(applier)
     store = SnapshotStore(tmp_path / "imcorrect", keys)
     store.save(state)  # a periodic snapshot: the mapping with its counts
     verdict = verify_erasure(tmp_path, receipt, keys)
